@@ -1,0 +1,207 @@
+/*
+ * The orchfs core: a call context, the method table, parameter validation
+ * and the SQL/JSON helpers every method group uses.  Nothing here knows
+ * about FUSE; the fs layer and `orchfs call` both go through orch_call().
+ */
+#ifndef ORCHFS_CORE_H
+#define ORCHFS_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "orchfs/error.h"
+#include "orchfs/store.h"
+
+typedef struct orch_git orch_git;
+
+/* An action that undoes a git side effect when the transaction fails. */
+typedef struct orch_undo {
+	void (*fn)(void *arg);
+	void (*free_arg)(void *arg);
+	void *arg;
+	struct orch_undo *next;
+} orch_undo;
+
+typedef struct orch_ctx {
+	orch_store *store;
+	orch_git *git;
+	const char *repo_path;  /* absolute path of the main worktree */
+	const char *state_dir;  /* absolute path of the state directory */
+	int64_t now;            /* ms since the epoch, fixed for one call */
+	orch_undo *undo;        /* git effects to undo on rollback (LIFO) */
+} orch_ctx;
+
+/*
+ * Open the workspace: the repository containing `repo_dir` (NULL: the current
+ * directory), the state directory (NULL: <repo>/.orchfs, added to
+ * .git/info/exclude), its database and the git handle.
+ */
+int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir);
+void orch_ctx_close(orch_ctx *ctx);
+
+/* ---- request limits (SPEC section 4) ---- */
+#define ORCH_REQUEST_MAX (1024 * 1024)
+#define ORCH_STRING_MAX (64 * 1024)
+#define ORCH_ARRAY_MAX 10000
+#define ORCH_DEPTH_MAX 64
+
+/* ---- method table ---- */
+
+typedef enum {
+	ORCH_P_ID,     /* positive integer id */
+	ORCH_P_INT,    /* any integer */
+	ORCH_P_STR,    /* string */
+	ORCH_P_BOOL,   /* true / false */
+	ORCH_P_JSON,   /* any JSON value */
+	ORCH_P_STRS,   /* array of strings */
+	ORCH_P_PATHS,  /* array of repository-relative paths (normalised in place) */
+	ORCH_P_PATH,   /* one repository-relative path (normalised in place) */
+	ORCH_P_OBJS,   /* array of objects, each checked against `items` */
+} orch_ptype;
+
+#define ORCH_P_REQUIRED 0x1u
+
+typedef struct orch_param {
+	const char *name;
+	orch_ptype type;
+	unsigned flags;
+	const char *doc; /* one line: meaning and default */
+	const struct orch_param *items; /* ORCH_P_OBJS: the item keys, NULL-name terminated */
+} orch_param;
+
+typedef int (*orch_method_fn)(orch_ctx *ctx, json_t *params, json_t **result);
+
+#define ORCH_M_WRITE 0x1u /* mutates state: one BEGIN IMMEDIATE transaction, bumps db_version */
+
+typedef struct orch_method {
+	const char *name;
+	orch_method_fn fn;
+	unsigned flags;
+	const orch_param *params; /* NULL-name terminated */
+	const char *summary;      /* what it does */
+	const char *output;       /* what the result holds */
+	const char *example;      /* an example request body */
+	const char *errors;       /* the typed errors it can return */
+} orch_method;
+
+/* Method groups, one per src/core/<group>.c, each NULL-name terminated. */
+extern const orch_method orch_session_methods[];
+extern const orch_method orch_task_methods[];
+extern const orch_method orch_mirror_methods[];
+
+/* All methods, in table order; NULL-terminated. */
+const orch_method *const *orch_methods(void);
+const orch_method *orch_method_find(const char *name);
+size_t orch_method_count(void);
+const orch_method *orch_method_at(size_t i);
+
+/* True when the method takes a session (session_id, requester_session_id or owner_session). */
+bool orch_method_takes_session(const orch_method *m);
+
+/* Validate params for m (unknown keys, limits, types, required); paths normalised in place. */
+int orch_params_validate(const orch_method *m, json_t *params);
+
+/* Usage text of a method (caller frees). */
+char *orch_method_usage(const orch_method *m, bool session_scoped);
+
+/* ---- calls ---- */
+
+#define ORCH_INCOMPLETE 1 /* orch_request_parse: buffer is a prefix of a JSON value */
+
+/*
+ * Parse a request buffer.  Returns 0 with *out set for a complete JSON value,
+ * ORCH_INCOMPLETE when more input could complete it, ORCH_EINVALID_JSON when
+ * it never can.
+ */
+int orch_request_parse(const char *buf, size_t len, json_t **out);
+
+/*
+ * Run `method` with request `req` (any JSON value; validated here).  When
+ * `session_id` > 0 the call comes from sessions/<id>/ctl/ and the session
+ * keys are implied.  *reply is the reply text (JSON object and a newline,
+ * caller frees); the return value is 0 or the error code of the reply.
+ */
+int orch_call(orch_ctx *ctx, const char *method, json_t *req, int64_t session_id, char **reply);
+
+/* Same from raw request text (the `orchfs call` path). */
+int orch_call_text(orch_ctx *ctx, const char *method, const char *text, size_t len,
+		   int64_t session_id, char **reply);
+
+/* Build an error reply text from the current error slot. */
+char *orch_reply_error(const char *call_id);
+
+/* ---- parameters (after validation the types are known) ---- */
+
+bool orch_param_has(json_t *params, const char *name);
+int64_t orch_param_int(json_t *params, const char *name, int64_t dflt);
+const char *orch_param_str(json_t *params, const char *name, const char *dflt);
+bool orch_param_bool(json_t *params, const char *name, bool dflt);
+json_t *orch_param_json(json_t *params, const char *name); /* borrowed or NULL */
+
+/* A required non-blank string: invalid_params "<name> must not be blank". */
+int orch_param_nonblank(json_t *params, const char *name, const char **out);
+
+/* Normalise a repository-relative path in place; invalid_params when it escapes. */
+int orch_path_normalise(const char *name, const char *in, char **out);
+
+/* ---- SQL helpers ----
+ *
+ * Bind format characters: 'i' int64_t, 'I' int64_t where 0 binds NULL,
+ * 's' const char * (NULL binds NULL), 'j' json_t * as compact JSON text
+ * (NULL binds NULL), 'n' nothing-but-NULL.
+ */
+sqlite3_stmt *orch_sql(orch_ctx *ctx, const char *sql, const char *fmt, ...);
+
+/* Execute a statement that returns no rows; 0 or ORCH_EINTERNAL. */
+int orch_sql_exec(orch_ctx *ctx, const char *sql, const char *fmt, ...);
+
+/* Step a prepared statement: SQLITE_ROW, SQLITE_DONE, or records internal. */
+int orch_sql_step(orch_ctx *ctx, sqlite3_stmt *st);
+
+/*
+ * Turn the current row into a JSON object.  Column naming conventions:
+ * names ending "_at" (or "lease_until") are ms timestamps rendered as RFC 3339;
+ * names ending "_json" hold JSON text and are emitted as values under the
+ * name without the suffix; NULL columns are omitted.
+ */
+json_t *orch_row_json(sqlite3_stmt *st);
+
+/*
+ * Run a query and return its first row as an object (0), or ORCH_ENOTFOUND
+ * with message `nf_fmt` formatted with the int64 `id`.
+ */
+int orch_sql_row(orch_ctx *ctx, json_t **out, const char *nf_fmt, int64_t id,
+		 const char *sql, const char *fmt, ...);
+
+/* All rows as an array. */
+int orch_sql_rows(orch_ctx *ctx, json_t **out, const char *sql, const char *fmt, ...);
+
+/* A single integer (first column of the first row); *found false when no row. */
+int orch_sql_int(orch_ctx *ctx, int64_t *out, bool *found, const char *sql, const char *fmt, ...);
+
+int64_t orch_last_id(orch_ctx *ctx);
+
+/* ---- time ---- */
+int64_t orch_now_ms(void);
+/* RFC 3339 UTC with exactly three fraction digits; buf >= 32 bytes. */
+void orch_time_format(int64_t ms, char *buf);
+
+/* ---- undo of git side effects ---- */
+void orch_undo_push(orch_ctx *ctx, void (*fn)(void *), void (*free_arg)(void *), void *arg);
+void orch_undo_run(orch_ctx *ctx);   /* run (LIFO) and clear */
+void orch_undo_clear(orch_ctx *ctx); /* forget (after commit) */
+
+/* ---- read views shared by methods and the tree ---- */
+int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out);
+int orch_session_context(orch_ctx *ctx, int64_t id, json_t **out);
+int orch_task_json(orch_ctx *ctx, int64_t id, json_t **out);
+int orch_worktree_json(orch_ctx *ctx, int64_t id, json_t **out);
+int orch_current_ref_json(orch_ctx *ctx, int64_t session_id, json_t **out); /* JSON null if none */
+
+/* Check that session `id` exists and is not closed (invalid_state otherwise). */
+int orch_session_require_open(orch_ctx *ctx, int64_t id);
+
+#endif

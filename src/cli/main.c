@@ -1,0 +1,259 @@
+/*
+ * orchfs: mount | call | umount.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../fs/fs.h"
+#include "orchfs/core.h"
+
+static void usage(FILE *f)
+{
+	fputs("usage:\n"
+	      "  orchfs mount [--repo DIR] [--state DIR] [-f] [-d] MOUNTPOINT\n"
+	      "  orchfs umount MOUNTPOINT\n"
+	      "  orchfs call [--repo DIR] [--state DIR] METHOD [JSON]\n"
+	      "  orchfs methods\n",
+	      f);
+}
+
+typedef struct {
+	const char *repo;
+	const char *state;
+	bool foreground;
+	bool debug;
+	int argc;
+	char **argv;
+} cli_args;
+
+static int parse(int argc, char **argv, cli_args *a)
+{
+	memset(a, 0, sizeof(*a));
+	int i;
+	for (i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--repo") == 0 && i + 1 < argc)
+			a->repo = argv[++i];
+		else if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
+			a->state = argv[++i];
+		else if (strcmp(argv[i], "-f") == 0)
+			a->foreground = true;
+		else if (strcmp(argv[i], "-d") == 0)
+			a->debug = a->foreground = true;
+		else if (strcmp(argv[i], "--") == 0) {
+			i++;
+			break;
+		} else if (argv[i][0] == '-' && argv[i][1]) {
+			fprintf(stderr, "orchfs: unknown option %s\n", argv[i]);
+			return -1;
+		} else
+			break;
+	}
+	a->argc = argc - i;
+	a->argv = argv + i;
+	return 0;
+}
+
+static int cmd_call(cli_args *a)
+{
+	orch_ctx ctx;
+	char *reply = NULL;
+	int rc;
+
+	if (a->argc < 1 || a->argc > 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (orch_ctx_open(&ctx, a->repo, a->state) != 0) {
+		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
+		return 1;
+	}
+	const char *body = a->argc == 2 ? a->argv[1] : "{}";
+	rc = orch_call_text(&ctx, a->argv[0], body, strlen(body), 0, &reply);
+	fputs(reply, stdout);
+	if (rc)
+		fprintf(stderr, "orchfs: %s: %s\n", orch_error_name(rc), orch_error_last()->message);
+	free(reply);
+	orch_ctx_close(&ctx);
+	orch_error_clear();
+	return rc ? 1 : 0;
+}
+
+/* Whether `path` is a mount point listed in /proc/self/mountinfo. */
+static bool is_mounted(const char *path)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "r");
+	char line[4096];
+	bool found = false;
+
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		char mp[PATH_MAX];
+		if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1)
+			found = strcmp(mp, path) == 0;
+	}
+	fclose(f);
+	return found;
+}
+
+static int ready_fd = -1;
+
+static void mounted(void *arg)
+{
+	const char *log_path = arg;
+
+	if (ready_fd < 0)
+		return;
+	/* Detach: the parent returns once the mount is usable. */
+	int null = open("/dev/null", O_RDWR);
+	int log = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+	dup2(null, 0);
+	dup2(null, 1);
+	dup2(log >= 0 ? log : null, 2);
+	if (null > 2)
+		close(null);
+	if (log > 2)
+		close(log);
+	if (write(ready_fd, "", 1) < 0) {
+		/* the parent is gone; nothing to tell */
+	}
+	close(ready_fd);
+	ready_fd = -1;
+}
+
+static int cmd_mount(cli_args *a)
+{
+	char mp[PATH_MAX], *log_path = NULL;
+	struct stat sb;
+	orch_ctx ctx;
+	int rc;
+
+	if (a->argc != 1) {
+		usage(stderr);
+		return 2;
+	}
+	const char *mount_arg = a->argv[0];
+	if (stat(mount_arg, &sb) < 0) {
+		if (errno == ENOTCONN) {
+			fprintf(stderr, "orchfs: %s is a stale mount (its daemon is gone); clear it with:\n"
+				"  fusermount3 -u %s\n", mount_arg, mount_arg);
+			return 1;
+		}
+		if (errno == ENOENT && mkdir(mount_arg, 0755) == 0)
+			stat(mount_arg, &sb);
+		else {
+			fprintf(stderr, "orchfs: mount point %s: %s\n", mount_arg, strerror(errno));
+			return 1;
+		}
+	}
+	if (!S_ISDIR(sb.st_mode) || !realpath(mount_arg, mp)) {
+		fprintf(stderr, "orchfs: mount point %s is not a directory\n", mount_arg);
+		return 1;
+	}
+	if (is_mounted(mp)) {
+		fprintf(stderr, "orchfs: %s is already mounted (unmount it with: orchfs umount %s)\n", mp, mp);
+		return 1;
+	}
+
+	int pipefd[2] = {-1, -1};
+	if (!a->foreground) {
+		if (pipe(pipefd) < 0) {
+			perror("orchfs: pipe");
+			return 1;
+		}
+		pid_t pid = fork();
+		if (pid < 0) {
+			perror("orchfs: fork");
+			return 1;
+		}
+		if (pid > 0) {
+			char c;
+			close(pipefd[1]);
+			if (read(pipefd[0], &c, 1) == 1)
+				return 0;
+			int status = 0;
+			waitpid(pid, &status, 0);
+			return 1;
+		}
+		close(pipefd[0]);
+		ready_fd = pipefd[1];
+		setsid();
+	}
+
+	/* Everything is opened in the process that serves, never across a fork. */
+	if (orch_ctx_open(&ctx, a->repo, a->state) != 0) {
+		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
+		return 1;
+	}
+	size_t sl = strlen(ctx.state_dir);
+	if (strncmp(ctx.state_dir, mp, strlen(mp)) == 0 && (ctx.state_dir[strlen(mp)] == '/' ||
+							     ctx.state_dir[strlen(mp)] == '\0')) {
+		fprintf(stderr, "orchfs: the mount point %s would hide the state directory %s\n", mp, ctx.state_dir);
+		orch_ctx_close(&ctx);
+		return 1;
+	}
+	(void)sl;
+	if (asprintf(&log_path, "%s/orchfs.log", ctx.state_dir) < 0)
+		log_path = NULL;
+	fprintf(stderr, "orchfs: serving %s (state %s) at %s\n", ctx.repo_path, ctx.state_dir, mp);
+	fs_options o = {.mountpoint = mp, .foreground = a->foreground, .debug = a->debug,
+			.on_mounted = mounted, .arg = log_path};
+	rc = fs_main(&ctx, &o);
+	if (rc && ready_fd >= 0)
+		fprintf(stderr, "orchfs: cannot mount %s\n", mp);
+	fprintf(stderr, "orchfs: unmounted %s\n", mp);
+	orch_ctx_close(&ctx);
+	free(log_path);
+	return rc;
+}
+
+static int cmd_umount(cli_args *a)
+{
+	if (a->argc != 1) {
+		usage(stderr);
+		return 2;
+	}
+	execlp("fusermount3", "fusermount3", "-u", a->argv[0], (char *)NULL);
+	perror("orchfs: fusermount3");
+	return 1;
+}
+
+static int cmd_methods(void)
+{
+	for (size_t i = 0; i < orch_method_count(); i++)
+		printf("%s\n", orch_method_at(i)->name);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	cli_args a;
+
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (parse(argc - 2, argv + 2, &a) != 0)
+		return 2;
+	if (strcmp(argv[1], "mount") == 0)
+		return cmd_mount(&a);
+	if (strcmp(argv[1], "call") == 0)
+		return cmd_call(&a);
+	if (strcmp(argv[1], "umount") == 0)
+		return cmd_umount(&a);
+	if (strcmp(argv[1], "methods") == 0)
+		return cmd_methods();
+	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	usage(stderr);
+	return 2;
+}

@@ -1,0 +1,302 @@
+/*
+ * The one path every request takes: method lookup, call_id idempotency,
+ * implied session keys, validation, one store transaction, db_version bump,
+ * undo of git effects on failure, reply text.
+ */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "orchfs/core.h"
+
+int orch_request_parse(const char *buf, size_t len, json_t **out)
+{
+	json_error_t err;
+	size_t i;
+
+	*out = NULL;
+	for (i = 0; i < len && isspace((unsigned char)buf[i]); i++)
+		;
+	if (i == len)
+		return ORCH_INCOMPLETE;
+	*out = json_loadb(buf, len, JSON_DECODE_ANY, &err);
+	if (*out)
+		return 0;
+	if (json_error_code(&err) == json_error_premature_end_of_input)
+		return ORCH_INCOMPLETE;
+	/*
+	 * A bare number or literal at the end of the buffer may still grow
+	 * ("12" -> "123"), but the ctl protocol executes as soon as the buffer
+	 * holds a complete value, so only premature end counts as incomplete.
+	 */
+	return orch_error_set(ORCH_EINVALID_JSON, "request is not valid JSON: %s (line %d, column %d)",
+			      err.text, err.line, err.column);
+}
+
+static bool call_id_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n < 1 || n > 64)
+		return false;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && !strchr("._:-", *s))
+			return false;
+	return true;
+}
+
+static char *reply_text(json_t *reply)
+{
+	char *s = json_dumps(reply, JSON_COMPACT | JSON_ENCODE_ANY);
+	size_t n = strlen(s);
+
+	s = realloc(s, n + 2);
+	s[n] = '\n';
+	s[n + 1] = '\0';
+	return s;
+}
+
+char *orch_reply_error(const char *call_id)
+{
+	const orch_error *e = orch_error_last();
+	json_t *reply = json_object(), *err = json_object();
+	char *text;
+
+	json_object_set_new(err, "code", json_string(orch_error_name(e->code ? e->code : ORCH_EINTERNAL)));
+	json_object_set_new(err, "message", json_string(e->message[0] ? e->message : "internal error"));
+	if (e->details)
+		json_object_set(err, "details", e->details);
+	json_object_set_new(reply, "error", err);
+	if (call_id)
+		json_object_set_new(reply, "call_id", json_string(call_id));
+	text = reply_text(reply);
+	json_decref(reply);
+	return text;
+}
+
+/* Apply the keys that sessions/<id>/ctl/ implies; a repeated key must agree. */
+static int apply_implied(const orch_method *m, json_t *params, int64_t session_id)
+{
+	static const char *const names[] = {"session_id", "requester_session_id", "owner_session"};
+
+	for (size_t i = 0; i < 3; i++) {
+		bool declared = false;
+		for (const orch_param *p = m->params; p && p->name; p++)
+			declared |= strcmp(p->name, names[i]) == 0;
+		if (!declared)
+			continue;
+		json_t *want = i == 2 ? json_sprintf("%lld", (long long)session_id) : json_integer(session_id);
+		json_t *have = json_object_get(params, names[i]);
+		if (have && !json_equal(have, want)) {
+			char *h = json_dumps(have, JSON_ENCODE_ANY);
+			orch_error_set(ORCH_EINVALID_PARAMS,
+				       "%s is implied by sessions/%lld/ctl/ and must be %s%lld%s, got %s", names[i],
+				       (long long)session_id, i == 2 ? "\"" : "", (long long)session_id,
+				       i == 2 ? "\"" : "", h);
+			free(h);
+			json_decref(want);
+			return ORCH_EINVALID_PARAMS;
+		}
+		json_object_set_new(params, names[i], want);
+	}
+	return 0;
+}
+
+/*
+ * Look up a stored reply for call_id.  Returns 1 and sets *reply and *code when
+ * the same call was made before, 0 when none is stored, or an error.
+ */
+static int stored_reply(orch_ctx *ctx, const char *call_id, const char *method, const char *canon,
+			char **reply, int *code)
+{
+	sqlite3_stmt *st = orch_sql(ctx, "SELECT method, params, reply FROM replies WHERE call_id = ?", "s", call_id);
+	int rc;
+
+	if (!st)
+		return ORCH_EINTERNAL;
+	rc = orch_sql_step(ctx, st);
+	if (rc == SQLITE_DONE) {
+		sqlite3_reset(st);
+		return 0;
+	}
+	if (rc != SQLITE_ROW) {
+		sqlite3_reset(st);
+		return ORCH_EINTERNAL;
+	}
+	if (strcmp((const char *)sqlite3_column_text(st, 0), method) != 0 ||
+	    strcmp((const char *)sqlite3_column_text(st, 1), canon) != 0) {
+		rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for %s with other params",
+				    call_id, (const char *)sqlite3_column_text(st, 0));
+		sqlite3_reset(st);
+		return rc;
+	}
+	*reply = strdup((const char *)sqlite3_column_text(st, 2));
+	sqlite3_reset(st);
+
+	/* Replay the code (and message, for `orchfs call`) of a stored error. */
+	*code = 0;
+	json_t *r = json_loads(*reply, 0, NULL);
+	json_t *err = json_object_get(r, "error");
+	if (err) {
+		*code = orch_error_from_name(json_string_value(json_object_get(err, "code")));
+		orch_error_set(*code ? *code : ORCH_EINTERNAL, "%s",
+			       json_string_value(json_object_get(err, "message")));
+		json_t *d = json_object_get(err, "details");
+		if (d)
+			orch_error_details(json_incref(d));
+	}
+	json_decref(r);
+	return 1;
+}
+
+static int store_reply(orch_ctx *ctx, const char *call_id, const char *method, const char *canon,
+		       const char *reply)
+{
+	return orch_sql_exec(ctx, "INSERT INTO replies (call_id, method, params, reply, created_at) "
+			     "VALUES (?, ?, ?, ?, ?)", "ssssi", call_id, method, canon, reply, ctx->now);
+}
+
+/* Store an error reply in its own transaction (the method's was rolled back). */
+static void store_error_reply(orch_ctx *ctx, const char *call_id, const char *method, const char *canon,
+			      const char *reply)
+{
+	orch_error saved = *orch_error_last();
+	json_t *details = saved.details ? json_incref(saved.details) : NULL;
+	int64_t existing;
+	bool found;
+
+	if (orch_store_begin(ctx->store, true) == 0) {
+		if (orch_sql_int(ctx, &existing, &found, "SELECT id FROM replies WHERE call_id = ?", "s",
+				 call_id) == 0 && !found &&
+		    store_reply(ctx, call_id, method, canon, reply) == 0)
+			orch_store_commit(ctx->store);
+		else
+			orch_store_rollback(ctx->store);
+	}
+	orch_error_set(saved.code, "%s", saved.message);
+	if (details)
+		orch_error_details(details);
+}
+
+static int bump_version(orch_ctx *ctx)
+{
+	return orch_sql_exec(ctx, "UPDATE mirror_meta SET db_version = db_version + 1, updated_at = ? WHERE id = 1",
+			     "i", ctx->now);
+}
+
+int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, char **reply)
+{
+	const orch_method *m;
+	const char *call_id = NULL;
+	json_t *params = NULL, *result = NULL, *out;
+	char *canon = NULL;
+	bool write, in_txn = false, call_id_taken = false;
+	int rc;
+
+	orch_error_clear();
+	*reply = NULL;
+	ctx->now = orch_now_ms();
+	m = orch_method_find(name);
+	if (!m) {
+		rc = orch_error_set(ORCH_ENOTFOUND, "unknown method \"%s\"", name);
+		goto fail;
+	}
+	if (!json_is_object(req)) {
+		rc = orch_error_set(ORCH_EINVALID_PARAMS, "request must be a JSON object (the params of %s), got %s",
+				    name, json_is_array(req) ? "an array" : json_is_string(req) ? "a string"
+				    : json_is_null(req) ? "null" : json_is_boolean(req) ? "a boolean" : "a number");
+		goto fail;
+	}
+	json_t *cid = json_object_get(req, "call_id");
+	if (cid) {
+		if (!json_is_string(cid) || !call_id_valid(json_string_value(cid))) {
+			rc = orch_error_set(ORCH_EINVALID_PARAMS,
+					    "call_id must be 1-64 characters of A-Za-z0-9._:-");
+			goto fail;
+		}
+		call_id = json_string_value(cid);
+	}
+	params = json_deep_copy(req);
+	json_object_del(params, "call_id");
+	if (session_id > 0 && (rc = apply_implied(m, params, session_id)) != 0)
+		goto fail;
+	canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
+
+	write = (m->flags & ORCH_M_WRITE) || call_id;
+	if ((rc = orch_store_begin(ctx->store, write)) != 0)
+		goto fail;
+	in_txn = true;
+	if (call_id) {
+		int code = 0;
+		rc = stored_reply(ctx, call_id, name, canon, reply, &code);
+		if (rc == 1) {
+			orch_store_rollback(ctx->store);
+			rc = code;
+			goto done;
+		}
+		if (rc) {
+			call_id_taken = rc == ORCH_EEXISTS;
+			goto fail;
+		}
+	}
+	if ((rc = orch_params_validate(m, params)) != 0)
+		goto fail;
+	if ((rc = m->fn(ctx, params, &result)) != 0)
+		goto fail;
+	if ((m->flags & ORCH_M_WRITE) && (rc = bump_version(ctx)) != 0)
+		goto fail;
+
+	out = json_object();
+	json_object_set_new(out, "result", result ? result : json_null());
+	result = NULL;
+	if (call_id)
+		json_object_set_new(out, "call_id", json_string(call_id));
+	*reply = reply_text(out);
+	json_decref(out);
+	if (call_id && (rc = store_reply(ctx, call_id, name, canon, *reply)) != 0)
+		goto fail;
+	if ((rc = orch_store_commit(ctx->store)) != 0) {
+		in_txn = false;
+		goto fail;
+	}
+	orch_undo_clear(ctx);
+	rc = 0;
+	goto done;
+
+fail:
+	json_decref(result);
+	if (in_txn)
+		orch_store_rollback(ctx->store);
+	orch_undo_run(ctx);
+	free(*reply);
+	*reply = orch_reply_error(call_id);
+	if (call_id && canon && !call_id_taken)
+		store_error_reply(ctx, call_id, name, canon, *reply);
+done:
+	json_decref(params);
+	free(canon);
+	return rc;
+}
+
+int orch_call_text(orch_ctx *ctx, const char *method, const char *text, size_t len, int64_t session_id,
+		   char **reply)
+{
+	json_t *req;
+	int rc = orch_request_parse(text, len, &req);
+
+	if (rc == ORCH_INCOMPLETE) {
+		if (len == 0 || strspn(text, " \t\r\n") == len) {
+			req = json_object(); /* no params at all means {} */
+			rc = 0;
+		} else {
+			rc = orch_error_set(ORCH_EINVALID_JSON, "request is not valid JSON: unexpected end of input");
+		}
+	}
+	if (rc) {
+		*reply = orch_reply_error(NULL);
+		return rc;
+	}
+	rc = orch_call(ctx, method, req, session_id, reply);
+	json_decref(req);
+	return rc;
+}

@@ -1,0 +1,91 @@
+/*
+ * The thread-local error slot and the code tables.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "orchfs/error.h"
+
+static _Thread_local orch_error slot;
+
+static const struct {
+	int code;
+	const char *name;
+	int err;
+} codes[] = {
+	{ORCH_EINVALID_JSON, "invalid_json", EINVAL},
+	{ORCH_EINVALID_PARAMS, "invalid_params", EINVAL},
+	{ORCH_EINVALID_STATE, "invalid_state", EINVAL},
+	{ORCH_ENOTFOUND, "not_found", ENOENT},
+	{ORCH_ECONFLICT, "conflict", EBUSY},
+	{ORCH_EEXISTS, "exists", EEXIST},
+	{ORCH_EFORBIDDEN, "forbidden", EPERM},
+	{ORCH_ETOOLARGE, "too_large", EFBIG},
+	{ORCH_EGIT, "git", EIO},
+	{ORCH_EINTERNAL, "internal", EIO},
+};
+
+int orch_error_set(int code, const char *fmt, ...)
+{
+	va_list ap;
+
+	orch_error_clear();
+	slot.code = code;
+	va_start(ap, fmt);
+	vsnprintf(slot.message, sizeof(slot.message), fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+void orch_error_details(json_t *details)
+{
+	json_decref(slot.details);
+	slot.details = details;
+}
+
+void orch_error_detail(const char *key, json_t *value)
+{
+	json_t *d = json_object();
+
+	json_object_set_new(d, key, value);
+	orch_error_details(d);
+}
+
+const orch_error *orch_error_last(void)
+{
+	return &slot;
+}
+
+void orch_error_clear(void)
+{
+	json_decref(slot.details);
+	slot.details = NULL;
+	slot.code = 0;
+	slot.message[0] = '\0';
+}
+
+const char *orch_error_name(int code)
+{
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+		if (codes[i].code == code)
+			return codes[i].name;
+	return "internal";
+}
+
+int orch_error_from_name(const char *name)
+{
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+		if (strcmp(codes[i].name, name) == 0)
+			return codes[i].code;
+	return 0;
+}
+
+int orch_error_errno(int code)
+{
+	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+		if (codes[i].code == code)
+			return codes[i].err;
+	return EIO;
+}

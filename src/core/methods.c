@@ -1,0 +1,62 @@
+/*
+ * The method table: every group's methods, in the order ctl/ lists them.
+ */
+#include <string.h>
+
+#include "orchfs/core.h"
+
+static const orch_method *const groups[] = {
+	orch_session_methods,
+	orch_task_methods,
+	orch_mirror_methods,
+};
+
+#define MAX_METHODS 128
+
+static const orch_method *table[MAX_METHODS + 1];
+static size_t count;
+
+static void build(void)
+{
+	if (count)
+		return;
+	for (size_t g = 0; g < sizeof(groups) / sizeof(groups[0]); g++)
+		for (const orch_method *m = groups[g]; m->name && count < MAX_METHODS; m++)
+			table[count++] = m;
+}
+
+const orch_method *const *orch_methods(void)
+{
+	build();
+	return table;
+}
+
+size_t orch_method_count(void)
+{
+	build();
+	return count;
+}
+
+const orch_method *orch_method_at(size_t i)
+{
+	build();
+	return i < count ? table[i] : NULL;
+}
+
+const orch_method *orch_method_find(const char *name)
+{
+	build();
+	for (size_t i = 0; i < count; i++)
+		if (strcmp(table[i]->name, name) == 0)
+			return table[i];
+	return NULL;
+}
+
+bool orch_method_takes_session(const orch_method *m)
+{
+	for (const orch_param *p = m->params; p && p->name; p++)
+		if (strcmp(p->name, "session_id") == 0 || strcmp(p->name, "requester_session_id") == 0 ||
+		    strcmp(p->name, "owner_session") == 0)
+			return true;
+	return false;
+}

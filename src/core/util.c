@@ -1,0 +1,328 @@
+/*
+ * Helpers shared by the method groups: time, SQL binding and row-to-JSON
+ * conversion, path normalisation and the undo list for git side effects.
+ */
+#include <assert.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "orchfs/core.h"
+
+int64_t orch_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void orch_time_format(int64_t ms, char *buf)
+{
+	time_t secs = (time_t)(ms / 1000);
+	int frac = (int)(ms % 1000);
+	struct tm tm;
+
+	if (frac < 0) {
+		frac += 1000;
+		secs -= 1;
+	}
+	char tmp[96];
+
+	gmtime_r(&secs, &tm);
+	snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+	snprintf(buf, 32, "%.31s", tmp);
+}
+
+/* ---- SQL ---- */
+
+static int bind_args(sqlite3_stmt *st, const char *fmt, va_list ap)
+{
+	int rc = SQLITE_OK;
+
+	for (int i = 1; fmt && *fmt && rc == SQLITE_OK; fmt++, i++) {
+		switch (*fmt) {
+		case 'i':
+			rc = sqlite3_bind_int64(st, i, va_arg(ap, int64_t));
+			break;
+		case 'I': {
+			int64_t v = va_arg(ap, int64_t);
+			rc = v ? sqlite3_bind_int64(st, i, v) : sqlite3_bind_null(st, i);
+			break;
+		}
+		case 's': {
+			const char *s = va_arg(ap, const char *);
+			rc = s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+			break;
+		}
+		case 'j': {
+			json_t *j = va_arg(ap, json_t *);
+			char *s = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+			rc = s ? sqlite3_bind_text(st, i, s, -1, free) : sqlite3_bind_null(st, i);
+			break;
+		}
+		case 'n':
+			rc = sqlite3_bind_null(st, i);
+			break;
+		default:
+			assert(!"bad bind format");
+		}
+	}
+	return rc;
+}
+
+static sqlite3_stmt *vsql(orch_ctx *ctx, const char *sql, const char *fmt, va_list ap)
+{
+	sqlite3_stmt *st = orch_store_stmt(ctx->store, sql);
+
+	if (!st) {
+		orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(orch_store_db(ctx->store)));
+		return NULL;
+	}
+	if (bind_args(st, fmt, ap) != SQLITE_OK) {
+		orch_error_set(ORCH_EINTERNAL, "database bind: %s", sqlite3_errmsg(orch_store_db(ctx->store)));
+		return NULL;
+	}
+	return st;
+}
+
+sqlite3_stmt *orch_sql(orch_ctx *ctx, const char *sql, const char *fmt, ...)
+{
+	va_list ap;
+	sqlite3_stmt *st;
+
+	va_start(ap, fmt);
+	st = vsql(ctx, sql, fmt, ap);
+	va_end(ap);
+	return st;
+}
+
+int orch_sql_step(orch_ctx *ctx, sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		sqlite3 *db = orch_store_db(ctx->store);
+		orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(db));
+	}
+	return rc;
+}
+
+int orch_sql_exec(orch_ctx *ctx, const char *sql, const char *fmt, ...)
+{
+	va_list ap;
+	sqlite3_stmt *st;
+	int rc;
+
+	va_start(ap, fmt);
+	st = vsql(ctx, sql, fmt, ap);
+	va_end(ap);
+	if (!st)
+		return ORCH_EINTERNAL;
+	rc = orch_sql_step(ctx, st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+
+	return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+json_t *orch_row_json(sqlite3_stmt *st)
+{
+	json_t *obj = json_object();
+	int n = sqlite3_column_count(st);
+
+	for (int i = 0; i < n; i++) {
+		const char *name = sqlite3_column_name(st, i);
+		int type = sqlite3_column_type(st, i);
+		json_t *v = NULL;
+		char key[128];
+
+		if (type == SQLITE_NULL)
+			continue;
+		snprintf(key, sizeof(key), "%s", name);
+		if (ends_with(name, "_json")) {
+			const char *text = (const char *)sqlite3_column_text(st, i);
+			key[strlen(key) - 5] = '\0';
+			v = json_loads(text, JSON_DECODE_ANY, NULL);
+			if (!v)
+				v = json_string(text);
+		} else if (type == SQLITE_INTEGER && (ends_with(name, "_at") || strcmp(name, "lease_until") == 0)) {
+			char buf[32];
+			orch_time_format(sqlite3_column_int64(st, i), buf);
+			v = json_string(buf);
+		} else if (type == SQLITE_INTEGER) {
+			v = json_integer(sqlite3_column_int64(st, i));
+		} else if (type == SQLITE_FLOAT) {
+			v = json_real(sqlite3_column_double(st, i));
+		} else {
+			v = json_stringn((const char *)sqlite3_column_text(st, i),
+					 (size_t)sqlite3_column_bytes(st, i));
+		}
+		json_object_set_new(obj, key, v);
+	}
+	return obj;
+}
+
+int orch_sql_row(orch_ctx *ctx, json_t **out, const char *nf_fmt, int64_t id,
+		 const char *sql, const char *fmt, ...)
+{
+	va_list ap;
+	sqlite3_stmt *st;
+	int rc;
+
+	*out = NULL;
+	va_start(ap, fmt);
+	st = vsql(ctx, sql, fmt, ap);
+	va_end(ap);
+	if (!st)
+		return ORCH_EINTERNAL;
+	rc = orch_sql_step(ctx, st);
+	if (rc == SQLITE_ROW)
+		*out = orch_row_json(st);
+	sqlite3_reset(st);
+	if (rc == SQLITE_ROW)
+		return 0;
+	if (rc == SQLITE_DONE)
+		return orch_error_set(ORCH_ENOTFOUND, nf_fmt, (long long)id);
+	return ORCH_EINTERNAL;
+}
+
+int orch_sql_rows(orch_ctx *ctx, json_t **out, const char *sql, const char *fmt, ...)
+{
+	va_list ap;
+	sqlite3_stmt *st;
+	int rc;
+
+	*out = NULL;
+	va_start(ap, fmt);
+	st = vsql(ctx, sql, fmt, ap);
+	va_end(ap);
+	if (!st)
+		return ORCH_EINTERNAL;
+	*out = json_array();
+	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW)
+		json_array_append_new(*out, orch_row_json(st));
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE) {
+		json_decref(*out);
+		*out = NULL;
+		return ORCH_EINTERNAL;
+	}
+	return 0;
+}
+
+int orch_sql_int(orch_ctx *ctx, int64_t *out, bool *found, const char *sql, const char *fmt, ...)
+{
+	va_list ap;
+	sqlite3_stmt *st;
+	int rc;
+
+	va_start(ap, fmt);
+	st = vsql(ctx, sql, fmt, ap);
+	va_end(ap);
+	if (!st)
+		return ORCH_EINTERNAL;
+	rc = orch_sql_step(ctx, st);
+	if (found)
+		*found = rc == SQLITE_ROW;
+	*out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	sqlite3_reset(st);
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+}
+
+int64_t orch_last_id(orch_ctx *ctx)
+{
+	return sqlite3_last_insert_rowid(orch_store_db(ctx->store));
+}
+
+/* ---- paths ---- */
+
+/*
+ * Normalise a client path: components "" and "." dropped, ".." pops one
+ * component.  The result is "." for the repository root.  Absolute paths,
+ * the empty string and ".." leaving the root are invalid_params.
+ */
+int orch_path_normalise(const char *name, const char *in, char **out)
+{
+	size_t n = strlen(in);
+	char *buf = malloc(n + 2), *dup = strdup(in), *save = NULL;
+	size_t len = 0;
+
+	*out = NULL;
+	if (n == 0 || in[0] == '/') {
+		free(buf);
+		free(dup);
+		return orch_error_set(ORCH_EINVALID_PARAMS, "%s must be a repository-relative path, got \"%s\"",
+				      name, in);
+	}
+	for (char *c = strtok_r(dup, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+		if (strcmp(c, ".") == 0)
+			continue;
+		if (strcmp(c, "..") == 0) {
+			if (len == 0) {
+				free(buf);
+				free(dup);
+				return orch_error_set(ORCH_EINVALID_PARAMS,
+						      "%s \"%s\" leaves the repository", name, in);
+			}
+			while (len > 0 && buf[len - 1] != '/')
+				len--;
+			if (len > 0)
+				len--;
+			continue;
+		}
+		if (len > 0)
+			buf[len++] = '/';
+		memcpy(buf + len, c, strlen(c));
+		len += strlen(c);
+	}
+	if (len == 0)
+		buf[len++] = '.';
+	buf[len] = '\0';
+	free(dup);
+	*out = buf;
+	return 0;
+}
+
+/* ---- undo ---- */
+
+void orch_undo_push(orch_ctx *ctx, void (*fn)(void *), void (*free_arg)(void *), void *arg)
+{
+	orch_undo *u = calloc(1, sizeof(*u));
+
+	u->fn = fn;
+	u->free_arg = free_arg;
+	u->arg = arg;
+	u->next = ctx->undo;
+	ctx->undo = u;
+}
+
+static void undo_drain(orch_ctx *ctx, bool run)
+{
+	while (ctx->undo) {
+		orch_undo *u = ctx->undo;
+		ctx->undo = u->next;
+		if (run)
+			u->fn(u->arg);
+		if (u->free_arg)
+			u->free_arg(u->arg);
+		free(u);
+	}
+}
+
+void orch_undo_run(orch_ctx *ctx)
+{
+	undo_drain(ctx, true);
+}
+
+void orch_undo_clear(orch_ctx *ctx)
+{
+	undo_drain(ctx, false);
+}

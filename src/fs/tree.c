@@ -1,0 +1,411 @@
+/*
+ * The tree: one table of node kinds, inode numbering, lookup, listing and
+ * rendering of state files.  Adding a file to the tree means adding a kind
+ * to fs.h and a row to `specs` here.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs.h"
+
+typedef struct {
+	fs_kind kind;
+	fs_kind parent;
+	const char *name;       /* fixed name, or NULL for id-, name- or method-named nodes */
+	const char *suffix;     /* id-named: appended to the id ("" or ".json") */
+	fs_type type;
+	const char *list_sql;   /* id-named: SELECT id[, name]; ?1 = parent id, ?2 = now (ms) */
+	const char *exists_sql; /* SELECT 1 when node ?1 exists (?2 = now); NULL: always */
+	const char *lookup_sql; /* string-named: SELECT id WHERE name = ?1 */
+	int (*render)(orch_ctx *ctx, int64_t id, json_t **out);
+	int (*text)(orch_ctx *ctx, int64_t id, char **buf);
+	int methods;            /* 1: one node per method; 2: per method that takes a session */
+} node_spec;
+
+static int render_reply(orch_ctx *ctx, int64_t id, json_t **out);
+static int readme_text(orch_ctx *ctx, int64_t id, char **buf);
+static int heartbeat_text(orch_ctx *ctx, int64_t id, char **buf);
+
+#define SESSION_EXISTS "SELECT 1 FROM sessions WHERE id = ?1"
+
+static const node_spec specs[K_KIND_COUNT] = {
+	[K_ROOT] = {K_ROOT, K_ROOT, "", NULL, T_DIR},
+	[K_README] = {K_README, K_ROOT, "README.md", NULL, T_FILE, .text = readme_text},
+	[K_CTL_DIR] = {K_CTL_DIR, K_ROOT, "ctl", NULL, T_DIR},
+	[K_CTL] = {K_CTL, K_CTL_DIR, NULL, NULL, T_CTL, .methods = 1},
+	[K_REPLIES_DIR] = {K_REPLIES_DIR, K_ROOT, "replies", NULL, T_DIR},
+	[K_REPLY] = {K_REPLY, K_REPLIES_DIR, NULL, ".json", T_FILE,
+		     .list_sql = "SELECT id, call_id FROM replies ORDER BY id",
+		     .exists_sql = "SELECT 1 FROM replies WHERE id = ?1",
+		     .lookup_sql = "SELECT id FROM replies WHERE call_id = ?1", .render = render_reply},
+	[K_SESSIONS_DIR] = {K_SESSIONS_DIR, K_ROOT, "sessions", NULL, T_DIR},
+	[K_SESSION_DIR] = {K_SESSION_DIR, K_SESSIONS_DIR, NULL, "", T_DIR,
+			   .list_sql = "SELECT id FROM sessions ORDER BY id", .exists_sql = SESSION_EXISTS},
+	[K_SESSION_JSON] = {K_SESSION_JSON, K_SESSION_DIR, "session.json", NULL, T_FILE,
+			    .render = orch_session_json},
+	[K_CONTEXT_JSON] = {K_CONTEXT_JSON, K_SESSION_DIR, "context.json", NULL, T_FILE,
+			    .render = orch_session_context},
+	[K_CURRENT_REF_JSON] = {K_CURRENT_REF_JSON, K_SESSION_DIR, "current_ref.json", NULL, T_FILE,
+				.render = orch_current_ref_json},
+	[K_HEARTBEAT] = {K_HEARTBEAT, K_SESSION_DIR, "heartbeat", NULL, T_HEARTBEAT, .text = heartbeat_text},
+	[K_ROOT_LINK] = {K_ROOT_LINK, K_SESSION_DIR, "root", NULL, T_LINK,
+			 .exists_sql = "SELECT 1 FROM sessions s JOIN worktrees w ON w.id = "
+				       "s.session_root_worktree_id WHERE s.id = ?1"},
+	[K_SCTL_DIR] = {K_SCTL_DIR, K_SESSION_DIR, "ctl", NULL, T_DIR},
+	[K_SCTL] = {K_SCTL, K_SCTL_DIR, NULL, NULL, T_CTL, .methods = 2},
+	[K_TASKS_DIR] = {K_TASKS_DIR, K_ROOT, "tasks", NULL, T_DIR},
+	[K_TASK_DIR] = {K_TASK_DIR, K_TASKS_DIR, NULL, "", T_DIR,
+			.list_sql = "SELECT id FROM tasks ORDER BY id",
+			.exists_sql = "SELECT 1 FROM tasks WHERE id = ?1"},
+	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json},
+};
+
+/* ---- inode numbers: kind in the top byte, method index below it, id in the low 48 bits ---- */
+
+uint64_t fs_ino(fs_node n)
+{
+	if (n.kind == K_ROOT)
+		return 1; /* FUSE_ROOT_ID */
+	return ((uint64_t)n.kind << 56) | ((uint64_t)(n.sub & 0xff) << 48) | ((uint64_t)n.id & 0xffffffffffffULL);
+}
+
+fs_node fs_node_of(uint64_t ino)
+{
+	fs_node n = {K_ROOT, 0, 0};
+
+	if (ino == 1)
+		return n;
+	n.kind = (fs_kind)(ino >> 56);
+	n.sub = (unsigned)((ino >> 48) & 0xff);
+	n.id = (int64_t)(ino & 0xffffffffffffULL);
+	if (n.kind >= K_KIND_COUNT)
+		n.kind = K_ROOT, n.id = -1;
+	return n;
+}
+
+fs_type fs_node_type(fs_node n)
+{
+	return specs[n.kind].type;
+}
+
+/* ---- queries ---- */
+
+static int64_t query_id(orch_ctx *ctx, const char *sql, int64_t id, const char *name)
+{
+	sqlite3_stmt *st = orch_store_stmt(ctx->store, sql);
+	int64_t out = 0;
+
+	if (!st)
+		return 0;
+	int nparams = sqlite3_bind_parameter_count(st);
+	if (name)
+		sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+	else if (nparams >= 1)
+		sqlite3_bind_int64(st, 1, id);
+	if (nparams >= 2)
+		sqlite3_bind_int64(st, 2, orch_now_ms());
+	if (sqlite3_step(st) == SQLITE_ROW)
+		out = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	return out;
+}
+
+bool fs_exists(orch_ctx *ctx, fs_node n)
+{
+	const node_spec *s = &specs[n.kind];
+
+	if (n.id < 0)
+		return false;
+	if (s->methods) {
+		int64_t sid;
+		return fs_ctl_method(n, &sid) != NULL && (n.kind != K_SCTL || query_id(ctx, SESSION_EXISTS, n.id, NULL));
+	}
+	/* A fixed child exists when its parent does. */
+	if (s->name && s->parent != n.kind && specs[s->parent].exists_sql) {
+		fs_node p = {s->parent, 0, n.id};
+		if (!fs_exists(ctx, p))
+			return false;
+	}
+	return !s->exists_sql || query_id(ctx, s->exists_sql, n.id, NULL) != 0;
+}
+
+const orch_method *fs_ctl_method(fs_node n, int64_t *session_id)
+{
+	const orch_method *m = orch_method_at(n.sub);
+
+	*session_id = n.kind == K_SCTL ? n.id : 0;
+	if (!m || (n.kind == K_SCTL && !orch_method_takes_session(m)))
+		return NULL;
+	return m;
+}
+
+/* Parse a decimal id: digits only, no leading zero, > 0, fits 48 bits. */
+static int64_t parse_id(const char *name, size_t len)
+{
+	int64_t v = 0;
+
+	if (len == 0 || len > 15 || name[0] == '0')
+		return 0;
+	for (size_t i = 0; i < len; i++) {
+		if (name[i] < '0' || name[i] > '9')
+			return 0;
+		v = v * 10 + (name[i] - '0');
+	}
+	return v;
+}
+
+int fs_lookup(orch_ctx *ctx, fs_node dir, const char *name, fs_node *child)
+{
+	if (specs[dir.kind].type != T_DIR)
+		return -ENOTDIR;
+	for (int k = 1; k < K_KIND_COUNT; k++) {
+		const node_spec *s = &specs[k];
+		fs_node c = {(fs_kind)k, 0, dir.id};
+
+		if (s->parent != dir.kind)
+			continue;
+		if (s->name) {
+			if (strcmp(s->name, name) != 0)
+				continue;
+		} else if (s->methods) {
+			const orch_method *m = orch_method_find(name);
+			if (!m)
+				continue;
+			for (size_t i = 0; i < orch_method_count(); i++)
+				if (orch_method_at(i) == m)
+					c.sub = (unsigned)i;
+		} else {
+			size_t n = strlen(name), sl = strlen(s->suffix);
+			if (n <= sl || strcmp(name + n - sl, s->suffix) != 0)
+				continue;
+			if (s->lookup_sql) {
+				char *base = strndup(name, n - sl);
+				c.id = query_id(ctx, s->lookup_sql, 0, base);
+				free(base);
+			} else {
+				c.id = parse_id(name, n - sl);
+			}
+			if (c.id <= 0)
+				continue;
+		}
+		if (!fs_exists(ctx, c))
+			return -ENOENT;
+		*child = c;
+		return 0;
+	}
+	return -ENOENT;
+}
+
+static void add(fs_dirent **out, size_t *n, size_t *cap, char *name, fs_node node)
+{
+	if (*n == *cap) {
+		*cap = *cap ? *cap * 2 : 16;
+		*out = realloc(*out, *cap * sizeof(**out));
+	}
+	(*out)[*n].name = name;
+	(*out)[*n].node = node;
+	(*n)++;
+}
+
+int fs_list(orch_ctx *ctx, fs_node dir, fs_dirent **out, size_t *n)
+{
+	size_t cap = 0;
+
+	*out = NULL;
+	*n = 0;
+	if (specs[dir.kind].type != T_DIR)
+		return -ENOTDIR;
+	for (int k = 1; k < K_KIND_COUNT; k++) {
+		const node_spec *s = &specs[k];
+		fs_node c = {(fs_kind)k, 0, dir.id};
+
+		if (s->parent != dir.kind)
+			continue;
+		if (s->name) {
+			if (!s->exists_sql || fs_exists(ctx, c))
+				add(out, n, &cap, strdup(s->name), c);
+		} else if (s->methods) {
+			for (size_t i = 0; i < orch_method_count(); i++) {
+				const orch_method *m = orch_method_at(i);
+				if (s->methods == 2 && !orch_method_takes_session(m))
+					continue;
+				c.sub = (unsigned)i;
+				add(out, n, &cap, strdup(m->name), c);
+			}
+		} else {
+			sqlite3_stmt *st = orch_store_stmt(ctx->store, s->list_sql);
+			if (!st)
+				return -EIO;
+			int np = sqlite3_bind_parameter_count(st);
+			if (np >= 1)
+				sqlite3_bind_int64(st, 1, dir.id);
+			if (np >= 2)
+				sqlite3_bind_int64(st, 2, orch_now_ms());
+			while (sqlite3_step(st) == SQLITE_ROW) {
+				char *name;
+				c.id = sqlite3_column_int64(st, 0);
+				if (sqlite3_column_count(st) > 1) {
+					if (asprintf(&name, "%s%s", sqlite3_column_text(st, 1), s->suffix) < 0)
+						continue;
+				} else if (asprintf(&name, "%lld%s", (long long)c.id, s->suffix) < 0) {
+					continue;
+				}
+				add(out, n, &cap, name, c);
+			}
+			sqlite3_reset(st);
+		}
+	}
+	return 0;
+}
+
+void fs_dirents_free(fs_dirent *d, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(d[i].name);
+	free(d);
+}
+
+static int errno_of(int code)
+{
+	return -orch_error_errno(code);
+}
+
+int fs_render(orch_ctx *ctx, fs_node n, char **buf, size_t *len)
+{
+	const node_spec *s = &specs[n.kind];
+	json_t *j = NULL;
+	int rc;
+
+	*buf = NULL;
+	*len = 0;
+	if (!s->render && !s->text)
+		return -EISDIR;
+	if (orch_store_begin(ctx->store, false) != 0)
+		return -EIO;
+	if (!fs_exists(ctx, n)) {
+		orch_store_rollback(ctx->store);
+		return -ENOENT;
+	}
+	rc = s->render ? s->render(ctx, n.id, &j) : s->text(ctx, n.id, buf);
+	orch_store_rollback(ctx->store);
+	if (rc)
+		return errno_of(rc);
+	if (j) {
+		char *text = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY);
+		json_decref(j);
+		if (asprintf(buf, "%s\n", text) < 0)
+			*buf = NULL;
+		free(text);
+	}
+	if (!*buf)
+		return -ENOMEM;
+	*len = strlen(*buf);
+	return 0;
+}
+
+int fs_readlink(orch_ctx *ctx, fs_node n, char **target)
+{
+	sqlite3_stmt *st;
+	int rc = -ENOENT;
+
+	if (specs[n.kind].type != T_LINK)
+		return -EINVAL;
+	st = orch_store_stmt(ctx->store, "SELECT w.path FROM sessions s JOIN worktrees w ON "
+			     "w.id = s.session_root_worktree_id WHERE s.id = ?");
+	if (!st)
+		return -EIO;
+	sqlite3_bind_int64(st, 1, n.id);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		*target = strdup((const char *)sqlite3_column_text(st, 0));
+		rc = 0;
+	}
+	sqlite3_reset(st);
+	return rc;
+}
+
+/* ---- renderers that are not a core view ---- */
+
+static int render_reply(orch_ctx *ctx, int64_t id, json_t **out)
+{
+	sqlite3_stmt *st = orch_sql(ctx, "SELECT reply FROM replies WHERE id = ?", "i", id);
+	int rc = ORCH_ENOTFOUND;
+
+	if (!st)
+		return ORCH_EINTERNAL;
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		*out = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+		rc = *out ? 0 : ORCH_EINTERNAL;
+	}
+	sqlite3_reset(st);
+	return rc;
+}
+
+static int heartbeat_text(orch_ctx *ctx, int64_t id, char **buf)
+{
+	json_t *s;
+	int rc = orch_session_json(ctx, id, &s);
+
+	if (rc)
+		return rc;
+	if (asprintf(buf, "%s\n", json_string_value(json_object_get(s, "last_seen_at"))) < 0)
+		*buf = NULL;
+	json_decref(s);
+	return 0;
+}
+
+static const char readme_head[] =
+	"# orchfs\n"
+	"\n"
+	"This directory is the orchestrator's state for the repository at %s.\n"
+	"Everything is a file: read state files with cat, call methods by writing a JSON\n"
+	"object into ctl/<method> and reading the reply on the same descriptor.\n"
+	"\n"
+	"    exec 3<>ctl/task.create\n"
+	"    echo '{\"level\": \"case\", \"title\": \"parse dates\"}' >&3\n"
+	"    cat <&3        # {\"result\": {...}} or {\"error\": {\"code\", \"message\"}}\n"
+	"\n"
+	"A failed call also fails the write with an errno (EINVAL bad input or state,\n"
+	"ENOENT not found, EBUSY conflict, EEXIST exists, EPERM forbidden, EFBIG too\n"
+	"large, EIO git or internal), so `echo '{...}' > ctl/x` exits non-zero.\n"
+	"Add \"call_id\": \"<id>\" to make a call idempotent and keep its reply at\n"
+	"replies/<id>.json.  Reading ctl/<method> without writing shows its usage.\n"
+	"\n"
+	"## Tree\n"
+	"\n"
+	"    README.md                       this file\n"
+	"    ctl/<method>                    one transaction file per method\n"
+	"    replies/<call_id>.json          replies of requests that carried a call_id\n"
+	"    sessions/<id>/session.json      the session\n"
+	"    sessions/<id>/context.json      session.context\n"
+	"    sessions/<id>/current_ref.json  the active current ref, or null\n"
+	"    sessions/<id>/heartbeat         open for writing, write or touch = session.heartbeat\n"
+	"    sessions/<id>/root              symlink to the session-root worktree\n"
+	"    sessions/<id>/ctl/<method>      methods with session_id implied by <id>; reading\n"
+	"                                    without writing shows the session's last reply\n"
+	"    tasks/<id>/task.json            the task\n"
+	"\n"
+	"State files are JSON, one consistent snapshot per open; everything but ctl files\n"
+	"and heartbeat is read-only (EROFS).\n"
+	"\n"
+	"## Methods\n"
+	"\n";
+
+static int readme_text(orch_ctx *ctx, int64_t id, char **buf)
+{
+	size_t cap = 0, len = 0;
+	char *out = NULL;
+	FILE *f = open_memstream(&out, &cap);
+
+	(void)id;
+	fprintf(f, readme_head, ctx->repo_path);
+	for (size_t i = 0; i < orch_method_count(); i++) {
+		const orch_method *m = orch_method_at(i);
+		fprintf(f, "- `%s`: %s\n", m->name, m->summary);
+	}
+	fclose(f);
+	(void)len;
+	*buf = out;
+	return 0;
+}

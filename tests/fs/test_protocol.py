@@ -1,0 +1,238 @@
+"""The ctl protocol and the basic tree, driven the way clients drive it."""
+import errno
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import ORCHFS, git
+
+
+def sh(cmd, cwd=None):
+    return subprocess.run(['bash', '-c', cmd], capture_output=True, text=True, cwd=cwd)
+
+
+def test_echo_into_ctl_and_exec_readback(mount):
+    r = sh(f"echo '{{\"level\": \"case\", \"title\": \"t1\"}}' > {mount.p('ctl', 'task.create')}")
+    assert r.returncode == 0, r.stderr
+    r = sh(f"exec 3<>{mount.p('ctl', 'task.create')}; echo '{{\"level\": \"epic\", \"title\": \"e\"}}' >&3; cat <&3")
+    reply = json.loads(r.stdout)
+    assert r.stdout.endswith('}\n') and r.stdout.count('\n') == 1
+    assert reply['result']['id'] == 2 and reply['result']['level'] == 'epic'
+
+
+def test_echo_error_sets_exit_status(mount):
+    r = sh(f"echo '{{\"task_id\": 42}}' > {mount.p('ctl', 'task.get')}")
+    assert r.returncode != 0
+    assert 'No such file or directory' in r.stderr
+    r = sh(f"echo '{{\"task_id\": \"x\"}}' > {mount.p('ctl', 'task.get')}")
+    assert r.returncode != 0 and 'Invalid argument' in r.stderr
+
+
+def test_python_r_plus_with_and_without_seek(mount):
+    with open(mount.p('ctl', 'task.create'), 'r+') as f:
+        f.write('{"level": "case", "title": "a"}')
+        f.flush()
+        reply = json.loads(f.read())
+    assert reply['result']['title'] == 'a'
+    with open(mount.p('ctl', 'task.create'), 'r+') as f:
+        f.write('{"level": "case", "title": "b"}')
+        f.seek(0)
+        reply = json.loads(f.read())
+        assert f.read() == ''
+    assert reply['result']['title'] == 'b'
+
+
+def test_request_in_pieces(mount):
+    fd = os.open(mount.p('ctl', 'task.create'), os.O_RDWR)
+    for piece in [b'{"lev', b'el": "case",', b' "title"', b': "pieces"}']:
+        os.write(fd, piece)
+    reply = json.loads(os.read(fd, 4096))
+    os.close(fd)
+    assert reply['result']['title'] == 'pieces'
+
+
+def test_read_before_complete_is_einval_and_close_fails(mount):
+    fd = os.open(mount.p('ctl', 'task.create'), os.O_RDWR)
+    os.write(fd, b'{"level": ')
+    with pytest.raises(OSError) as e:
+        os.read(fd, 100)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno == errno.EINVAL
+    assert mount.db_version() == 0
+
+
+def test_second_request_is_ebusy(mount):
+    fd = os.open(mount.p('ctl', 'task.list'), os.O_RDWR)
+    os.write(fd, b'{}')
+    with pytest.raises(OSError) as e:
+        os.write(fd, b'{}')
+    assert e.value.errno == errno.EBUSY
+    os.close(fd)
+
+
+def test_malformed_and_non_object(mount):
+    e = mount.fails('task.create', '{"level": "case" "title": 1}', 'invalid_json', errno.EINVAL)
+    assert 'JSON' in e['message']
+    mount.fails('task.create', '[1]', 'invalid_params', errno.EINVAL)
+    mount.fails('task.create', '"str"', 'invalid_params', errno.EINVAL)
+    mount.fails('task.create', '42 ', 'invalid_params', errno.EINVAL)
+    assert mount.db_version() == 0
+
+
+def test_oversize_request_is_efbig(mount):
+    fd = os.open(mount.p('ctl', 'task.create'), os.O_RDWR)
+    os.write(fd, b'{"level": "case", "title": "')
+    chunk = b'x' * 65536
+    with pytest.raises(OSError) as e:
+        for _ in range(20):
+            os.write(fd, chunk)
+    assert e.value.errno == errno.EFBIG
+    with pytest.raises(OSError) as e:
+        os.write(fd, b'"}')
+    assert e.value.errno == errno.EFBIG
+    reply = json.loads(os.read(fd, 4096))
+    assert reply['error']['code'] == 'too_large'
+    os.close(fd)
+    assert mount.db_version() == 0
+
+
+def test_usage_when_read_without_write(mount):
+    r = sh(f"cat {mount.p('ctl', 'task.create')}")
+    assert r.returncode == 0
+    assert 'task.create' in r.stdout and 'level' in r.stdout and 'Example' in r.stdout
+    assert 'call_id' in r.stdout
+
+
+def test_unknown_key_rejected(mount):
+    e = mount.fails('task.create', {'level': 'case', 'titel': 'x'}, 'invalid_params', errno.EINVAL)
+    assert 'titel' in e['message'] and 'title' in e['details']['accepted']
+    assert mount.db_version() == 0
+
+
+def test_call_id_and_replies_file(mount):
+    # A file tool: write in one open, read the reply file in another.
+    with open(mount.p('ctl', 'task.create'), 'w') as f:
+        f.write('{"level": "case", "title": "ft", "call_id": "ft-1"}')
+    assert 'ft-1.json' in os.listdir(mount.p('replies'))
+    reply = mount.read_json('replies', 'ft-1.json')
+    assert reply['result']['title'] == 'ft' and reply['call_id'] == 'ft-1'
+    # The repeat is not executed again.
+    again = mount.ok('task.create', {'level': 'case', 'title': 'ft', 'call_id': 'ft-1'})
+    assert again['id'] == reply['result']['id']
+    assert mount.db_version() == 1
+    mount.fails('task.create', {'level': 'case', 'title': 'other', 'call_id': 'ft-1'}, 'exists', errno.EEXIST)
+
+
+def test_o_trunc_append_and_truncate_accepted(mount):
+    ctl = mount.p('ctl', 'task.list')
+    fd = os.open(ctl, os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b'{}')
+    assert json.loads(os.read(fd, 4096))['result'] == []
+    os.close(fd)
+    os.truncate(ctl, 0)
+
+
+def test_state_files_exact_and_tools(mount):
+    mount.ok('session.open', {'agent_role': 'impl'})
+    mount.ok('task.create', {'level': 'case', 'title': 'tools'})
+    for rel in ['sessions/1/session.json', 'sessions/1/context.json', 'tasks/1/task.json', 'README.md']:
+        p = mount.p(*rel.split('/'))
+        with open(p, 'rb') as f:
+            data = f.read()
+        assert os.stat(p).st_size == len(data)
+        if rel.endswith('.json'):
+            assert data.endswith(b'\n') and json.loads(data)
+        assert sh(f'cat {p}').stdout.encode() == data
+        assert sh(f'tail -c 20 {p}').stdout.encode() == data[-20:]
+        r = sh(f'cp {p} {mount.repo}/copy && cmp {p} {mount.repo}/copy')
+        assert r.returncode == 0, r.stderr
+        blob = subprocess.run(['git', 'hash-object', p], capture_output=True, text=True).stdout.strip()
+        blob2 = subprocess.run(['git', 'hash-object', '--stdin'], input=data, capture_output=True).stdout.decode().strip()
+        assert blob == blob2
+        node = subprocess.run(['node', '-e', f"process.stdout.write(require('fs').readFileSync('{p}'))"],
+                              capture_output=True)
+        assert node.returncode == 0 and node.stdout == data
+
+
+def test_effects_visible_immediately(mount):
+    mount.ok('task.create', {'level': 'case', 'title': 'before'})
+    assert sorted(os.listdir(mount.p('tasks'))) == ['1']
+    st1 = os.stat(mount.p('tasks', '1', 'task.json'))
+    mount.ok('task.create', {'level': 'case', 'title': 'after', 'parent_id': 1})
+    assert sorted(os.listdir(mount.p('tasks')), key=int) == ['1', '2']
+    assert mount.read_json('tasks', '2', 'task.json')['parent_id'] == 1
+    # Changes made by another process (orchfs call) are served at once too.
+    r = mount.orchfs_call('task.create', {'level': 'case', 'title': 'outside'})
+    assert r.returncode == 0, r.stderr
+    assert mount.read_json('tasks', '3', 'task.json')['title'] == 'outside'
+    assert os.stat(mount.p('tasks', '1', 'task.json')).st_mtime_ns >= st1.st_mtime_ns
+
+
+def test_open_is_a_snapshot(mount):
+    mount.ok('session.open')
+    p = mount.p('sessions', '1', 'session.json')
+    with open(p, 'rb') as f:
+        size = os.fstat(f.fileno()).st_size
+        mount.ok('session.heartbeat', {'session_id': 1})
+        mount.ok('session.close', {'session_id': 1})
+        data = f.read()
+    assert len(data) == size
+    assert json.loads(data)['status'] == 'active_new'
+    assert mount.read_json('sessions', '1', 'session.json')['status'] == 'closed'
+
+
+def test_read_only_everywhere(mount):
+    mount.ok('session.open')
+    for target in ['README.md', 'tasks', 'sessions/1/session.json', 'sessions/1/context.json']:
+        p = mount.p(*target.split('/'))
+        r = sh(f'echo x > {p}')
+        assert r.returncode != 0
+        assert 'Read-only file system' in r.stderr or 'Is a directory' in r.stderr
+    for op in [lambda: os.mkdir(mount.p('tasks', 'new')),
+               lambda: os.unlink(mount.p('README.md')),
+               lambda: os.rename(mount.p('README.md'), mount.p('x.md')),
+               lambda: os.chmod(mount.p('README.md'), 0o644),
+               lambda: open(mount.p('ctl', 'new.method'), 'w'),
+               lambda: os.symlink('/tmp', mount.p('link'))]:
+        with pytest.raises(OSError) as e:
+            op()
+        assert e.value.errno == errno.EROFS
+
+
+def test_python_atomic_save_fails_erofs(mount):
+    import tempfile
+    with pytest.raises(OSError) as e:
+        tempfile.NamedTemporaryFile(dir=mount.p('tasks'), delete=False)
+    assert e.value.errno == errno.EROFS
+
+
+def test_vim_save_fails_read_only(mount):
+    mount.ok('task.create', {'level': 'case', 'title': 'v'})
+    p = mount.p('tasks', '1', 'task.json')
+    before = open(p).read()
+    r = subprocess.run(['vim', '-Es', '-n', '-c', 'normal Gox', '-c', 'w!', '-c', 'qa!', p],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert open(p).read() == before
+
+
+def test_modes(mount):
+    mount.ok('session.open')
+    assert oct(os.stat(mount.p('README.md')).st_mode & 0o777) == '0o444'
+    assert oct(os.stat(mount.p('ctl')).st_mode & 0o777) == '0o555'
+    assert oct(os.stat(mount.p('ctl', 'task.create')).st_mode & 0o777) == '0o660'
+    assert oct(os.stat(mount.p('sessions', '1', 'heartbeat')).st_mode & 0o777) == '0o660'
+    assert oct(os.stat(mount.p('sessions', '1', 'ctl', 'session.heartbeat')).st_mode & 0o777) == '0o660'
+
+
+def test_ctl_lists_methods_in_table(mount):
+    names = os.listdir(mount.p('ctl'))
+    r = subprocess.run([ORCHFS, 'methods'], capture_output=True, text=True)
+    assert sorted(names) == sorted(r.stdout.split())
+    for n in ['session.open', 'session.heartbeat', 'session.close', 'session.context',
+              'task.create', 'task.list', 'task.get']:
+        assert n in names

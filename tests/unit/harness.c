@@ -1,0 +1,193 @@
+/*
+ * Test registry, per-test environment (temporary git repo + state) and
+ * call helpers.
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <git2.h>
+
+#include "test.h"
+
+#define MAX_TESTS 512
+
+static struct {
+	const char *name;
+	test_fn fn;
+} tests[MAX_TESTS];
+static int ntests;
+int test_failed;
+
+void test_register(const char *name, test_fn fn)
+{
+	tests[ntests].name = name;
+	tests[ntests].fn = fn;
+	ntests++;
+}
+
+int sh(const char *fmt, ...)
+{
+	char cmd[4096];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int env_setup(test_env *env)
+{
+	snprintf(env->root, sizeof(env->root), "/tmp/orchfs-unit-XXXXXX");
+	if (!mkdtemp(env->root))
+		return -1;
+	snprintf(env->repo, sizeof(env->repo), "%s/repo", env->root);
+	if (sh("git init -q -b main %s && cd %s && git config user.email t@example.com && "
+	       "git config user.name test && echo hello > README && git add README && "
+	       "git commit -q -m initial", env->repo, env->repo) != 0)
+		return -1;
+	if (orch_ctx_open(&env->ctx, env->repo, NULL) != 0) {
+		fprintf(stderr, "  ctx: %s\n", orch_error_last()->message);
+		return -1;
+	}
+	return 0;
+}
+
+static void env_teardown(test_env *env)
+{
+	orch_ctx_close(&env->ctx);
+	sh("rm -rf %s", env->root);
+	orch_error_clear();
+}
+
+int test_run_all(void)
+{
+	int passed = 0, failed = 0;
+	const char *only = getenv("TEST_ONLY");
+
+	for (int i = 0; i < ntests; i++) {
+		test_env env;
+		if (only && !strstr(tests[i].name, only))
+			continue;
+		test_failed = 0;
+		memset(&env, 0, sizeof(env));
+		if (env_setup(&env) != 0) {
+			fprintf(stderr, "FAIL %s (setup)\n", tests[i].name);
+			failed++;
+			continue;
+		}
+		tests[i].fn(&env);
+		env_teardown(&env);
+		if (test_failed) {
+			fprintf(stderr, "FAIL %s\n", tests[i].name);
+			failed++;
+		} else {
+			printf("ok   %s\n", tests[i].name);
+			passed++;
+		}
+	}
+	printf("unit: %d passed, %d failed\n", passed, failed);
+	return failed ? 1 : 0;
+}
+
+static json_t *vcall(test_env *env, int *code, const char *method, const char *fmt, va_list ap)
+{
+	char *body = NULL;
+	char *reply = NULL;
+	json_t *r;
+
+	if (vasprintf(&body, fmt, ap) < 0)
+		return NULL;
+	*code = orch_call_text(&env->ctx, method, body, strlen(body), 0, &reply);
+	free(body);
+	r = json_loads(reply, 0, NULL);
+	if (!r)
+		fprintf(stderr, "  unparseable reply: %s\n", reply);
+	free(reply);
+	return r;
+}
+
+json_t *call(test_env *env, int *code, const char *method, const char *fmt, ...)
+{
+	va_list ap;
+	json_t *r;
+
+	va_start(ap, fmt);
+	r = vcall(env, code, method, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+json_t *ok(test_env *env, const char *method, const char *fmt, ...)
+{
+	va_list ap;
+	int code;
+	json_t *r, *res;
+
+	va_start(ap, fmt);
+	r = vcall(env, &code, method, fmt, ap);
+	va_end(ap);
+	if (code != 0) {
+		char *s = json_dumps(r, JSON_COMPACT);
+		fprintf(stderr, "  %s failed: %s\n", method, s);
+		free(s);
+		test_failed = 1;
+	}
+	res = json_incref(json_object_get(r, "result"));
+	json_decref(r);
+	return res ? res : json_null();
+}
+
+json_t *fails(test_env *env, int want, const char *method, const char *fmt, ...)
+{
+	va_list ap;
+	int code;
+	json_t *r, *err;
+
+	va_start(ap, fmt);
+	r = vcall(env, &code, method, fmt, ap);
+	va_end(ap);
+	err = json_incref(json_object_get(r, "error"));
+	if (code != want || !err ||
+	    strcmp(json_string_value(json_object_get(err, "code")), orch_error_name(want)) != 0) {
+		char *s = json_dumps(r, JSON_COMPACT);
+		fprintf(stderr, "  %s: expected %s, got code %d: %s\n", method, orch_error_name(want), code, s);
+		free(s);
+		test_failed = 1;
+	}
+	json_decref(r);
+	return err ? err : json_object();
+}
+
+int64_t db_version(test_env *env)
+{
+	json_t *s = ok(env, "mirror.status", "{}");
+	int64_t v = json_integer_value(json_object_get(s, "db_version"));
+	json_decref(s);
+	return v;
+}
+
+static json_t *jpath(json_t *obj, const char *path)
+{
+	char buf[256], *save = NULL;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *k = strtok_r(buf, ".", &save); k && obj; k = strtok_r(NULL, ".", &save)) {
+		if (json_is_array(obj))
+			obj = json_array_get(obj, (size_t)atoi(k));
+		else
+			obj = json_object_get(obj, k);
+	}
+	return obj;
+}
+
+int64_t jint(json_t *obj, const char *path)
+{
+	return json_integer_value(jpath(obj, path));
+}
+
+const char *jstr(json_t *obj, const char *path)
+{
+	return json_string_value(jpath(obj, path));
+}
