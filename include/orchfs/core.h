@@ -92,6 +92,13 @@ extern const orch_method orch_session_methods[];
 extern const orch_method orch_task_methods[];
 extern const orch_method orch_mirror_methods[];
 
+/* case lifecycle */
+
+/* isolation */
+
+/* planning graph */
+
+
 /* All methods, in table order; NULL-terminated. */
 const orch_method *const *orch_methods(void);
 const orch_method *orch_method_find(const char *name);

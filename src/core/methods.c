@@ -8,6 +8,13 @@
 static const orch_method *const groups[] = {
 	orch_session_methods,
 	orch_task_methods,
+
+	/* case lifecycle */
+
+	/* isolation */
+
+	/* planning graph */
+
 	orch_mirror_methods,
 };
 

@@ -32,6 +32,13 @@ typedef enum {
 	K_TASKS_DIR,
 	K_TASK_DIR,
 	K_TASK_JSON,
+
+	/* case lifecycle (tasks/<id>/steps.json, checkpoints.json) */
+
+	/* isolation (worktrees/, locks/) */
+
+	/* planning graph (graph/nodes/<id>/) */
+
 	K_KIND_COUNT
 } fs_kind;
 

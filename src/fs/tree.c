@@ -60,6 +60,13 @@ static const node_spec specs[K_KIND_COUNT] = {
 			.list_sql = "SELECT id FROM tasks ORDER BY id",
 			.exists_sql = "SELECT 1 FROM tasks WHERE id = ?1"},
 	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json},
+
+	/* case lifecycle */
+
+	/* isolation */
+
+	/* planning graph */
+
 };
 
 /* ---- inode numbers: kind in the top byte, method index below it, id in the low 48 bits ---- */
