@@ -32,6 +32,7 @@ typedef struct orch_ctx {
 	const char *state_dir;  /* absolute path of the state directory */
 	int64_t now;            /* ms since the epoch, fixed for one call */
 	orch_undo *undo;        /* git effects to undo on rollback (LIFO) */
+	bool unchanged;         /* set by a write method that changed nothing: no db_version bump */
 } orch_ctx;
 
 /*
@@ -93,6 +94,9 @@ extern const orch_method orch_task_methods[];
 extern const orch_method orch_mirror_methods[];
 
 /* case lifecycle */
+extern const orch_method orch_case_methods[];
+int orch_task_steps_json(orch_ctx *ctx, int64_t task_id, json_t **out);
+int orch_task_checkpoints_json(orch_ctx *ctx, int64_t task_id, json_t **out);
 
 /* isolation */
 

@@ -241,9 +241,10 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 	}
 	if ((rc = orch_params_validate(m, params)) != 0)
 		goto fail;
+	ctx->unchanged = false;
 	if ((rc = m->fn(ctx, params, &result)) != 0)
 		goto fail;
-	if ((m->flags & ORCH_M_WRITE) && (rc = bump_version(ctx)) != 0)
+	if ((m->flags & ORCH_M_WRITE) && !ctx->unchanged && (rc = bump_version(ctx)) != 0)
 		goto fail;
 
 	out = json_object();

@@ -10,6 +10,7 @@ static const orch_method *const groups[] = {
 	orch_task_methods,
 
 	/* case lifecycle */
+	orch_case_methods,
 
 	/* isolation */
 

@@ -17,10 +17,6 @@
 	"SELECT id, task_id, path, branch, status, kind, parent_worktree_id, owner_session_id, "     \
 	"merge_state, created_at, merged_at FROM worktrees WHERE id = ?"
 
-#define REF_COLS                                                                                   \
-	"SELECT id, session_id, node_type, node_id, checkpoint_id, mode, status, next_action, "      \
-	"summary, required_files_json, acked_at, version, created_at, updated_at FROM current_refs "
-
 int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out)
 {
 	return orch_sql_row(ctx, out, "session %lld not found", id, SESSION_COLS, "i", id);
@@ -29,19 +25,6 @@ int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out)
 int orch_worktree_json(orch_ctx *ctx, int64_t id, json_t **out)
 {
 	return orch_sql_row(ctx, out, "worktree %lld not found", id, WORKTREE_COLS, "i", id);
-}
-
-int orch_current_ref_json(orch_ctx *ctx, int64_t session_id, json_t **out)
-{
-	json_t *rows;
-	int rc = orch_sql_rows(ctx, &rows, REF_COLS "WHERE session_id = ? AND status = 'active' "
-			       "ORDER BY updated_at DESC, id DESC LIMIT 1", "i", session_id);
-
-	if (rc)
-		return rc;
-	*out = json_array_size(rows) ? json_incref(json_array_get(rows, 0)) : json_null();
-	json_decref(rows);
-	return 0;
 }
 
 /* {session, main_worktree?, session_root_worktree?, current_ref?} */
@@ -215,8 +198,9 @@ static int session_heartbeat(orch_ctx *ctx, json_t *p, json_t **result)
 }
 
 /*
- * Close a session.  Its leases go with it: file/prefix locks it owns and
- * the main merge lock if it holds it (SPEC 6.7).
+ * Close a session.  Its leases go with it: file/prefix locks it owns, the
+ * main merge lock if it holds it (SPEC 6.7), and its active current ref
+ * (status released), so the case it held can be handed to another session.
  */
 static int session_close(orch_ctx *ctx, json_t *p, json_t **result)
 {
@@ -231,6 +215,8 @@ static int session_close(orch_ctx *ctx, json_t *p, json_t **result)
 				ctx->now, id)) ||
 	    (rc = orch_sql_exec(ctx, "UPDATE locks SET state = 'released', heartbeat_at = ?1, lease_until = ?1 "
 				"WHERE owner_session = ?2 AND state = 'active'", "is", ctx->now, owner)) ||
+	    (rc = orch_sql_exec(ctx, "UPDATE current_refs SET status = 'released', version = version + 1, "
+				"updated_at = ? WHERE session_id = ? AND status = 'active'", "ii", ctx->now, id)) ||
 	    (rc = orch_sql_exec(ctx, "UPDATE merge_main_lock SET holder_session_id = NULL, lease_until = NULL, "
 				"state = 'unlocked', updated_at = ? WHERE holder_session_id = ?", "ii",
 				ctx->now, id)))

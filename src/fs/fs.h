@@ -34,6 +34,8 @@ typedef enum {
 	K_TASK_JSON,
 
 	/* case lifecycle (tasks/<id>/steps.json, checkpoints.json) */
+	K_STEPS_JSON,
+	K_CHECKPOINTS_JSON,
 
 	/* isolation (worktrees/, locks/) */
 

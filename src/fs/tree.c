@@ -62,6 +62,12 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json},
 
 	/* case lifecycle */
+	[K_STEPS_JSON] = {K_STEPS_JSON, K_TASK_DIR, "steps.json", NULL, T_FILE,
+			  .exists_sql = "SELECT 1 FROM tasks WHERE id = ?1 AND level = 'case'",
+			  .render = orch_task_steps_json},
+	[K_CHECKPOINTS_JSON] = {K_CHECKPOINTS_JSON, K_TASK_DIR, "checkpoints.json", NULL, T_FILE,
+				.exists_sql = "SELECT 1 FROM tasks WHERE id = ?1 AND level = 'case'",
+				.render = orch_task_checkpoints_json},
 
 	/* isolation */
 
