@@ -20,7 +20,7 @@ static void usage(FILE *f)
 	      "  orchfs mount [--repo DIR] [--state DIR] [-f] [-d] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
 	      "  orchfs call [--repo DIR] [--state DIR] METHOD [JSON]\n"
-	      "  orchfs methods\n",
+	      "  orchfs methods [--json]\n",
 	      f);
 }
 
@@ -225,10 +225,49 @@ static int cmd_umount(cli_args *a)
 	return 1;
 }
 
-static int cmd_methods(void)
+static const char *ptype_name(orch_ptype t)
 {
-	for (size_t i = 0; i < orch_method_count(); i++)
-		printf("%s\n", orch_method_at(i)->name);
+	static const char *const names[] = {
+		[ORCH_P_ID] = "id", [ORCH_P_INT] = "int", [ORCH_P_STR] = "string", [ORCH_P_BOOL] = "bool",
+		[ORCH_P_JSON] = "json", [ORCH_P_STRS] = "strings", [ORCH_P_PATHS] = "paths",
+		[ORCH_P_PATH] = "path", [ORCH_P_OBJS] = "objects",
+	};
+	return names[t];
+}
+
+static json_t *params_json(const orch_param *ps)
+{
+	json_t *a = json_array();
+
+	for (const orch_param *p = ps; p && p->name; p++) {
+		json_t *o = json_pack("{s:s, s:s, s:b}", "name", p->name, "type", ptype_name(p->type), "required",
+				      (p->flags & ORCH_P_REQUIRED) != 0);
+		if (p->type == ORCH_P_OBJS)
+			json_object_set_new(o, "items", params_json(p->items));
+		json_array_append_new(a, o);
+	}
+	return a;
+}
+
+/* The method table: names, or with --json every method's parameters. */
+static int cmd_methods(cli_args *a)
+{
+	bool as_json = a->argc == 1 && strcmp(a->argv[0], "--json") == 0;
+	json_t *all = json_array();
+
+	for (size_t i = 0; i < orch_method_count(); i++) {
+		const orch_method *m = orch_method_at(i);
+		if (!as_json) {
+			printf("%s\n", m->name);
+			continue;
+		}
+		json_array_append_new(all, json_pack("{s:s, s:b, s:b, s:o}", "name", m->name, "write",
+						     (m->flags & ORCH_M_WRITE) != 0, "session",
+						     orch_method_takes_session(m), "params", params_json(m->params)));
+	}
+	if (as_json)
+		json_dumpf(all, stdout, JSON_INDENT(2));
+	json_decref(all);
 	return 0;
 }
 
@@ -240,6 +279,11 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (strcmp(argv[1], "methods") == 0) {
+		a.argc = argc - 2;
+		a.argv = argv + 2;
+		return cmd_methods(&a);
+	}
 	if (parse(argc - 2, argv + 2, &a) != 0)
 		return 2;
 	if (strcmp(argv[1], "mount") == 0)
@@ -248,8 +292,6 @@ int main(int argc, char **argv)
 		return cmd_call(&a);
 	if (strcmp(argv[1], "umount") == 0)
 		return cmd_umount(&a);
-	if (strcmp(argv[1], "methods") == 0)
-		return cmd_methods();
 	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
 		usage(stdout);
 		return 0;

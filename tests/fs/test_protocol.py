@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -214,7 +215,9 @@ def test_vim_save_fails_read_only(mount):
     mount.ok('task.create', {'level': 'case', 'title': 'v'})
     p = mount.p('tasks', '1', 'task.json')
     before = open(p).read()
-    r = subprocess.run(['vim', '-Es', '-n', '-c', 'normal Gox', '-c', 'w!', '-c', 'qa!', p],
+    vim = shutil.which('vim') or shutil.which('vim.tiny')
+    assert vim, 'scripts/install-deps --test installs a vim'
+    r = subprocess.run([vim, '-Es', '-n', '-c', 'normal Gox', '-c', 'w!', '-c', 'qa!', p],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert open(p).read() == before

@@ -1,0 +1,87 @@
+"""Bad input for every method and every field: a typed error, the right errno,
+and nothing changed.  The method table comes from `orchfs methods --json`, so
+a method added later is covered without touching this file."""
+import errno
+import json
+import subprocess
+
+import pytest
+
+from conftest import ORCHFS
+
+METHODS = json.loads(subprocess.run([ORCHFS, 'methods', '--json'], capture_output=True, text=True,
+                                    check=True).stdout)
+
+GOOD = {'id': 1, 'int': 1, 'string': 'x', 'bool': True, 'json': {}, 'strings': ['a'], 'paths': ['a'],
+        'path': 'a', 'objects': []}
+BAD = {
+    'id': ['1', 0, -1, 1.5, True, [1]],
+    'int': ['1', 1.5, {}, False],
+    'string': [1, [], {}, True],
+    'bool': ['true', 1, []],
+    'json': [],
+    'strings': ['a', [1], {}, [None]],
+    'paths': ['a', [1], ['/etc'], ['../x'], [''], ['a/../../b']],
+    'path': [1, '/etc', '../x', '', ['a']],
+    'objects': ['x', [1], {}],
+}
+
+
+def baseline(params):
+    """A request whose every required key has a well-typed value."""
+    req = {}
+    for p in params:
+        if p['required']:
+            if p['type'] == 'objects':
+                req[p['name']] = [baseline(p['items'])]
+            else:
+                req[p['name']] = GOOD[p['type']]
+    return req
+
+
+def cases():
+    for m in METHODS:
+        for p in m['params']:
+            for bad in BAD[p['type']]:
+                yield pytest.param(m['name'], p['name'], bad, id=f"{m['name']}-{p['name']}-{json.dumps(bad)}")
+            if p['required']:
+                yield pytest.param(m['name'], p['name'], KeyError, id=f"{m['name']}-{p['name']}-missing")
+        yield pytest.param(m['name'], 'no_such_key', 1, id=f"{m['name']}-unknown-key")
+
+
+@pytest.fixture(scope='module')
+def shared_mount(tmp_path_factory):
+    from conftest import Mount, make_repo
+    tmp = tmp_path_factory.mktemp('validation')
+    m = Mount(make_repo(tmp / 'repo'), tmp / 'mnt', tmp / 'state', str(tmp / 'orchfs.log'))
+    (tmp / 'mnt').mkdir()
+    m.start()
+    m.ok('session.open')
+    m.ok('task.create', {'level': 'case', 'title': 'c'})
+    yield m
+    m.stop()
+    assert 'Sanitizer' not in open(m.log).read()
+
+
+@pytest.mark.parametrize('method,field,value', list(cases()))
+def test_bad_field(shared_mount, method, field, value):
+    m = next(x for x in METHODS if x['name'] == method)
+    req = baseline(m['params'])
+    if value is KeyError:
+        del req[field]
+    else:
+        req[field] = value
+    v = shared_mount.db_version()
+    e = shared_mount.fails(method, req, 'invalid_params', errno.EINVAL)
+    assert field in e['message'], e
+    assert shared_mount.db_version() == v
+
+
+@pytest.mark.parametrize('method', [m['name'] for m in METHODS])
+def test_not_an_object_and_malformed(shared_mount, method):
+    v = shared_mount.db_version()
+    for body in ['[]', '"x"', '1 ', 'null ', 'true ']:
+        shared_mount.fails(method, body, 'invalid_params', errno.EINVAL)
+    for body in ['{"a": }', '{]', '{"a" 1}', '{} {}']:
+        shared_mount.fails(method, body, 'invalid_json', errno.EINVAL)
+    assert shared_mount.db_version() == v
