@@ -39,6 +39,14 @@ int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path,
  */
 int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, bool delete_branch);
 
+/*
+ * A linked worktree at `path` on `branch` that no record names is left by a
+ * call killed between its git work and its commit.  Remove it and its branch
+ * when nothing can be lost (clean checkout, no commit HEAD lacks).  Returns 1
+ * when it removed something, else 0.
+ */
+int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch);
+
 /* The metadata name of a worktree at `path` (its last path component, prefixed "orchfs-"). */
 char *orch_git_worktree_name(const char *path);
 

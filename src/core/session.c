@@ -120,6 +120,14 @@ static int session_root(orch_ctx *ctx, int64_t sid, int64_t main_id, int64_t *ou
 	if (asprintf(&path, "%s/worktrees/session-%lld", ctx->state_dir, (long long)sid) < 0)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	name = orch_git_worktree_name(path);
+	int64_t known;
+	bool found;
+	if ((rc = orch_sql_int(ctx, &known, &found, "SELECT id FROM worktrees WHERE path = ?", "s", path)) != 0)
+		goto done;
+	/* Left by an open that was killed before its commit: ids are reused, the checkout is not. */
+	if (!found && orch_git_worktree_reclaim(ctx->git, path, branch))
+		fprintf(stderr, "orchfs: note: removed %s (branch %s) left by an interrupted session.open\n", path,
+			branch);
 	if ((rc = orch_git_worktree_add(ctx, name, path, branch, "HEAD")) != 0)
 		goto done;
 	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, parent_worktree_id, "

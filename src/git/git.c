@@ -31,6 +31,8 @@ int orch_git_open(orch_git **out, const char *repo_path)
 	orch_git *g = calloc(1, sizeof(*g));
 
 	git_libgit2_init();
+	/* A success reply promises durability: git's writes are fsynced like the database's. */
+	git_libgit2_opts(GIT_OPT_ENABLE_FSYNC_GITDIR, 1);
 	*out = NULL;
 	if (git_repository_open(&g->repo, repo_path) < 0) {
 		free(g);
@@ -323,4 +325,50 @@ int orch_git_exclude(orch_git *g, const char *pattern)
 	}
 	free(path);
 	return 0;
+}
+
+/* True when the checkout of `wt` has no staged, unstaged or untracked change. */
+static bool checkout_clean(git_repository *wt)
+{
+	git_status_options opts = GIT_STATUS_OPTIONS_INIT;
+	git_status_list *list = NULL;
+	bool clean;
+
+	opts.show = GIT_STATUS_SHOW_INDEX_AND_WORKDIR;
+	opts.flags = GIT_STATUS_OPT_INCLUDE_UNTRACKED | GIT_STATUS_OPT_RECURSE_UNTRACKED_DIRS;
+	if (git_status_list_new(&list, wt, &opts) < 0)
+		return false;
+	clean = git_status_list_entrycount(list) == 0;
+	git_status_list_free(list);
+	return clean;
+}
+
+int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch)
+{
+	git_repository *wt = NULL;
+	git_reference *head = NULL, *ref = NULL, *main_head = NULL;
+	char want[512];
+	bool ours;
+	int rc = 0;
+
+	if (access(path, F_OK) != 0 || git_repository_open(&wt, path) < 0)
+		return 0;
+	snprintf(want, sizeof(want), "refs/heads/%s", branch);
+	ours = git_repository_is_worktree(wt) && git_repository_head(&head, wt) == 0 &&
+	       strcmp(git_reference_name(head), want) == 0 && checkout_clean(wt);
+	if (ours && git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) == 0 &&
+	    git_repository_head(&main_head, g->repo) == 0) {
+		const git_oid *tip = git_reference_target(ref), *base = git_reference_target(main_head);
+		/* Nothing to lose: the branch has no commit that HEAD lacks. */
+		ours = tip && base && (git_oid_equal(tip, base) || git_graph_descendant_of(g->repo, base, tip) == 1);
+	} else {
+		ours = false;
+	}
+	git_reference_free(head);
+	git_reference_free(ref);
+	git_reference_free(main_head);
+	git_repository_free(wt);
+	if (ours && orch_git_worktree_remove(g, path, branch, true) == 0)
+		rc = 1;
+	return rc;
 }

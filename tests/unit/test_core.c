@@ -229,3 +229,19 @@ TEST(usage_text)
 	CHECK(strstr(u, "task.create") && strstr(u, "level") && strstr(u, "call_id") && strstr(u, "Example"));
 	free(u);
 }
+
+TEST(session_open_reclaims_crash_leftover)
+{
+	/* A daemon killed after git made session/1's worktree but before the commit. */
+	CHECK(sh("cd %s && git worktree add -q -b session/1 %s/.orchfs/worktrees/session-1 2>/dev/null",
+		 env->repo, env->repo) == 0);
+	json_t *r = ok(env, "session.open", "{}");
+	CHECK_EQ_STR(jstr(r, "session_context.session_root_worktree.branch"), "session/1");
+	json_decref(r);
+	/* But a branch with work of its own is never thrown away. */
+	CHECK(sh("cd %s && git worktree add -q -b session/2 %s/.orchfs/worktrees/session-2 2>/dev/null && "
+		 "cd %s/.orchfs/worktrees/session-2 && echo w > w && git add w && git commit -qm w",
+		 env->repo, env->repo, env->repo) == 0);
+	json_decref(fails(env, ORCH_EEXISTS, "session.open", "{}"));
+	CHECK(sh("cd %s && git rev-parse -q --verify session/2 >/dev/null", env->repo) == 0);
+}
