@@ -97,6 +97,18 @@ static int node_stat(orch_ctx *ctx, fs_node n, const fs_handle *h, struct stat *
 	return -EIO;
 }
 
+/*
+ * State files and links change size and target at any moment: their
+ * attributes are never cached.  Directories and ctl files only show their
+ * mtime changing, so a second of caching costs nothing real.
+ */
+static double attr_timeout(fs_node n)
+{
+	fs_type t = fs_node_type(n);
+
+	return t == T_DIR || t == T_CTL ? 1.0 : 0.0;
+}
+
 static void fs_lookup_op(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	orch_ctx *ctx = CTX(req);
@@ -118,8 +130,13 @@ static void fs_lookup_op(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	e.ino = fs_ino(child);
-	e.attr_timeout = 0;
-	e.entry_timeout = 0;
+	e.attr_timeout = attr_timeout(child);
+	/*
+	 * A name never comes to mean another node (ids are not reused), so the
+	 * kernel may keep the dentry; getattr and open still check that the
+	 * node exists, so a lock that expired is ENOENT at once.
+	 */
+	e.entry_timeout = 3600;
 	fuse_reply_entry(req, &e);
 }
 
@@ -142,7 +159,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	fuse_reply_attr(req, &st, 0);
+	fuse_reply_attr(req, &st, attr_timeout(n));
 }
 
 /* session.heartbeat through the ordinary call path. */
