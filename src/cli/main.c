@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -155,6 +156,12 @@ static int cmd_mount(cli_args *a)
 	}
 	if (!S_ISDIR(sb.st_mode) || !realpath(mount_arg, mp)) {
 		fprintf(stderr, "orchfs: mount point %s is not a directory\n", mount_arg);
+		return 1;
+	}
+	struct statvfs sv;
+	if (is_mounted(mp) && statvfs(mp, &sv) < 0 && errno == ENOTCONN) {
+		fprintf(stderr, "orchfs: %s is a stale mount (its daemon is gone); clear it with:\n"
+			"  fusermount3 -u %s\n", mp, mp);
 		return 1;
 	}
 	if (is_mounted(mp)) {

@@ -14,8 +14,35 @@
 
 #include "fs.h"
 
+/*
+ * Open files and directories are kept on one list so that whatever the
+ * kernel has not released when the session ends (SIGTERM with descriptors
+ * still open) is freed on the way out.
+ */
+typedef struct fs_open_node {
+	struct fs_open_node *prev, *next;
+} fs_open_node;
+
+static fs_open_node open_list = {&open_list, &open_list};
+
+static void track(fs_open_node *n)
+{
+	n->next = open_list.next;
+	n->prev = &open_list;
+	open_list.next->prev = n;
+	open_list.next = n;
+}
+
+static void untrack(fs_open_node *n)
+{
+	n->prev->next = n->next;
+	n->next->prev = n->prev;
+}
+
 /* An open file: a state-file snapshot or a ctl transaction. */
 typedef struct {
+	fs_open_node link; /* first: the list frees through it */
+	bool is_dir;
 	fs_node node;
 	char *buf;
 	size_t len;
@@ -24,9 +51,37 @@ typedef struct {
 
 /* An open directory: the listing taken at opendir. */
 typedef struct {
+	fs_open_node link;
+	bool is_dir;
 	fs_dirent *ents;
 	size_t n;
 } fs_dir;
+
+static void handle_free(fs_handle *h)
+{
+	untrack(&h->link);
+	fs_ctl_free(h->ctl);
+	free(h->buf);
+	free(h);
+}
+
+static void dir_free(fs_dir *d)
+{
+	untrack(&d->link);
+	fs_dirents_free(d->ents, d->n);
+	free(d);
+}
+
+static void free_all_open(void)
+{
+	while (open_list.next != &open_list) {
+		fs_handle *h = (fs_handle *)open_list.next;
+		if (h->is_dir)
+			dir_free((fs_dir *)h);
+		else
+			handle_free(h);
+	}
+}
 
 static orch_ctx *CTX(fuse_req_t req)
 {
@@ -106,7 +161,7 @@ static double attr_timeout(fs_node n)
 {
 	fs_type t = fs_node_type(n);
 
-	return t == T_DIR || t == T_CTL ? 1.0 : 0.0;
+	return (t == T_DIR && n.kind != K_ROOT) || t == T_CTL ? 1.0 : 0.0;
 }
 
 static void fs_lookup_op(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -253,6 +308,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			return;
 		}
 		h = calloc(1, sizeof(*h));
+		track(&h->link);
 		h->node = n;
 		h->ctl = fs_ctl_new(m, sid);
 		fi->fh = (uintptr_t)h;
@@ -267,10 +323,11 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	h = calloc(1, sizeof(*h));
+	track(&h->link);
 	h->node = n;
 	rc = fs_render(ctx, n, &h->buf, &h->len);
 	if (rc) {
-		free(h);
+		handle_free(h);
 		fuse_reply_err(req, -rc);
 		return;
 	}
@@ -338,9 +395,7 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fs_handle *h = (fs_handle *)(uintptr_t)fi->fh;
 
 	(void)ino;
-	fs_ctl_free(h->ctl);
-	free(h->buf);
-	free(h);
+	handle_free(h);
 	fuse_reply_err(req, 0);
 }
 
@@ -351,16 +406,17 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fs_dir *d = calloc(1, sizeof(*d));
 	int rc;
 
+	d->is_dir = true;
+	track(&d->link);
 	if (orch_store_begin(ctx->store, false) != 0) {
-		free(d);
+		dir_free(d);
 		fuse_reply_err(req, EIO);
 		return;
 	}
 	rc = fs_exists(ctx, n) ? fs_list(ctx, n, &d->ents, &d->n) : -ENOENT;
 	orch_store_rollback(ctx->store);
 	if (rc) {
-		fs_dirents_free(d->ents, d->n);
-		free(d);
+		dir_free(d);
 		fuse_reply_err(req, -rc);
 		return;
 	}
@@ -407,8 +463,7 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	fs_dir *d = (fs_dir *)(uintptr_t)fi->fh;
 
 	(void)ino;
-	fs_dirents_free(d->ents, d->n);
-	free(d);
+	dir_free(d);
 	fuse_reply_err(req, 0);
 }
 
@@ -549,6 +604,7 @@ destroy:
 	fuse_session_destroy(se);
 out:
 	fuse_opt_free_args(&args);
+	free_all_open();
 	fs_ctl_forget_all();
 	return rc;
 }
