@@ -200,6 +200,9 @@ int64_t orch_now_ms(void);
 /* RFC 3339 UTC with exactly three fraction digits; buf >= 32 bytes. */
 void orch_time_format(int64_t ms, char *buf);
 
+/* A timestamped line on stderr (the daemon's log): "<time> orchfs: <message>". */
+void orch_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* ---- undo of git side effects ---- */
 void orch_undo_push(orch_ctx *ctx, void (*fn)(void *), void (*free_arg)(void *), void *arg);
 void orch_undo_run(orch_ctx *ctx);   /* run (LIFO) and clear */

@@ -106,12 +106,21 @@ static bool is_mounted(const char *path)
 
 static int ready_fd = -1;
 
+typedef struct {
+	const char *log_path;
+	orch_ctx *ctx;
+	const char *mountpoint;
+} mount_info;
+
 static void mounted(void *arg)
 {
-	const char *log_path = arg;
+	mount_info *mi = arg;
+	const char *log_path = mi->log_path;
 
-	if (ready_fd < 0)
+	if (ready_fd < 0) {
+		orch_log("serving %s (state %s) at %s", mi->ctx->repo_path, mi->ctx->state_dir, mi->mountpoint);
 		return;
+	}
 	/* Detach: the parent returns once the mount is usable. */
 	int null = open("/dev/null", O_RDWR);
 	int log = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -122,6 +131,7 @@ static void mounted(void *arg)
 		close(null);
 	if (log > 2)
 		close(log);
+	orch_log("serving %s (state %s) at %s", mi->ctx->repo_path, mi->ctx->state_dir, mi->mountpoint);
 	if (write(ready_fd, "", 1) < 0) {
 		/* the parent is gone; nothing to tell */
 	}
@@ -209,13 +219,13 @@ static int cmd_mount(cli_args *a)
 	(void)sl;
 	if (asprintf(&log_path, "%s/orchfs.log", ctx.state_dir) < 0)
 		log_path = NULL;
-	fprintf(stderr, "orchfs: serving %s (state %s) at %s\n", ctx.repo_path, ctx.state_dir, mp);
+	mount_info mi = {log_path, &ctx, mp};
 	fs_options o = {.mountpoint = mp, .foreground = a->foreground, .debug = a->debug,
-			.on_mounted = mounted, .arg = log_path};
+			.on_mounted = mounted, .arg = &mi};
 	rc = fs_main(&ctx, &o);
 	if (rc && ready_fd >= 0)
 		fprintf(stderr, "orchfs: cannot mount %s\n", mp);
-	fprintf(stderr, "orchfs: unmounted %s\n", mp);
+	orch_log("unmounted %s", mp);
 	orch_ctx_close(&ctx);
 	free(log_path);
 	return rc;

@@ -4,6 +4,7 @@
  */
 #include <assert.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -34,6 +35,18 @@ void orch_time_format(int64_t ms, char *buf)
 	snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
 		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
 	snprintf(buf, 32, "%.31s", tmp);
+}
+
+void orch_log(const char *fmt, ...)
+{
+	char ts[32], msg[2048];
+	va_list ap;
+
+	orch_time_format(orch_now_ms(), ts);
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s orchfs: %s\n", ts, msg);
 }
 
 /* ---- SQL ---- */
