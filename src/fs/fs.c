@@ -229,6 +229,37 @@ static int heartbeat(orch_ctx *ctx, int64_t session_id)
 	return rc ? -orch_error_errno(rc) : 0;
 }
 
+/*
+ * A heartbeat through sessions/<id>/heartbeat.  `echo > heartbeat` opens
+ * and writes, `touch` opens and sets times: one gesture, several requests.
+ * So file heartbeats of one session are coalesced to one a second; the
+ * ctl method session.heartbeat always records.
+ */
+static int heartbeat_file(orch_ctx *ctx, int64_t session_id)
+{
+	static struct {
+		int64_t sid, ms;
+	} last[64];
+	int64_t now = orch_now_ms();
+	size_t slot = (size_t)session_id % 64;
+	int rc;
+
+	if (last[slot].sid == session_id && now - last[slot].ms < 1000) {
+		/* Coalesced, but a session closed meanwhile still refuses. */
+		if (orch_store_begin(ctx->store, false) != 0)
+			return -EIO;
+		rc = orch_session_require_open(ctx, session_id);
+		orch_store_rollback(ctx->store);
+		return rc ? -orch_error_errno(rc) : 0;
+	}
+	rc = heartbeat(ctx, session_id);
+	if (!rc) {
+		last[slot].sid = session_id;
+		last[slot].ms = now;
+	}
+	return rc;
+}
+
 static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		       struct fuse_file_info *fi)
 {
@@ -250,15 +281,16 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		return;
 	}
 	if (t == T_HEARTBEAT && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
-					    FUSE_SET_ATTR_MTIME_NOW)))
-		rc = heartbeat(ctx, n.id);
+					    FUSE_SET_ATTR_MTIME_NOW))) {
+		(void)fi;
+		rc = heartbeat_file(ctx, n.id);
+	}
 	if (!rc)
 		rc = node_stat(ctx, n, NULL, &st);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	(void)fi;
 	fuse_reply_attr(req, &st, 0);
 }
 
@@ -297,8 +329,6 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		break;
 	case T_HEARTBEAT:
-		if (writing)
-			rc = heartbeat(ctx, n.id);
 		break;
 	case T_CTL: {
 		int64_t sid;
@@ -325,7 +355,10 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	h = calloc(1, sizeof(*h));
 	track(&h->link);
 	h->node = n;
-	rc = fs_render(ctx, n, &h->buf, &h->len);
+	if (fs_node_type(n) == T_HEARTBEAT && writing)
+		rc = heartbeat_file(ctx, n.id);
+	if (!rc)
+		rc = fs_render(ctx, n, &h->buf, &h->len);
 	if (rc) {
 		handle_free(h);
 		fuse_reply_err(req, -rc);
@@ -372,7 +405,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	if (h->ctl)
 		rc = fs_ctl_write(CTX(req), h->ctl, buf, size);
 	else if (fs_node_type(fs_node_of(ino)) == T_HEARTBEAT)
-		rc = heartbeat(CTX(req), h->node.id);
+		rc = heartbeat_file(CTX(req), h->node.id);
 	else
 		rc = -EROFS;
 	if (rc) {

@@ -52,6 +52,22 @@ def test_heartbeat_file(mount):
     assert mount.db_version() > v0
     assert open(hb).read().strip() == after
     assert sh(f'echo alive > {hb}').returncode == 0
+    # One gesture is one heartbeat: echo (open + write) and touch (open + set times).
+    for cmd in [f'echo alive > {hb}', f'touch {hb}', f'printf x >> {hb}']:
+        time.sleep(1.05)
+        v = mount.db_version()
+        assert sh(cmd).returncode == 0
+        assert mount.db_version() == v + 1, cmd
+    # A descriptor kept open beats on each write a second or more apart.
+    time.sleep(1.05)
+    fd = os.open(hb, os.O_WRONLY)
+    v = mount.db_version()
+    os.write(fd, b'x')
+    time.sleep(1.05)
+    os.write(fd, b'x')
+    os.close(fd)
+    assert mount.db_version() == v + 1
+    time.sleep(1.05)
     # A closed session refuses heartbeats: the open for writing fails.
     mount.ok('session.close', {'session_id': 1})
     v1 = mount.db_version()
