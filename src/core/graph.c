@@ -77,16 +77,18 @@ int orch_graph_ident(json_t *p, const char *name, const char *dflt, char **out)
 
 json_t *orch_graph_files(json_t *obj, const char *name)
 {
-	json_t *in = json_object_get(obj, name), *out = json_array(), *v, *w;
-	size_t i, j;
+	/* A request may carry 10,000 paths: a set (object keys) keeps this linear. */
+	json_t *in = json_object_get(obj, name), *out = json_array(), *seen = json_object(), *v;
+	size_t i;
 
 	json_array_foreach(in, i, v) {
-		bool dup = false;
-		json_array_foreach(out, j, w)
-			dup |= json_equal(v, w);
-		if (!dup)
-			json_array_append(out, v);
+		const char *path = json_string_value(v);
+		if (json_object_get(seen, path))
+			continue;
+		json_object_set_new(seen, path, json_true());
+		json_array_append(out, v);
 	}
+	json_decref(seen);
 	return out;
 }
 
@@ -359,6 +361,7 @@ done:
 	return rc;
 }
 
+/* graph.edge.create: the checks are orch_graph_edge_insert's, shared with plan.* */
 static int edge_create(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	char *type = NULL;
@@ -422,6 +425,7 @@ done:
 	return rc;
 }
 
+/* graph.snapshot.create: append-only; affected_files stored only when given. */
 static int snapshot_create(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t node_id = orch_param_int(p, "node_id", 0);
