@@ -101,6 +101,13 @@ int orch_task_checkpoints_json(orch_ctx *ctx, int64_t task_id, json_t **out);
 /* isolation */
 
 /* planning graph */
+extern const orch_method orch_graph_methods[];
+extern const orch_method orch_plan_methods[];
+/* Read views of graph/nodes/<id>/{node,checklist,snapshots,edges}.json. */
+int orch_node_json(orch_ctx *ctx, int64_t id, json_t **out);
+int orch_node_checklist_json(orch_ctx *ctx, int64_t id, json_t **out); /* by facet, order_no */
+int orch_node_snapshots_json(orch_ctx *ctx, int64_t id, json_t **out); /* by id */
+int orch_node_edges_json(orch_ctx *ctx, int64_t id, json_t **out);     /* from or to it, by id */
 
 
 /* All methods, in table order; NULL-terminated. */

@@ -15,6 +15,8 @@ static const orch_method *const groups[] = {
 	/* isolation */
 
 	/* planning graph */
+	orch_graph_methods,
+	orch_plan_methods,
 
 	orch_mirror_methods,
 };

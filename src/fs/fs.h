@@ -40,6 +40,13 @@ typedef enum {
 	/* isolation (worktrees/, locks/) */
 
 	/* planning graph (graph/nodes/<id>/) */
+	K_GRAPH_DIR,
+	K_NODES_DIR,
+	K_NODE_DIR,
+	K_NODE_JSON,
+	K_NODE_CHECKLIST_JSON,
+	K_NODE_SNAPSHOTS_JSON,
+	K_NODE_EDGES_JSON,
 
 	K_KIND_COUNT
 } fs_kind;

@@ -72,6 +72,18 @@ static const node_spec specs[K_KIND_COUNT] = {
 	/* isolation */
 
 	/* planning graph */
+	[K_GRAPH_DIR] = {K_GRAPH_DIR, K_ROOT, "graph", NULL, T_DIR},
+	[K_NODES_DIR] = {K_NODES_DIR, K_GRAPH_DIR, "nodes", NULL, T_DIR},
+	[K_NODE_DIR] = {K_NODE_DIR, K_NODES_DIR, NULL, "", T_DIR,
+			.list_sql = "SELECT id FROM graph_nodes ORDER BY id",
+			.exists_sql = "SELECT 1 FROM graph_nodes WHERE id = ?1"},
+	[K_NODE_JSON] = {K_NODE_JSON, K_NODE_DIR, "node.json", NULL, T_FILE, .render = orch_node_json},
+	[K_NODE_CHECKLIST_JSON] = {K_NODE_CHECKLIST_JSON, K_NODE_DIR, "checklist.json", NULL, T_FILE,
+				   .render = orch_node_checklist_json},
+	[K_NODE_SNAPSHOTS_JSON] = {K_NODE_SNAPSHOTS_JSON, K_NODE_DIR, "snapshots.json", NULL, T_FILE,
+				   .render = orch_node_snapshots_json},
+	[K_NODE_EDGES_JSON] = {K_NODE_EDGES_JSON, K_NODE_DIR, "edges.json", NULL, T_FILE,
+				.render = orch_node_edges_json},
 
 };
 
