@@ -92,3 +92,17 @@ def test_two_daemons_one_state(mount, tmp_path):
         assert mount.db_version() == other.db_version() == 2
     finally:
         other.stop()
+
+
+def test_concurrent_first_use_of_a_state_dir(tmp_path):
+    """Several processes creating and migrating one new state directory at once."""
+    repo = make_repo(tmp_path / 'repo')
+    procs = [subprocess.Popen([ORCHFS, 'call', '--repo', str(repo), 'task.create',
+                               json.dumps({'level': 'epic', 'title': f't{i}'})],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(6)]
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    ids = sorted(json.loads(o)['result']['id'] for o, _ in outs)
+    assert ids == [1, 2, 3, 4, 5, 6]
+    r = subprocess.run([ORCHFS, 'call', '--repo', str(repo), 'mirror.status'], capture_output=True, text=True)
+    assert json.loads(r.stdout)['result']['db_version'] == 6
