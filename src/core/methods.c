@@ -12,6 +12,9 @@ static const orch_method *const groups[] = {
 	/* case lifecycle */
 
 	/* isolation */
+	orch_scheduler_methods,
+	orch_worktree_methods,
+	orch_lock_methods,
 
 	/* planning graph */
 
