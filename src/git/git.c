@@ -128,7 +128,8 @@ bool orch_git_branch_name_valid(const char *name)
 {
 	int valid = 0;
 
-	if (!name || !*name || strcmp(name, "HEAD") == 0 || name[0] == '-')
+	/* "@" is refused too: in every revision it means HEAD, so such a branch could never be named. */
+	if (!name || !*name || strcmp(name, "HEAD") == 0 || strcmp(name, "@") == 0 || name[0] == '-')
 		return false;
 	return git_branch_name_is_valid(&valid, name) == 0 && valid;
 }
