@@ -128,6 +128,32 @@ static void mounted(void *arg)
 	ready_fd = -1;
 }
 
+/*
+ * Compare worktree records with the disk before serving, and say what was
+ * found in the daemon's log: stderr in the foreground, else `log_path`
+ * (stderr still is the terminal until the mount is up).  A failure is
+ * reported and does not stop the mount.
+ */
+static void reconcile(orch_ctx *ctx, const char *log_path)
+{
+	FILE *f = log_path ? fopen(log_path, "a") : NULL;
+	json_t *lines = NULL, *line;
+	size_t i;
+
+	if (!f)
+		f = stderr;
+	if (orch_worktree_reconcile(ctx, &lines) != 0)
+		fprintf(f, "orchfs: reconcile: failed: %s\n", orch_error_last()->message);
+	json_array_foreach(lines, i, line)
+		fprintf(f, "orchfs: reconcile: %s\n", json_string_value(line));
+	json_decref(lines);
+	orch_error_clear();
+	if (f != stderr)
+		fclose(f);
+	else
+		fflush(stderr);
+}
+
 static int cmd_mount(cli_args *a)
 {
 	char mp[PATH_MAX], *log_path = NULL;
@@ -202,6 +228,7 @@ static int cmd_mount(cli_args *a)
 	(void)sl;
 	if (asprintf(&log_path, "%s/orchfs.log", ctx.state_dir) < 0)
 		log_path = NULL;
+	reconcile(&ctx, a->foreground ? NULL : log_path);
 	fprintf(stderr, "orchfs: serving %s (state %s) at %s\n", ctx.repo_path, ctx.state_dir, mp);
 	fs_options o = {.mountpoint = mp, .foreground = a->foreground, .debug = a->debug,
 			.on_mounted = mounted, .arg = log_path};

@@ -36,6 +36,10 @@ typedef enum {
 	/* case lifecycle (tasks/<id>/steps.json, checkpoints.json) */
 
 	/* isolation (worktrees/, locks/) */
+	K_WORKTREES_DIR,
+	K_WORKTREE_JSON,
+	K_LOCKS_DIR,
+	K_LOCK_JSON,
 
 	/* planning graph (graph/nodes/<id>/) */
 
