@@ -71,7 +71,8 @@ int orch_git_dirty_paths(const char *workdir, bool untracked, json_t **paths);
  *  - when `workdir` is a checkout with `parent` checked out, that checkout
  *    is updated too, and must be clean first (no change to a tracked file,
  *    no untracked or ignored file the merge would overwrite), else
- *    ORCH_EINVALID_STATE with details.paths and nothing changed.
+ *    ORCH_EINVALID_STATE with details.paths and nothing changed;
+ *  - when another checkout has `parent` checked out: ORCH_EINVALID_STATE.
  * The branch moves only if it still points where the merge started.  An
  * undo that restores the branch and the checkout is registered on ctx.
  * `commit_hex` (ORCH_GIT_HEX_SIZE bytes) receives the merge commit's id.

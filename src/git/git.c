@@ -477,6 +477,46 @@ static bool has_checked_out(const char *workdir, const char *refname)
 	return yes;
 }
 
+static bool same_dir(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b);
+
+	while (na > 1 && a[na - 1] == '/')
+		na--;
+	while (nb > 1 && b[nb - 1] == '/')
+		nb--;
+	return na == nb && strncmp(a, b, na) == 0;
+}
+
+/*
+ * A checkout other than `workdir` (the main one or a valid linked one)
+ * that has `refname` checked out, or NULL (caller frees).  Moving that
+ * branch would leave such a checkout behind its HEAD, which git refuses.
+ */
+static char *checked_out_elsewhere(git_repository *repo, const char *refname, const char *workdir)
+{
+	git_strarray names = {0};
+	const char *main_dir = git_repository_workdir(repo);
+	char *found = NULL;
+
+	if (main_dir && (!workdir || !same_dir(main_dir, workdir)) && has_checked_out(main_dir, refname))
+		return strdup(main_dir);
+	if (git_worktree_list(&names, repo) < 0)
+		return NULL;
+	for (size_t i = 0; i < names.count && !found; i++) {
+		git_worktree *wt = NULL;
+		if (git_worktree_lookup(&wt, repo, names.strings[i]) < 0)
+			continue;
+		const char *path = git_worktree_path(wt);
+		if (git_worktree_validate(wt) == 0 && (!workdir || !same_dir(path, workdir)) &&
+		    has_checked_out(path, refname))
+			found = strdup(path);
+		git_worktree_free(wt);
+	}
+	git_strarray_dispose(&names);
+	return found;
+}
+
 /* The paths of the conflicts left in an in-memory merge index, sorted and unique. */
 static json_t *conflict_paths(git_index *index)
 {
@@ -530,7 +570,7 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 	git_signature *sig = NULL;
 	git_oid ptip, ctip, tree_id, merged;
 	json_t *paths = NULL;
-	char *refname = NULL, *msg = NULL;
+	char *refname = NULL, *msg = NULL, *elsewhere = NULL;
 	bool checkout;
 	struct stat sb;
 	int rc = 0, err;
@@ -553,6 +593,12 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 		goto done;
 	}
 	checkout = workdir && stat(workdir, &sb) == 0 && has_checked_out(workdir, refname);
+	if (!checkout && (elsewhere = checked_out_elsewhere(repo, refname, workdir)) != NULL) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "branch \"%s\" is checked out at %s, not in the parent "
+				    "worktree's directory; merging would move it under that checkout", parent, elsewhere);
+		orch_error_detail("state", json_string("checked_out_elsewhere"));
+		goto done;
+	}
 	if (checkout) {
 		if ((rc = orch_git_dirty_paths(workdir, false, &paths)) != 0)
 			goto done;
@@ -632,6 +678,7 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 	git_oid_tostr(commit_hex, ORCH_GIT_HEX_SIZE, &merged);
 done:
 	json_decref(paths);
+	free(elsewhere);
 	free(msg);
 	free(refname);
 	git_signature_free(sig);

@@ -722,3 +722,35 @@ TEST(reconcile_finishes_interrupted_abandon)
 	CHECK(!exists(wt_path(env, "task-1-4.orchfs-removing")));
 	CHECK(sh("git -C %s worktree list | grep -q task-1-4", env->repo) != 0);
 }
+
+TEST(merge_into_branch_not_checked_out_moves_only_the_branch)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1}"));
+	CHECK(commit_in(wt_path(env, "task-1-3"), "f.txt", "f") == 0);
+	/* The user switched the main checkout to another branch. */
+	CHECK(sh("git -C %s checkout -q -b dev", env->repo) == 0);
+	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	CHECK(sh("test ! -e %s/f.txt", env->repo) == 0);
+	CHECK_EQ_STR(out1("git -C %s rev-parse --abbrev-ref HEAD", env->repo), "dev");
+	CHECK_EQ_STR(out1("git -C %s status --porcelain", env->repo), "");
+	CHECK_EQ_STR(out1("git -C %s show main:f.txt", env->repo), "f");
+}
+
+TEST(merge_refuses_branch_checked_out_elsewhere)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1}"));
+	CHECK(commit_in(wt_path(env, "task-1-3"), "f.txt", "f") == 0);
+	CHECK(sh("git -C %s checkout -q -b dev && git -C %s worktree add -q %s/other main", env->repo, env->repo,
+		 env->root) == 0);
+	char *before = tip(env, "main");
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(e, "details.state"), "checked_out_elsewhere");
+	CHECK(strstr(jstr(e, "message"), "/other") != NULL);
+	json_decref(e);
+	char *after = tip(env, "main");
+	CHECK_EQ_STR(after, before);
+	free(before);
+	free(after);
+}
