@@ -699,18 +699,22 @@ char *orch_git_retired_path(const char *path)
 	return asprintf(&out, "%s.orchfs-removing", path) < 0 ? NULL : out;
 }
 
-/* Prune the metadata of the worktree named after `path`, whatever git thinks of its validity. */
+/*
+ * Prune the metadata of the worktree named after `path`, whatever git
+ * thinks of its validity, but only if it is that path's: a later worktree
+ * elsewhere with the same last component may have taken the name.
+ */
 static void prune_named(orch_git *g, const char *path)
 {
 	char *name = orch_git_worktree_name(path);
 	git_worktree *wt = NULL;
 
-	if (name && git_worktree_lookup(&wt, g->repo, name) == 0) {
+	if (name && git_worktree_lookup(&wt, g->repo, name) == 0 && same_dir(git_worktree_path(wt), path)) {
 		git_worktree_prune_options opts = GIT_WORKTREE_PRUNE_OPTIONS_INIT;
 		opts.flags = GIT_WORKTREE_PRUNE_VALID;
 		git_worktree_prune(wt, &opts);
-		git_worktree_free(wt);
 	}
+	git_worktree_free(wt);
 	free(name);
 }
 

@@ -754,3 +754,18 @@ TEST(merge_refuses_branch_checked_out_elsewhere)
 	free(before);
 	free(after);
 }
+
+/* Git metadata names come from the last path component: abandoning a missing a/x must not prune b/x. */
+TEST(abandon_missing_keeps_metadata_of_same_named_worktree)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"path\": \"a/x\"}"));
+	CHECK(sh("rm -rf %s", wt_path(env, "a/x")) == 0);
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"path\": \"b/x\"}"));
+	json_t *w = ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(w, "status"), "abandoned");
+	json_decref(w);
+	CHECK(sh("git -C %s status >/dev/null 2>&1", wt_path(env, "b/x")) == 0);
+	CHECK(sh("git -C %s worktree list --porcelain | grep -qx 'worktree %s'", env->repo, wt_path(env, "b/x")) == 0);
+	CHECK(sh("git -C %s worktree list --porcelain | grep -q prunable", env->repo) != 0);
+}
