@@ -99,6 +99,15 @@ int orch_task_steps_json(orch_ctx *ctx, int64_t task_id, json_t **out);
 int orch_task_checkpoints_json(orch_ctx *ctx, int64_t task_id, json_t **out);
 
 /* isolation */
+extern const orch_method orch_scheduler_methods[];
+extern const orch_method orch_worktree_methods[];
+extern const orch_method orch_lock_methods[];
+/* A lock as clients see it (an active lock past its lease shows "expired"; uses ctx->now). */
+int orch_lock_json(orch_ctx *ctx, int64_t id, json_t **out);
+/* The lock conflict rule: scope a (type "file"|"prefix", normalised path) vs scope b. */
+bool orch_lock_overlaps(const char *type_a, const char *path_a, const char *type_b, const char *path_b);
+/* Start-up: reconcile worktree records with the disk; *log gets one string per finding. */
+int orch_worktree_reconcile(orch_ctx *ctx, json_t **log);
 
 /* planning graph */
 extern const orch_method orch_graph_methods[];

@@ -50,6 +50,64 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch)
 /* The metadata name of a worktree at `path` (its last path component, prefixed "orchfs-"). */
 char *orch_git_worktree_name(const char *path);
 
+/* ---- isolation: branches, status, in-memory merges, removal ---- */
+
+#define ORCH_GIT_HEX_SIZE 41 /* a commit id in hex and its NUL */
+
+/* Whether local branch `branch` exists. */
+bool orch_git_branch_exists(orch_git *g, const char *branch);
+
+/*
+ * Resolve `revspec` to a commit; `hex` (ORCH_GIT_HEX_SIZE bytes) receives its id.
+ * ORCH_ENOTFOUND when it names nothing, ORCH_EINVALID_PARAMS when not a commit.
+ */
+int orch_git_resolve_commit(orch_git *g, const char *revspec, char *hex);
+
+/*
+ * Uncommitted changes in the checkout at `workdir`: staged or unstaged
+ * changes to tracked files, and untracked (not ignored) files when
+ * `untracked`.  *paths is a new array of the paths (empty when clean).
+ */
+int orch_git_dirty_paths(const char *workdir, bool untracked, json_t **paths);
+
+/*
+ * Merge branch `child` into branch `parent` with a merge commit (two
+ * parents, even when a fast-forward would do), in memory first:
+ *  - nothing new in `child` (its tip is the parent's or an ancestor of it):
+ *    ORCH_EINVALID_STATE;
+ *  - conflicts: ORCH_ECONFLICT with details.paths, nothing changed;
+ *  - when `workdir` is a checkout with `parent` checked out, that checkout
+ *    is updated too, and must be clean first (no change to a tracked file,
+ *    no untracked or ignored file the merge would overwrite), else
+ *    ORCH_EINVALID_STATE with details.paths and nothing changed;
+ *  - when another checkout has `parent` checked out: ORCH_EINVALID_STATE.
+ * The branch moves only if it still points where the merge started.  An
+ * undo that restores the branch and the checkout is registered on ctx.
+ * `commit_hex` (ORCH_GIT_HEX_SIZE bytes) receives the merge commit's id.
+ */
+int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, const char *child,
+			char *commit_hex);
+
+/*
+ * Remove the linked worktree at `path` as part of the current call: the
+ * directory is renamed aside now (orch_git_retired_path) and is deleted,
+ * with git's metadata, only when the call commits; a rollback renames it
+ * back.  So a failed call leaves the checkout exactly as it was.
+ */
+int orch_git_worktree_retire(orch_ctx *ctx, const char *path);
+
+/* Where orch_git_worktree_retire keeps `path` until the call commits (caller frees). */
+char *orch_git_retired_path(const char *path);
+
+/* Finish a retire that a crash interrupted after its commit: delete the directory and metadata. */
+void orch_git_retire_finish(orch_git *g, const char *path);
+
+/*
+ * Prune git's metadata of orchfs worktrees (named "orchfs-*") whose
+ * directory is gone; one line per pruned name is appended to `log`.
+ */
+int orch_git_prune_stale(orch_git *g, json_t *log);
+
 /* Add `pattern` (a line such as "/.orchfs/") to .git/info/exclude unless present. */
 int orch_git_exclude(orch_git *g, const char *pattern);
 

@@ -104,13 +104,32 @@ static bool is_mounted(const char *path)
 	return found;
 }
 
+/* Whether `path` is `dir` or lies below it (both absolute and canonical). */
+static bool path_within(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+
+	return strncmp(path, dir, n) == 0 && (path[n] == '/' || path[n] == '\0' || (n == 1 && dir[0] == '/'));
+}
+
 static int ready_fd = -1;
 
 typedef struct {
 	const char *log_path;
 	orch_ctx *ctx;
 	const char *mountpoint;
+	json_t *reconciled; /* lines of what the start-up reconcile found */
 } mount_info;
+
+static void log_start(mount_info *mi)
+{
+	json_t *line;
+	size_t i;
+
+	orch_log("serving %s (state %s) at %s", mi->ctx->repo_path, mi->ctx->state_dir, mi->mountpoint);
+	json_array_foreach(mi->reconciled, i, line)
+		orch_log("reconcile: %s", json_string_value(line));
+}
 
 static void mounted(void *arg)
 {
@@ -118,7 +137,7 @@ static void mounted(void *arg)
 	const char *log_path = mi->log_path;
 
 	if (ready_fd < 0) {
-		orch_log("serving %s (state %s) at %s", mi->ctx->repo_path, mi->ctx->state_dir, mi->mountpoint);
+		log_start(mi);
 		return;
 	}
 	/* Detach: the parent returns once the mount is usable. */
@@ -131,12 +150,34 @@ static void mounted(void *arg)
 		close(null);
 	if (log > 2)
 		close(log);
-	orch_log("serving %s (state %s) at %s", mi->ctx->repo_path, mi->ctx->state_dir, mi->mountpoint);
+	log_start(mi);
 	if (write(ready_fd, "", 1) < 0) {
 		/* the parent is gone; nothing to tell */
 	}
 	close(ready_fd);
 	ready_fd = -1;
+}
+
+/*
+ * Compare worktree records with the disk before serving, and say what was
+ * found in the daemon's log: stderr in the foreground, else `log_path`
+ * (stderr still is the terminal until the mount is up).  A failure is
+ * reported and does not stop the mount.
+ */
+/*
+ * Reconcile worktree records with the disk before serving; the findings are
+ * logged once the log is in place (see mounted()).
+ */
+static json_t *reconcile(orch_ctx *ctx)
+{
+	json_t *lines = NULL;
+
+	if (orch_worktree_reconcile(ctx, &lines) != 0) {
+		json_decref(lines);
+		lines = json_pack("[s+]", "failed: ", orch_error_last()->message);
+	}
+	orch_error_clear();
+	return lines;
 }
 
 static int cmd_mount(cli_args *a)
@@ -209,23 +250,27 @@ static int cmd_mount(cli_args *a)
 		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
 		return 1;
 	}
-	size_t sl = strlen(ctx.state_dir);
-	if (strncmp(ctx.state_dir, mp, strlen(mp)) == 0 && (ctx.state_dir[strlen(mp)] == '/' ||
-							     ctx.state_dir[strlen(mp)] == '\0')) {
-		fprintf(stderr, "orchfs: the mount point %s would hide the state directory %s\n", mp, ctx.state_dir);
+	/*
+	 * The daemon serves one request at a time, so it must never look into
+	 * its own mount: not through the state directory (hidden by a mount
+	 * above it), and not through the repository, whose status git walks.
+	 */
+	if (path_within(ctx.state_dir, mp) || path_within(mp, ctx.repo_path) || path_within(ctx.repo_path, mp)) {
+		fprintf(stderr, "orchfs: the mount point %s must be outside the repository %s and its state %s "
+			"(try /tmp/orchfs/<name>)\n", mp, ctx.repo_path, ctx.state_dir);
 		orch_ctx_close(&ctx);
 		return 1;
 	}
-	(void)sl;
 	if (asprintf(&log_path, "%s/orchfs.log", ctx.state_dir) < 0)
 		log_path = NULL;
-	mount_info mi = {log_path, &ctx, mp};
+	mount_info mi = {log_path, &ctx, mp, reconcile(&ctx)};
 	fs_options o = {.mountpoint = mp, .foreground = a->foreground, .debug = a->debug,
 			.on_mounted = mounted, .arg = &mi};
 	rc = fs_main(&ctx, &o);
 	if (rc && ready_fd >= 0)
 		fprintf(stderr, "orchfs: cannot mount %s\n", mp);
 	orch_log("unmounted %s", mp);
+	json_decref(mi.reconciled);
 	orch_ctx_close(&ctx);
 	free(log_path);
 	return rc;

@@ -13,6 +13,9 @@ static const orch_method *const groups[] = {
 	orch_case_methods,
 
 	/* isolation */
+	orch_scheduler_methods,
+	orch_worktree_methods,
+	orch_lock_methods,
 
 	/* planning graph */
 	orch_graph_methods,

@@ -38,6 +38,10 @@ typedef enum {
 	K_CHECKPOINTS_JSON,
 
 	/* isolation (worktrees/, locks/) */
+	K_WORKTREES_DIR,
+	K_WORKTREE_JSON,
+	K_LOCKS_DIR,
+	K_LOCK_JSON,
 
 	/* planning graph (graph/nodes/<id>/) */
 	K_GRAPH_DIR,

@@ -70,6 +70,15 @@ static const node_spec specs[K_KIND_COUNT] = {
 				.render = orch_task_checkpoints_json},
 
 	/* isolation */
+	[K_WORKTREES_DIR] = {K_WORKTREES_DIR, K_ROOT, "worktrees", NULL, T_DIR},
+	[K_WORKTREE_JSON] = {K_WORKTREE_JSON, K_WORKTREES_DIR, NULL, ".json", T_FILE,
+			     .list_sql = "SELECT id FROM worktrees ORDER BY id",
+			     .exists_sql = "SELECT 1 FROM worktrees WHERE id = ?1", .render = orch_worktree_json},
+	[K_LOCKS_DIR] = {K_LOCKS_DIR, K_ROOT, "locks", NULL, T_DIR},
+	[K_LOCK_JSON] = {K_LOCK_JSON, K_LOCKS_DIR, NULL, ".json", T_FILE,
+			 .list_sql = "SELECT id FROM locks WHERE state = 'active' AND lease_until > ?2 ORDER BY id",
+			 .exists_sql = "SELECT 1 FROM locks WHERE id = ?1 AND state = 'active' AND lease_until > ?2",
+			 .render = orch_lock_json},
 
 	/* planning graph */
 	[K_GRAPH_DIR] = {K_GRAPH_DIR, K_ROOT, "graph", NULL, T_DIR},
@@ -307,6 +316,7 @@ int fs_render(orch_ctx *ctx, fs_node n, char **buf, size_t *len)
 	*len = 0;
 	if (!s->render && !s->text)
 		return -EISDIR;
+	ctx->now = orch_now_ms(); /* views that depend on time (lock expiry) see the time of the open */
 	if (orch_store_begin(ctx->store, false) != 0)
 		return -EIO;
 	if (!fs_exists(ctx, n)) {
@@ -409,6 +419,8 @@ static const char readme_head[] =
 	"    sessions/<id>/root              symlink to the session-root worktree\n"
 	"    sessions/<id>/ctl/<method>      methods with session_id implied by <id>; reading\n"
 	"                                    without writing shows the session's last reply\n"
+	"    worktrees/<id>.json             worktree records (planned, active, closed, abandoned, missing)\n"
+	"    locks/<id>.json                 active locks only: a released or expired lock disappears\n"
 	"    tasks/<id>/task.json            the task\n"
 	"\n"
 	"State files are JSON, one consistent snapshot per open; everything but ctl files\n"

@@ -130,7 +130,8 @@ bool orch_git_branch_name_valid(const char *name)
 {
 	int valid = 0;
 
-	if (!name || !*name || strcmp(name, "HEAD") == 0 || name[0] == '-')
+	/* "@" is refused too: in every revision it means HEAD, so such a branch could never be named. */
+	if (!name || !*name || strcmp(name, "HEAD") == 0 || strcmp(name, "@") == 0 || name[0] == '-')
 		return false;
 	return git_branch_name_is_valid(&valid, name) == 0 && valid;
 }
@@ -296,6 +297,506 @@ done:
 	git_commit_free(commit);
 	git_object_free(obj);
 	return rc;
+}
+
+/* ---- isolation: branches, status, in-memory merges, removal ---- */
+
+/*
+ * True when refs/heads/<branch> exists, or could not be created because a
+ * branch is one of its leading directories (a/b for a/b/c) or lies below it.
+ */
+bool orch_git_branch_exists(orch_git *g, const char *branch)
+{
+	git_reference_iterator *it = NULL;
+	git_reference *ref = NULL;
+	char *name = NULL, *glob = NULL;
+	bool found = false;
+
+	if (asprintf(&name, "refs/heads/%s", branch) < 0)
+		return false;
+	for (char *c = name + strlen("refs/heads/"); !found; c++) {
+		c = strchr(c, '/');
+		if (c)
+			*c = '\0';
+		found = git_reference_lookup(&ref, g->repo, name) == 0;
+		git_reference_free(ref);
+		ref = NULL;
+		if (!c)
+			break;
+		*c = '/';
+	}
+	if (!found && asprintf(&glob, "%s/*", name) >= 0 &&
+	    git_reference_iterator_glob_new(&it, g->repo, glob) == 0) {
+		found = git_reference_next(&ref, it) == 0;
+		git_reference_free(ref);
+		git_reference_iterator_free(it);
+	}
+	free(glob);
+	free(name);
+	return found;
+}
+
+int orch_git_resolve_commit(orch_git *g, const char *revspec, char *hex)
+{
+	git_object *obj = NULL, *commit = NULL;
+	int rc = 0;
+
+	if (git_revparse_single(&obj, g->repo, revspec) < 0) {
+		rc = orch_error_set(ORCH_ENOTFOUND, "base_ref \"%s\" does not name a commit", revspec);
+		goto done;
+	}
+	if (git_object_peel(&commit, obj, GIT_OBJECT_COMMIT) < 0) {
+		rc = orch_error_set(ORCH_EINVALID_PARAMS, "base_ref \"%s\" is not a commit", revspec);
+		goto done;
+	}
+	git_oid_tostr(hex, ORCH_GIT_HEX_SIZE, git_object_id(commit));
+done:
+	git_object_free(commit);
+	git_object_free(obj);
+	return rc;
+}
+
+int orch_git_dirty_paths(const char *workdir, bool untracked, json_t **paths)
+{
+	git_repository *repo = NULL;
+	git_status_list *list = NULL;
+	git_status_options opts = GIT_STATUS_OPTIONS_INIT;
+	int rc = 0;
+
+	*paths = NULL;
+	if (git_repository_open(&repo, workdir) < 0) {
+		rc = git_fail("open worktree");
+		goto done;
+	}
+	opts.show = GIT_STATUS_SHOW_INDEX_AND_WORKDIR;
+	opts.flags = untracked ? GIT_STATUS_OPT_INCLUDE_UNTRACKED : 0;
+	if (git_status_list_new(&list, repo, &opts) < 0) {
+		rc = git_fail("status");
+		goto done;
+	}
+	*paths = json_array();
+	for (size_t i = 0; i < git_status_list_entrycount(list); i++) {
+		const git_status_entry *e = git_status_byindex(list, i);
+		const git_diff_delta *d = e->index_to_workdir ? e->index_to_workdir : e->head_to_index;
+		if (e->status == GIT_STATUS_CURRENT || !d)
+			continue;
+		json_array_append_new(*paths, json_string(d->new_file.path ? d->new_file.path : d->old_file.path));
+	}
+done:
+	git_status_list_free(list);
+	git_repository_free(repo);
+	return rc;
+}
+
+/* Collects the paths a checkout reports as conflicts. */
+static int collect_conflict(git_checkout_notify_t why, const char *path, const git_diff_file *baseline,
+			    const git_diff_file *target, const git_diff_file *workdir, void *payload)
+{
+	(void)why, (void)baseline, (void)target, (void)workdir;
+	if (path)
+		json_array_append_new(payload, json_string(path));
+	return 0;
+}
+
+/*
+ * Check out the tree of commit `target` in the checkout at `workdir`, as a
+ * change from commit `base` (the baseline).  `conflicts`, when given,
+ * collects the paths that block a safe checkout.  Returns libgit2's code.
+ */
+static int checkout_commit(const char *workdir, const git_oid *target, const git_oid *base, unsigned strategy,
+			   json_t *conflicts)
+{
+	git_repository *wrepo = NULL;
+	git_commit *tc = NULL, *bc = NULL;
+	git_tree *tt = NULL, *bt = NULL;
+	git_checkout_options opts = GIT_CHECKOUT_OPTIONS_INIT;
+	int err;
+
+	/* Objects must come from the handle that checks them out. */
+	if ((err = git_repository_open(&wrepo, workdir)) < 0 || (err = git_commit_lookup(&tc, wrepo, target)) < 0 ||
+	    (err = git_commit_lookup(&bc, wrepo, base)) < 0 || (err = git_commit_tree(&tt, tc)) < 0 ||
+	    (err = git_commit_tree(&bt, bc)) < 0)
+		goto done;
+	opts.checkout_strategy = strategy;
+	opts.baseline = bt;
+	if (conflicts) {
+		opts.notify_flags = GIT_CHECKOUT_NOTIFY_CONFLICT;
+		opts.notify_cb = collect_conflict;
+		opts.notify_payload = conflicts;
+	}
+	err = git_checkout_tree(wrepo, (git_object *)tt, &opts);
+done:
+	git_tree_free(bt);
+	git_tree_free(tt);
+	git_commit_free(bc);
+	git_commit_free(tc);
+	git_repository_free(wrepo);
+	return err;
+}
+
+struct merge_undo {
+	orch_git *g;
+	char *refname;
+	char *workdir; /* NULL: no checkout was updated */
+	git_oid old_tip, new_tip;
+};
+
+/* Put the checkout back to the old tip, then the branch (only if it is still at the merge). */
+static void merge_undo_run(void *arg)
+{
+	struct merge_undo *u = arg;
+	git_reference *ref = NULL;
+
+	if (u->workdir)
+		checkout_commit(u->workdir, &u->old_tip, &u->new_tip, GIT_CHECKOUT_FORCE, NULL);
+	if (git_reference_create_matching(&ref, u->g->repo, u->refname, &u->old_tip, 1, &u->new_tip,
+					  "orchfs: undo merge") == 0)
+		git_reference_free(ref);
+}
+
+static void merge_undo_free(void *arg)
+{
+	struct merge_undo *u = arg;
+
+	free(u->refname);
+	free(u->workdir);
+	free(u);
+}
+
+/* Whether the checkout at `workdir` has refs/heads/<branch> as its HEAD. */
+static bool has_checked_out(const char *workdir, const char *refname)
+{
+	git_repository *wrepo = NULL;
+	git_reference *head = NULL;
+	bool yes = false;
+
+	if (git_repository_open(&wrepo, workdir) == 0 &&
+	    git_reference_lookup(&head, wrepo, "HEAD") == 0 &&
+	    git_reference_type(head) == GIT_REFERENCE_SYMBOLIC)
+		yes = strcmp(git_reference_symbolic_target(head), refname) == 0;
+	git_reference_free(head);
+	git_repository_free(wrepo);
+	return yes;
+}
+
+static bool same_dir(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b);
+
+	while (na > 1 && a[na - 1] == '/')
+		na--;
+	while (nb > 1 && b[nb - 1] == '/')
+		nb--;
+	return na == nb && strncmp(a, b, na) == 0;
+}
+
+/*
+ * A checkout other than `workdir` (the main one or a valid linked one)
+ * that has `refname` checked out, or NULL (caller frees).  Moving that
+ * branch would leave such a checkout behind its HEAD, which git refuses.
+ */
+static char *checked_out_elsewhere(git_repository *repo, const char *refname, const char *workdir)
+{
+	git_strarray names = {0};
+	const char *main_dir = git_repository_workdir(repo);
+	char *found = NULL;
+
+	if (main_dir && (!workdir || !same_dir(main_dir, workdir)) && has_checked_out(main_dir, refname))
+		return strdup(main_dir);
+	if (git_worktree_list(&names, repo) < 0)
+		return NULL;
+	for (size_t i = 0; i < names.count && !found; i++) {
+		git_worktree *wt = NULL;
+		if (git_worktree_lookup(&wt, repo, names.strings[i]) < 0)
+			continue;
+		const char *path = git_worktree_path(wt);
+		if (git_worktree_validate(wt) == 0 && (!workdir || !same_dir(path, workdir)) &&
+		    has_checked_out(path, refname))
+			found = strdup(path);
+		git_worktree_free(wt);
+	}
+	git_strarray_dispose(&names);
+	return found;
+}
+
+/* The paths of the conflicts left in an in-memory merge index, sorted and unique. */
+static json_t *conflict_paths(git_index *index)
+{
+	git_index_conflict_iterator *it = NULL;
+	const git_index_entry *anc, *ours, *theirs;
+	json_t *paths = json_array();
+
+	if (git_index_conflict_iterator_new(&it, index) < 0)
+		return paths;
+	while (git_index_conflict_next(&anc, &ours, &theirs, it) == 0) {
+		const git_index_entry *e = ours ? ours : theirs ? theirs : anc;
+		size_t n = json_array_size(paths);
+		if (e && (n == 0 || strcmp(json_string_value(json_array_get(paths, n - 1)), e->path) != 0))
+			json_array_append_new(paths, json_string(e->path));
+	}
+	git_index_conflict_iterator_free(it);
+	return paths;
+}
+
+static char *paths_text(json_t *paths)
+{
+	char *s = json_dumps(paths, JSON_COMPACT);
+	return s ? s : strdup("[]");
+}
+
+/* Fail with `code`, `msg` + the paths, and details {state?, paths}. */
+static int fail_paths(int code, const char *state, json_t *paths, const char *fmt, const char *a, const char *b)
+{
+	char *list = paths_text(paths);
+	char msg[512];
+
+	snprintf(msg, sizeof(msg), fmt, a, b);
+	orch_error_set(code, "%s: %s", msg, list);
+	free(list);
+	json_t *d = json_object();
+	if (state)
+		json_object_set_new(d, "state", json_string(state));
+	json_object_set_new(d, "paths", paths);
+	orch_error_details(d);
+	return code;
+}
+
+int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, const char *child,
+			char *commit_hex)
+{
+	git_repository *repo = ctx->git->repo;
+	git_reference *pref = NULL, *cref = NULL, *moved = NULL;
+	git_commit *pc = NULL, *cc = NULL;
+	git_index *index = NULL;
+	git_tree *tree = NULL;
+	git_signature *sig = NULL;
+	git_oid ptip, ctip, tree_id, merged;
+	json_t *paths = NULL;
+	char *refname = NULL, *msg = NULL, *elsewhere = NULL;
+	bool checkout;
+	struct stat sb;
+	int rc = 0, err;
+
+	if (git_branch_lookup(&pref, repo, parent, GIT_BRANCH_LOCAL) < 0) {
+		rc = orch_error_set(ORCH_ENOTFOUND, "parent branch \"%s\" does not exist", parent);
+		goto done;
+	}
+	if (git_branch_lookup(&cref, repo, child, GIT_BRANCH_LOCAL) < 0) {
+		rc = orch_error_set(ORCH_ENOTFOUND, "branch \"%s\" does not exist", child);
+		goto done;
+	}
+	refname = strdup(git_reference_name(pref));
+	git_oid_cpy(&ptip, git_reference_target(pref));
+	git_oid_cpy(&ctip, git_reference_target(cref));
+	if (git_oid_equal(&ptip, &ctip) || git_graph_descendant_of(repo, &ptip, &ctip) == 1) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "branch \"%s\" has nothing to merge into \"%s\" "
+				    "(its tip is already in it)", child, parent);
+		orch_error_detail("state", json_string("merged"));
+		goto done;
+	}
+	checkout = workdir && stat(workdir, &sb) == 0 && has_checked_out(workdir, refname);
+	if (!checkout && (elsewhere = checked_out_elsewhere(repo, refname, workdir)) != NULL) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "branch \"%s\" is checked out at %s, not in the parent "
+				    "worktree's directory; merging would move it under that checkout", parent, elsewhere);
+		orch_error_detail("state", json_string("checked_out_elsewhere"));
+		goto done;
+	}
+	if (checkout) {
+		if ((rc = orch_git_dirty_paths(workdir, false, &paths)) != 0)
+			goto done;
+		if (json_array_size(paths)) {
+			rc = fail_paths(ORCH_EINVALID_STATE, "dirty", paths, "the checkout of \"%s\" at %s has "
+					"uncommitted changes", parent, workdir);
+			paths = NULL;
+			goto done;
+		}
+		json_decref(paths);
+		paths = NULL;
+	}
+	if (git_commit_lookup(&pc, repo, &ptip) < 0 || git_commit_lookup(&cc, repo, &ctip) < 0 ||
+	    git_merge_commits(&index, repo, pc, cc, NULL) < 0) {
+		rc = git_fail("merge");
+		goto done;
+	}
+	if (git_index_has_conflicts(index)) {
+		rc = fail_paths(ORCH_ECONFLICT, NULL, conflict_paths(index), "merging \"%s\" into \"%s\" conflicts "
+				"in", child, parent);
+		goto done;
+	}
+	if (git_index_write_tree_to(&tree_id, index, repo) < 0 || git_tree_lookup(&tree, repo, &tree_id) < 0) {
+		rc = git_fail("write merge tree");
+		goto done;
+	}
+	if (git_signature_default(&sig, repo) < 0 && git_signature_now(&sig, "orchfs", "orchfs@localhost") < 0) {
+		rc = git_fail("signature");
+		goto done;
+	}
+	if (asprintf(&msg, "Merge branch '%s' into %s\n", child, parent) < 0) {
+		msg = NULL;
+		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+		goto done;
+	}
+	const git_commit *parents[2] = {pc, cc};
+	if (git_commit_create(&merged, repo, NULL, sig, sig, NULL, msg, tree, 2, parents) < 0) {
+		rc = git_fail("create merge commit");
+		goto done;
+	}
+	if (checkout) {
+		/* A dry run first: an untracked or ignored file in the way stops everything. */
+		unsigned safe = GIT_CHECKOUT_SAFE | GIT_CHECKOUT_DONT_OVERWRITE_IGNORED;
+		paths = json_array();
+		err = checkout_commit(workdir, &merged, &ptip, safe | GIT_CHECKOUT_DRY_RUN, paths);
+		if (err == GIT_ECONFLICT || json_array_size(paths)) {
+			rc = fail_paths(ORCH_EINVALID_STATE, "dirty", paths, "files in the checkout of \"%s\" at %s "
+					"would be overwritten by the merge", parent, workdir);
+			paths = NULL;
+			goto done;
+		}
+		if (err < 0 || checkout_commit(workdir, &merged, &ptip, safe, NULL) < 0) {
+			rc = git_fail("update the parent's checkout");
+			checkout_commit(workdir, &ptip, &merged, GIT_CHECKOUT_FORCE, NULL);
+			goto done;
+		}
+	}
+	err = git_reference_create_matching(&moved, repo, refname, &merged, 1, &ptip, msg);
+	if (err < 0) {
+		if (err == GIT_EMODIFIED)
+			rc = orch_error_set(ORCH_ECONFLICT, "branch \"%s\" moved while merging \"%s\"; try again",
+					    parent, child);
+		else
+			rc = git_fail("update branch");
+		if (checkout)
+			checkout_commit(workdir, &ptip, &merged, GIT_CHECKOUT_FORCE, NULL);
+		goto done;
+	}
+	struct merge_undo *u = calloc(1, sizeof(*u));
+	u->g = ctx->git;
+	u->refname = refname;
+	refname = NULL;
+	u->workdir = checkout ? strdup(workdir) : NULL;
+	git_oid_cpy(&u->old_tip, &ptip);
+	git_oid_cpy(&u->new_tip, &merged);
+	orch_undo_push(ctx, merge_undo_run, merge_undo_free, u);
+	git_oid_tostr(commit_hex, ORCH_GIT_HEX_SIZE, &merged);
+done:
+	json_decref(paths);
+	free(elsewhere);
+	free(msg);
+	free(refname);
+	git_signature_free(sig);
+	git_tree_free(tree);
+	git_index_free(index);
+	git_commit_free(cc);
+	git_commit_free(pc);
+	git_reference_free(moved);
+	git_reference_free(cref);
+	git_reference_free(pref);
+	return rc;
+}
+
+char *orch_git_retired_path(const char *path)
+{
+	char *out;
+
+	return asprintf(&out, "%s.orchfs-removing", path) < 0 ? NULL : out;
+}
+
+/*
+ * Prune the metadata of the worktree named after `path`, whatever git
+ * thinks of its validity, but only if it is that path's: a later worktree
+ * elsewhere with the same last component may have taken the name.
+ */
+static void prune_named(orch_git *g, const char *path)
+{
+	char *name = orch_git_worktree_name(path);
+	git_worktree *wt = NULL;
+
+	if (name && git_worktree_lookup(&wt, g->repo, name) == 0 && same_dir(git_worktree_path(wt), path)) {
+		git_worktree_prune_options opts = GIT_WORKTREE_PRUNE_OPTIONS_INIT;
+		opts.flags = GIT_WORKTREE_PRUNE_VALID;
+		git_worktree_prune(wt, &opts);
+	}
+	git_worktree_free(wt);
+	free(name);
+}
+
+void orch_git_retire_finish(orch_git *g, const char *path)
+{
+	char *trash = orch_git_retired_path(path);
+
+	prune_named(g, path);
+	if (trash)
+		rm_rf(trash);
+	free(trash);
+}
+
+struct retire {
+	orch_git *g;
+	char *path;
+	char *trash;
+	bool restored;
+};
+
+static void retire_undo(void *arg)
+{
+	struct retire *r = arg;
+
+	r->restored = rename(r->trash, r->path) == 0;
+}
+
+/* Runs after the commit (or after retire_undo): the removal becomes final unless undone. */
+static void retire_free(void *arg)
+{
+	struct retire *r = arg;
+
+	if (!r->restored)
+		orch_git_retire_finish(r->g, r->path);
+	free(r->path);
+	free(r->trash);
+	free(r);
+}
+
+int orch_git_worktree_retire(orch_ctx *ctx, const char *path)
+{
+	struct retire *r;
+	char *trash = orch_git_retired_path(path);
+
+	if (!trash)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	rm_rf(trash); /* a leftover of an interrupted removal */
+	if (rename(path, trash) < 0) {
+		int e = errno;
+		free(trash);
+		return orch_error_set(ORCH_EGIT, "cannot remove worktree %s: %s", path, strerror(e));
+	}
+	r = calloc(1, sizeof(*r));
+	r->g = ctx->git;
+	r->path = strdup(path);
+	r->trash = trash;
+	orch_undo_push(ctx, retire_undo, retire_free, r);
+	return 0;
+}
+
+int orch_git_prune_stale(orch_git *g, json_t *log)
+{
+	git_strarray names = {0};
+
+	if (git_worktree_list(&names, g->repo) < 0)
+		return git_fail("list worktrees");
+	for (size_t i = 0; i < names.count; i++) {
+		git_worktree *wt = NULL;
+		git_worktree_prune_options opts = GIT_WORKTREE_PRUNE_OPTIONS_INIT;
+		if (strncmp(names.strings[i], "orchfs-", 7) != 0 ||
+		    git_worktree_lookup(&wt, g->repo, names.strings[i]) < 0)
+			continue;
+		/* Only invalid (directory gone) and unlocked worktrees are prunable with no flags. */
+		if (git_worktree_validate(wt) < 0 && git_worktree_is_prunable(wt, &opts) == 1 &&
+		    git_worktree_prune(wt, &opts) == 0)
+			json_array_append_new(log, json_sprintf("pruned git metadata %s", names.strings[i]));
+		git_worktree_free(wt);
+	}
+	git_strarray_dispose(&names);
+	return 0;
 }
 
 int orch_git_exclude(orch_git *g, const char *pattern)

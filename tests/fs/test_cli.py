@@ -54,10 +54,12 @@ def test_background_mount_logs_to_state(tmp_path):
     assert 'unmounted' in log and 'Sanitizer' not in log
 
 
-def test_mount_refuses_to_hide_state(tmp_path):
+def test_mount_point_outside_repo_and_state(tmp_path):
     repo = make_repo(tmp_path / 'repo')
-    r = subprocess.run([ORCHFS, 'mount', '-f', '--repo', str(repo), str(repo)], capture_output=True, text=True)
-    assert r.returncode != 0 and 'hide the state directory' in r.stderr
+    for mp in [repo, repo / 'sub', tmp_path]:
+        r = subprocess.run([ORCHFS, 'mount', '-f', '--repo', str(repo), str(mp)], capture_output=True, text=True)
+        assert r.returncode != 0 and 'must be outside the repository' in r.stderr, mp
+        assert not os.path.ismount(mp)
 
 
 def test_mount_outside_git_repo_fails(tmp_path):

@@ -1,0 +1,244 @@
+/*
+ * Path leases: lock.acquire, lock.heartbeat, lock.release.
+ *
+ * A lock covers a file or a prefix (a directory and everything below it)
+ * of the repository for a time.  Expiry compares integer milliseconds with
+ * the call's time: a lock whose lease_until is not after now is expired
+ * whatever its stored state says, never conflicts, and cannot be revived.
+ * Acquisition checks and inserts inside the call's BEGIN IMMEDIATE
+ * transaction, so two racing acquisitions are serialised by SQLite and
+ * can never both hold overlapping scopes.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "orchfs/core.h"
+
+#define DEFAULT_TTL_S 600
+#define MAX_TTL_S (366LL * 24 * 3600)
+
+#define LOCK_SELECT                                                                                \
+	"SELECT id, scope_type, scope_path, owner_session, lease_until, heartbeat_at, "              \
+	"CASE WHEN state = 'active' AND lease_until <= ?2 THEN 'expired' ELSE state END AS state "   \
+	"FROM locks WHERE id = ?1"
+
+/* The lock as clients see it; an active lock past its lease shows as expired. */
+int orch_lock_json(orch_ctx *ctx, int64_t id, json_t **out)
+{
+	return orch_sql_row(ctx, out, "lock %lld not found", id, LOCK_SELECT, "ii", id, ctx->now);
+}
+
+/* Whether prefix `p` covers `path`: "." covers all, else equal or below "p/". */
+static bool covers(const char *p, const char *path)
+{
+	size_t n = strlen(p);
+
+	return strcmp(p, ".") == 0 || (strncmp(p, path, n) == 0 && (path[n] == '\0' || path[n] == '/'));
+}
+
+/*
+ * The reference's conflict rule, component-wise on normalised paths:
+ * file/file the same path; file/prefix when the prefix covers the file;
+ * prefix/prefix when either covers the other.
+ */
+bool orch_lock_overlaps(const char *type_a, const char *path_a, const char *type_b, const char *path_b)
+{
+	bool file_a = strcmp(type_a, "file") == 0, file_b = strcmp(type_b, "file") == 0;
+
+	if (file_a && file_b)
+		return strcmp(path_a, path_b) == 0;
+	if (file_a)
+		return covers(path_b, path_a);
+	if (file_b)
+		return covers(path_a, path_b);
+	return covers(path_a, path_b) || covers(path_b, path_a);
+}
+
+/* ttl_seconds: absent or 0 means 600; negative or over a year is invalid_params. */
+static int ttl_ms(json_t *p, int64_t *out)
+{
+	int64_t ttl = orch_param_int(p, "ttl_seconds", 0);
+
+	if (ttl < 0 || ttl > MAX_TTL_S)
+		return orch_error_set(ORCH_EINVALID_PARAMS, "ttl_seconds must be between 1 and %lld (0 or absent "
+				      "means %d), got %lld", MAX_TTL_S, DEFAULT_TTL_S, (long long)ttl);
+	*out = (ttl ? ttl : DEFAULT_TTL_S) * 1000;
+	return 0;
+}
+
+/* scope_type, trimmed and lower-cased as the reference does: "file" or "prefix". */
+static int scope_type(json_t *p, char *out, size_t size)
+{
+	const char *in = orch_param_str(p, "scope_type", "");
+	size_t n = 0;
+
+	while (isspace((unsigned char)*in))
+		in++;
+	for (; *in && n + 1 < size; in++)
+		out[n++] = (char)tolower((unsigned char)*in);
+	while (n > 0 && isspace((unsigned char)out[n - 1]))
+		n--;
+	out[n] = '\0';
+	if (strcmp(out, "file") && strcmp(out, "prefix"))
+		return orch_error_set(ORCH_EINVALID_PARAMS, "scope_type must be one of: prefix, file; got \"%s\"",
+				      orch_param_str(p, "scope_type", ""));
+	return 0;
+}
+
+/* ORCH_ECONFLICT naming lock `id` in the message and in details.lock. */
+static int conflict(orch_ctx *ctx, const char *type, const char *path, int64_t id)
+{
+	json_t *lock = NULL;
+	int rc = orch_lock_json(ctx, id, &lock);
+
+	if (rc)
+		return rc;
+	orch_error_set(ORCH_ECONFLICT, "%s:%s conflicts with lock %lld (%s:%s) held by \"%s\" until %s", type, path,
+		       (long long)id, json_string_value(json_object_get(lock, "scope_type")),
+		       json_string_value(json_object_get(lock, "scope_path")),
+		       json_string_value(json_object_get(lock, "owner_session")),
+		       json_string_value(json_object_get(lock, "lease_until")));
+	orch_error_detail("lock", lock);
+	return ORCH_ECONFLICT;
+}
+
+static int lock_acquire(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	const char *path = orch_param_str(p, "scope_path", ""), *owner = orch_param_str(p, "owner_session", "");
+	char type[16];
+	int64_t ttl = 0, hit = 0;
+	sqlite3_stmt *st;
+	int rc;
+
+	if ((rc = scope_type(p, type, sizeof(type))) != 0 || (rc = ttl_ms(p, &ttl)) != 0)
+		return rc;
+	if (strcmp(type, "file") == 0 && strcmp(path, ".") == 0)
+		return orch_error_set(ORCH_EINVALID_PARAMS, "a file lock needs a file path, got \".\" (the "
+				      "repository root); use scope_type prefix");
+	/* Expired leases are marked as such: part of this call, and harmless if it rolls back. */
+	rc = orch_sql_exec(ctx, "UPDATE locks SET state = 'expired' WHERE state = 'active' AND lease_until <= ?",
+			   "i", ctx->now);
+	if (rc)
+		return rc;
+	st = orch_sql(ctx, "SELECT id, scope_type, scope_path FROM locks WHERE state = 'active' AND lease_until > ? "
+		      "AND owner_session <> ? ORDER BY id", "is", ctx->now, owner);
+	if (!st)
+		return ORCH_EINTERNAL;
+	while (!hit && (rc = orch_sql_step(ctx, st)) == SQLITE_ROW)
+		if (orch_lock_overlaps(type, path, (const char *)sqlite3_column_text(st, 1),
+				       (const char *)sqlite3_column_text(st, 2)))
+			hit = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	if (!hit && rc != SQLITE_DONE)
+		return ORCH_EINTERNAL;
+	if (hit)
+		return conflict(ctx, type, path, hit);
+	rc = orch_sql_exec(ctx, "INSERT INTO locks (scope_type, scope_path, owner_session, lease_until, heartbeat_at, "
+			   "state) VALUES (?, ?, ?, ?, ?, 'active')", "sssii", type, path, owner, ctx->now + ttl,
+			   ctx->now);
+	return rc ? rc : orch_lock_json(ctx, orch_last_id(ctx), result);
+}
+
+/*
+ * The lock a heartbeat or release names, checked in this order: exists
+ * and was not released (not_found), belongs to owner_session when given
+ * (forbidden), lease not over (invalid_state for a heartbeat, not_found
+ * for a release: only active locks can be released).
+ */
+static int live_lock(orch_ctx *ctx, json_t *p, bool release, json_t **lock)
+{
+	int64_t id = orch_param_int(p, "lock_id", 0);
+	const char *owner = orch_param_str(p, "owner_session", NULL), *state;
+	int rc = orch_lock_json(ctx, id, lock);
+
+	if (rc)
+		return rc;
+	state = json_string_value(json_object_get(*lock, "state"));
+	if (strcmp(state, "released") == 0)
+		return orch_error_set(ORCH_ENOTFOUND, "lock %lld was released; it is no longer active", (long long)id);
+	if (owner && strcmp(owner, json_string_value(json_object_get(*lock, "owner_session"))) != 0)
+		return orch_error_set(ORCH_EFORBIDDEN, "lock %lld belongs to \"%s\", not \"%s\"", (long long)id,
+				      json_string_value(json_object_get(*lock, "owner_session")), owner);
+	if (strcmp(state, "active") != 0) {
+		if (release)
+			return orch_error_set(ORCH_ENOTFOUND, "lock %lld is not active: its lease ended at %s",
+					      (long long)id, json_string_value(json_object_get(*lock, "lease_until")));
+		orch_error_set(ORCH_EINVALID_STATE, "lock %lld expired at %s and cannot be renewed; acquire a new one",
+			       (long long)id, json_string_value(json_object_get(*lock, "lease_until")));
+		orch_error_detail("state", json_string(state));
+		return ORCH_EINVALID_STATE;
+	}
+	return 0;
+}
+
+static int lock_heartbeat(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	int64_t id = orch_param_int(p, "lock_id", 0), ttl = 0;
+	json_t *lock = NULL;
+	int rc;
+
+	if ((rc = ttl_ms(p, &ttl)) == 0 && (rc = live_lock(ctx, p, false, &lock)) == 0)
+		rc = orch_sql_exec(ctx, "UPDATE locks SET heartbeat_at = ?, lease_until = ? WHERE id = ?", "iii",
+				   ctx->now, ctx->now + ttl, id);
+	json_decref(lock);
+	return rc ? rc : orch_lock_json(ctx, id, result);
+}
+
+static int lock_release(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	int64_t id = orch_param_int(p, "lock_id", 0);
+	json_t *lock = NULL;
+	int rc;
+
+	if ((rc = live_lock(ctx, p, true, &lock)) == 0)
+		rc = orch_sql_exec(ctx, "UPDATE locks SET state = 'released', heartbeat_at = ?1, lease_until = ?1 "
+				   "WHERE id = ?2", "ii", ctx->now, id);
+	json_decref(lock);
+	return rc ? rc : orch_lock_json(ctx, id, result);
+}
+
+static const orch_param acquire_params[] = {
+	{"scope_type", ORCH_P_STR, ORCH_P_REQUIRED, "file | prefix (a directory and everything below it).", NULL},
+	{"scope_path", ORCH_P_PATH, ORCH_P_REQUIRED, "Repository-relative path; \".\" as a prefix is the whole "
+	 "repository.", NULL},
+	{"owner_session", ORCH_P_STR, ORCH_P_REQUIRED, "Owner (free text; under sessions/<id>/ctl/ it is \"<id>\"). "
+	 "Locks of one owner never conflict with each other.", NULL},
+	{"ttl_seconds", ORCH_P_INT, 0, "Lease length in seconds (default 600; at most a year).", NULL},
+	{NULL, 0, 0, NULL, NULL},
+};
+static const orch_param heartbeat_params[] = {
+	{"lock_id", ORCH_P_ID, ORCH_P_REQUIRED, "The lock.", NULL},
+	{"ttl_seconds", ORCH_P_INT, 0, "New lease from now, in seconds (default 600).", NULL},
+	{"owner_session", ORCH_P_STR, 0, "When given it must be the lock's owner (always given under "
+	 "sessions/<id>/ctl/).", NULL},
+	{NULL, 0, 0, NULL, NULL},
+};
+static const orch_param release_params[] = {
+	{"lock_id", ORCH_P_ID, ORCH_P_REQUIRED, "The lock.", NULL},
+	{"owner_session", ORCH_P_STR, 0, "When given it must be the lock's owner (always given under "
+	 "sessions/<id>/ctl/).", NULL},
+	{NULL, 0, 0, NULL, NULL},
+};
+
+const orch_method orch_lock_methods[] = {
+	{"lock.acquire", lock_acquire, ORCH_M_WRITE, acquire_params,
+	 "Lease a file or a prefix of the repository. It conflicts with another owner's unexpired lock on the "
+	 "same file, on a prefix covering it, or (for a prefix) on anything below it; src/api does not cover "
+	 "src/apix.",
+	 "the lock {id, scope_type, scope_path, owner_session, lease_until, heartbeat_at, state: active}",
+	 "{\"scope_type\": \"prefix\", \"scope_path\": \"src/api\", \"owner_session\": \"1\", \"ttl_seconds\": 300}",
+	 "conflict (EBUSY: another owner's lock overlaps; details.lock is that lock), invalid_params (EINVAL: "
+	 "scope_type, absolute or escaping path, ttl_seconds)."},
+	{"lock.heartbeat", lock_heartbeat, ORCH_M_WRITE, heartbeat_params,
+	 "Renew an active lock: lease_until = now + ttl_seconds. An expired lease cannot be renewed.",
+	 "the lock", "{\"lock_id\": 1, \"ttl_seconds\": 300}",
+	 "not_found (ENOENT: no such lock, or released), invalid_state (EINVAL: the lease is over), forbidden "
+	 "(EPERM: owner_session is not the owner)."},
+	{"lock.release", lock_release, ORCH_M_WRITE, release_params, "Release an active lock.",
+	 "the lock, state released", "{\"lock_id\": 1}",
+	 "not_found (ENOENT: no such lock, or not active: released or expired), forbidden (EPERM: "
+	 "owner_session is not the owner)."},
+	{NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL},
+};

@@ -1,0 +1,642 @@
+/*
+ * Worktrees: create (planned or on disk), spawn a child of a worktree,
+ * merge a child into its parent, abandon a child, and the start-up
+ * reconciliation of records with the disk.
+ *
+ * Git effects come last in every method, after all validation and all
+ * checks that read the database, and each registers an undo; so a call
+ * either commits with its git effects or leaves neither.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "orchfs/core.h"
+#include "orchfs/git.h"
+
+#define RETIRED_SUFFIX ".orchfs-removing"
+
+static const char *wt_str(json_t *wt, const char *key)
+{
+	const char *s = json_string_value(json_object_get(wt, key));
+
+	return s ? s : "";
+}
+
+static int64_t wt_int(json_t *wt, const char *key)
+{
+	return json_integer_value(json_object_get(wt, key));
+}
+
+static bool is_dir(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/*
+ * A worktree a method touches.  *gone is true when it has no directory.
+ * An active worktree whose directory vanished becomes `missing`, in the
+ * database and in `wt` (SPEC 6.6).  The main worktree is never missing:
+ * it is the repository orchfs serves.
+ */
+static int touch(orch_ctx *ctx, json_t *wt, bool *gone)
+{
+	*gone = !is_dir(wt_str(wt, "path"));
+	if (!*gone || strcmp(wt_str(wt, "status"), "active") != 0 || strcmp(wt_str(wt, "kind"), "main") == 0)
+		return 0;
+	json_object_set_new(wt, "status", json_string("missing"));
+	return orch_sql_exec(ctx, "UPDATE worktrees SET status = 'missing' WHERE id = ?", "i", wt_int(wt, "id"));
+}
+
+/*
+ * Who may merge or abandon a worktree: its owner, or the owner of its
+ * parent (the session whose branch receives the work, e.g. after taking
+ * over a session root).  A worktree without owner is anyone's.
+ */
+static int check_owner(json_t *wt, json_t *parent, int64_t sid)
+{
+	int64_t owner = wt_int(wt, "owner_session_id");
+
+	if (owner == 0 || owner == sid || (parent && wt_int(parent, "owner_session_id") == sid))
+		return 0;
+	return orch_error_set(ORCH_EFORBIDDEN, "worktree %lld belongs to session %lld, not %lld",
+			      (long long)wt_int(wt, "id"), (long long)owner, (long long)sid);
+}
+
+/* invalid_state "<what>" with details.state = the worktree's status. */
+static int bad_state(json_t *wt, const char *why)
+{
+	orch_error_set(ORCH_EINVALID_STATE, "worktree %lld is %s: %s", (long long)wt_int(wt, "id"),
+		       wt_str(wt, "status"), why);
+	orch_error_detail("state", json_string(wt_str(wt, "status")));
+	return ORCH_EINVALID_STATE;
+}
+
+/* Children that are neither merged nor abandoned block merging and abandoning their parent. */
+static int check_no_live_children(orch_ctx *ctx, json_t *wt, const char *verb)
+{
+	sqlite3_stmt *st = orch_sql(ctx, "SELECT id FROM worktrees WHERE parent_worktree_id = ? "
+				    "AND status NOT IN ('closed', 'abandoned') ORDER BY id", "i", wt_int(wt, "id"));
+	json_t *ids = json_array();
+	int rc;
+
+	if (!st) {
+		json_decref(ids);
+		return ORCH_EINTERNAL;
+	}
+	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW)
+		json_array_append_new(ids, json_integer(sqlite3_column_int64(st, 0)));
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE) {
+		json_decref(ids);
+		return ORCH_EINTERNAL;
+	}
+	if (json_array_size(ids) == 0) {
+		json_decref(ids);
+		return 0;
+	}
+	char *list = json_dumps(ids, JSON_COMPACT);
+	orch_error_set(ORCH_EINVALID_STATE, "cannot %s worktree %lld: its child worktrees %s are neither merged "
+		       "nor abandoned", verb, (long long)wt_int(wt, "id"), list ? list : "");
+	free(list);
+	orch_error_detail("children", ids);
+	return ORCH_EINVALID_STATE;
+}
+
+/*
+ * A branch for a new worktree: a valid git branch name that no branch in
+ * git and no planned worktree already has.
+ */
+static int check_branch(orch_ctx *ctx, const char *branch)
+{
+	int64_t other;
+	bool found;
+	int rc;
+
+	if (!orch_git_branch_name_valid(branch))
+		return orch_error_set(ORCH_EINVALID_PARAMS, "branch \"%s\" is not a valid git branch name", branch);
+	if (orch_git_branch_exists(ctx->git, branch))
+		return orch_error_set(ORCH_EEXISTS, "branch \"%s\" already exists (or clashes with an existing "
+				      "branch)", branch);
+	rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE branch = ? AND status = 'planned'",
+			  "s", branch);
+	if (rc)
+		return rc;
+	if (found)
+		return orch_error_set(ORCH_EEXISTS, "branch \"%s\" is already planned by worktree %lld", branch,
+				      (long long)other);
+	return 0;
+}
+
+/* The default directory name for a branch: '/' and ' ' become '-'. */
+static char *sanitised(const char *branch)
+{
+	char *s = strdup(branch);
+
+	for (char *c = s; *c; c++)
+		if (*c == '/' || *c == ' ')
+			*c = '-';
+	return s;
+}
+
+/*
+ * The absolute directory of a new worktree: `rel` (a normalised relative
+ * path) below <state>/worktrees/.  It must name a directory strictly below
+ * it, reached through real directories only (no symlink can lead it out),
+ * not inside another checkout, not existing yet and not reserved by a
+ * planned or missing worktree.
+ */
+static int worktree_path(orch_ctx *ctx, const char *rel, char **out)
+{
+	char *full = NULL;
+	const char *last = strrchr(rel, '/');
+	size_t base_len, n = strlen(rel), sl = strlen(RETIRED_SUFFIX);
+	struct stat sb;
+	int64_t other;
+	bool found;
+	int rc = 0;
+
+	*out = NULL;
+	last = last ? last + 1 : rel;
+	if (strcmp(rel, ".") == 0)
+		return orch_error_set(ORCH_EINVALID_PARAMS, "path must name a directory below %s/worktrees, got \".\"",
+				      ctx->state_dir);
+	if (n >= sl && strcmp(rel + n - sl, RETIRED_SUFFIX) == 0)
+		return orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\": names ending in %s are reserved", rel,
+				      RETIRED_SUFFIX);
+	if (asprintf(&full, "%s/worktrees/%s", ctx->state_dir, rel) < 0)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	base_len = strlen(full) - n;
+	/* Every existing ancestor below worktrees/ must be a real directory and not a checkout. */
+	for (char *c = full + base_len; (c = strchr(c, '/')) != NULL; c++) {
+		*c = '\0';
+		int e = lstat(full, &sb) == 0 ? 0 : errno;
+		bool checkout = false;
+		if (e == 0 && S_ISDIR(sb.st_mode)) {
+			char *dotgit;
+			if (asprintf(&dotgit, "%s/.git", full) >= 0) {
+				checkout = lstat(dotgit, &sb) == 0;
+				free(dotgit);
+			}
+		}
+		if (e == ENOENT) {
+			*c = '/';
+			break;
+		}
+		if (e)
+			rc = orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\": %s: %s", rel, full, strerror(e));
+		else if (!S_ISDIR(sb.st_mode) && !checkout)
+			rc = orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\": %s is not a directory", rel, full);
+		else if (checkout)
+			rc = orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\" is inside the checkout at %s", rel, full);
+		*c = '/';
+		if (rc)
+			goto fail;
+	}
+	if (lstat(full, &sb) == 0) {
+		rc = orch_error_set(ORCH_EEXISTS, "worktree path %s already exists", full);
+		goto fail;
+	}
+	if (errno != ENOENT) {
+		rc = orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\": %s", rel, strerror(errno));
+		goto fail;
+	}
+	rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ? "
+			  "AND status IN ('planned', 'missing')", "s", full);
+	if (rc)
+		goto fail;
+	if (found) {
+		rc = orch_error_set(ORCH_EEXISTS, "worktree path %s is reserved by worktree %lld", full,
+				    (long long)other);
+		goto fail;
+	}
+	*out = full;
+	return 0;
+fail:
+	free(full);
+	return rc;
+}
+
+/* The path for a new worktree: the client's `path` or the sanitised branch. */
+static int new_path(orch_ctx *ctx, json_t *p, const char *branch, char **out)
+{
+	const char *rel = orch_param_str(p, "path", NULL);
+	char *dflt = NULL;
+	int rc;
+
+	if (!rel)
+		rel = dflt = sanitised(branch);
+	rc = worktree_path(ctx, rel, out);
+	free(dflt);
+	return rc;
+}
+
+static int check_task(orch_ctx *ctx, int64_t task_id)
+{
+	json_t *t = NULL;
+	int rc;
+
+	if (task_id == 0)
+		return 0;
+	rc = orch_task_json(ctx, task_id, &t);
+	json_decref(t);
+	return rc;
+}
+
+/* Make the record's checkout: branch `branch` at commit `base_hex`, at `path`. */
+static int add_on_disk(orch_ctx *ctx, const char *path, const char *branch, const char *base_hex)
+{
+	char *name = orch_git_worktree_name(path);
+	int rc = orch_git_worktree_add(ctx, name, path, branch, base_hex);
+
+	free(name);
+	return rc;
+}
+
+static int worktree_create(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	const char *branch = orch_param_str(p, "branch", "");
+	const char *base = orch_param_str(p, "base_ref", "HEAD");
+	bool on_disk = orch_param_bool(p, "create_on_disk", false);
+	int64_t task_id = orch_param_int(p, "task_id", 0), id;
+	char hex[ORCH_GIT_HEX_SIZE], *path = NULL;
+	int rc;
+
+	if ((rc = check_task(ctx, task_id)) != 0 || (rc = check_branch(ctx, branch)) != 0 ||
+	    (rc = new_path(ctx, p, branch, &path)) != 0 || (rc = orch_git_resolve_commit(ctx->git, base, hex)) != 0)
+		goto done;
+	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, merge_state, created_at) "
+			   "VALUES (?, ?, ?, ?, 'task_branch', 'active', ?)", "isssi", task_id, path, branch,
+			   on_disk ? "active" : "planned", ctx->now);
+	if (rc)
+		goto done;
+	id = orch_last_id(ctx);
+	if (on_disk && (rc = add_on_disk(ctx, path, branch, hex)) != 0)
+		goto done;
+	rc = orch_worktree_json(ctx, id, result);
+done:
+	free(path);
+	return rc;
+}
+
+/*
+ * A child of a worktree, owned by the caller.  The default branch is
+ * task/<session_id>/<worktree_id>, known only once the row exists, so the
+ * row is inserted first and completed after the checkout is made.
+ */
+static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	int64_t sid = orch_param_int(p, "session_id", 0), pid = orch_param_int(p, "parent_worktree_id", 0);
+	int64_t task_id = orch_param_int(p, "task_id", 0), id;
+	const char *given = orch_param_str(p, "branch", NULL), *base = orch_param_str(p, "base_ref", NULL);
+	bool on_disk = orch_param_bool(p, "create_on_disk", true), gone;
+	char hex[ORCH_GIT_HEX_SIZE] = "", dflt[64], *path = NULL;
+	json_t *parent = NULL;
+	int rc;
+
+	if ((rc = orch_session_require_open(ctx, sid)) != 0)
+		goto done;
+	if ((rc = orch_worktree_json(ctx, pid, &parent)) != 0) {
+		orch_error_set(ORCH_ENOTFOUND, "parent worktree %lld not found", (long long)pid);
+		goto done;
+	}
+	if (wt_int(parent, "owner_session_id") && wt_int(parent, "owner_session_id") != sid) {
+		rc = orch_error_set(ORCH_EFORBIDDEN, "parent worktree %lld belongs to session %lld, not %lld",
+				    (long long)pid, (long long)wt_int(parent, "owner_session_id"), (long long)sid);
+		goto done;
+	}
+	const char *pstatus = wt_str(parent, "status");
+	if (strcmp(pstatus, "closed") == 0 || strcmp(pstatus, "abandoned") == 0) {
+		rc = bad_state(parent, "a child needs a parent that is not merged or abandoned");
+		goto done;
+	}
+	if ((rc = check_task(ctx, task_id)) != 0 || (given && (rc = check_branch(ctx, given)) != 0))
+		goto done;
+	if ((rc = touch(ctx, parent, &gone)) != 0)
+		goto done;
+	if (base || on_disk) {
+		if (!base && !orch_git_branch_exists(ctx->git, wt_str(parent, "branch"))) {
+			rc = orch_error_set(ORCH_EINVALID_STATE, "parent worktree %lld's branch \"%s\" does not exist "
+					    "in git yet; give base_ref", (long long)pid, wt_str(parent, "branch"));
+			orch_error_detail("state", json_string(wt_str(parent, "status")));
+			goto done;
+		}
+		if ((rc = orch_git_resolve_commit(ctx->git, base ? base : wt_str(parent, "branch"), hex)) != 0)
+			goto done;
+	}
+	if (given && (rc = new_path(ctx, p, given, &path)) != 0)
+		goto done;
+	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, parent_worktree_id, "
+			   "owner_session_id, merge_state, created_at) VALUES (?, ?, ?, ?, 'task_branch', ?, ?, "
+			   "'active', ?)", "isssiii", task_id, path ? path : "", given ? given : "",
+			   on_disk ? "active" : "planned", pid, sid, ctx->now);
+	if (rc)
+		goto done;
+	id = orch_last_id(ctx);
+	if (!given) {
+		snprintf(dflt, sizeof(dflt), "task/%lld/%lld", (long long)sid, (long long)id);
+		given = dflt;
+		if ((rc = check_branch(ctx, given)) != 0 || (rc = new_path(ctx, p, given, &path)) != 0)
+			goto done;
+	}
+	if (on_disk && (rc = add_on_disk(ctx, path, given, hex)) != 0)
+		goto done;
+	rc = orch_sql_exec(ctx, "UPDATE worktrees SET branch = ?, path = ? WHERE id = ?", "ssi", given, path, id);
+	if (!rc)
+		rc = orch_worktree_json(ctx, id, result);
+done:
+	json_decref(parent);
+	free(path);
+	return rc;
+}
+
+/* The worktree and its parent, for merge and abandon. */
+static int child_and_parent(orch_ctx *ctx, int64_t id, json_t **wt, json_t **parent)
+{
+	int rc;
+
+	*parent = NULL;
+	if ((rc = orch_worktree_json(ctx, id, wt)) != 0)
+		return rc;
+	if (!wt_int(*wt, "parent_worktree_id"))
+		return 0;
+	rc = orch_worktree_json(ctx, wt_int(*wt, "parent_worktree_id"), parent);
+	if (rc == ORCH_ENOTFOUND) {
+		orch_error_clear();
+		rc = 0;
+	}
+	return rc;
+}
+
+/*
+ * Merge a child's branch into its parent's with a real merge commit, in
+ * memory first (see orch_git_merge_into).  The child becomes closed /
+ * merged_to_parent.  Its directory and branch are kept.
+ */
+static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	int64_t sid = orch_param_int(p, "session_id", 0), id = orch_param_int(p, "worktree_id", 0);
+	json_t *wt = NULL, *parent = NULL;
+	char hex[ORCH_GIT_HEX_SIZE];
+	bool gone;
+	int rc;
+
+	if ((rc = orch_session_require_open(ctx, sid)) != 0 || (rc = child_and_parent(ctx, id, &wt, &parent)) != 0)
+		goto done;
+	if (!parent) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "worktree %lld has no parent to merge into", (long long)id);
+		orch_error_detail("state", json_string(wt_str(wt, "status")));
+		goto done;
+	}
+	if ((rc = check_owner(wt, parent, sid)) != 0)
+		goto done;
+	const char *status = wt_str(wt, "status");
+	if (strcmp(status, "closed") == 0 || strcmp(wt_str(wt, "merge_state"), "merged_to_parent") == 0) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "worktree %lld is already merged into worktree %lld",
+				    (long long)id, (long long)wt_int(parent, "id"));
+		orch_error_detail("state", json_string("merged_to_parent"));
+		goto done;
+	}
+	if (strcmp(status, "abandoned") == 0 || strcmp(status, "planned") == 0) {
+		rc = bad_state(wt, "there is nothing to merge");
+		goto done;
+	}
+	const char *pstatus = wt_str(parent, "status");
+	if (strcmp(pstatus, "active") != 0 && strcmp(pstatus, "missing") != 0) {
+		rc = bad_state(parent, "it cannot receive a merge");
+		goto done;
+	}
+	if ((rc = check_no_live_children(ctx, wt, "merge")) != 0 || (rc = touch(ctx, wt, &gone)) != 0 ||
+	    (rc = touch(ctx, parent, &gone)) != 0)
+		goto done;
+	rc = orch_git_merge_into(ctx, wt_str(parent, "branch"), gone ? NULL : wt_str(parent, "path"),
+				 wt_str(wt, "branch"), hex);
+	if (rc)
+		goto done;
+	rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'closed', merge_state = 'merged_to_parent', "
+			   "merged_at = ? WHERE id = ?", "ii", ctx->now, id);
+	if (rc)
+		goto done;
+	json_decref(wt);
+	json_decref(parent);
+	parent = NULL;
+	if ((rc = orch_worktree_json(ctx, id, &wt)) != 0 ||
+	    (rc = orch_worktree_json(ctx, wt_int(wt, "parent_worktree_id"), &parent)) != 0)
+		goto done;
+	*result = json_pack("{s:O, s:O, s:s, s:s}", "child_worktree", wt, "parent_worktree", parent, "result",
+			    "merged_to_parent", "merge_commit", hex);
+done:
+	json_decref(wt);
+	json_decref(parent);
+	return rc;
+}
+
+/*
+ * Abandon a child that should no longer block its parent: planned, or on
+ * disk without uncommitted changes (untracked files count), or missing.
+ * Its checkout and git's metadata go; its branch stays.
+ */
+static int worktree_abandon(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	int64_t sid = orch_param_int(p, "session_id", 0), id = orch_param_int(p, "worktree_id", 0);
+	json_t *wt = NULL, *parent = NULL, *dirty = NULL;
+	bool gone;
+	int rc;
+
+	if ((rc = orch_session_require_open(ctx, sid)) != 0 || (rc = child_and_parent(ctx, id, &wt, &parent)) != 0)
+		goto done;
+	if ((rc = check_owner(wt, parent, sid)) != 0)
+		goto done;
+	if (strcmp(wt_str(wt, "kind"), "task_branch") != 0 || !wt_int(wt, "parent_worktree_id")) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "worktree %lld is a %s worktree, not a child task worktree; "
+				    "only those can be abandoned", (long long)id,
+				    *wt_str(wt, "kind") ? wt_str(wt, "kind") : "parentless");
+		orch_error_detail("state", json_string(wt_str(wt, "status")));
+		goto done;
+	}
+	const char *status = wt_str(wt, "status");
+	if (strcmp(status, "closed") == 0 || strcmp(status, "abandoned") == 0) {
+		rc = bad_state(wt, "only planned, active or missing worktrees can be abandoned");
+		goto done;
+	}
+	if ((rc = check_no_live_children(ctx, wt, "abandon")) != 0 || (rc = touch(ctx, wt, &gone)) != 0)
+		goto done;
+	bool remove = strcmp(wt_str(wt, "status"), "active") == 0 && !gone;
+	if (remove) {
+		if ((rc = orch_git_dirty_paths(wt_str(wt, "path"), true, &dirty)) != 0)
+			goto done;
+		if (json_array_size(dirty)) {
+			char *list = json_dumps(dirty, JSON_COMPACT);
+			orch_error_set(ORCH_EINVALID_STATE, "worktree %lld at %s has uncommitted changes: %s; commit "
+				       "or discard them first", (long long)id, wt_str(wt, "path"), list ? list : "");
+			free(list);
+			orch_error_details(json_pack("{s:s, s:O}", "state", "dirty", "paths", dirty));
+			rc = ORCH_EINVALID_STATE;
+			goto done;
+		}
+	}
+	rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'abandoned', merge_state = 'abandoned' WHERE id = ?",
+			   "i", id);
+	if (rc)
+		goto done;
+	if (remove)
+		rc = orch_git_worktree_retire(ctx, wt_str(wt, "path"));
+	else if (strcmp(wt_str(wt, "status"), "missing") == 0)
+		orch_git_retire_finish(ctx->git, wt_str(wt, "path")); /* stale metadata only */
+	if (!rc)
+		rc = orch_worktree_json(ctx, id, result);
+done:
+	json_decref(dirty);
+	json_decref(wt);
+	json_decref(parent);
+	return rc;
+}
+
+/*
+ * Start-up: compare every worktree record with the disk, in one
+ * transaction that bumps db_version only if a record changed.
+ *  - active, directory gone: `missing` (or, if an abandon was interrupted
+ *    before its commit, the directory it had set aside is put back);
+ *  - missing, directory back as a checkout: `active` again;
+ *  - abandoned, set-aside directory still there (interrupted after its
+ *    commit): deleted;
+ *  - git metadata of orchfs worktrees whose directory is gone: pruned.
+ * *log receives one line per finding and a summary line.
+ */
+int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
+{
+	json_t *rows = NULL, *row;
+	int changed = 0, ok = 0, rc;
+	size_t i;
+
+	*log = json_array();
+	ctx->now = orch_now_ms();
+	if ((rc = orch_store_begin(ctx->store, true)) != 0)
+		return rc;
+	rc = orch_sql_rows(ctx, &rows, "SELECT id, path, status FROM worktrees WHERE kind IS NOT 'main' "
+			   "AND status IN ('active', 'missing', 'abandoned') ORDER BY id", "");
+	if (rc)
+		goto fail;
+	json_array_foreach(rows, i, row) {
+		const char *path = wt_str(row, "path"), *status = wt_str(row, "status");
+		int64_t id = wt_int(row, "id");
+		char *trash = orch_git_retired_path(path), *dotgit = NULL;
+		bool here = is_dir(path), aside = trash && is_dir(trash);
+
+		if (strcmp(status, "abandoned") == 0) {
+			if (aside) {
+				orch_git_retire_finish(ctx->git, path);
+				json_array_append_new(*log, json_sprintf("worktree %lld (%s): finished removing it",
+									 (long long)id, path));
+			}
+		} else if (strcmp(status, "active") == 0 && !here && aside && rename(trash, path) == 0) {
+			json_array_append_new(*log, json_sprintf("worktree %lld (%s): put back (an abandon did not "
+								 "complete)", (long long)id, path));
+			ok++;
+		} else if (strcmp(status, "active") == 0 && !here) {
+			rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'missing' WHERE id = ?", "i", id);
+			json_array_append_new(*log, json_sprintf("worktree %lld (%s) missing", (long long)id, path));
+			changed++;
+		} else if (strcmp(status, "missing") == 0 && here && asprintf(&dotgit, "%s/.git", path) >= 0 &&
+			   access(dotgit, F_OK) == 0) {
+			rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'active' WHERE id = ?", "i", id);
+			json_array_append_new(*log, json_sprintf("worktree %lld (%s) is back: active", (long long)id,
+								 path));
+			changed++;
+		} else if (strcmp(status, "active") == 0) {
+			ok++;
+		}
+		free(dotgit);
+		free(trash);
+		if (rc)
+			goto fail;
+	}
+	if ((rc = orch_git_prune_stale(ctx->git, *log)) != 0)
+		goto fail;
+	if (changed) {
+		rc = orch_sql_exec(ctx, "UPDATE mirror_meta SET db_version = db_version + 1, updated_at = ? "
+				   "WHERE id = 1", "i", ctx->now);
+		if (rc || (rc = orch_store_commit(ctx->store)) != 0)
+			goto fail;
+	} else {
+		orch_store_rollback(ctx->store);
+	}
+	json_array_append_new(*log, json_sprintf("%d worktrees ok, %d changed", ok, changed));
+	json_decref(rows);
+	return 0;
+fail:
+	if (orch_store_in_txn(ctx->store))
+		orch_store_rollback(ctx->store);
+	json_decref(rows);
+	return rc;
+}
+
+static const orch_param create_params[] = {
+	{"task_id", ORCH_P_ID, 0, "The task the worktree is for (must exist; default none, shown as 0).", NULL},
+	{"branch", ORCH_P_STR, ORCH_P_REQUIRED, "New branch (a valid git branch name that does not exist).", NULL},
+	{"path", ORCH_P_PATH, 0, "Directory relative to <state>/worktrees/ (default: the branch with / and "
+	 "space replaced by -).", NULL},
+	{"base_ref", ORCH_P_STR, 0, "Commit the branch starts at (default HEAD of the repository).", NULL},
+	{"create_on_disk", ORCH_P_BOOL, 0, "Make the branch and checkout now (status active); default false "
+	 "(status planned, nothing in git).", NULL},
+	{NULL, 0, 0, NULL, NULL},
+};
+static const orch_param spawn_params[] = {
+	{"session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session that will own the child.", NULL},
+	{"parent_worktree_id", ORCH_P_ID, ORCH_P_REQUIRED, "The parent (the session's own, or one without owner).",
+	 NULL},
+	{"task_id", ORCH_P_ID, 0, "The task the worktree is for (must exist).", NULL},
+	{"branch", ORCH_P_STR, 0, "New branch (default task/<session_id>/<worktree_id>).", NULL},
+	{"path", ORCH_P_PATH, 0, "Directory relative to <state>/worktrees/ (default: the branch with / and "
+	 "space replaced by -).", NULL},
+	{"base_ref", ORCH_P_STR, 0, "Commit the branch starts at (default the parent's branch).", NULL},
+	{"create_on_disk", ORCH_P_BOOL, 0, "Make the branch and checkout now (default true); false: planned.",
+	 NULL},
+	{NULL, 0, 0, NULL, NULL},
+};
+static const orch_param child_params[] = {
+	{"session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The calling session (owner of the worktree or its parent).",
+	 NULL},
+	{"worktree_id", ORCH_P_ID, ORCH_P_REQUIRED, "The child worktree.", NULL},
+	{NULL, 0, 0, NULL, NULL},
+};
+
+const orch_method orch_worktree_methods[] = {
+	{"worktree.create", worktree_create, ORCH_M_WRITE, create_params,
+	 "Register a task worktree: planned (default), or with create_on_disk its branch and checkout are "
+	 "made at once under <state>/worktrees/.",
+	 "the worktree {id, task_id, path, branch, status: planned|active, kind: task_branch, merge_state, "
+	 "created_at}",
+	 "{\"branch\": \"feature/login\", \"create_on_disk\": true}",
+	 "invalid_params (EINVAL: bad branch name or path), exists (EEXIST: branch or path taken), not_found "
+	 "(ENOENT: task_id or base_ref)."},
+	{"worktree.spawn", worktree_spawn, ORCH_M_WRITE, spawn_params,
+	 "Create a child worktree of a parent worktree, owned by the session: branch "
+	 "task/<session_id>/<worktree_id> from the parent's branch, checked out under <state>/worktrees/.",
+	 "the child worktree", "{\"session_id\": 1, \"parent_worktree_id\": 2}",
+	 "not_found (ENOENT: session, parent, task or base_ref), forbidden (EPERM: the parent belongs to "
+	 "another session), invalid_state (EINVAL: session closed, parent merged or abandoned), exists (EEXIST: "
+	 "branch or path taken), invalid_params (EINVAL: bad branch name or path)."},
+	{"worktree.merge_to_parent", worktree_merge, ORCH_M_WRITE, child_params,
+	 "Merge the child's branch into its parent's branch with a merge commit (two parents), computed in "
+	 "memory first; the parent's checkout is updated when it has that branch checked out. The child "
+	 "becomes closed / merged_to_parent; its directory and branch are kept.",
+	 "{child_worktree, parent_worktree, result: \"merged_to_parent\", merge_commit}",
+	 "{\"session_id\": 1, \"worktree_id\": 3}",
+	 "conflict (EBUSY: the merge conflicts; details.paths; nothing changed), invalid_state (EINVAL: "
+	 "already merged or nothing new, parent checkout dirty (details.paths), child planned or abandoned, "
+	 "no parent, unmerged children (details.children)), forbidden (EPERM: another session's worktree), "
+	 "not_found (ENOENT)."},
+	{"worktree.abandon", worktree_abandon, ORCH_M_WRITE, child_params,
+	 "Give up a child worktree so it no longer blocks its parent: a planned, missing, or clean active "
+	 "child gets status abandoned; its checkout and git metadata are removed, its branch is kept.",
+	 "the worktree, status abandoned", "{\"session_id\": 1, \"worktree_id\": 3}",
+	 "invalid_state (EINVAL: uncommitted changes (details.paths), already merged or abandoned, not a child "
+	 "task worktree, unmerged children), forbidden (EPERM: another session's worktree), not_found (ENOENT)."},
+	{NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL},
+};

@@ -1,0 +1,771 @@
+/*
+ * Isolation without FUSE: the scheduler's scoring, the lock rules and
+ * leases, worktree create/spawn/merge/abandon with real git effects, the
+ * undo of those effects, and the start-up reconciliation.
+ */
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "orchfs/git.h"
+#include "test.h"
+
+/* First line of a shell command's output (static buffer). */
+static const char *out1(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static const char *out1(const char *fmt, ...)
+{
+	static char line[4096];
+	char cmd[4096];
+	va_list ap;
+	FILE *p;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	line[0] = '\0';
+	if ((p = popen(cmd, "r")) != NULL) {
+		if (!fgets(line, sizeof(line), p))
+			line[0] = '\0';
+		pclose(p);
+	}
+	line[strcspn(line, "\n")] = '\0';
+	return line;
+}
+
+static char *tip(test_env *env, const char *branch)
+{
+	return strdup(out1("git -C %s rev-parse -q --verify refs/heads/%s", env->repo, branch));
+}
+
+static bool exists(const char *path)
+{
+	struct stat sb;
+
+	return lstat(path, &sb) == 0;
+}
+
+/* Session 1 with its root (worktree 2, branch session/1) and a spawned child (worktree 3). */
+static void session_and_child(test_env *env)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+}
+
+/* Commit `content` to `file` in the checkout at `dir`. */
+static int commit_in(const char *dir, const char *file, const char *content)
+{
+	return sh("cd %s && printf '%%s' '%s' > %s && git add %s && git -c user.name=t -c user.email=t@e "
+		  "commit -q -m 'change %s'", dir, content, file, file, file);
+}
+
+/* <repo>/.orchfs/worktrees/<name>, in one of 8 rotating buffers. */
+static const char *wt_path(test_env *env, const char *name)
+{
+	static char bufs[8][512];
+	static unsigned next;
+	char *buf = bufs[next++ % 8];
+
+	snprintf(buf, sizeof(bufs[0]), "%s/.orchfs/worktrees/%s", env->repo, name);
+	return buf;
+}
+
+/* ---- scheduler ---- */
+
+TEST(scheduler_reference_examples)
+{
+	json_t *r = ok(env, "scheduler.decide_worktree", "{\"changed_files\": 2, \"estimate_minutes\": 15, "
+		       "\"risk\": 1, \"parallel_workers\": 1, \"conflicting_paths\": 1}");
+	CHECK_EQ_STR(jstr(r, "mode"), "shared");
+	CHECK_EQ_INT(jint(r, "score"), 10);
+	CHECK_EQ_STR(jstr(r, "reasons.0"), "changed_files=2");
+	CHECK_EQ_STR(jstr(r, "reasons.1"), "estimate_minutes=15(+1)");
+	CHECK_EQ_STR(jstr(r, "reasons.2"), "risk=1(+3)");
+	CHECK_EQ_STR(jstr(r, "reasons.3"), "parallel_workers=1(+2)");
+	CHECK_EQ_STR(jstr(r, "reasons.4"), "conflicting_paths=1(+2)");
+	json_decref(r);
+	r = ok(env, "scheduler.decide_worktree", "{\"changed_files\": 6, \"estimate_minutes\": 60, \"risk\": 2, "
+	       "\"parallel_workers\": 2, \"conflicting_paths\": 2}");
+	CHECK_EQ_STR(jstr(r, "mode"), "worktree");
+	CHECK_EQ_INT(jint(r, "score"), 24);
+	json_decref(r);
+	r = ok(env, "scheduler.decide_worktree", "{\"changed_files\": 3, \"estimate_minutes\": 16, \"risk\": 2, "
+	       "\"parallel_workers\": 0, \"conflicting_paths\": -4}");
+	CHECK_EQ_STR(jstr(r, "mode"), "shared");
+	CHECK_EQ_INT(jint(r, "score"), 11);
+	CHECK_EQ_INT(json_array_size(json_object_get(r, "reasons")), 3);
+	CHECK_EQ_STR(jstr(r, "reasons.1"), "estimate_minutes=16(+2)");
+	CHECK_EQ_STR(jstr(r, "reasons.2"), "risk=2(+6)");
+	json_decref(r);
+}
+
+TEST(scheduler_threshold_and_edges)
+{
+	json_t *r = ok(env, "scheduler.decide_worktree", "{}");
+	CHECK_EQ_STR(jstr(r, "mode"), "shared");
+	CHECK_EQ_INT(jint(r, "score"), 0);
+	CHECK(json_is_array(json_object_get(r, "reasons")) && json_array_size(json_object_get(r, "reasons")) == 0);
+	json_decref(r);
+	r = ok(env, "scheduler.decide_worktree", "{\"changed_files\": 12}");
+	CHECK_EQ_STR(jstr(r, "mode"), "worktree");
+	json_decref(r);
+	r = ok(env, "scheduler.decide_worktree", "{\"changed_files\": 11}");
+	CHECK_EQ_STR(jstr(r, "mode"), "shared");
+	json_decref(r);
+	r = ok(env, "scheduler.decide_worktree", "{\"estimate_minutes\": 1}");
+	CHECK_EQ_INT(jint(r, "score"), 1);
+	json_decref(r);
+	/* Saturates instead of overflowing. */
+	r = ok(env, "scheduler.decide_worktree", "{\"risk\": 9223372036854775807, \"parallel_workers\": "
+	       "9223372036854775807}");
+	CHECK_EQ_STR(jstr(r, "mode"), "worktree");
+	CHECK(jint(r, "score") == INT64_MAX);
+	json_decref(r);
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "scheduler.decide_worktree", "{\"risk\": 1.5}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "scheduler.decide_worktree", "{\"risk\": \"2\"}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "scheduler.decide_worktree", "{\"conflicting_paths\": [\"a\"]}"));
+	CHECK_EQ_INT(db_version(env), 0);
+}
+
+/* ---- locks ---- */
+
+TEST(lock_overlap_rules)
+{
+	static const struct {
+		const char *ta, *pa, *tb, *pb;
+		bool overlap;
+	} cases[] = {
+		{"file", "a/b.c", "file", "a/b.c", true},
+		{"file", "a/b.c", "file", "a/b.h", false},
+		{"file", "src", "file", "src/x", false},
+		{"file", "src/api/u.go", "prefix", "src/api", true},
+		{"file", "src/api", "prefix", "src/api", true},
+		{"file", "src/apix/u.go", "prefix", "src/api", false},
+		{"file", "src/ap", "prefix", "src/api", false},
+		{"prefix", "src/api", "file", "src/api/u.go", true},
+		{"prefix", "src/api", "file", "src/apix", false},
+		{"prefix", "src", "prefix", "src/api", true},
+		{"prefix", "src/api", "prefix", "src", true},
+		{"prefix", "src/api", "prefix", "src/apix", false},
+		{"prefix", "src/api", "prefix", "src/api", true},
+		{"prefix", ".", "file", "anything/at/all", true},
+		{"prefix", ".", "prefix", "x", true},
+		{"prefix", "x", "prefix", ".", true},
+		{"file", "top", "prefix", ".", true},
+		{"prefix", "a/b", "prefix", "a/c", false},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		bool got = orch_lock_overlaps(cases[i].ta, cases[i].pa, cases[i].tb, cases[i].pb);
+		if (got != cases[i].overlap) {
+			fprintf(stderr, "  %s:%s vs %s:%s: got %d\n", cases[i].ta, cases[i].pa, cases[i].tb,
+				cases[i].pb, got);
+			test_failed = 1;
+		}
+	}
+}
+
+TEST(lock_acquire_conflicts_and_same_owner)
+{
+	json_t *l = ok(env, "lock.acquire", "{\"scope_type\": \" Prefix \", \"scope_path\": \"./src//api/\", "
+		       "\"owner_session\": \"s1\"}");
+	CHECK_EQ_STR(jstr(l, "scope_type"), "prefix");
+	CHECK_EQ_STR(jstr(l, "scope_path"), "src/api");
+	CHECK_EQ_STR(jstr(l, "state"), "active");
+	CHECK_EQ_INT(jint(l, "id"), 1);
+	json_decref(l);
+	int64_t v = db_version(env);
+	json_t *e = fails(env, ORCH_ECONFLICT, "lock.acquire", "{\"scope_type\": \"file\", \"scope_path\": "
+			  "\"src/api/users.go\", \"owner_session\": \"s2\"}");
+	CHECK_EQ_INT(jint(e, "details.lock.id"), 1);
+	CHECK_EQ_STR(jstr(e, "details.lock.owner_session"), "s1");
+	CHECK(strstr(jstr(e, "message"), "src/api") != NULL);
+	json_decref(e);
+	json_decref(fails(env, ORCH_ECONFLICT, "lock.acquire", "{\"scope_type\": \"prefix\", \"scope_path\": "
+			  "\"src\", \"owner_session\": \"s2\"}"));
+	json_decref(fails(env, ORCH_ECONFLICT, "lock.acquire", "{\"scope_type\": \"prefix\", \"scope_path\": "
+			  "\".\", \"owner_session\": \"s2\"}"));
+	CHECK_EQ_INT(db_version(env), v);
+	/* The same owner never conflicts with itself; src/api does not cover src/apix. */
+	json_decref(ok(env, "lock.acquire", "{\"scope_type\": \"file\", \"scope_path\": \"src/api/users.go\", "
+		       "\"owner_session\": \"s1\"}"));
+	json_decref(ok(env, "lock.acquire", "{\"scope_type\": \"file\", \"scope_path\": \"src/apix/a.go\", "
+		       "\"owner_session\": \"s2\"}"));
+	json_decref(ok(env, "lock.acquire", "{\"scope_type\": \"prefix\", \"scope_path\": \"docs\", "
+		       "\"owner_session\": \"s2\"}"));
+	CHECK_EQ_INT(db_version(env), v + 3);
+}
+
+TEST(lock_bad_input_changes_nothing)
+{
+	static const char *const bad[] = {
+		"{\"scope_type\": \"file\", \"scope_path\": \"/etc/passwd\", \"owner_session\": \"a\"}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"../x\", \"owner_session\": \"a\"}",
+		"{\"scope_type\": \"prefix\", \"scope_path\": \"a/../../x\", \"owner_session\": \"a\"}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"\", \"owner_session\": \"a\"}",
+		"{\"scope_type\": \"file\", \"scope_path\": \".\", \"owner_session\": \"a\"}",
+		"{\"scope_type\": \"dir\", \"scope_path\": \"x\", \"owner_session\": \"a\"}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner_session\": \"  \"}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"x\"}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner_session\": \"a\", \"ttl_seconds\": -1}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner_session\": \"a\", \"ttl_seconds\": 1.5}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner_session\": \"a\", \"ttl_seconds\": "
+		"9223372036854775807}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner_session\": 1}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner\": \"a\"}",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		json_decref(fails(env, ORCH_EINVALID_PARAMS, "lock.acquire", "%s", bad[i]));
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.heartbeat", "{\"lock_id\": 1}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "lock.release", "{\"lock_id\": 0}"));
+	CHECK_EQ_INT(db_version(env), 0);
+}
+
+/* Move a lock's lease into the past, as if its time had run out. */
+static void expire(test_env *env, int id)
+{
+	char sql[128];
+
+	snprintf(sql, sizeof(sql), "UPDATE locks SET lease_until = lease_until - 700000 WHERE id = %d", id);
+	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), sql, NULL, NULL, NULL) == SQLITE_OK);
+}
+
+TEST(lock_expiry_is_real_time)
+{
+	json_decref(ok(env, "lock.acquire", "{\"scope_type\": \"file\", \"scope_path\": \"a.c\", "
+		       "\"owner_session\": \"a\", \"ttl_seconds\": 600}"));
+	expire(env, 1);
+	int64_t v = db_version(env);
+	/* An expired lease never conflicts and cannot be revived. */
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "lock.heartbeat", "{\"lock_id\": 1}");
+	CHECK_EQ_STR(jstr(e, "details.state"), "expired");
+	json_decref(e);
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1}"));
+	CHECK_EQ_INT(db_version(env), v);
+	json_t *l = ok(env, "lock.acquire", "{\"scope_type\": \"prefix\", \"scope_path\": \".\", \"owner_session\": "
+		       "\"b\"}");
+	CHECK_EQ_INT(jint(l, "id"), 2);
+	json_decref(l);
+	CHECK_EQ_INT(db_version(env), v + 1);
+	json_t *all = NULL;
+	env->ctx.now = orch_now_ms();
+	CHECK(orch_lock_json(&env->ctx, 1, &all) == 0);
+	CHECK_EQ_STR(jstr(all, "state"), "expired");
+	json_decref(all);
+}
+
+TEST(lock_heartbeat_release_and_owner_checks)
+{
+	json_t *l = ok(env, "lock.acquire", "{\"scope_type\": \"file\", \"scope_path\": \"a.c\", "
+		       "\"owner_session\": \"a\", \"ttl_seconds\": 5}");
+	const char *lease0 = jstr(l, "lease_until");
+	char first[32];
+	snprintf(first, sizeof(first), "%s", lease0);
+	json_decref(l);
+	int64_t v = db_version(env);
+	json_decref(fails(env, ORCH_EFORBIDDEN, "lock.heartbeat", "{\"lock_id\": 1, \"owner_session\": \"b\"}"));
+	json_decref(fails(env, ORCH_EFORBIDDEN, "lock.release", "{\"lock_id\": 1, \"owner_session\": \"b\"}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "lock.heartbeat", "{\"lock_id\": 1, \"ttl_seconds\": -5}"));
+	CHECK_EQ_INT(db_version(env), v);
+	l = ok(env, "lock.heartbeat", "{\"lock_id\": 1, \"owner_session\": \"a\", \"ttl_seconds\": 300}");
+	CHECK(strcmp(jstr(l, "lease_until"), first) > 0);
+	CHECK_EQ_STR(jstr(l, "state"), "active");
+	json_decref(l);
+	l = ok(env, "lock.release", "{\"lock_id\": 1}");
+	CHECK_EQ_STR(jstr(l, "state"), "released");
+	CHECK_EQ_STR(jstr(l, "lease_until"), jstr(l, "heartbeat_at"));
+	json_decref(l);
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.heartbeat", "{\"lock_id\": 1}"));
+	CHECK_EQ_INT(db_version(env), v + 2);
+	/* Released: another owner may take it. */
+	json_decref(ok(env, "lock.acquire", "{\"scope_type\": \"file\", \"scope_path\": \"a.c\", \"owner_session\": "
+		       "\"b\"}"));
+}
+
+TEST(lock_session_ctl_implies_owner)
+{
+	char *reply = NULL;
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "session.open", "{}"));
+	const char *req = "{\"scope_type\": \"file\", \"scope_path\": \"x\"}";
+	CHECK_EQ_INT(orch_call_text(&env->ctx, "lock.acquire", req, strlen(req), 1, &reply), 0);
+	CHECK(strstr(reply, "\"owner_session\":\"1\"") != NULL);
+	free(reply);
+	const char *hb = "{\"lock_id\": 1}";
+	CHECK_EQ_INT(orch_call_text(&env->ctx, "lock.heartbeat", hb, strlen(hb), 2, &reply), ORCH_EFORBIDDEN);
+	free(reply);
+	CHECK_EQ_INT(orch_call_text(&env->ctx, "lock.release", hb, strlen(hb), 2, &reply), ORCH_EFORBIDDEN);
+	free(reply);
+	/* session.close releases the session's locks. */
+	json_decref(ok(env, "session.close", "{\"session_id\": 1}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1}"));
+}
+
+/* ---- worktrees ---- */
+
+TEST(worktree_create_planned_and_on_disk)
+{
+	json_t *w = ok(env, "worktree.create", "{\"branch\": \"feature/x\"}");
+	CHECK_EQ_STR(jstr(w, "status"), "planned");
+	CHECK_EQ_STR(jstr(w, "kind"), "task_branch");
+	CHECK_EQ_STR(jstr(w, "path"), wt_path(env, "feature-x"));
+	CHECK(!exists(jstr(w, "path")));
+	json_decref(w);
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/feature/x >/dev/null", env->repo) != 0);
+	/* A planned branch or path is taken. */
+	json_decref(fails(env, ORCH_EEXISTS, "worktree.create", "{\"branch\": \"feature/x\"}"));
+	json_decref(fails(env, ORCH_EEXISTS, "worktree.create", "{\"branch\": \"other\", \"path\": \"feature-x\"}"));
+
+	json_decref(ok(env, "task.create", "{\"level\": \"case\", \"title\": \"t\"}"));
+	w = ok(env, "worktree.create", "{\"branch\": \"feature/y\", \"path\": \"./nested//y/\", \"create_on_disk\": "
+	       "true, \"task_id\": 1}");
+	CHECK_EQ_STR(jstr(w, "status"), "active");
+	CHECK_EQ_INT(jint(w, "task_id"), 1);
+	CHECK_EQ_STR(jstr(w, "path"), wt_path(env, "nested/y"));
+	CHECK(sh("test -f %s/README", jstr(w, "path")) == 0);
+	CHECK(sh("git -C %s worktree list --porcelain | grep -qx 'branch refs/heads/feature/y'", env->repo) == 0);
+	CHECK_EQ_STR(out1("git -C %s rev-parse HEAD", jstr(w, "path")), out1("git -C %s rev-parse main", env->repo));
+	json_decref(w);
+	json_decref(fails(env, ORCH_EEXISTS, "worktree.create", "{\"branch\": \"feature/y\"}"));
+	json_decref(fails(env, ORCH_EEXISTS, "worktree.create", "{\"branch\": \"main\"}"));
+	/* A/B ref clash: feature/y exists, so feature/y/z and feature cannot be branches. */
+	json_decref(fails(env, ORCH_EEXISTS, "worktree.create", "{\"branch\": \"feature/y/z\"}"));
+	json_decref(fails(env, ORCH_EEXISTS, "worktree.create", "{\"branch\": \"feature\"}"));
+	/* Inside another checkout. */
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "{\"branch\": \"z\", \"path\": "
+			  "\"nested/y/sub\"}"));
+	CHECK_EQ_INT(db_version(env), 3);
+}
+
+/* Nothing was created: same db_version, no branch `branch`, worktrees/ holds only `entries` entries. */
+static void check_nothing(test_env *env, int64_t v, const char *branch, int entries)
+{
+	CHECK_EQ_INT(db_version(env), v);
+	if (branch)
+		CHECK(sh("git -C %s rev-parse -q --verify 'refs/heads/%s' >/dev/null 2>&1", env->repo, branch) != 0);
+	CHECK_EQ_INT(atoi(out1("ls -A %s/.orchfs/worktrees 2>/dev/null | wc -l", env->repo)), entries);
+}
+
+TEST(worktree_bad_input_creates_nothing)
+{
+	static const char *const bad_paths[] = {"/etc", "../x", "", ".", "a/../../x", "x.orchfs-removing"};
+	static const char *const bad_branches[] = {"a..b", "bad branch", "-x", "x.lock", "", "HEAD", "a/", "/a",
+						   "a~1", "a:b", "a\\\\b", "@", ".hidden"};
+	int64_t v = db_version(env);
+
+	for (size_t i = 0; i < sizeof(bad_paths) / sizeof(bad_paths[0]); i++) {
+		json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "{\"branch\": \"b%zu\", \"path\": \"%s\", "
+				  "\"create_on_disk\": true}", i, bad_paths[i]));
+		char b[16];
+		snprintf(b, sizeof(b), "b%zu", i);
+		check_nothing(env, v, b, 0);
+	}
+	for (size_t i = 0; i < sizeof(bad_branches) / sizeof(bad_branches[0]); i++) {
+		json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "{\"branch\": \"%s\", "
+				  "\"create_on_disk\": true}", bad_branches[i]));
+		check_nothing(env, v, NULL, 0);
+	}
+	json_decref(fails(env, ORCH_ENOTFOUND, "worktree.create", "{\"branch\": \"ok1\", \"base_ref\": \"nope\", "
+			  "\"create_on_disk\": true}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "worktree.create", "{\"branch\": \"ok1\", \"task_id\": 7}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "{\"branch\": \"ok1\", \"create_on_disk\": "
+			  "\"yes\"}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "{\"branch\": \"ok1\", \"pth\": \"x\"}"));
+	check_nothing(env, v, "ok1", 0);
+	/* A symlink below worktrees/ cannot lead a path out of it. */
+	CHECK(sh("mkdir -p %s/.orchfs/worktrees && ln -s /tmp %s/.orchfs/worktrees/evil", env->repo, env->repo) == 0);
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "{\"branch\": \"ok2\", \"path\": \"evil/x\", "
+			  "\"create_on_disk\": true}"));
+	check_nothing(env, v, "ok2", 1);
+	/* The same through spawn. */
+	json_decref(ok(env, "session.open", "{}"));
+	v = db_version(env);
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, "
+			  "\"branch\": \"a..b\"}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, "
+			  "\"path\": \"/etc\"}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, "
+			  "\"path\": \"../../x\"}"));
+	check_nothing(env, v, "task/1/3", 2);
+}
+
+TEST(worktree_spawn_defaults_and_ownership)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "session.open", "{}"));
+	CHECK(commit_in(wt_path(env, "session-1"), "root.txt", "root") == 0);
+	json_t *w = ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}");
+	CHECK_EQ_INT(jint(w, "id"), 4);
+	CHECK_EQ_STR(jstr(w, "branch"), "task/1/4");
+	CHECK_EQ_STR(jstr(w, "path"), wt_path(env, "task-1-4"));
+	CHECK_EQ_STR(jstr(w, "status"), "active");
+	CHECK_EQ_INT(jint(w, "parent_worktree_id"), 2);
+	CHECK_EQ_INT(jint(w, "owner_session_id"), 1);
+	/* Based on the parent's branch, not main. */
+	CHECK(sh("test -f %s/root.txt", jstr(w, "path")) == 0);
+	json_decref(w);
+	int64_t v = db_version(env);
+	json_t *e = fails(env, ORCH_EFORBIDDEN, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": 2}");
+	CHECK(strstr(jstr(e, "message"), "session 1") != NULL);
+	json_decref(e);
+	json_decref(fails(env, ORCH_ENOTFOUND, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 99}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "worktree.spawn", "{\"session_id\": 9, \"parent_worktree_id\": 2}"));
+	json_decref(fails(env, ORCH_EEXISTS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, "
+			  "\"branch\": \"session/2\"}"));
+	check_nothing(env, v, "task/1/5", 3);
+	/* The main worktree has no owner: anyone may spawn from it.  Planned: nothing in git. */
+	w = ok(env, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": 1, \"create_on_disk\": false}");
+	CHECK_EQ_STR(jstr(w, "status"), "planned");
+	CHECK_EQ_STR(jstr(w, "branch"), "task/2/5");
+	CHECK(!exists(jstr(w, "path")));
+	json_decref(w);
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/task/2/5 >/dev/null", env->repo) != 0);
+	/* A closed session cannot spawn. */
+	json_decref(ok(env, "session.close", "{\"session_id\": 2}"));
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": 3}"));
+}
+
+TEST(merge_clean_makes_merge_commit)
+{
+	session_and_child(env);
+	const char *child = wt_path(env, "task-1-3");
+	CHECK(commit_in(child, "new.txt", "from child") == 0);
+	char *before = tip(env, "session/1"), *ctip = tip(env, "task/1/3");
+	int64_t v = db_version(env);
+	json_t *r = ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(r, "result"), "merged_to_parent");
+	CHECK_EQ_STR(jstr(r, "child_worktree.status"), "closed");
+	CHECK_EQ_STR(jstr(r, "child_worktree.merge_state"), "merged_to_parent");
+	CHECK(json_object_get(json_object_get(r, "child_worktree"), "merged_at") != NULL);
+	CHECK_EQ_INT(jint(r, "parent_worktree.id"), 2);
+	char *after = tip(env, "session/1");
+	CHECK_EQ_STR(jstr(r, "merge_commit"), after);
+	/* Two parents: the old parent tip and the child tip, in that order. */
+	char want[200];
+	snprintf(want, sizeof(want), "%s %s %s", after, before, ctip);
+	CHECK_EQ_STR(out1("git -C %s rev-list --parents -n 1 session/1", env->repo), want);
+	/* The parent's checkout has the file and is clean. */
+	CHECK_EQ_STR(out1("cat %s/new.txt", wt_path(env, "session-1")), "from child");
+	CHECK_EQ_STR(out1("git -C %s status --porcelain", wt_path(env, "session-1")), "");
+	CHECK_EQ_INT(db_version(env), v + 1);
+	json_decref(r);
+	/* Already merged. */
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(e, "details.state"), "merged_to_parent");
+	json_decref(e);
+	CHECK_EQ_INT(db_version(env), v + 1);
+	free(before);
+	free(after);
+	free(ctip);
+}
+
+TEST(merge_nothing_new_and_states)
+{
+	session_and_child(env);
+	int64_t v = db_version(env);
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK(strstr(jstr(e, "message"), "nothing to merge") != NULL);
+	json_decref(e);
+	/* No parent: the session root's parent is main, but main itself has none. */
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 1}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 9}"));
+	json_decref(ok(env, "session.open", "{}"));
+	v = db_version(env);
+	json_decref(fails(env, ORCH_EFORBIDDEN, "worktree.merge_to_parent", "{\"session_id\": 2, \"worktree_id\": 3}"));
+	/* A planned child has nothing to merge. */
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"create_on_disk\": false}"));
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 5}"));
+	CHECK_EQ_INT(db_version(env), v + 1);
+}
+
+TEST(merge_conflict_changes_nothing)
+{
+	session_and_child(env);
+	const char *root = wt_path(env, "session-1");
+	CHECK(commit_in(root, "README", "parent side") == 0);
+	CHECK(commit_in(wt_path(env, "task-1-3"), "README", "child side") == 0);
+	CHECK(commit_in(wt_path(env, "task-1-3"), "other.txt", "fine") == 0);
+	char *before = tip(env, "session/1");
+	char *tree = strdup(out1("cd %s && find . -path ./.git -prune -o -type f -print0 | sort -z | xargs -0 sha1sum "
+				 "| sha1sum", root));
+	int64_t v = db_version(env);
+	json_t *e = fails(env, ORCH_ECONFLICT, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_INT(json_array_size(json_object_get(json_object_get(e, "details"), "paths")), 1);
+	CHECK_EQ_STR(jstr(e, "details.paths.0"), "README");
+	json_decref(e);
+	char *after = tip(env, "session/1");
+	CHECK_EQ_STR(after, before);
+	CHECK_EQ_STR(out1("cd %s && find . -path ./.git -prune -o -type f -print0 | sort -z | xargs -0 sha1sum "
+			  "| sha1sum", root), tree);
+	CHECK_EQ_STR(out1("git -C %s status --porcelain", root), "");
+	CHECK(sh("git -C %s rev-parse -q --verify MERGE_HEAD >/dev/null", root) != 0);
+	CHECK_EQ_INT(db_version(env), v);
+	json_t *w = ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}");
+	json_decref(w);
+	free(before);
+	free(after);
+	free(tree);
+}
+
+TEST(merge_dirty_parent_is_invalid_state)
+{
+	session_and_child(env);
+	const char *root = wt_path(env, "session-1"), *child = wt_path(env, "task-1-3");
+	CHECK(commit_in(child, "new.txt", "child") == 0);
+	char *before = tip(env, "session/1");
+	/* An unstaged change to a tracked file. */
+	CHECK(sh("echo dirty >> %s/README", root) == 0);
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(e, "details.state"), "dirty");
+	CHECK_EQ_STR(jstr(e, "details.paths.0"), "README");
+	json_decref(e);
+	CHECK(sh("git -C %s checkout -q README", root) == 0);
+	/* An untracked file the merge would overwrite. */
+	CHECK(sh("echo mine > %s/new.txt", root) == 0);
+	e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(e, "details.paths.0"), "new.txt");
+	json_decref(e);
+	CHECK_EQ_STR(out1("cat %s/new.txt", root), "mine");
+	char *same = tip(env, "session/1");
+	CHECK_EQ_STR(same, before);
+	/* An untracked file out of the way does not stop the merge, and stays. */
+	CHECK(sh("mv %s/new.txt %s/notes.txt", root, root) == 0);
+	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	CHECK_EQ_STR(out1("cat %s/notes.txt", root), "mine");
+	CHECK_EQ_STR(out1("cat %s/new.txt", root), "child");
+	free(before);
+	free(same);
+}
+
+TEST(merge_into_main_updates_user_checkout)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_t *w = ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1}");
+	CHECK_EQ_STR(jstr(w, "branch"), "task/1/3");
+	json_decref(w);
+	CHECK(commit_in(wt_path(env, "task-1-3"), "feature.txt", "feature") == 0);
+	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	CHECK_EQ_STR(out1("cat %s/feature.txt", env->repo), "feature");
+	CHECK_EQ_STR(out1("git -C %s status --porcelain", env->repo), "");
+	CHECK_EQ_STR(out1("git -C %s log -1 --format=%%s main", env->repo), "Merge branch 'task/1/3' into main");
+	CHECK_EQ_INT(atoi(out1("git -C %s rev-list --parents -n 1 main | wc -w", env->repo)), 3);
+}
+
+/* The undo of a merge restores the branch and the checkout exactly. */
+TEST(merge_undo_is_exact)
+{
+	session_and_child(env);
+	const char *root = wt_path(env, "session-1");
+	CHECK(commit_in(wt_path(env, "task-1-3"), "new.txt", "child") == 0);
+	CHECK(sh("echo untracked > %s/scratch", root) == 0);
+	char *before = tip(env, "session/1"), hex[ORCH_GIT_HEX_SIZE];
+	CHECK_EQ_INT(orch_git_merge_into(&env->ctx, "session/1", root, "task/1/3", hex), 0);
+	CHECK(exists(wt_path(env, "session-1/new.txt")));
+	orch_undo_run(&env->ctx);
+	char *after = tip(env, "session/1");
+	CHECK_EQ_STR(after, before);
+	CHECK(!exists(wt_path(env, "session-1/new.txt")));
+	CHECK_EQ_STR(out1("cat %s/scratch", root), "untracked");
+	CHECK_EQ_STR(out1("git -C %s status --porcelain --untracked-files=no", root), "");
+	free(before);
+	free(after);
+}
+
+/* A retired worktree comes back on rollback and goes for good on commit. */
+TEST(retire_undo_and_commit)
+{
+	session_and_child(env);
+	const char *child = wt_path(env, "task-1-3");
+	CHECK_EQ_INT(orch_git_worktree_retire(&env->ctx, child), 0);
+	CHECK(!exists(child));
+	orch_undo_run(&env->ctx);
+	CHECK(exists(child));
+	CHECK(sh("git -C %s status >/dev/null 2>&1", child) == 0);
+	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) == 0);
+	CHECK_EQ_INT(orch_git_worktree_retire(&env->ctx, child), 0);
+	orch_undo_clear(&env->ctx);
+	CHECK(!exists(child));
+	CHECK(sh("ls -A %s/.orchfs/worktrees | grep -q removing", env->repo) != 0);
+	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) != 0);
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/task/1/3 >/dev/null", env->repo) == 0);
+}
+
+TEST(abandon_rules)
+{
+	session_and_child(env);
+	json_decref(ok(env, "session.open", "{}"));
+	const char *child = wt_path(env, "task-1-3");
+	int64_t v = db_version(env);
+	json_decref(fails(env, ORCH_EFORBIDDEN, "worktree.abandon", "{\"session_id\": 2, \"worktree_id\": 3}"));
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 2}"));
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 1}"));
+	/* Uncommitted work, an untracked file included, stops it. */
+	CHECK(sh("echo wip > %s/wip.txt", child) == 0);
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(e, "details.state"), "dirty");
+	CHECK_EQ_STR(jstr(e, "details.paths.0"), "wip.txt");
+	json_decref(e);
+	CHECK(exists(child));
+	CHECK_EQ_INT(db_version(env), v);
+	CHECK(sh("cd %s && git add wip.txt && git -c user.name=t -c user.email=t@e commit -qm wip", child) == 0);
+	json_t *w = ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(w, "status"), "abandoned");
+	CHECK_EQ_STR(jstr(w, "merge_state"), "abandoned");
+	json_decref(w);
+	CHECK(!exists(child));
+	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) != 0);
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/task/1/3 >/dev/null", env->repo) == 0);
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	/* Planned: nothing on disk to remove. */
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"create_on_disk\": false}"));
+	w = ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 5}");
+	CHECK_EQ_STR(jstr(w, "status"), "abandoned");
+	json_decref(w);
+	CHECK_EQ_INT(db_version(env), v + 3);
+}
+
+TEST(live_children_block_merge_and_abandon)
+{
+	session_and_child(env);
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 3, \"create_on_disk\": false}"));
+	CHECK(commit_in(wt_path(env, "task-1-3"), "x.txt", "x") == 0);
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_INT(jint(e, "details.children.0"), 4);
+	json_decref(e);
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	json_decref(ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 4}"));
+	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
+}
+
+TEST(missing_directory_is_marked_when_touched)
+{
+	session_and_child(env);
+	CHECK(commit_in(wt_path(env, "task-1-3"), "x.txt", "x") == 0);
+	CHECK(sh("rm -rf %s", wt_path(env, "task-1-3")) == 0);
+	/* The branch still holds the work: the merge goes through. */
+	json_t *r = ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(r, "child_worktree.status"), "closed");
+	json_decref(r);
+	CHECK_EQ_STR(out1("cat %s/x.txt", wt_path(env, "session-1")), "x");
+	/* A parent whose directory is gone becomes missing when a child is spawned from it. */
+	CHECK(sh("rm -rf %s", wt_path(env, "session-1")) == 0);
+	json_t *w = ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}");
+	CHECK(sh("test -f %s/x.txt", jstr(w, "path")) == 0);
+	json_decref(w);
+	env->ctx.now = orch_now_ms();
+	CHECK(orch_worktree_json(&env->ctx, 2, &w) == 0);
+	CHECK_EQ_STR(jstr(w, "status"), "missing");
+	json_decref(w);
+	/* A missing child can be abandoned (nothing on disk to lose). */
+	CHECK(sh("rm -rf %s", wt_path(env, "task-1-4")) == 0);
+	w = ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 4}");
+	CHECK_EQ_STR(jstr(w, "status"), "abandoned");
+	json_decref(w);
+	CHECK(sh("git -C %s worktree list | grep -q task-1-4", env->repo) != 0);
+}
+
+static bool log_has(json_t *log, const char *needle)
+{
+	size_t i;
+	json_t *l;
+
+	json_array_foreach(log, i, l)
+		if (strstr(json_string_value(l), needle))
+			return true;
+	return false;
+}
+
+TEST(reconcile_marks_missing_and_prunes)
+{
+	session_and_child(env);
+	json_t *log = NULL, *w;
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	CHECK(log_has(log, "2 worktrees ok, 0 changed"));
+	json_decref(log);
+	int64_t v = db_version(env);
+	CHECK(sh("rm -rf %s", wt_path(env, "task-1-3")) == 0);
+	CHECK(sh("git -C %s worktree list --porcelain | grep -q prunable", env->repo) == 0);
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	CHECK(log_has(log, "worktree 3 ("));
+	CHECK(log_has(log, "missing"));
+	CHECK(log_has(log, "pruned git metadata orchfs-task-1-3"));
+	json_decref(log);
+	CHECK_EQ_INT(db_version(env), v + 1);
+	CHECK(sh("git -C %s worktree list --porcelain | grep -q prunable", env->repo) != 0);
+	env->ctx.now = orch_now_ms();
+	CHECK(orch_worktree_json(&env->ctx, 3, &w) == 0);
+	CHECK_EQ_STR(jstr(w, "status"), "missing");
+	json_decref(w);
+	/* Nothing new: no change, no version bump. */
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	json_decref(log);
+	CHECK_EQ_INT(db_version(env), v + 1);
+}
+
+TEST(reconcile_finishes_interrupted_abandon)
+{
+	session_and_child(env);
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	json_t *log = NULL;
+	/* Crash before the commit: the record is still active, the directory set aside. */
+	CHECK(sh("mv %s %s.orchfs-removing", wt_path(env, "task-1-3"), wt_path(env, "task-1-3")) == 0);
+	/* Crash after the commit: abandoned, directory set aside. */
+	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "UPDATE worktrees SET status = 'abandoned' WHERE id = 4",
+			   NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(sh("mv %s %s.orchfs-removing", wt_path(env, "task-1-4"), wt_path(env, "task-1-4")) == 0);
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	CHECK(log_has(log, "put back"));
+	CHECK(log_has(log, "finished removing"));
+	json_decref(log);
+	CHECK(sh("git -C %s status >/dev/null 2>&1", wt_path(env, "task-1-3")) == 0);
+	CHECK(!exists(wt_path(env, "task-1-4.orchfs-removing")));
+	CHECK(sh("git -C %s worktree list | grep -q task-1-4", env->repo) != 0);
+}
+
+TEST(merge_into_branch_not_checked_out_moves_only_the_branch)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1}"));
+	CHECK(commit_in(wt_path(env, "task-1-3"), "f.txt", "f") == 0);
+	/* The user switched the main checkout to another branch. */
+	CHECK(sh("git -C %s checkout -q -b dev", env->repo) == 0);
+	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	CHECK(sh("test ! -e %s/f.txt", env->repo) == 0);
+	CHECK_EQ_STR(out1("git -C %s rev-parse --abbrev-ref HEAD", env->repo), "dev");
+	CHECK_EQ_STR(out1("git -C %s status --porcelain", env->repo), "");
+	CHECK_EQ_STR(out1("git -C %s show main:f.txt", env->repo), "f");
+}
+
+TEST(merge_refuses_branch_checked_out_elsewhere)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1}"));
+	CHECK(commit_in(wt_path(env, "task-1-3"), "f.txt", "f") == 0);
+	CHECK(sh("git -C %s checkout -q -b dev && git -C %s worktree add -q %s/other main", env->repo, env->repo,
+		 env->root) == 0);
+	char *before = tip(env, "main");
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(e, "details.state"), "checked_out_elsewhere");
+	CHECK(strstr(jstr(e, "message"), "/other") != NULL);
+	json_decref(e);
+	char *after = tip(env, "main");
+	CHECK_EQ_STR(after, before);
+	free(before);
+	free(after);
+}
+
+/* Git metadata names come from the last path component: abandoning a missing a/x must not prune b/x. */
+TEST(abandon_missing_keeps_metadata_of_same_named_worktree)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"path\": \"a/x\"}"));
+	CHECK(sh("rm -rf %s", wt_path(env, "a/x")) == 0);
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"path\": \"b/x\"}"));
+	json_t *w = ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(w, "status"), "abandoned");
+	json_decref(w);
+	CHECK(sh("git -C %s status >/dev/null 2>&1", wt_path(env, "b/x")) == 0);
+	CHECK(sh("git -C %s worktree list --porcelain | grep -qx 'worktree %s'", env->repo, wt_path(env, "b/x")) == 0);
+	CHECK(sh("git -C %s worktree list --porcelain | grep -q prunable", env->repo) != 0);
+}
