@@ -22,6 +22,7 @@ typedef struct {
 	int (*render)(orch_ctx *ctx, int64_t id, json_t **out);
 	int (*text)(orch_ctx *ctx, int64_t id, char **buf);
 	int methods;            /* 1: one node per method; 2: per method that takes a session */
+	const char *doc;        /* one line for the generated README.md */
 } node_spec;
 
 static int render_reply(orch_ctx *ctx, int64_t id, json_t **out);
@@ -32,53 +33,53 @@ static int heartbeat_text(orch_ctx *ctx, int64_t id, char **buf);
 
 static const node_spec specs[K_KIND_COUNT] = {
 	[K_ROOT] = {K_ROOT, K_ROOT, "", NULL, T_DIR},
-	[K_README] = {K_README, K_ROOT, "README.md", NULL, T_FILE, .text = readme_text},
+	[K_README] = {K_README, K_ROOT, "README.md", NULL, T_FILE, .text = readme_text, .doc = "this file"},
 	[K_CTL_DIR] = {K_CTL_DIR, K_ROOT, "ctl", NULL, T_DIR},
-	[K_CTL] = {K_CTL, K_CTL_DIR, NULL, NULL, T_CTL, .methods = 1},
+	[K_CTL] = {K_CTL, K_CTL_DIR, NULL, NULL, T_CTL, .methods = 1, .doc = "one transaction file per method: write a JSON request, read the reply"},
 	[K_REPLIES_DIR] = {K_REPLIES_DIR, K_ROOT, "replies", NULL, T_DIR},
 	[K_REPLY] = {K_REPLY, K_REPLIES_DIR, NULL, ".json", T_FILE,
 		     .list_sql = "SELECT id, call_id FROM replies ORDER BY id",
 		     .exists_sql = "SELECT 1 FROM replies WHERE id = ?1",
-		     .lookup_sql = "SELECT id FROM replies WHERE call_id = ?1", .render = render_reply},
+		     .lookup_sql = "SELECT id FROM replies WHERE call_id = ?1", .render = render_reply, .doc = "the reply of each request that carried a call_id"},
 	[K_SESSIONS_DIR] = {K_SESSIONS_DIR, K_ROOT, "sessions", NULL, T_DIR},
 	[K_SESSION_DIR] = {K_SESSION_DIR, K_SESSIONS_DIR, NULL, "", T_DIR,
 			   .list_sql = "SELECT id FROM sessions ORDER BY id", .exists_sql = SESSION_EXISTS},
 	[K_SESSION_JSON] = {K_SESSION_JSON, K_SESSION_DIR, "session.json", NULL, T_FILE,
-			    .render = orch_session_json},
+			    .render = orch_session_json, .doc = "the session"},
 	[K_CONTEXT_JSON] = {K_CONTEXT_JSON, K_SESSION_DIR, "context.json", NULL, T_FILE,
-			    .render = orch_session_context},
+			    .render = orch_session_context, .doc = "session.context: session, worktrees, current ref"},
 	[K_CURRENT_REF_JSON] = {K_CURRENT_REF_JSON, K_SESSION_DIR, "current_ref.json", NULL, T_FILE,
-				.render = orch_current_ref_json},
-	[K_HEARTBEAT] = {K_HEARTBEAT, K_SESSION_DIR, "heartbeat", NULL, T_HEARTBEAT, .text = heartbeat_text},
+				.render = orch_current_ref_json, .doc = "the active current ref, or null (a pure read)"},
+	[K_HEARTBEAT] = {K_HEARTBEAT, K_SESSION_DIR, "heartbeat", NULL, T_HEARTBEAT, .text = heartbeat_text, .doc = "open for writing, write or touch it: session.heartbeat"},
 	[K_ROOT_LINK] = {K_ROOT_LINK, K_SESSION_DIR, "root", NULL, T_LINK,
 			 .exists_sql = "SELECT 1 FROM sessions s JOIN worktrees w ON w.id = "
-				       "s.session_root_worktree_id WHERE s.id = ?1"},
+				       "s.session_root_worktree_id WHERE s.id = ?1", .doc = "symlink to the session-root worktree"},
 	[K_SCTL_DIR] = {K_SCTL_DIR, K_SESSION_DIR, "ctl", NULL, T_DIR},
-	[K_SCTL] = {K_SCTL, K_SCTL_DIR, NULL, NULL, T_CTL, .methods = 2},
+	[K_SCTL] = {K_SCTL, K_SCTL_DIR, NULL, NULL, T_CTL, .methods = 2, .doc = "methods taking a session, session_id implied; read alone: last reply"},
 	[K_TASKS_DIR] = {K_TASKS_DIR, K_ROOT, "tasks", NULL, T_DIR},
 	[K_TASK_DIR] = {K_TASK_DIR, K_TASKS_DIR, NULL, "", T_DIR,
 			.list_sql = "SELECT id FROM tasks ORDER BY id",
 			.exists_sql = "SELECT 1 FROM tasks WHERE id = ?1"},
-	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json},
+	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json, .doc = "the task"},
 
 	/* case lifecycle */
 	[K_STEPS_JSON] = {K_STEPS_JSON, K_TASK_DIR, "steps.json", NULL, T_FILE,
 			  .exists_sql = "SELECT 1 FROM tasks WHERE id = ?1 AND level = 'case'",
-			  .render = orch_task_steps_json},
+			  .render = orch_task_steps_json, .doc = "its steps in order (cases)"},
 	[K_CHECKPOINTS_JSON] = {K_CHECKPOINTS_JSON, K_TASK_DIR, "checkpoints.json", NULL, T_FILE,
 				.exists_sql = "SELECT 1 FROM tasks WHERE id = ?1 AND level = 'case'",
-				.render = orch_task_checkpoints_json},
+				.render = orch_task_checkpoints_json, .doc = "its checkpoints in order (cases)"},
 
 	/* isolation */
 	[K_WORKTREES_DIR] = {K_WORKTREES_DIR, K_ROOT, "worktrees", NULL, T_DIR},
 	[K_WORKTREE_JSON] = {K_WORKTREE_JSON, K_WORKTREES_DIR, NULL, ".json", T_FILE,
 			     .list_sql = "SELECT id FROM worktrees ORDER BY id",
-			     .exists_sql = "SELECT 1 FROM worktrees WHERE id = ?1", .render = orch_worktree_json},
+			     .exists_sql = "SELECT 1 FROM worktrees WHERE id = ?1", .render = orch_worktree_json, .doc = "worktree record (planned, active, closed, abandoned, missing)"},
 	[K_LOCKS_DIR] = {K_LOCKS_DIR, K_ROOT, "locks", NULL, T_DIR},
 	[K_LOCK_JSON] = {K_LOCK_JSON, K_LOCKS_DIR, NULL, ".json", T_FILE,
 			 .list_sql = "SELECT id FROM locks WHERE state = 'active' AND lease_until > ?2 ORDER BY id",
 			 .exists_sql = "SELECT 1 FROM locks WHERE id = ?1 AND state = 'active' AND lease_until > ?2",
-			 .render = orch_lock_json},
+			 .render = orch_lock_json, .doc = "active locks only: released or expired ones disappear"},
 
 	/* planning graph */
 	[K_GRAPH_DIR] = {K_GRAPH_DIR, K_ROOT, "graph", NULL, T_DIR},
@@ -86,13 +87,13 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_NODE_DIR] = {K_NODE_DIR, K_NODES_DIR, NULL, "", T_DIR,
 			.list_sql = "SELECT id FROM graph_nodes ORDER BY id",
 			.exists_sql = "SELECT 1 FROM graph_nodes WHERE id = ?1"},
-	[K_NODE_JSON] = {K_NODE_JSON, K_NODE_DIR, "node.json", NULL, T_FILE, .render = orch_node_json},
+	[K_NODE_JSON] = {K_NODE_JSON, K_NODE_DIR, "node.json", NULL, T_FILE, .render = orch_node_json, .doc = "planning-graph node"},
 	[K_NODE_CHECKLIST_JSON] = {K_NODE_CHECKLIST_JSON, K_NODE_DIR, "checklist.json", NULL, T_FILE,
-				   .render = orch_node_checklist_json},
+				   .render = orch_node_checklist_json, .doc = "its checklist, by facet then order_no"},
 	[K_NODE_SNAPSHOTS_JSON] = {K_NODE_SNAPSHOTS_JSON, K_NODE_DIR, "snapshots.json", NULL, T_FILE,
-				   .render = orch_node_snapshots_json},
+				   .render = orch_node_snapshots_json, .doc = "its snapshots, by id"},
 	[K_NODE_EDGES_JSON] = {K_NODE_EDGES_JSON, K_NODE_DIR, "edges.json", NULL, T_FILE,
-				.render = orch_node_edges_json},
+				.render = orch_node_edges_json, .doc = "every edge from or to it, by id"},
 
 };
 
@@ -408,26 +409,34 @@ static const char readme_head[] =
 	"replies/<id>.json.  Reading ctl/<method> without writing shows its usage.\n"
 	"\n"
 	"## Tree\n"
-	"\n"
-	"    README.md                       this file\n"
-	"    ctl/<method>                    one transaction file per method\n"
-	"    replies/<call_id>.json          replies of requests that carried a call_id\n"
-	"    sessions/<id>/session.json      the session\n"
-	"    sessions/<id>/context.json      session.context\n"
-	"    sessions/<id>/current_ref.json  the active current ref, or null\n"
-	"    sessions/<id>/heartbeat         open for writing, write or touch = session.heartbeat\n"
-	"    sessions/<id>/root              symlink to the session-root worktree\n"
-	"    sessions/<id>/ctl/<method>      methods with session_id implied by <id>; reading\n"
-	"                                    without writing shows the session's last reply\n"
-	"    worktrees/<id>.json             worktree records (planned, active, closed, abandoned, missing)\n"
-	"    locks/<id>.json                 active locks only: a released or expired lock disappears\n"
-	"    tasks/<id>/task.json            the task\n"
+	"\n";
+
+static const char readme_mid[] =
 	"\n"
 	"State files are JSON, one consistent snapshot per open; everything but ctl files\n"
 	"and heartbeat is read-only (EROFS).\n"
 	"\n"
 	"## Methods\n"
 	"\n";
+
+/* The path pattern of kind `k`: "sessions/<id>/ctl/<method>". */
+static void spec_path(fs_kind k, char *buf, size_t size)
+{
+	const node_spec *s = &specs[k];
+	char name[64];
+
+	if (k == K_ROOT)
+		return;
+	spec_path(s->parent, buf, size);
+	if (s->name)
+		snprintf(name, sizeof(name), "%s", s->name);
+	else if (s->methods)
+		snprintf(name, sizeof(name), "<method>");
+	else
+		snprintf(name, sizeof(name), "<%s>%s", s->lookup_sql ? "call_id" : "id", s->suffix);
+	size_t n = strlen(buf);
+	snprintf(buf + n, size - n, "%s%s", n ? "/" : "", name);
+}
 
 static int readme_text(orch_ctx *ctx, int64_t id, char **buf)
 {
@@ -437,6 +446,14 @@ static int readme_text(orch_ctx *ctx, int64_t id, char **buf)
 
 	(void)id;
 	fprintf(f, readme_head, ctx->repo_path);
+	for (int k = 1; k < K_KIND_COUNT; k++) {
+		char path[256] = "";
+		if (!specs[k].doc)
+			continue;
+		spec_path((fs_kind)k, path, sizeof(path));
+		fprintf(f, "    %-34s %s\n", path, specs[k].doc);
+	}
+	fputs(readme_mid, f);
 	for (size_t i = 0; i < orch_method_count(); i++) {
 		const orch_method *m = orch_method_at(i);
 		fprintf(f, "- `%s`: %s\n", m->name, m->summary);

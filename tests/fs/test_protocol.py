@@ -239,3 +239,12 @@ def test_ctl_lists_methods_in_table(mount):
     for n in ['session.open', 'session.heartbeat', 'session.close', 'session.context',
               'task.create', 'task.list', 'task.get']:
         assert n in names
+
+
+def test_generated_readme_covers_tree_and_methods(mount):
+    text = open(mount.p('README.md')).read()
+    for entry in os.listdir(mount.path):
+        if entry != 'README.md':
+            assert entry + '/' in text, entry
+    for method in os.listdir(mount.p('ctl')):
+        assert f'`{method}`' in text, method
