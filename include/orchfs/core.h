@@ -211,6 +211,9 @@ int orch_sql_int(orch_ctx *ctx, int64_t *out, bool *found, const char *sql, cons
 
 int64_t orch_last_id(orch_ctx *ctx);
 
+/* The length of the longest prefix of `s` within `max` bytes that ends on a UTF-8 character boundary. */
+size_t orch_utf8_prefix(const char *s, size_t max);
+
 /* ---- time ---- */
 int64_t orch_now_ms(void);
 /* RFC 3339 UTC with exactly three fraction digits; buf >= 32 bytes. */
@@ -230,6 +233,9 @@ int orch_session_context(orch_ctx *ctx, int64_t id, json_t **out);
 int orch_task_json(orch_ctx *ctx, int64_t id, json_t **out);
 int orch_worktree_json(orch_ctx *ctx, int64_t id, json_t **out);
 int orch_current_ref_json(orch_ctx *ctx, int64_t session_id, json_t **out); /* JSON null if none */
+
+/* A timeout in seconds: absent 0, else 0..one year (invalid_params). */
+int orch_param_timeout(json_t *p, const char *name, int64_t *out);
 
 /* Check that session `id` exists and is not closed (invalid_state otherwise). */
 int orch_session_require_open(orch_ctx *ctx, int64_t id);

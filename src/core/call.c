@@ -9,6 +9,70 @@
 
 #include "orchfs/core.h"
 
+/* Length of the UTF-8 sequence a lead byte starts (0: not a lead byte). */
+static size_t utf8_len(unsigned char c)
+{
+	return c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+}
+
+/*
+ * Whether the end of `buf` is cut inside a token that more bytes could
+ * complete: a string (an escape, a \u sequence, a multi-byte character),
+ * a prefix of true/false/null, or a number ending in - + . e E.  Writes
+ * split anywhere (stdio flushes every 4 KiB) must not fail the request.
+ */
+static bool tail_incomplete(const char *buf, size_t len)
+{
+	bool in_str = false;
+	size_t tok = len; /* start of the trailing bare token */
+
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)buf[i];
+		if (in_str) {
+			if (c == '"') {
+				in_str = false;
+			} else if (c == '\\') {
+				if (++i >= len)
+					return true;
+				if (buf[i] == 'u') {
+					size_t n = 0;
+					while (n < 4 && i + 1 < len && isxdigit((unsigned char)buf[i + 1]))
+						i++, n++;
+					if (n < 4 && i + 1 >= len)
+						return true;
+				}
+			} else if (c >= 0x80) {
+				size_t n = utf8_len(c);
+				if (n > 1 && i + n > len)
+					return true;
+				if (n > 1)
+					i += n - 1;
+			}
+			continue;
+		}
+		if (c == '"') {
+			in_str = true;
+			tok = len;
+		} else if (isalnum(c) || c == '-' || c == '+' || c == '.') {
+			if (tok == len)
+				tok = i;
+		} else {
+			tok = len;
+		}
+	}
+	if (in_str)
+		return true;
+	if (tok == len)
+		return false;
+	const char *t = buf + tok;
+	size_t n = len - tok;
+	static const char *const literals[] = {"true", "false", "null"};
+	for (size_t k = 0; k < 3; k++)
+		if (n < strlen(literals[k]) && strncmp(t, literals[k], n) == 0)
+			return true;
+	return strchr("-+.eE", t[n - 1]) != NULL && (isdigit((unsigned char)t[0]) || t[0] == '-');
+}
+
 int orch_request_parse(const char *buf, size_t len, json_t **out)
 {
 	json_error_t err;
@@ -19,16 +83,19 @@ int orch_request_parse(const char *buf, size_t len, json_t **out)
 		;
 	if (i == len)
 		return ORCH_INCOMPLETE;
-	*out = json_loadb(buf, len, JSON_DECODE_ANY, &err);
+	/* Duplicate keys are refused: a repeated key must never silently win. */
+	*out = json_loadb(buf, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &err);
 	if (*out)
 		return 0;
-	if (json_error_code(&err) == json_error_premature_end_of_input)
-		return ORCH_INCOMPLETE;
 	/*
-	 * A bare number or literal at the end of the buffer may still grow
-	 * ("12" -> "123"), but the ctl protocol executes as soon as the buffer
-	 * holds a complete value, so only premature end counts as incomplete.
+	 * Incomplete when jansson ran out of input, or when it stumbled on a
+	 * token that the end of the buffer cut (the error is at the very end).
+	 * A bare number at the end ("12") already is a complete value: the
+	 * protocol executes as soon as the buffer holds one.
 	 */
+	if (json_error_code(&err) == json_error_premature_end_of_input ||
+	    ((size_t)err.position + 8 >= len && tail_incomplete(buf, len)))
+		return ORCH_INCOMPLETE;
 	return orch_error_set(ORCH_EINVALID_JSON, "request is not valid JSON: %s (line %d, column %d)",
 			      err.text, err.line, err.column);
 }
@@ -139,6 +206,18 @@ static int stored_reply(orch_ctx *ctx, const char *call_id, const char *method, 
 	json_t *err = json_object_get(r, "error");
 	if (err) {
 		*code = orch_error_from_name(json_string_value(json_object_get(err, "code")));
+		/*
+		 * A conflict (a lock held) or a git/internal failure says nothing
+		 * about the request itself: the retry runs again and its reply
+		 * replaces this one.
+		 */
+		if (*code == ORCH_ECONFLICT || *code == ORCH_EGIT || *code == ORCH_EINTERNAL) {
+			json_decref(r);
+			free(*reply);
+			*reply = NULL;
+			orch_error_clear();
+			return 0;
+		}
 		orch_error_set(*code ? *code : ORCH_EINTERNAL, "%s",
 			       json_string_value(json_object_get(err, "message")));
 		json_t *d = json_object_get(err, "details");
@@ -152,8 +231,15 @@ static int stored_reply(orch_ctx *ctx, const char *call_id, const char *method, 
 static int store_reply(orch_ctx *ctx, const char *call_id, const char *method, const char *canon,
 		       const char *reply)
 {
-	return orch_sql_exec(ctx, "INSERT INTO replies (call_id, method, params, reply, created_at) "
-			     "VALUES (?, ?, ?, ?, ?)", "ssssi", call_id, method, canon, reply, ctx->now);
+	/* replies/ changes: move the tree's mtime, but this is no mutating call (no db_version). */
+	/* An upsert keeps the row id of a replaced transient error: replies/<call_id>.json keeps its inode. */
+	int rc = orch_sql_exec(ctx, "INSERT INTO replies (call_id, method, params, reply, created_at) "
+			       "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (call_id) DO UPDATE SET method = ?2, "
+			       "params = ?3, reply = ?4, created_at = ?5", "ssssi", call_id, method, canon, reply,
+			       ctx->now);
+
+	return rc ? rc : orch_sql_exec(ctx, "UPDATE mirror_meta SET updated_at = max(updated_at, ?) WHERE id = 1",
+				       "i", ctx->now);
 }
 
 /* Store an error reply in its own transaction (the method's was rolled back). */
@@ -165,9 +251,12 @@ static void store_error_reply(orch_ctx *ctx, const char *call_id, const char *me
 	int64_t existing;
 	bool found;
 
+	/* Keep a stored reply, unless it is a transient error this attempt replaces. */
 	if (orch_store_begin(ctx->store, true) == 0) {
-		if (orch_sql_int(ctx, &existing, &found, "SELECT id FROM replies WHERE call_id = ?", "s",
-				 call_id) == 0 && !found &&
+		if (orch_sql_int(ctx, &existing, &found, "SELECT id FROM replies WHERE call_id = ? AND NOT "
+				 "(reply LIKE '{\"error\":{\"code\":\"conflict\"%' OR "
+				 "reply LIKE '{\"error\":{\"code\":\"git\"%' OR "
+				 "reply LIKE '{\"error\":{\"code\":\"internal\"%')", "s", call_id) == 0 && !found &&
 		    store_reply(ctx, call_id, method, canon, reply) == 0)
 			orch_store_commit(ctx->store);
 		else
@@ -220,12 +309,19 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 	json_object_del(params, "call_id");
 	if (session_id > 0 && (rc = apply_implied(m, params, session_id)) != 0)
 		goto fail;
+	/* Keys, limits and types first, so a typo is named even under a used call_id. */
+	if ((rc = orch_params_validate(m, params)) != 0) {
+		canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
+		goto fail;
+	}
 	canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
 
 	write = (m->flags & ORCH_M_WRITE) || call_id;
 	if ((rc = orch_store_begin(ctx->store, write)) != 0)
 		goto fail;
 	in_txn = true;
+	/* The time of the call is when it holds the write lock, not when it asked for it. */
+	ctx->now = orch_now_ms();
 	if (call_id) {
 		int code = 0;
 		rc = stored_reply(ctx, call_id, name, canon, reply, &code);
@@ -239,8 +335,6 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 			goto fail;
 		}
 	}
-	if ((rc = orch_params_validate(m, params)) != 0)
-		goto fail;
 	ctx->unchanged = false;
 	if ((rc = m->fn(ctx, params, &result)) != 0)
 		goto fail;
@@ -268,7 +362,14 @@ fail:
 	json_decref(result);
 	if (in_txn)
 		orch_store_rollback(ctx->store);
-	orch_undo_run(ctx);
+	if (ctx->undo) {
+		/* Undoing may itself record errors; the reply is about the call's. */
+		orch_error saved = *orch_error_last();
+		json_t *details = saved.details ? json_incref(saved.details) : NULL;
+		orch_undo_run(ctx);
+		orch_error_set(saved.code, "%s", saved.message);
+		orch_error_details(details);
+	}
 	free(*reply);
 	*reply = orch_reply_error(call_id);
 	if (call_id && canon && !call_id_taken)

@@ -243,7 +243,7 @@ static int step_check(orch_ctx *ctx, json_t *p, json_t **result)
 	if (!rc)
 		rc = orch_sql_exec(ctx, "UPDATE tasks SET updated_at = ? WHERE id = ?", "ii", ctx->now, id);
 	if (!rc && sid) {
-		snprintf(summary, sizeof(summary), "last step checked: %.480s", title);
+		snprintf(summary, sizeof(summary), "last step checked: %.*s", (int)orch_utf8_prefix(title, 480), title);
 		ref_fields rf = {"case", id, cp, "compact", "active", "continue next step", summary,
 				 orch_param_json(p, "required_files")};
 		rc = ref_upsert(ctx, sid, &rf, NULL);
@@ -446,12 +446,14 @@ static int candidates_attach(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t req = orch_param_int(p, "requester_session_id", 0);
 	int64_t target = orch_param_int(p, "target_session_id", 0);
-	int64_t timeout = orch_param_int(p, "heartbeat_timeout_seconds", 0), stored, prior;
+	int64_t timeout, stored, prior;
 	json_t *tsess = NULL, *cands = NULL, *ref = NULL;
 	bool found, candidate = false;
 	char req_owner[32], target_owner[32];
 	int rc;
 
+	if ((rc = orch_param_timeout(p, "heartbeat_timeout_seconds", &timeout)) != 0)
+		return rc;
 	if (req == target)
 		return orch_error_set(ORCH_EINVALID_PARAMS, "a session cannot attach to itself (session %lld)",
 				      (long long)req);

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "orchfs/error.h"
+#include "orchfs/core.h"
 
 static _Thread_local orch_error slot;
 
@@ -34,8 +34,13 @@ int orch_error_set(int code, const char *fmt, ...)
 	orch_error_clear();
 	slot.code = code;
 	va_start(ap, fmt);
-	vsnprintf(slot.message, sizeof(slot.message), fmt, ap);
+	int n = vsnprintf(slot.message, sizeof(slot.message), fmt, ap);
 	va_end(ap);
+	if (n >= (int)sizeof(slot.message)) {
+		/* Messages echo client values: never cut inside a UTF-8 character. */
+		size_t keep = orch_utf8_prefix(slot.message, sizeof(slot.message) - 4);
+		memcpy(slot.message + keep, "\xe2\x80\xa6", 4); /* "…" and NUL */
+	}
 	return code;
 }
 

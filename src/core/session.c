@@ -141,20 +141,29 @@ done:
 
 int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, json_t **out);
 
+#define TIMEOUT_MAX (365LL * 24 * 3600)
+
+int orch_param_timeout(json_t *p, const char *name, int64_t *out)
+{
+	*out = orch_param_int(p, name, 0);
+	if (*out < 0 || *out > TIMEOUT_MAX)
+		return orch_error_set(ORCH_EINVALID_PARAMS, "%s must be between 0 and %lld seconds, got %lld", name,
+				      TIMEOUT_MAX, (long long)*out);
+	return 0;
+}
+
 static int session_open(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	const char *intent = orch_param_str(p, "intent", "auto");
-	int64_t timeout = orch_param_int(p, "heartbeat_timeout_seconds", 0);
-	int64_t sid, main_id, root_id = 0;
+	int64_t timeout, sid, main_id, root_id = 0;
 	json_t *ctxj = NULL, *cands = NULL;
 	int rc;
 
 	if (strcmp(intent, "new_work") && strcmp(intent, "resume_work") && strcmp(intent, "auto"))
 		return orch_error_set(ORCH_EINVALID_PARAMS,
 				      "intent must be one of new_work, resume_work, auto; got \"%s\"", intent);
-	if (timeout < 0)
-		return orch_error_set(ORCH_EINVALID_PARAMS,
-				      "heartbeat_timeout_seconds must not be negative, got %lld", (long long)timeout);
+	if ((rc = orch_param_timeout(p, "heartbeat_timeout_seconds", &timeout)) != 0)
+		return rc;
 	bool resume = strcmp(intent, "resume_work") == 0;
 	const char *fp = orch_param_str(p, "terminal_fingerprint", NULL);
 	rc = orch_sql_exec(ctx, "INSERT INTO sessions (agent_role, owner, repo_path, terminal_fingerprint, intent, "
@@ -162,7 +171,7 @@ static int session_open(orch_ctx *ctx, json_t *p, json_t **result)
 			   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'opened')", "sssssIii",
 			   orch_param_str(p, "agent_role", "codex"), orch_param_str(p, "owner", "unknown"),
 			   ctx->repo_path, fp && *fp ? fp : NULL, resume ? "resume_work" : "new_work",
-			   timeout, ctx->now, ctx->now);
+			   resume ? timeout : 0, ctx->now, ctx->now);
 	if (rc)
 		return rc;
 	sid = orch_last_id(ctx);
@@ -255,33 +264,46 @@ int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, 
 		      ctx->now - timeout_s * 1000);
 	if (!st)
 		return ORCH_EINTERNAL;
-	int64_t ids[256];
-	size_t n = 0;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW && n < 256)
+	int64_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			ids = realloc(ids, cap * sizeof(*ids));
+		}
 		ids[n++] = sqlite3_column_int64(st, 0);
+	}
 	sqlite3_reset(st);
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+	if (rc != SQLITE_DONE) {
+		free(ids);
 		return ORCH_EINTERNAL;
+	}
+	rc = 0;
 	*out = json_array();
 	for (size_t i = 0; i < n; i++) {
 		json_t *c;
 		if ((rc = orch_session_context(ctx, ids[i], &c)) != 0) {
 			json_decref(*out);
-			return rc;
+			*out = NULL;
+			break;
 		}
 		json_object_del(c, "main_worktree");
 		json_array_append_new(*out, c);
 	}
-	return 0;
+	free(ids);
+	return rc;
 }
 
 static int candidates_list(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t req = orch_param_int(p, "requester_session_id", 0);
-	int64_t timeout = orch_param_int(p, "heartbeat_timeout_seconds", 0);
-	int64_t stored;
+	int64_t timeout, stored;
 	bool found;
-	int rc = orch_sql_int(ctx, &stored, &found, "SELECT coalesce(heartbeat_timeout_seconds, 0) "
+	int rc = orch_param_timeout(p, "heartbeat_timeout_seconds", &timeout);
+
+	if (rc)
+		return rc;
+	rc = orch_sql_int(ctx, &stored, &found, "SELECT coalesce(heartbeat_timeout_seconds, 0) "
 			      "FROM sessions WHERE id = ?", "i", req);
 
 	if (rc)

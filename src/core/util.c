@@ -255,6 +255,19 @@ int64_t orch_last_id(orch_ctx *ctx)
 	return sqlite3_last_insert_rowid(orch_store_db(ctx->store));
 }
 
+size_t orch_utf8_prefix(const char *s, size_t max)
+{
+	size_t n = strnlen(s, max + 1);
+
+	if (n <= max)
+		return n;
+	n = max;
+	/* Back up over continuation bytes to the start of the cut character. */
+	while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+		n--;
+	return n;
+}
+
 /* ---- paths ---- */
 
 /*

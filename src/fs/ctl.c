@@ -25,6 +25,7 @@ struct fs_ctl {
 	size_t reply_len;
 	bool origin_set;
 	off_t origin;
+	bool read_failed; /* a read came before the request was complete: reads fail from then on */
 	char *usage; /* what a read without a write shows */
 	size_t usage_len;
 };
@@ -91,6 +92,15 @@ void fs_ctl_free(fs_ctl *c)
 	free(c);
 }
 
+/* Whether `len` bytes at `p` are JSON white space only. */
+static bool all_space(const char *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (!strchr(" \t\r\n", p[i]) || p[i] == '\0')
+			return false;
+	return true;
+}
+
 static void set_reply(fs_ctl *c, char *reply)
 {
 	free(c->reply);
@@ -108,8 +118,10 @@ int fs_ctl_write(orch_ctx *ctx, fs_ctl *c, const char *data, size_t len)
 
 	if (c->state == CTL_TOOLARGE)
 		return -EFBIG;
-	if (c->state == CTL_DONE)
-		return -EBUSY;
+	if (c->state == CTL_DONE) {
+		/* A newline written after the request (printf, then echo) is not a second request. */
+		return all_space(data, len) ? 0 : -EBUSY;
+	}
 	if (c->req_len + len > ORCH_REQUEST_MAX) {
 		c->state = CTL_TOOLARGE;
 		orch_error_set(ORCH_ETOOLARGE, "request is larger than %d bytes", ORCH_REQUEST_MAX);
@@ -123,7 +135,7 @@ int fs_ctl_write(orch_ctx *ctx, fs_ctl *c, const char *data, size_t len)
 
 	rc = orch_request_parse(c->req, c->req_len, &req);
 	if (rc == ORCH_INCOMPLETE) {
-		c->state = strspn(c->req, " \t\r\n") == c->req_len ? CTL_EMPTY : CTL_PARTIAL;
+		c->state = all_space(c->req, c->req_len) ? CTL_EMPTY : CTL_PARTIAL;
 		return 0;
 	}
 	c->state = CTL_DONE;
@@ -142,8 +154,11 @@ int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
 	const char *buf;
 	size_t len;
 
+	if (c->read_failed)
+		return -EINVAL;
 	switch (c->state) {
 	case CTL_PARTIAL:
+		c->read_failed = true;
 		return -EINVAL;
 	case CTL_DONE:
 	case CTL_TOOLARGE:

@@ -153,15 +153,12 @@ static int node_stat(orch_ctx *ctx, fs_node n, const fs_handle *h, struct stat *
 }
 
 /*
- * State files and links change size and target at any moment: their
- * attributes are never cached.  Directories and ctl files only show their
- * mtime changing, so a second of caching costs nothing real.
+ * State files, links and directories change at any moment (size, target,
+ * mtime): their attributes are never cached.  A ctl file's never change.
  */
 static double attr_timeout(fs_node n)
 {
-	fs_type t = fs_node_type(n);
-
-	return (t == T_DIR && n.kind != K_ROOT) || t == T_CTL ? 1.0 : 0.0;
+	return fs_node_type(n) == T_CTL ? 3600.0 : 0.0;
 }
 
 static void fs_lookup_op(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -269,15 +266,18 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct stat st;
 	int rc = 0;
 
-	(void)attr;
 	if (t != T_CTL && t != T_HEARTBEAT) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	/* Only truncation and times are accepted; they mean nothing but "touch". */
+	/* Only truncation to 0 and times are accepted; they mean nothing but "touch". */
 	if (to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
 		       FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)) {
 		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if ((to_set & FUSE_SET_ATTR_SIZE) && attr->st_size != 0) {
+		fuse_reply_err(req, EINVAL);
 		return;
 	}
 	if (t == T_HEARTBEAT && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -248,3 +249,114 @@ def test_generated_readme_covers_tree_and_methods(mount):
             assert entry + '/' in text, entry
     for method in os.listdir(mount.p('ctl')):
         assert f'`{method}`' in text, method
+
+
+def test_request_split_at_every_byte(mount):
+    """stdio clients flush every 4 KiB, anywhere: inside a literal, a number, an escape, a character."""
+    body = json.dumps({'level': 'case', 'title': 'caf\u00e9 \U0001F600 "q" \\ tab\t', 'priority': -15},
+                      ensure_ascii=False).encode()
+    body = body.replace(b'"priority": -15', b'"priority": -15, "assignee_session": "x\\u00e9"')
+    fd = os.open(mount.p('ctl', 'task.create'), os.O_RDWR)
+    for i in range(len(body)):
+        os.write(fd, body[i:i + 1])
+    reply = json.loads(os.read(fd, 4096))
+    os.close(fd)
+    t = reply['result']
+    assert t['title'] == 'caf\u00e9 \U0001F600 "q" \\ tab\t' and t['priority'] == -15
+    assert t['assignee_session'] == 'x\u00e9'
+    mount.ok('case.begin', {'case_id': t['id'], 'input_contract': {'strict': True, 'n': None}})
+    fd = os.open(mount.p('ctl', 'task.list'), os.O_RDWR)
+    for piece in [b'{"level": "ca', b'se", "status": "in_pro', b'gress"', b'}']:
+        os.write(fd, piece)
+    assert json.loads(os.read(fd, 65536))['result'][0]['id'] == t['id']
+    os.close(fd)
+
+
+def test_jq_style_4k_chunks(mount, tmp_path):
+    req = {'level': 'case', 'title': 't' * 9000 + '\u00e9' * 50}
+    p = tmp_path / 'req.json'
+    p.write_text(json.dumps(req, ensure_ascii=False))
+    r = subprocess.run(['bash', '-c', f'dd if={p} bs=4093 status=none > {mount.p("ctl", "task.create")}'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert mount.read_json('tasks', '1', 'task.json')['title'] == req['title']
+
+
+def test_newline_after_request_is_not_a_second_request(mount):
+    r = sh(f"exec 3<>{mount.p('ctl', 'task.create')}; printf '%s' '{{\"level\": \"case\", \"title\": \"n\"}}' >&3 "
+           f"&& echo >&3 && cat <&3")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)['result']['title'] == 'n'
+
+
+def test_einval_read_is_sticky(mount):
+    fd = os.open(mount.p('ctl', 'task.list'), os.O_RDWR)
+    os.write(fd, b'{"level": ')
+    for _ in range(2):
+        with pytest.raises(OSError) as e:
+            os.read(fd, 100)
+        assert e.value.errno == errno.EINVAL
+    os.write(fd, b'"case"}')
+    with pytest.raises(OSError) as e:
+        os.read(fd, 100)
+    assert e.value.errno == errno.EINVAL
+    os.close(fd)
+
+
+def test_long_message_keeps_valid_utf8(mount):
+    e = mount.fails('task.create', {'level': 'case', 'title': 't', 'x' + '\u00e9' * 600: 1},
+                    'invalid_params', errno.EINVAL)
+    assert e['message'].startswith('unknown key') and e['message'].endswith('\u2026')
+
+
+def test_unknown_key_named_even_under_used_call_id(mount):
+    mount.ok('task.create', {'level': 'case', 'title': 't', 'call_id': 'k1'})
+    e = mount.fails('task.create', {'level': 'case', 'titel': 't', 'call_id': 'k1'}, 'invalid_params', errno.EINVAL)
+    assert 'titel' in e['message']
+    # Normalised params are the same params.
+    mount.ok('case.begin', {'case_id': 1, 'required_files': ['./a//b'], 'call_id': 'k2'})
+    mount.ok('case.begin', {'case_id': 1, 'required_files': ['a/b'], 'call_id': 'k2'})
+
+
+def test_duplicate_keys_rejected(mount):
+    mount.fails('task.create', '{"level": "case", "title": "a", "title": "b"}', 'invalid_json', errno.EINVAL)
+    assert mount.db_version() == 0
+
+
+def test_directory_mtime_moves_with_a_write(mount):
+    before = os.stat(mount.p('tasks')).st_mtime_ns
+    time.sleep(0.01)
+    mount.ok('task.create', {'level': 'case', 'title': 't'})
+    assert os.stat(mount.p('tasks')).st_mtime_ns > before
+
+
+def test_transient_error_under_call_id_is_retried(mount):
+    mount.ok('session.open')
+    mount.ok('session.open')
+    mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'a.c'}, session=1)
+    req = {'scope_type': 'file', 'scope_path': 'a.c', 'call_id': 'lk'}
+    mount.fails('lock.acquire', req, 'conflict', errno.EBUSY, session=2)
+    assert mount.read_json('replies', 'lk.json')['error']['code'] == 'conflict'
+    mount.ok('session.close', {}, session=1)
+    got = mount.ok('lock.acquire', req, session=2)
+    assert mount.read_json('replies', 'lk.json')['result']['id'] == got['id']
+    # A success is final: the repeat returns it without acquiring again.
+    assert mount.ok('lock.acquire', req, session=2) == got
+
+
+def test_timeouts_are_bounded(mount):
+    mount.ok('session.open')
+    for method, params in [('session.open', {'heartbeat_timeout_seconds': 2 ** 62}),
+                           ('resume.candidates.list', {'requester_session_id': 1,
+                                                       'heartbeat_timeout_seconds': 9223372036854775807}),
+                           ('resume.candidates.list', {'requester_session_id': 1, 'heartbeat_timeout_seconds': -1}),
+                           ('resume.candidates.attach', {'requester_session_id': 1, 'target_session_id': 2,
+                                                         'heartbeat_timeout_seconds': 2 ** 40})]:
+        e = mount.fails(method, params, 'invalid_params', errno.EINVAL)
+        assert 'heartbeat_timeout_seconds' in e['message']
+
+
+def test_truncate_to_nonzero_refused(mount):
+    with pytest.raises(OSError) as e:
+        os.truncate(mount.p('ctl', 'task.list'), 5)
+    assert e.value.errno == errno.EINVAL

@@ -245,3 +245,25 @@ TEST(session_open_reclaims_crash_leftover)
 	json_decref(fails(env, ORCH_EEXISTS, "session.open", "{}"));
 	CHECK(sh("cd %s && git rev-parse -q --verify session/2 >/dev/null", env->repo) == 0);
 }
+
+TEST(request_parse_split_anywhere)
+{
+	const char *req = "{\"a\": true, \"b\": false, \"c\": null, \"d\": -1.5e+3, \"e\": \"caf\xc3\xa9 \\u00e9 \\\" \\\\ \xf0\x9f\x98\x80\", \"f\": [1, 2]}";
+	size_t n = strlen(req);
+	json_t *v = NULL;
+
+	/* Every proper prefix is incomplete, never malformed; the whole is complete. */
+	for (size_t i = 1; i < n; i++) {
+		int rc = orch_request_parse(req, i, &v);
+		if (rc != ORCH_INCOMPLETE)
+			fprintf(stderr, "  prefix of %zu bytes: %d\n", i, rc);
+		CHECK(rc == ORCH_INCOMPLETE);
+	}
+	CHECK_EQ_INT(orch_request_parse(req, n, &v), 0);
+	json_decref(v);
+	/* Real errors stay errors, wherever they are. */
+	CHECK_EQ_INT(orch_request_parse("{\"a\": tx", 8, &v), ORCH_EINVALID_JSON);
+	CHECK_EQ_INT(orch_request_parse("{\"a\": tru, \"b\": 1}", 18, &v), ORCH_EINVALID_JSON);
+	CHECK_EQ_INT(orch_request_parse("{\"a\": \"\\x\"}", 11, &v), ORCH_EINVALID_JSON);
+	CHECK_EQ_INT(orch_request_parse("{\"a\": 1, \"a\": 2}", 16, &v), ORCH_EINVALID_JSON);
+}
