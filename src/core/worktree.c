@@ -108,6 +108,73 @@ static int check_no_live_children(orch_ctx *ctx, json_t *wt, const char *verb)
 	return ORCH_EINVALID_STATE;
 }
 
+/* Whether s[0..n) is one or more ASCII digits. */
+static bool all_digits(const char *s, size_t n)
+{
+	if (n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+	return true;
+}
+
+/*
+ * Branch names kept for orchfs's own defaults: session roots are
+ * session/<id> and spawned children task/<session>/<id>.  A client branch
+ * that is one of those, or that git would refuse beside one of them (a
+ * ref cannot be both a branch and a directory of branches: `task/1` blocks
+ * `task/1/3`), would make a later session.open or default spawn fail.  So
+ * `session`, `session/...`, `task`, `task/<digits>` and
+ * `task/<digits>/<digits>[/...]` are reserved.
+ */
+static bool reserved_branch(const char *b)
+{
+	size_t n1 = strcspn(b, "/");
+
+	if (n1 == 7 && strncmp(b, "session", 7) == 0)
+		return true;
+	if (n1 != 4 || strncmp(b, "task", 4) != 0)
+		return false;
+	if (!b[n1])
+		return true;
+	const char *c2 = b + n1 + 1;
+	size_t n2 = strcspn(c2, "/");
+	if (!all_digits(c2, n2))
+		return false;
+	if (!c2[n2])
+		return true;
+	return all_digits(c2 + n2 + 1, strcspn(c2 + n2 + 1, "/"));
+}
+
+/*
+ * Paths below <state>/worktrees/ kept for orchfs: a first component
+ * session-<digits> (session roots) or task-<digits>-<digits> (default
+ * spawns), and any component ending in .orchfs-removing (where an abandon
+ * sets a checkout aside until its call commits).
+ */
+static bool reserved_path(const char *rel)
+{
+	size_t n1 = strcspn(rel, "/"), sl = strlen(RETIRED_SUFFIX);
+
+	if (n1 > 8 && strncmp(rel, "session-", 8) == 0 && all_digits(rel + 8, n1 - 8))
+		return true;
+	if (n1 > 5 && strncmp(rel, "task-", 5) == 0) {
+		const char *dash = memchr(rel + 5, '-', n1 - 5);
+		if (dash && all_digits(rel + 5, (size_t)(dash - rel - 5)) &&
+		    all_digits(dash + 1, n1 - (size_t)(dash + 1 - rel)))
+			return true;
+	}
+	for (const char *c = rel;; c++) {
+		size_t n = strcspn(c, "/");
+		if (n >= sl && strncmp(c + n - sl, RETIRED_SUFFIX, sl) == 0)
+			return true;
+		c += n;
+		if (!*c)
+			return false;
+	}
+}
+
 /*
  * A branch for a new worktree: a valid git branch name that no branch in
  * git and no planned worktree already has.
@@ -154,21 +221,16 @@ static char *sanitised(const char *branch)
 static int worktree_path(orch_ctx *ctx, const char *rel, char **out)
 {
 	char *full = NULL;
-	const char *last = strrchr(rel, '/');
-	size_t base_len, n = strlen(rel), sl = strlen(RETIRED_SUFFIX);
+	size_t base_len, n = strlen(rel);
 	struct stat sb;
 	int64_t other;
 	bool found;
 	int rc = 0;
 
 	*out = NULL;
-	last = last ? last + 1 : rel;
 	if (strcmp(rel, ".") == 0)
 		return orch_error_set(ORCH_EINVALID_PARAMS, "path must name a directory below %s/worktrees, got \".\"",
 				      ctx->state_dir);
-	if (n >= sl && strcmp(rel + n - sl, RETIRED_SUFFIX) == 0)
-		return orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\": names ending in %s are reserved", rel,
-				      RETIRED_SUFFIX);
 	if (asprintf(&full, "%s/worktrees/%s", ctx->state_dir, rel) < 0)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	base_len = strlen(full) - n;
@@ -222,18 +284,39 @@ fail:
 	return rc;
 }
 
-/* The path for a new worktree: the client's `path` or the sanitised branch. */
-static int new_path(orch_ctx *ctx, json_t *p, const char *branch, char **out)
+/*
+ * The path for a new worktree: the client's `path` or the sanitised branch.
+ * Unless the path is orchfs's own default (`ours`: the sanitised default
+ * branch of a spawn), it must not be one reserved_path() keeps for orchfs.
+ */
+static int new_path(orch_ctx *ctx, json_t *p, const char *branch, bool ours, char **out)
 {
 	const char *rel = orch_param_str(p, "path", NULL);
 	char *dflt = NULL;
 	int rc;
 
-	if (!rel)
+	*out = NULL;
+	if (rel)
+		ours = false;
+	else
 		rel = dflt = sanitised(branch);
-	rc = worktree_path(ctx, rel, out);
+	if (!ours && reserved_path(rel))
+		rc = orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\" is reserved for orchfs (session-<n>, "
+				    "task-<n>-<n> and names ending in %s)%s", rel, RETIRED_SUFFIX,
+				    dflt ? "; give another path" : "");
+	else
+		rc = worktree_path(ctx, rel, out);
 	free(dflt);
 	return rc;
+}
+
+/* A branch a client names: not reserved for orchfs, valid and free. */
+static int check_client_branch(orch_ctx *ctx, const char *branch)
+{
+	if (reserved_branch(branch))
+		return orch_error_set(ORCH_EINVALID_PARAMS, "branch \"%s\" is reserved for orchfs (session, "
+				      "session/..., task, task/<n> and task/<n>/<n>/...)", branch);
+	return check_branch(ctx, branch);
 }
 
 static int check_task(orch_ctx *ctx, int64_t task_id)
@@ -267,8 +350,8 @@ static int worktree_create(orch_ctx *ctx, json_t *p, json_t **result)
 	char hex[ORCH_GIT_HEX_SIZE], *path = NULL;
 	int rc;
 
-	if ((rc = check_task(ctx, task_id)) != 0 || (rc = check_branch(ctx, branch)) != 0 ||
-	    (rc = new_path(ctx, p, branch, &path)) != 0 || (rc = orch_git_resolve_commit(ctx->git, base, hex)) != 0)
+	if ((rc = check_task(ctx, task_id)) != 0 || (rc = check_client_branch(ctx, branch)) != 0 ||
+	    (rc = new_path(ctx, p, branch, false, &path)) != 0 || (rc = orch_git_resolve_commit(ctx->git, base, hex)) != 0)
 		goto done;
 	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, merge_state, created_at) "
 			   "VALUES (?, ?, ?, ?, 'task_branch', 'active', ?)", "isssi", task_id, path, branch,
@@ -315,7 +398,7 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = bad_state(parent, "a child needs a parent that is not merged or abandoned");
 		goto done;
 	}
-	if ((rc = check_task(ctx, task_id)) != 0 || (given && (rc = check_branch(ctx, given)) != 0))
+	if ((rc = check_task(ctx, task_id)) != 0 || (given && (rc = check_client_branch(ctx, given)) != 0))
 		goto done;
 	if ((rc = touch(ctx, parent, &gone)) != 0)
 		goto done;
@@ -329,7 +412,7 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 		if ((rc = orch_git_resolve_commit(ctx->git, base ? base : wt_str(parent, "branch"), hex)) != 0)
 			goto done;
 	}
-	if (given && (rc = new_path(ctx, p, given, &path)) != 0)
+	if (given && (rc = new_path(ctx, p, given, false, &path)) != 0)
 		goto done;
 	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, parent_worktree_id, "
 			   "owner_session_id, merge_state, created_at) VALUES (?, ?, ?, ?, 'task_branch', ?, ?, "
@@ -341,7 +424,7 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 	if (!given) {
 		snprintf(dflt, sizeof(dflt), "task/%lld/%lld", (long long)sid, (long long)id);
 		given = dflt;
-		if ((rc = check_branch(ctx, given)) != 0 || (rc = new_path(ctx, p, given, &path)) != 0)
+		if ((rc = check_branch(ctx, given)) != 0 || (rc = new_path(ctx, p, given, true, &path)) != 0)
 			goto done;
 	}
 	if (on_disk && (rc = add_on_disk(ctx, path, given, hex)) != 0)

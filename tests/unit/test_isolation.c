@@ -411,7 +411,7 @@ TEST(worktree_spawn_defaults_and_ownership)
 	json_decref(fails(env, ORCH_ENOTFOUND, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 99}"));
 	json_decref(fails(env, ORCH_ENOTFOUND, "worktree.spawn", "{\"session_id\": 9, \"parent_worktree_id\": 2}"));
 	json_decref(fails(env, ORCH_EEXISTS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, "
-			  "\"branch\": \"session/2\"}"));
+			  "\"branch\": \"main\"}"));
 	check_nothing(env, v, "task/1/5", 3);
 	/* The main worktree has no owner: anyone may spawn from it.  Planned: nothing in git. */
 	w = ok(env, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": 1, \"create_on_disk\": false}");
@@ -768,4 +768,66 @@ TEST(abandon_missing_keeps_metadata_of_same_named_worktree)
 	CHECK(sh("git -C %s status >/dev/null 2>&1", wt_path(env, "b/x")) == 0);
 	CHECK(sh("git -C %s worktree list --porcelain | grep -qx 'worktree %s'", env->repo, wt_path(env, "b/x")) == 0);
 	CHECK(sh("git -C %s worktree list --porcelain | grep -q prunable", env->repo) != 0);
+}
+
+/*
+ * Make every later write call fail at COMMIT (a deferred foreign-key
+ * violation raised when db_version is bumped), or stop doing so: the
+ * method has run, with its git effects, and the call must undo them.
+ */
+static void break_commits(test_env *env, bool on)
+{
+	const char *sql = on ? "CREATE TABLE t_none (id INTEGER PRIMARY KEY); "
+			       "CREATE TABLE t_boom (x INTEGER REFERENCES t_none (id) DEFERRABLE INITIALLY DEFERRED); "
+			       "CREATE TRIGGER t_boom_bump AFTER UPDATE ON mirror_meta BEGIN "
+			       "INSERT INTO t_boom VALUES (1); END;"
+			     : "DROP TRIGGER t_boom_bump; DROP TABLE t_boom; DROP TABLE t_none;";
+
+	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), sql, NULL, NULL, NULL) == SQLITE_OK);
+}
+
+/* Clients cannot take the branch names and paths orchfs's own defaults need. */
+TEST(reserved_names_stay_free_for_orchfs)
+{
+	static const char *const bad[] = {
+		"{\"branch\": \"session/2\", \"create_on_disk\": true}",
+		"{\"branch\": \"session/anything/else\"}",
+		"{\"branch\": \"session\"}",
+		"{\"branch\": \"task/1/3\"}",
+		"{\"branch\": \"task/7\"}",
+		"{\"branch\": \"task/1/3/x\"}",
+		"{\"branch\": \"b3\", \"path\": \"session-1\", \"create_on_disk\": true}",
+		"{\"branch\": \"b3\", \"path\": \"session-12/sub\"}",
+		"{\"branch\": \"b3\", \"path\": \"task-1-3\", \"create_on_disk\": true}",
+		"{\"branch\": \"b3\", \"path\": \"a/b.orchfs-removing/c\"}",
+		"{\"branch\": \"session-1\", \"create_on_disk\": true}",
+		"{\"branch\": \"task-2-5\"}",
+	};
+	int64_t v = db_version(env);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		json_t *e = fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "%s", bad[i]);
+		const char *m = jstr(e, "message");
+		if (!m || !strstr(m, "reserved")) {
+			fprintf(stderr, "  %s: %s\n", bad[i], m ? m : "(no error)");
+			test_failed = 1;
+		}
+		json_decref(e);
+	}
+	CHECK_EQ_INT(db_version(env), v);
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/session/2 >/dev/null", env->repo) != 0);
+	/* Names that only look alike are the client's. */
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"task/login\", \"create_on_disk\": true}"));
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"b4\", \"path\": \"session-x\", \"create_on_disk\": true}"));
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"sessions/2\"}"));
+	/* The defaults still work. */
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "session.open", "{}"));
+	json_t *w = ok(env, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": 1}");
+	CHECK_EQ_STR(jstr(w, "branch"), "task/2/7");
+	json_decref(w);
+	/* spawn refuses them too. */
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1, "
+			  "\"branch\": \"task/1/99\"}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1, "
+			  "\"path\": \"task-1-99\"}"));
 }
