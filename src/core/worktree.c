@@ -409,7 +409,15 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 			orch_error_detail("state", json_string(wt_str(parent, "status")));
 			goto done;
 		}
-		if ((rc = orch_git_resolve_commit(ctx->git, base ? base : wt_str(parent, "branch"), hex)) != 0)
+		/* The parent's branch by its full name: a tag or other ref named alike must not win. */
+		char *pref = NULL;
+		if (!base && asprintf(&pref, "refs/heads/%s", wt_str(parent, "branch")) < 0) {
+			rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+			goto done;
+		}
+		rc = orch_git_resolve_commit(ctx->git, base ? base : pref, hex);
+		free(pref);
+		if (rc)
 			goto done;
 	}
 	if (given && (rc = new_path(ctx, p, given, false, &path)) != 0)

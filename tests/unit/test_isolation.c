@@ -831,3 +831,18 @@ TEST(reserved_names_stay_free_for_orchfs)
 	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1, "
 			  "\"path\": \"task-1-99\"}"));
 }
+
+/* The default base is the parent's branch, even when a tag has the same name. */
+TEST(spawn_base_is_the_parent_branch_not_a_tag)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	CHECK(sh("git -C %s tag session/1 HEAD", env->repo) == 0);
+	CHECK(commit_in(wt_path(env, "session-1"), "root.txt", "root work") == 0);
+	json_t *w = ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}");
+	json_decref(w);
+	char *parent = tip(env, "session/1"), *child = tip(env, "task/1/3");
+	CHECK_EQ_STR(child, parent);
+	CHECK(exists(wt_path(env, "task-1-3/root.txt")));
+	free(parent);
+	free(child);
+}
