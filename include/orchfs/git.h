@@ -27,7 +27,8 @@ bool orch_git_branch_name_valid(const char *name);
 /*
  * Create branch `branch` at `base` (a revspec) and a linked worktree of it at
  * `path` whose git metadata is named `wt_name`.  Registers an undo on ctx
- * that removes both if the transaction later fails.  ORCH_EEXISTS when the
+ * that removes both, and the parent directories made for `path`, if the
+ * transaction later fails.  ORCH_EEXISTS when the
  * branch or the path exists, ORCH_EGIT for other git failures.
  */
 int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path,

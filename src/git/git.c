@@ -159,23 +159,38 @@ static void rm_rf(const char *path)
 	nftw(path, rm_entry, 32, FTW_DEPTH | FTW_PHYS);
 }
 
-static int mkdir_p(const char *dir)
+/*
+ * mkdir -p `dir`.  The directories it actually made are appended to the
+ * array `made`, outermost first, so that an undo removes exactly those
+ * (rmdir_made) and leaves no empty parent behind to block a later path.
+ */
+static int mkdir_p(const char *dir, json_t *made)
 {
 	char *tmp = strdup(dir);
 	int rc = 0;
 
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
+	for (char *p = tmp + 1;; p++) {
+		if (*p && *p != '/')
 			continue;
+		char c = *p;
 		*p = '\0';
-		if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+		if (mkdir(tmp, 0755) == 0)
+			json_array_append_new(made, json_string(tmp));
+		else if (errno != EEXIST)
 			rc = -1;
-		*p = '/';
+		*p = c;
+		if (!c || rc)
+			break;
 	}
-	if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-		rc = -1;
 	free(tmp);
 	return rc;
+}
+
+/* Remove the directories mkdir_p made, innermost first; one that is not empty stays. */
+static void rmdir_made(json_t *made)
+{
+	for (size_t i = json_array_size(made); i-- > 0;)
+		rmdir(json_string_value(json_array_get(made, i)));
 }
 
 int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, bool delete_branch)
@@ -209,6 +224,7 @@ struct wt_undo {
 	orch_git *g;
 	char *path;
 	char *branch;
+	json_t *made; /* directories made to hold the checkout */
 };
 
 static void wt_undo_run(void *arg)
@@ -216,6 +232,7 @@ static void wt_undo_run(void *arg)
 	struct wt_undo *u = arg;
 
 	orch_git_worktree_remove(u->g, u->path, u->branch, true);
+	rmdir_made(u->made);
 }
 
 static void wt_undo_free(void *arg)
@@ -224,6 +241,7 @@ static void wt_undo_free(void *arg)
 
 	free(u->path);
 	free(u->branch);
+	json_decref(u->made);
 	free(u);
 }
 
@@ -238,6 +256,7 @@ int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path, 
 	git_worktree_add_options opts = GIT_WORKTREE_ADD_OPTIONS_INIT;
 	struct stat sb;
 	char *parent = NULL;
+	json_t *made = json_array();
 	int rc = 0;
 
 	if (!orch_git_branch_name_valid(branch))
@@ -269,12 +288,14 @@ int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path, 
 		}
 	}
 	parent = strdup(path);
-	if (mkdir_p(dirname(parent)) < 0) {
+	if (mkdir_p(dirname(parent), made) < 0) {
 		rc = orch_error_set(ORCH_EGIT, "cannot create %s: %s", parent, strerror(errno));
+		rmdir_made(made);
 		goto done;
 	}
 	if (git_branch_create(&ref, repo, branch, commit, 0) < 0) {
 		rc = git_fail("create branch");
+		rmdir_made(made);
 		goto done;
 	}
 	opts.ref = ref;
@@ -282,14 +303,18 @@ int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path, 
 		rc = git_fail("add worktree");
 		git_branch_delete(ref);
 		rm_rf(path);
+		rmdir_made(made);
 		goto done;
 	}
 	struct wt_undo *u = calloc(1, sizeof(*u));
 	u->g = ctx->git;
 	u->path = strdup(path);
 	u->branch = strdup(branch);
+	u->made = made;
+	made = NULL;
 	orch_undo_push(ctx, wt_undo_run, wt_undo_free, u);
 done:
+	json_decref(made);
 	free(parent);
 	git_worktree_free(old);
 	git_worktree_free(wt);

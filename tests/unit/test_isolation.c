@@ -846,3 +846,28 @@ TEST(spawn_base_is_the_parent_branch_not_a_tag)
 	free(parent);
 	free(child);
 }
+
+/* Call and expect some error; the reply is dropped. */
+static void fails_any(test_env *env, const char *method, const char *body)
+{
+	int code = 0;
+
+	json_decref(call(env, &code, method, "%s", body));
+	CHECK(code != 0);
+}
+
+/* A failed call removes the directories it made to hold the checkout, not only the checkout. */
+TEST(failed_create_removes_the_directories_it_made)
+{
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"b0\", \"path\": \"keep/x\", \"create_on_disk\": true}"));
+	break_commits(env, true);
+	fails_any(env, "worktree.create", "{\"branch\": \"b1\", \"path\": \"p/q/r\", \"create_on_disk\": true}");
+	fails_any(env, "worktree.create", "{\"branch\": \"b2\", \"path\": \"keep/y\", \"create_on_disk\": true}");
+	break_commits(env, false);
+	CHECK(!exists(wt_path(env, "p")));
+	CHECK(!exists(wt_path(env, "keep/y")));
+	CHECK(exists(wt_path(env, "keep/x/.git")));
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/b1 >/dev/null", env->repo) != 0);
+	CHECK(sh("git -C %s worktree list | grep -q /p/q/r", env->repo) != 0);
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"b3\", \"path\": \"p\", \"create_on_disk\": true}"));
+}
