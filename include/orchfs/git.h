@@ -100,6 +100,14 @@ int orch_git_worktree_retire(orch_ctx *ctx, const char *path);
 /* Where orch_git_worktree_retire keeps `path` until the call commits (caller frees). */
 char *orch_git_retired_path(const char *path);
 
+/*
+ * For a worktree whose checkout is already gone (missing): once the current
+ * call commits, delete what orch_git_worktree_retire may have set aside and
+ * git's stale metadata, as orch_git_retire_finish does.  Nothing happens if
+ * the call fails.
+ */
+void orch_git_retire_after_commit(orch_ctx *ctx, const char *path);
+
 /* Finish a retire that a crash interrupted after its commit: delete the directory and metadata. */
 void orch_git_retire_finish(orch_git *g, const char *path);
 

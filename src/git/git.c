@@ -759,31 +759,51 @@ struct retire {
 	orch_git *g;
 	char *path;
 	char *trash;
-	bool restored;
+	bool moved;  /* the call renamed the checkout aside (else: cleanup only) */
+	bool undone; /* the call failed and retire_undo ran */
 };
 
+/* The call failed: put the checkout back.  If that fails too, keep it aside for reconcile. */
 static void retire_undo(void *arg)
 {
 	struct retire *r = arg;
 
-	r->restored = rename(r->trash, r->path) == 0;
+	r->undone = true;
+	if (r->moved && rename(r->trash, r->path) < 0)
+		orch_log("could not put %s back (%s); it stays at %s, and the next start-up puts it back "
+			 "once %s is free", r->path, strerror(errno), r->trash, r->path);
 }
 
-/* Runs after the commit (or after retire_undo): the removal becomes final unless undone. */
+/*
+ * Runs after the commit, or after retire_undo.  Only a committed call
+ * finishes the removal: the record of a failed one still names the
+ * checkout, so whatever retire_undo could not put back must stay.
+ */
 static void retire_free(void *arg)
 {
 	struct retire *r = arg;
 
-	if (!r->restored)
+	if (!r->undone)
 		orch_git_retire_finish(r->g, r->path);
 	free(r->path);
 	free(r->trash);
 	free(r);
 }
 
+/* Register the retire `r` on ctx (taking `path`; `trash` is r->trash). */
+static void retire_push(orch_ctx *ctx, const char *path, char *trash, bool moved)
+{
+	struct retire *r = calloc(1, sizeof(*r));
+
+	r->g = ctx->git;
+	r->path = strdup(path);
+	r->trash = trash;
+	r->moved = moved;
+	orch_undo_push(ctx, retire_undo, retire_free, r);
+}
+
 int orch_git_worktree_retire(orch_ctx *ctx, const char *path)
 {
-	struct retire *r;
 	char *trash = orch_git_retired_path(path);
 
 	if (!trash)
@@ -794,12 +814,13 @@ int orch_git_worktree_retire(orch_ctx *ctx, const char *path)
 		free(trash);
 		return orch_error_set(ORCH_EGIT, "cannot remove worktree %s: %s", path, strerror(e));
 	}
-	r = calloc(1, sizeof(*r));
-	r->g = ctx->git;
-	r->path = strdup(path);
-	r->trash = trash;
-	orch_undo_push(ctx, retire_undo, retire_free, r);
+	retire_push(ctx, path, trash, true);
 	return 0;
+}
+
+void orch_git_retire_after_commit(orch_ctx *ctx, const char *path)
+{
+	retire_push(ctx, path, orch_git_retired_path(path), false);
 }
 
 int orch_git_prune_stale(orch_git *g, json_t *log)

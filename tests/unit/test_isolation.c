@@ -871,3 +871,18 @@ TEST(failed_create_removes_the_directories_it_made)
 	CHECK(sh("git -C %s worktree list | grep -q /p/q/r", env->repo) != 0);
 	json_decref(ok(env, "worktree.create", "{\"branch\": \"b3\", \"path\": \"p\", \"create_on_disk\": true}"));
 }
+
+/* A rollback whose rename back fails keeps the set-aside checkout: the record still says active. */
+TEST(retire_undo_that_cannot_rename_back_keeps_the_checkout)
+{
+	session_and_child(env);
+	const char *child = wt_path(env, "task-1-3");
+	CHECK(commit_in(child, "work.txt", "work") == 0);
+	CHECK_EQ_INT(orch_git_worktree_retire(&env->ctx, child), 0);
+	/* Something took the path meanwhile: the rename back cannot replace it. */
+	CHECK(sh("mkdir %s && touch %s/newfile", child, child) == 0);
+	orch_undo_run(&env->ctx);
+	CHECK(exists(wt_path(env, "task-1-3.orchfs-removing/work.txt")));
+	CHECK(exists(wt_path(env, "task-1-3/newfile")));
+	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) == 0);
+}
