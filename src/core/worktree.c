@@ -578,7 +578,7 @@ static int worktree_abandon(orch_ctx *ctx, json_t *p, json_t **result)
 	if (remove)
 		rc = orch_git_worktree_retire(ctx, wt_str(wt, "path"));
 	else if (strcmp(wt_str(wt, "status"), "missing") == 0)
-		orch_git_retire_finish(ctx->git, wt_str(wt, "path")); /* stale metadata only */
+		orch_git_retire_after_commit(ctx, wt_str(wt, "path")); /* stale metadata, a set-aside leftover */
 	if (!rc)
 		rc = orch_worktree_json(ctx, id, result);
 done:
@@ -591,8 +591,9 @@ done:
 /*
  * Start-up: compare every worktree record with the disk, in one
  * transaction that bumps db_version only if a record changed.
- *  - active, directory gone: `missing` (or, if an abandon was interrupted
- *    before its commit, the directory it had set aside is put back);
+ *  - active or missing, directory gone but set aside by an abandon that
+ *    did not commit: put back (and `active` again);
+ *  - active, directory gone: `missing`;
  *  - missing, directory back as a checkout: `active` again;
  *  - abandoned, set-aside directory still there (interrupted after its
  *    commit): deleted;
@@ -625,10 +626,16 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 				json_array_append_new(*log, json_sprintf("worktree %lld (%s): finished removing it",
 									 (long long)id, path));
 			}
-		} else if (strcmp(status, "active") == 0 && !here && aside && rename(trash, path) == 0) {
+		} else if (!here && aside && rename(trash, path) == 0) {
+			/* active, or marked missing by a later call while it was aside */
 			json_array_append_new(*log, json_sprintf("worktree %lld (%s): put back (an abandon did not "
 								 "complete)", (long long)id, path));
-			ok++;
+			if (strcmp(status, "missing") == 0) {
+				rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'active' WHERE id = ?", "i", id);
+				changed++;
+			} else {
+				ok++;
+			}
 		} else if (strcmp(status, "active") == 0 && !here) {
 			rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'missing' WHERE id = ?", "i", id);
 			json_array_append_new(*log, json_sprintf("worktree %lld (%s) missing", (long long)id, path));

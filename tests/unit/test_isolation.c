@@ -886,3 +886,57 @@ TEST(retire_undo_that_cannot_rename_back_keeps_the_checkout)
 	CHECK(exists(wt_path(env, "task-1-3/newfile")));
 	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) == 0);
 }
+
+static const char *status_of(test_env *env, int64_t id)
+{
+	static char buf[32];
+	json_t *w = NULL;
+
+	env->ctx.now = orch_now_ms();
+	buf[0] = '\0';
+	if (orch_worktree_json(&env->ctx, id, &w) == 0)
+		snprintf(buf, sizeof(buf), "%s", jstr(w, "status"));
+	json_decref(w);
+	return buf;
+}
+
+/* An abandon interrupted before its commit, then a call that marked the worktree missing. */
+TEST(reconcile_puts_back_a_missing_worktree_set_aside)
+{
+	session_and_child(env);
+	const char *child = wt_path(env, "task-1-3");
+	CHECK(commit_in(child, "work.txt", "work") == 0);
+	CHECK(sh("mv %s %s.orchfs-removing", child, child) == 0);
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 3, \"create_on_disk\": false}"));
+	CHECK_EQ_STR(status_of(env, 3), "missing");
+	json_t *log = NULL;
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	CHECK(log_has(log, "put back"));
+	json_decref(log);
+	CHECK_EQ_STR(status_of(env, 3), "active");
+	CHECK(exists(wt_path(env, "task-1-3/work.txt")));
+	CHECK(!exists(wt_path(env, "task-1-3.orchfs-removing")));
+	CHECK(sh("git -C %s status >/dev/null 2>&1", child) == 0);
+}
+
+/* Abandoning a missing worktree deletes what was set aside only once the call commits. */
+TEST(abandon_missing_cleans_up_only_after_commit)
+{
+	session_and_child(env);
+	const char *child = wt_path(env, "task-1-3");
+	CHECK(commit_in(child, "work.txt", "work") == 0);
+	CHECK(sh("mv %s %s.orchfs-removing", child, child) == 0);
+	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "UPDATE worktrees SET status = 'missing' WHERE id = 3",
+			   NULL, NULL, NULL) == SQLITE_OK);
+	break_commits(env, true);
+	fails_any(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}");
+	break_commits(env, false);
+	CHECK_EQ_STR(status_of(env, 3), "missing");
+	CHECK(exists(wt_path(env, "task-1-3.orchfs-removing/work.txt")));
+	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) == 0);
+	/* Committed: now it goes, metadata included; the branch stays. */
+	json_decref(ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	CHECK(!exists(wt_path(env, "task-1-3.orchfs-removing")));
+	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) != 0);
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/task/1/3 >/dev/null", env->repo) == 0);
+}
