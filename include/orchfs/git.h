@@ -48,7 +48,15 @@ int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, 
  */
 int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch);
 
-/* The metadata name of a worktree at `path` (its last path component, prefixed "orchfs-"). */
+/*
+ * The git metadata name of a worktree at `path` below the directory `root`
+ * (<state>/worktrees): "orchfs-<name>" for a direct child, else the
+ * relative path with '/' as '-' plus a short hash, "orchfs-a-x-1b2c3d4e",
+ * so that two paths never share a name.  Caller frees.
+ */
+char *orch_git_worktree_name_in(const char *root, const char *path);
+
+/* orch_git_worktree_name_in for a direct child of root: "orchfs-<last component>". */
 char *orch_git_worktree_name(const char *path);
 
 /* ---- isolation: branches, status, in-memory merges, removal ---- */

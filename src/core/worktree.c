@@ -268,6 +268,15 @@ static int worktree_path(orch_ctx *ctx, const char *rel, char **out)
 		rc = orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\": %s", rel, strerror(errno));
 		goto fail;
 	}
+	/* An earlier checkout there is still set aside: its removal (or put-back) is not finished. */
+	char *trash = orch_git_retired_path(full);
+	bool aside = trash && lstat(trash, &sb) == 0;
+	free(trash);
+	if (aside) {
+		rc = orch_error_set(ORCH_EEXISTS, "worktree path %s is still being removed (%s%s is there; the next "
+				    "start-up finishes it)", full, full, RETIRED_SUFFIX);
+		goto fail;
+	}
 	rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ? "
 			  "AND status IN ('planned', 'missing')", "s", full);
 	if (rc)
@@ -334,10 +343,17 @@ static int check_task(orch_ctx *ctx, int64_t task_id)
 /* Make the record's checkout: branch `branch` at commit `base_hex`, at `path`. */
 static int add_on_disk(orch_ctx *ctx, const char *path, const char *branch, const char *base_hex)
 {
-	char *name = orch_git_worktree_name(path);
-	int rc = orch_git_worktree_add(ctx, name, path, branch, base_hex);
+	char *root = NULL, *name = NULL;
+	int rc;
 
+	if (asprintf(&root, "%s/worktrees", ctx->state_dir) < 0 ||
+	    (name = orch_git_worktree_name_in(root, path)) == NULL) {
+		free(root);
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	}
+	rc = orch_git_worktree_add(ctx, name, path, branch, base_hex);
 	free(name);
+	free(root);
 	return rc;
 }
 

@@ -7,6 +7,7 @@
 #include <ftw.h>
 #include <git2.h>
 #include <libgen.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,18 @@ static int git_fail(const char *what)
 	const git_error *e = git_error_last();
 
 	return orch_error_set(ORCH_EGIT, "git %s: %s", what, e && e->message ? e->message : "failed");
+}
+
+/* Whether two directory paths are the same, trailing slashes aside. */
+static bool same_dir(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b);
+
+	while (na > 1 && a[na - 1] == '/')
+		na--;
+	while (nb > 1 && b[nb - 1] == '/')
+		nb--;
+	return na == nb && strncmp(a, b, na) == 0;
 }
 
 int orch_git_open(orch_git **out, const char *repo_path)
@@ -136,14 +149,68 @@ bool orch_git_branch_name_valid(const char *name)
 	return git_branch_name_is_valid(&valid, name) == 0 && valid;
 }
 
+/*
+ * "orchfs-" + `path` relative to `root`: a direct child keeps its name
+ * (orchfs-session-1, as before), a deeper path has '/' replaced by '-' and
+ * a hash of the relative path appended, so that a/x, b/x and a-x never
+ * share a name (and a long path stays a valid file name).
+ */
+char *orch_git_worktree_name_in(const char *root, const char *path)
+{
+	size_t rn = strlen(root);
+	const char *rel = path;
+	char *name = NULL, *flat;
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	while (rn > 1 && root[rn - 1] == '/')
+		rn--;
+	if (strncmp(path, root, rn) == 0 && path[rn] == '/')
+		rel = path + rn + 1;
+	if (!strchr(rel, '/'))
+		return asprintf(&name, "orchfs-%s", rel) < 0 ? NULL : name;
+	flat = strndup(rel, 160);
+	for (char *c = flat; *c; c++)
+		if (*c == '/')
+			*c = '-';
+	for (const char *c = rel; *c; c++)
+		h = (h ^ (unsigned char)*c) * 16777619u;
+	if (asprintf(&name, "orchfs-%s-%08x", flat, h) < 0)
+		name = NULL;
+	free(flat);
+	return name;
+}
+
 char *orch_git_worktree_name(const char *path)
 {
-	char *dup = strdup(path), *name;
+	char *dup = strdup(path), *name = orch_git_worktree_name_in(dirname(dup), path);
 
-	if (asprintf(&name, "orchfs-%s", basename(dup)) < 0)
-		name = NULL;
 	free(dup);
 	return name;
+}
+
+/*
+ * The linked worktree whose checkout is (or was, if its directory is gone)
+ * at `path`, or NULL.  Found by path, not by name, so that a worktree is
+ * never mistaken for another one that took the same name or path later.
+ */
+static git_worktree *worktree_at(orch_git *g, const char *path)
+{
+	git_strarray names = {0};
+	git_worktree *found = NULL;
+
+	if (git_worktree_list(&names, g->repo) < 0)
+		return NULL;
+	for (size_t i = 0; i < names.count && !found; i++) {
+		git_worktree *wt = NULL;
+		if (git_worktree_lookup(&wt, g->repo, names.strings[i]) < 0)
+			continue;
+		if (same_dir(git_worktree_path(wt), path))
+			found = wt;
+		else
+			git_worktree_free(wt);
+	}
+	git_strarray_dispose(&names);
+	return found;
 }
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -195,11 +262,10 @@ static void rmdir_made(json_t *made)
 
 int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, bool delete_branch)
 {
-	char *name = orch_git_worktree_name(path);
-	git_worktree *wt = NULL;
+	git_worktree *wt = worktree_at(g, path);
 	int rc = 0;
 
-	if (git_worktree_lookup(&wt, g->repo, name) == 0) {
+	if (wt) {
 		git_worktree_prune_options opts = GIT_WORKTREE_PRUNE_OPTIONS_INIT;
 		opts.flags = GIT_WORKTREE_PRUNE_VALID | GIT_WORKTREE_PRUNE_LOCKED |
 			     GIT_WORKTREE_PRUNE_WORKING_TREE;
@@ -216,7 +282,6 @@ int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, 
 			git_reference_free(ref);
 		}
 	}
-	free(name);
 	return rc;
 }
 
@@ -504,17 +569,6 @@ static bool has_checked_out(const char *workdir, const char *refname)
 	return yes;
 }
 
-static bool same_dir(const char *a, const char *b)
-{
-	size_t na = strlen(a), nb = strlen(b);
-
-	while (na > 1 && a[na - 1] == '/')
-		na--;
-	while (nb > 1 && b[nb - 1] == '/')
-		nb--;
-	return na == nb && strncmp(a, b, na) == 0;
-}
-
 /*
  * A checkout other than `workdir` (the main one or a valid linked one)
  * that has `refname` checked out, or NULL (caller frees).  Moving that
@@ -727,29 +781,26 @@ char *orch_git_retired_path(const char *path)
 }
 
 /*
- * Prune the metadata of the worktree named after `path`, whatever git
- * thinks of its validity, but only if it is that path's: a later worktree
- * elsewhere with the same last component may have taken the name.
+ * Prune git's metadata for `path` if git finds it invalid (its checkout is
+ * gone).  A valid one belongs to a newer worktree that took the path after
+ * the old checkout was set aside, and must stay.
  */
-static void prune_named(orch_git *g, const char *path)
+static void prune_invalid_at(orch_git *g, const char *path)
 {
-	char *name = orch_git_worktree_name(path);
-	git_worktree *wt = NULL;
+	git_worktree *wt = worktree_at(g, path);
 
-	if (name && git_worktree_lookup(&wt, g->repo, name) == 0 && same_dir(git_worktree_path(wt), path)) {
+	if (wt && git_worktree_validate(wt) < 0) {
 		git_worktree_prune_options opts = GIT_WORKTREE_PRUNE_OPTIONS_INIT;
-		opts.flags = GIT_WORKTREE_PRUNE_VALID;
 		git_worktree_prune(wt, &opts);
 	}
 	git_worktree_free(wt);
-	free(name);
 }
 
 void orch_git_retire_finish(orch_git *g, const char *path)
 {
 	char *trash = orch_git_retired_path(path);
 
-	prune_named(g, path);
+	prune_invalid_at(g, path);
 	if (trash)
 		rm_rf(trash);
 	free(trash);

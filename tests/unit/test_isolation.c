@@ -940,3 +940,56 @@ TEST(abandon_missing_cleans_up_only_after_commit)
 	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) != 0);
 	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/task/1/3 >/dev/null", env->repo) == 0);
 }
+
+/* A path whose earlier checkout is still set aside (an abandon's cleanup did not run) is not free yet. */
+TEST(path_still_being_removed_is_not_reused)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"branch\": \"t1\", "
+		       "\"path\": \"P\"}"));
+	/* The abandon committed; the process died before deleting what it had set aside. */
+	CHECK(sh("mv %s %s.orchfs-removing", wt_path(env, "P"), wt_path(env, "P")) == 0);
+	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "UPDATE worktrees SET status = 'abandoned' WHERE id = 3",
+			   NULL, NULL, NULL) == SQLITE_OK);
+	json_t *e = fails(env, ORCH_EEXISTS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, "
+			  "\"branch\": \"t2\", \"path\": \"P\"}");
+	CHECK(jstr(e, "message") && strstr(jstr(e, "message"), ".orchfs-removing") != NULL);
+	json_decref(e);
+	/* Had a new worktree taken the path anyway, finishing the old removal must not touch its metadata. */
+	CHECK_EQ_INT(orch_git_worktree_add(&env->ctx, "orchfs-P", wt_path(env, "P"), "t2", "HEAD"), 0);
+	orch_undo_clear(&env->ctx);
+	json_t *log = NULL;
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	CHECK(log_has(log, "finished removing"));
+	json_decref(log);
+	CHECK(!exists(wt_path(env, "P.orchfs-removing")));
+	CHECK_EQ_STR(out1("git -C %s rev-parse --abbrev-ref HEAD 2>&1", wt_path(env, "P")), "t2");
+	CHECK(sh("git -C %s worktree list --porcelain | grep -qx 'worktree %s'", env->repo, wt_path(env, "P")) == 0);
+	/* Now the path is free again for a new record. */
+	CHECK(sh("git -C %s worktree remove %s", env->repo, wt_path(env, "P")) == 0);
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"branch\": \"t3\", "
+		       "\"path\": \"P\"}"));
+}
+
+/* Git's metadata name comes from the whole path: a/x and b/x coexist; direct children keep orchfs-<name>. */
+TEST(worktree_names_from_the_whole_path)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"path\": \"a/x\"}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"path\": \"b/x\"}"));
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"c\", \"path\": \"x\", \"create_on_disk\": true}"));
+	CHECK(exists(wt_path(env, "a/x/.git")) && exists(wt_path(env, "b/x/.git")));
+	CHECK(sh("test -d %s/.git/worktrees/orchfs-session-1", env->repo) == 0);
+	CHECK(sh("test -d %s/.git/worktrees/orchfs-x", env->repo) == 0);
+	CHECK(sh("ls %s/.git/worktrees | grep -q '^orchfs-a-x'", env->repo) == 0);
+	CHECK(sh("ls %s/.git/worktrees | grep -q '^orchfs-b-x'", env->repo) == 0);
+	json_decref(ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	CHECK(!exists(wt_path(env, "a/x")));
+	CHECK(sh("git -C %s status >/dev/null 2>&1", wt_path(env, "b/x")) == 0);
+	CHECK(sh("git -C %s status >/dev/null 2>&1", wt_path(env, "x")) == 0);
+	CHECK(sh("git -C %s worktree list --porcelain | grep -q prunable", env->repo) != 0);
+	CHECK_EQ_INT(atoi(out1("git -C %s worktree list | wc -l", env->repo)), 4);
+	char *n1 = orch_git_worktree_name("/s/worktrees/session-4");
+	CHECK_EQ_STR(n1, "orchfs-session-4");
+	free(n1);
+}
