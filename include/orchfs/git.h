@@ -98,6 +98,14 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 			char *commit_hex);
 
 /*
+ * Whether branch `parent`'s tip is a merge commit (two parents) whose
+ * second parent is exactly branch `child`'s tip: what orch_git_merge_into
+ * leaves, so a merge whose call died before its commit is recognised.
+ * `commit_hex` (ORCH_GIT_HEX_SIZE bytes) receives that commit's id.
+ */
+bool orch_git_merged_at_tip(orch_git *g, const char *parent, const char *child, char *commit_hex);
+
+/*
  * Remove the linked worktree at `path` as part of the current call: the
  * directory is renamed aside now (orch_git_retired_path) and is deleted,
  * with git's metadata, only when the call commits; a rollback renames it

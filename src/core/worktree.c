@@ -521,10 +521,17 @@ static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 	if ((rc = check_no_live_children(ctx, wt, "merge")) != 0 || (rc = touch(ctx, wt, &gone)) != 0 ||
 	    (rc = touch(ctx, parent, &gone)) != 0)
 		goto done;
-	rc = orch_git_merge_into(ctx, wt_str(parent, "branch"), gone ? NULL : wt_str(parent, "path"),
-				 wt_str(wt, "branch"), hex);
-	if (rc)
-		goto done;
+	/*
+	 * A merge that moved the parent's branch but died before its commit
+	 * left exactly this merge commit at the tip: record it, as the call
+	 * would have.  Anything else already in the parent is nothing new.
+	 */
+	if (!orch_git_merged_at_tip(ctx->git, wt_str(parent, "branch"), wt_str(wt, "branch"), hex)) {
+		rc = orch_git_merge_into(ctx, wt_str(parent, "branch"), gone ? NULL : wt_str(parent, "path"),
+					 wt_str(wt, "branch"), hex);
+		if (rc)
+			goto done;
+	}
 	rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'closed', merge_state = 'merged_to_parent', "
 			   "merged_at = ? WHERE id = ?", "ii", ctx->now, id);
 	if (rc)

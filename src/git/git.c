@@ -773,6 +773,26 @@ done:
 	return rc;
 }
 
+bool orch_git_merged_at_tip(orch_git *g, const char *parent, const char *child, char *commit_hex)
+{
+	git_reference *pref = NULL, *cref = NULL;
+	git_commit *tipc = NULL;
+	bool yes = false;
+
+	if (git_branch_lookup(&pref, g->repo, parent, GIT_BRANCH_LOCAL) == 0 &&
+	    git_branch_lookup(&cref, g->repo, child, GIT_BRANCH_LOCAL) == 0 &&
+	    git_commit_lookup(&tipc, g->repo, git_reference_target(pref)) == 0 &&
+	    git_commit_parentcount(tipc) == 2 &&
+	    git_oid_equal(git_commit_parent_id(tipc, 1), git_reference_target(cref))) {
+		git_oid_tostr(commit_hex, ORCH_GIT_HEX_SIZE, git_commit_id(tipc));
+		yes = true;
+	}
+	git_commit_free(tipc);
+	git_reference_free(cref);
+	git_reference_free(pref);
+	return yes;
+}
+
 char *orch_git_retired_path(const char *path)
 {
 	char *out;

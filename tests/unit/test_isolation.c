@@ -993,3 +993,34 @@ TEST(worktree_names_from_the_whole_path)
 	CHECK_EQ_STR(n1, "orchfs-session-4");
 	free(n1);
 }
+
+/* A merge killed after the parent's branch moved and before its commit is completed by the retry. */
+TEST(merge_retry_completes_an_interrupted_merge)
+{
+	session_and_child(env);
+	CHECK(commit_in(wt_path(env, "task-1-3"), "new.txt", "child") == 0);
+	char hex[ORCH_GIT_HEX_SIZE];
+	CHECK_EQ_INT(orch_git_merge_into(&env->ctx, "session/1", wt_path(env, "session-1"), "task/1/3", hex), 0);
+	orch_undo_clear(&env->ctx); /* the process died: no commit, no undo */
+	int64_t v = db_version(env);
+	json_t *r = ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(r, "merge_commit"), hex);
+	CHECK_EQ_STR(jstr(r, "result"), "merged_to_parent");
+	CHECK_EQ_STR(jstr(r, "child_worktree.status"), "closed");
+	CHECK_EQ_STR(jstr(r, "child_worktree.merge_state"), "merged_to_parent");
+	CHECK(jstr(r, "child_worktree.merged_at") != NULL);
+	json_decref(r);
+	CHECK_EQ_INT(db_version(env), v + 1);
+	char *t = tip(env, "session/1");
+	CHECK_EQ_STR(t, hex);
+	free(t);
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	/* A parent tip that merged something else is still "nothing new to merge". */
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	CHECK(commit_in(wt_path(env, "task-1-5"), "five.txt", "5") == 0);
+	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 5}"));
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 4}");
+	CHECK_EQ_STR(jstr(e, "details.state"), "merged");
+	json_decref(e);
+}
