@@ -43,10 +43,19 @@ int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, 
 /*
  * A linked worktree at `path` on `branch` that no record names is left by a
  * call killed between its git work and its commit.  Remove it and its branch
- * when nothing can be lost (clean checkout, no commit HEAD lacks).  Returns 1
- * when it removed something, else 0.
+ * when nothing can be lost: a clean checkout (no untracked file either) and
+ * a branch with no commit that `base` (a revspec: "HEAD" for a session root,
+ * the parent's branch for a spawned child) lacks; with `base` NULL, no
+ * commit that every other local branch lacks.  Returns 1 when it removed
+ * something, else 0.
  */
-int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch);
+int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch, const char *base);
+
+/*
+ * The valid linked worktrees named "orchfs-*" that have a branch checked
+ * out: *out is a new array of {name, path, branch}.
+ */
+int orch_git_orchfs_worktrees(orch_git *g, json_t **out);
 
 /*
  * The git metadata name of a worktree at `path` below the directory `root`

@@ -384,6 +384,36 @@ done:
 }
 
 /*
+ * Before a default spawn takes branch `branch` at its default path: ids of
+ * rolled-back calls are reused, so a spawn killed between its git work and
+ * its commit left exactly that branch and checkout, which no record names.
+ * Take them back when nothing can be lost (see orch_git_worktree_reclaim;
+ * the child's base is its parent's branch).
+ */
+static int reclaim_default(orch_ctx *ctx, json_t *parent, const char *branch)
+{
+	char *rel = sanitised(branch), *path = NULL, *base = NULL;
+	int64_t other;
+	bool found;
+	int rc = 0;
+
+	if (asprintf(&path, "%s/worktrees/%s", ctx->state_dir, rel) < 0 ||
+	    asprintf(&base, "refs/heads/%s", wt_str(parent, "branch")) < 0) {
+		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+		goto done;
+	}
+	if ((rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ?", "s", path)) != 0)
+		goto done;
+	if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, base))
+		orch_log("removed %s (branch %s) left by an interrupted worktree.spawn", path, branch);
+done:
+	free(base);
+	free(path);
+	free(rel);
+	return rc;
+}
+
+/*
  * A child of a worktree, owned by the caller.  The default branch is
  * task/<session_id>/<worktree_id>, known only once the row exists, so the
  * row is inserted first and completed after the checkout is made.
@@ -448,6 +478,8 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 	if (!given) {
 		snprintf(dflt, sizeof(dflt), "task/%lld/%lld", (long long)sid, (long long)id);
 		given = dflt;
+		if (!orch_param_str(p, "path", NULL) && (rc = reclaim_default(ctx, parent, given)) != 0)
+			goto done;
 		if ((rc = check_branch(ctx, given)) != 0 || (rc = new_path(ctx, p, given, true, &path)) != 0)
 			goto done;
 	}
@@ -612,6 +644,45 @@ done:
 }
 
 /*
+ * Start-up: orchfs worktrees under <state>/worktrees/ that no record names
+ * were left by calls killed between their git work and their commit.  They
+ * are removed, branch included, when nothing can be lost: a clean checkout
+ * whose branch has no commit that every other branch lacks.  Others stay.
+ */
+static int reclaim_leftovers(orch_ctx *ctx, json_t *log)
+{
+	json_t *wts = NULL, *w;
+	char *root = NULL;
+	size_t i, n;
+	int rc;
+
+	if ((rc = orch_git_orchfs_worktrees(ctx->git, &wts)) != 0)
+		goto done;
+	if (asprintf(&root, "%s/worktrees/", ctx->state_dir) < 0) {
+		root = NULL;
+		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+		goto done;
+	}
+	n = strlen(root);
+	json_array_foreach(wts, i, w) {
+		const char *path = wt_str(w, "path"), *branch = wt_str(w, "branch");
+		int64_t other;
+		bool found;
+		if (strncmp(path, root, n) != 0)
+			continue;
+		if ((rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ?", "s", path)) != 0)
+			goto done;
+		if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, NULL))
+			json_array_append_new(log, json_sprintf("removed %s (%s, branch %s): no record names it and "
+								"nothing on it was lost", wt_str(w, "name"), path, branch));
+	}
+done:
+	free(root);
+	json_decref(wts);
+	return rc;
+}
+
+/*
  * Start-up: compare every worktree record with the disk, in one
  * transaction that bumps db_version only if a record changed.
  *  - active or missing, directory gone but set aside by an abandon that
@@ -620,6 +691,7 @@ done:
  *  - missing, directory back as a checkout: `active` again;
  *  - abandoned, set-aside directory still there (interrupted after its
  *    commit): deleted;
+ *  - orchfs worktrees that no record names: removed if nothing is lost;
  *  - git metadata of orchfs worktrees whose directory is gone: pruned.
  * *log receives one line per finding and a summary line.
  */
@@ -677,7 +749,7 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 		if (rc)
 			goto fail;
 	}
-	if ((rc = orch_git_prune_stale(ctx->git, *log)) != 0)
+	if ((rc = reclaim_leftovers(ctx, *log)) != 0 || (rc = orch_git_prune_stale(ctx->git, *log)) != 0)
 		goto fail;
 	if (changed) {
 		rc = orch_sql_exec(ctx, "UPDATE mirror_meta SET db_version = db_version + 1, updated_at = ? "

@@ -961,10 +961,46 @@ static bool checkout_clean(git_repository *wt)
 	return clean;
 }
 
-int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch)
+/*
+ * Whether commit `tip` is `base` (a revspec) or in its history; with
+ * `base` NULL, whether some local branch other than `branch` has it.
+ */
+static bool contained(git_repository *repo, const git_oid *tip, const char *base, const char *branch)
+{
+	git_branch_iterator *it = NULL;
+	git_reference *ref = NULL;
+	git_object *obj = NULL;
+	git_branch_t type;
+	bool yes = false;
+
+	if (base) {
+		if (git_revparse_single(&obj, repo, base) == 0) {
+			git_object *c = NULL;
+			if (git_object_peel(&c, obj, GIT_OBJECT_COMMIT) == 0)
+				yes = git_oid_equal(tip, git_object_id(c)) ||
+				      git_graph_descendant_of(repo, git_object_id(c), tip) == 1;
+			git_object_free(c);
+		}
+		git_object_free(obj);
+		return yes;
+	}
+	if (git_branch_iterator_new(&it, repo, GIT_BRANCH_LOCAL) < 0)
+		return false;
+	while (!yes && git_branch_next(&ref, &type, it) == 0) {
+		const char *name = NULL;
+		const git_oid *t = git_reference_target(ref);
+		if (git_branch_name(&name, ref) == 0 && strcmp(name, branch) != 0 && t)
+			yes = git_oid_equal(tip, t) || git_graph_descendant_of(repo, t, tip) == 1;
+		git_reference_free(ref);
+	}
+	git_branch_iterator_free(it);
+	return yes;
+}
+
+int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch, const char *base)
 {
 	git_repository *wt = NULL;
-	git_reference *head = NULL, *ref = NULL, *main_head = NULL;
+	git_reference *head = NULL, *ref = NULL;
 	char want[512];
 	bool ours;
 	int rc = 0;
@@ -974,19 +1010,39 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch)
 	snprintf(want, sizeof(want), "refs/heads/%s", branch);
 	ours = git_repository_is_worktree(wt) && git_repository_head(&head, wt) == 0 &&
 	       strcmp(git_reference_name(head), want) == 0 && checkout_clean(wt);
-	if (ours && git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) == 0 &&
-	    git_repository_head(&main_head, g->repo) == 0) {
-		const git_oid *tip = git_reference_target(ref), *base = git_reference_target(main_head);
-		/* Nothing to lose: the branch has no commit that HEAD lacks. */
-		ours = tip && base && (git_oid_equal(tip, base) || git_graph_descendant_of(g->repo, base, tip) == 1);
-	} else {
-		ours = false;
-	}
+	/* Nothing to lose: the branch has no commit that the base lacks. */
+	ours = ours && git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) == 0 &&
+	       git_reference_target(ref) && contained(g->repo, git_reference_target(ref), base, branch);
 	git_reference_free(head);
 	git_reference_free(ref);
-	git_reference_free(main_head);
 	git_repository_free(wt);
 	if (ours && orch_git_worktree_remove(g, path, branch, true) == 0)
 		rc = 1;
 	return rc;
+}
+
+int orch_git_orchfs_worktrees(orch_git *g, json_t **out)
+{
+	git_strarray names = {0};
+
+	*out = json_array();
+	if (git_worktree_list(&names, g->repo) < 0)
+		return git_fail("list worktrees");
+	for (size_t i = 0; i < names.count; i++) {
+		git_worktree *wt = NULL;
+		git_repository *wrepo = NULL;
+		git_reference *head = NULL;
+		if (strncmp(names.strings[i], "orchfs-", 7) == 0 &&
+		    git_worktree_lookup(&wt, g->repo, names.strings[i]) == 0 && git_worktree_validate(wt) == 0 &&
+		    git_repository_open_from_worktree(&wrepo, wt) == 0 && git_repository_head(&head, wrepo) == 0 &&
+		    git_reference_is_branch(head))
+			json_array_append_new(*out, json_pack("{s:s, s:s, s:s}", "name", names.strings[i], "path",
+							      git_worktree_path(wt), "branch",
+							      git_reference_shorthand(head)));
+		git_reference_free(head);
+		git_repository_free(wrepo);
+		git_worktree_free(wt);
+	}
+	git_strarray_dispose(&names);
+	return 0;
 }

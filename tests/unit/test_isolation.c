@@ -1024,3 +1024,66 @@ TEST(merge_retry_completes_an_interrupted_merge)
 	CHECK_EQ_STR(jstr(e, "details.state"), "merged");
 	json_decref(e);
 }
+
+/* A worktree and branch left by a call that died before its commit, as orch_git_worktree_add makes them. */
+static void leftover(test_env *env, const char *name, const char *rel, const char *branch, const char *base)
+{
+	CHECK_EQ_INT(orch_git_worktree_add(&env->ctx, name, wt_path(env, rel), branch, base), 0);
+	orch_undo_clear(&env->ctx);
+}
+
+/* A default spawn whose id was reused after a crash takes back the leftover, when nothing can be lost. */
+TEST(spawn_reclaims_the_leftover_of_an_interrupted_spawn)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	/* The root has work HEAD lacks: the leftover is judged against the parent's branch. */
+	CHECK(commit_in(wt_path(env, "session-1"), "root.txt", "root") == 0);
+	leftover(env, "orchfs-task-1-3", "task-1-3", "task/1/3", "session/1");
+	json_t *w = ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}");
+	CHECK_EQ_INT(jint(w, "id"), 3);
+	CHECK_EQ_STR(jstr(w, "branch"), "task/1/3");
+	json_decref(w);
+	CHECK(exists(wt_path(env, "task-1-3/root.txt")));
+	CHECK_EQ_STR(out1("git -C %s status --porcelain", wt_path(env, "task-1-3")), "");
+	/* A leftover with work of its own is kept: the spawn fails, nothing is lost. */
+	leftover(env, "orchfs-task-1-4", "task-1-4", "task/1/4", "session/1");
+	CHECK(commit_in(wt_path(env, "task-1-4"), "mine.txt", "precious") == 0);
+	json_decref(fails(env, ORCH_EEXISTS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	CHECK(exists(wt_path(env, "task-1-4/mine.txt")));
+	/* Planned children reclaim too. */
+	CHECK(sh("git -C %s worktree remove --force %s && git -C %s branch -qD task/1/4", env->repo,
+		 wt_path(env, "task-1-4"), env->repo) == 0);
+	leftover(env, "orchfs-task-1-4", "task-1-4", "task/1/4", "session/1");
+	w = ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"create_on_disk\": false}");
+	CHECK_EQ_STR(jstr(w, "branch"), "task/1/4");
+	CHECK_EQ_STR(jstr(w, "status"), "planned");
+	json_decref(w);
+	CHECK(!exists(wt_path(env, "task-1-4")));
+}
+
+/* Start-up removes orchfs worktrees that no record names, when nothing can be lost. */
+TEST(reconcile_removes_unrecorded_leftovers)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	CHECK(commit_in(wt_path(env, "session-1"), "root.txt", "root") == 0);
+	leftover(env, "orchfs-task-1-3", "task-1-3", "task/1/3", "session/1");
+	leftover(env, "orchfs-feat", "feat", "feat", "HEAD");
+	leftover(env, "orchfs-work", "work", "work", "HEAD");
+	CHECK(commit_in(wt_path(env, "work"), "w.txt", "w") == 0);
+	leftover(env, "orchfs-dirty", "dirty", "dirty", "HEAD");
+	CHECK(sh("echo x > %s/scratch", wt_path(env, "dirty")) == 0);
+	json_t *log = NULL;
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	CHECK(log_has(log, "removed orchfs-task-1-3"));
+	CHECK(log_has(log, "removed orchfs-feat"));
+	CHECK(!log_has(log, "removed orchfs-work"));
+	CHECK(!log_has(log, "removed orchfs-dirty"));
+	CHECK(!log_has(log, "session-1"));
+	json_decref(log);
+	CHECK(!exists(wt_path(env, "task-1-3")) && !exists(wt_path(env, "feat")));
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/task/1/3 >/dev/null", env->repo) != 0);
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/feat >/dev/null", env->repo) != 0);
+	CHECK(exists(wt_path(env, "work/w.txt")) && exists(wt_path(env, "dirty/scratch")));
+	CHECK(exists(wt_path(env, "session-1/root.txt")));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+}
