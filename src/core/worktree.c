@@ -806,7 +806,7 @@ const orch_method orch_worktree_methods[] = {
 	 "the worktree {id, task_id, path, branch, status: planned|active, kind: task_branch, merge_state, "
 	 "created_at}",
 	 "{\"branch\": \"feature/login\", \"create_on_disk\": true}",
-	 "invalid_params (EINVAL: bad branch name or path), exists (EEXIST: branch or path taken), not_found "
+	 "invalid_params (EINVAL: bad branch name or path, or one reserved for orchfs), exists (EEXIST: branch or path taken), not_found "
 	 "(ENOENT: task_id or base_ref)."},
 	{"worktree.spawn", worktree_spawn, ORCH_M_WRITE, spawn_params,
 	 "Create a child worktree of a parent worktree, owned by the session: branch "
@@ -814,7 +814,7 @@ const orch_method orch_worktree_methods[] = {
 	 "the child worktree", "{\"session_id\": 1, \"parent_worktree_id\": 2}",
 	 "not_found (ENOENT: session, parent, task or base_ref), forbidden (EPERM: the parent belongs to "
 	 "another session), invalid_state (EINVAL: session closed, parent merged or abandoned), exists (EEXIST: "
-	 "branch or path taken), invalid_params (EINVAL: bad branch name or path)."},
+	 "branch or path taken), invalid_params (EINVAL: bad branch name or path, or one reserved for orchfs)."},
 	{"worktree.merge_to_parent", worktree_merge, ORCH_M_WRITE, child_params,
 	 "Merge the child's branch into its parent's branch with a merge commit (two parents), computed in "
 	 "memory first; the parent's checkout is updated when it has that branch checked out. The child "
