@@ -27,7 +27,8 @@ bool orch_git_branch_name_valid(const char *name);
 /*
  * Create branch `branch` at `base` (a revspec) and a linked worktree of it at
  * `path` whose git metadata is named `wt_name`.  Registers an undo on ctx
- * that removes both if the transaction later fails.  ORCH_EEXISTS when the
+ * that removes both, and the parent directories made for `path`, if the
+ * transaction later fails.  ORCH_EEXISTS when the
  * branch or the path exists, ORCH_EGIT for other git failures.
  */
 int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path,
@@ -42,12 +43,29 @@ int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, 
 /*
  * A linked worktree at `path` on `branch` that no record names is left by a
  * call killed between its git work and its commit.  Remove it and its branch
- * when nothing can be lost (clean checkout, no commit HEAD lacks).  Returns 1
- * when it removed something, else 0.
+ * when nothing can be lost: a clean checkout (no untracked file either) and
+ * a branch with no commit that `base` (a revspec: "HEAD" for a session root,
+ * the parent's branch for a spawned child) lacks; with `base` NULL, no
+ * commit that every other local branch lacks.  Returns 1 when it removed
+ * something, else 0.
  */
-int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch);
+int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch, const char *base);
 
-/* The metadata name of a worktree at `path` (its last path component, prefixed "orchfs-"). */
+/*
+ * The valid linked worktrees named "orchfs-*" that have a branch checked
+ * out: *out is a new array of {name, path, branch}.
+ */
+int orch_git_orchfs_worktrees(orch_git *g, json_t **out);
+
+/*
+ * The git metadata name of a worktree at `path` below the directory `root`
+ * (<state>/worktrees): "orchfs-<name>" for a direct child, else the
+ * relative path with '/' as '-' plus a short hash, "orchfs-a-x-1b2c3d4e",
+ * so that two paths never share a name.  Caller frees.
+ */
+char *orch_git_worktree_name_in(const char *root, const char *path);
+
+/* orch_git_worktree_name_in for a direct child of root: "orchfs-<last component>". */
 char *orch_git_worktree_name(const char *path);
 
 /* ---- isolation: branches, status, in-memory merges, removal ---- */
@@ -89,6 +107,14 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 			char *commit_hex);
 
 /*
+ * Whether branch `parent`'s tip is a merge commit (two parents) whose
+ * second parent is exactly branch `child`'s tip: what orch_git_merge_into
+ * leaves, so a merge whose call died before its commit is recognised.
+ * `commit_hex` (ORCH_GIT_HEX_SIZE bytes) receives that commit's id.
+ */
+bool orch_git_merged_at_tip(orch_git *g, const char *parent, const char *child, char *commit_hex);
+
+/*
  * Remove the linked worktree at `path` as part of the current call: the
  * directory is renamed aside now (orch_git_retired_path) and is deleted,
  * with git's metadata, only when the call commits; a rollback renames it
@@ -98,6 +124,14 @@ int orch_git_worktree_retire(orch_ctx *ctx, const char *path);
 
 /* Where orch_git_worktree_retire keeps `path` until the call commits (caller frees). */
 char *orch_git_retired_path(const char *path);
+
+/*
+ * For a worktree whose checkout is already gone (missing): once the current
+ * call commits, delete what orch_git_worktree_retire may have set aside and
+ * git's stale metadata, as orch_git_retire_finish does.  Nothing happens if
+ * the call fails.
+ */
+void orch_git_retire_after_commit(orch_ctx *ctx, const char *path);
 
 /* Finish a retire that a crash interrupted after its commit: delete the directory and metadata. */
 void orch_git_retire_finish(orch_git *g, const char *path);

@@ -159,14 +159,10 @@ static void mounted(void *arg)
 }
 
 /*
- * Compare worktree records with the disk before serving, and say what was
- * found in the daemon's log: stderr in the foreground, else `log_path`
- * (stderr still is the terminal until the mount is up).  A failure is
- * reported and does not stop the mount.
- */
-/*
- * Reconcile worktree records with the disk before serving; the findings are
- * logged once the log is in place (see mounted()).
+ * Compare worktree records with the disk before serving.  The findings go
+ * to the daemon's log once it is in place (see mounted()): stderr in the
+ * foreground, else `log_path`.  A failure is reported and does not stop
+ * the mount.
  */
 static json_t *reconcile(orch_ctx *ctx)
 {

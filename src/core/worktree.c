@@ -108,6 +108,73 @@ static int check_no_live_children(orch_ctx *ctx, json_t *wt, const char *verb)
 	return ORCH_EINVALID_STATE;
 }
 
+/* Whether s[0..n) is one or more ASCII digits. */
+static bool all_digits(const char *s, size_t n)
+{
+	if (n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+	return true;
+}
+
+/*
+ * Branch names kept for orchfs's own defaults: session roots are
+ * session/<id> and spawned children task/<session>/<id>.  A client branch
+ * that is one of those, or that git would refuse beside one of them (a
+ * ref cannot be both a branch and a directory of branches: `task/1` blocks
+ * `task/1/3`), would make a later session.open or default spawn fail.  So
+ * `session`, `session/...`, `task`, `task/<digits>` and
+ * `task/<digits>/<digits>[/...]` are reserved.
+ */
+static bool reserved_branch(const char *b)
+{
+	size_t n1 = strcspn(b, "/");
+
+	if (n1 == 7 && strncmp(b, "session", 7) == 0)
+		return true;
+	if (n1 != 4 || strncmp(b, "task", 4) != 0)
+		return false;
+	if (!b[n1])
+		return true;
+	const char *c2 = b + n1 + 1;
+	size_t n2 = strcspn(c2, "/");
+	if (!all_digits(c2, n2))
+		return false;
+	if (!c2[n2])
+		return true;
+	return all_digits(c2 + n2 + 1, strcspn(c2 + n2 + 1, "/"));
+}
+
+/*
+ * Paths below <state>/worktrees/ kept for orchfs: a first component
+ * session-<digits> (session roots) or task-<digits>-<digits> (default
+ * spawns), and any component ending in .orchfs-removing (where an abandon
+ * sets a checkout aside until its call commits).
+ */
+static bool reserved_path(const char *rel)
+{
+	size_t n1 = strcspn(rel, "/"), sl = strlen(RETIRED_SUFFIX);
+
+	if (n1 > 8 && strncmp(rel, "session-", 8) == 0 && all_digits(rel + 8, n1 - 8))
+		return true;
+	if (n1 > 5 && strncmp(rel, "task-", 5) == 0) {
+		const char *dash = memchr(rel + 5, '-', n1 - 5);
+		if (dash && all_digits(rel + 5, (size_t)(dash - rel - 5)) &&
+		    all_digits(dash + 1, n1 - (size_t)(dash + 1 - rel)))
+			return true;
+	}
+	for (const char *c = rel;; c++) {
+		size_t n = strcspn(c, "/");
+		if (n >= sl && strncmp(c + n - sl, RETIRED_SUFFIX, sl) == 0)
+			return true;
+		c += n;
+		if (!*c)
+			return false;
+	}
+}
+
 /*
  * A branch for a new worktree: a valid git branch name that no branch in
  * git and no planned worktree already has.
@@ -154,21 +221,16 @@ static char *sanitised(const char *branch)
 static int worktree_path(orch_ctx *ctx, const char *rel, char **out)
 {
 	char *full = NULL;
-	const char *last = strrchr(rel, '/');
-	size_t base_len, n = strlen(rel), sl = strlen(RETIRED_SUFFIX);
+	size_t base_len, n = strlen(rel);
 	struct stat sb;
 	int64_t other;
 	bool found;
 	int rc = 0;
 
 	*out = NULL;
-	last = last ? last + 1 : rel;
 	if (strcmp(rel, ".") == 0)
 		return orch_error_set(ORCH_EINVALID_PARAMS, "path must name a directory below %s/worktrees, got \".\"",
 				      ctx->state_dir);
-	if (n >= sl && strcmp(rel + n - sl, RETIRED_SUFFIX) == 0)
-		return orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\": names ending in %s are reserved", rel,
-				      RETIRED_SUFFIX);
 	if (asprintf(&full, "%s/worktrees/%s", ctx->state_dir, rel) < 0)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	base_len = strlen(full) - n;
@@ -206,6 +268,15 @@ static int worktree_path(orch_ctx *ctx, const char *rel, char **out)
 		rc = orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\": %s", rel, strerror(errno));
 		goto fail;
 	}
+	/* An earlier checkout there is still set aside: its removal (or put-back) is not finished. */
+	char *trash = orch_git_retired_path(full);
+	bool aside = trash && lstat(trash, &sb) == 0;
+	free(trash);
+	if (aside) {
+		rc = orch_error_set(ORCH_EEXISTS, "worktree path %s is still being removed (%s%s is there; the next "
+				    "start-up finishes it)", full, full, RETIRED_SUFFIX);
+		goto fail;
+	}
 	rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ? "
 			  "AND status IN ('planned', 'missing')", "s", full);
 	if (rc)
@@ -222,18 +293,39 @@ fail:
 	return rc;
 }
 
-/* The path for a new worktree: the client's `path` or the sanitised branch. */
-static int new_path(orch_ctx *ctx, json_t *p, const char *branch, char **out)
+/*
+ * The path for a new worktree: the client's `path` or the sanitised branch.
+ * Unless the path is orchfs's own default (`ours`: the sanitised default
+ * branch of a spawn), it must not be one reserved_path() keeps for orchfs.
+ */
+static int new_path(orch_ctx *ctx, json_t *p, const char *branch, bool ours, char **out)
 {
 	const char *rel = orch_param_str(p, "path", NULL);
 	char *dflt = NULL;
 	int rc;
 
-	if (!rel)
+	*out = NULL;
+	if (rel)
+		ours = false;
+	else
 		rel = dflt = sanitised(branch);
-	rc = worktree_path(ctx, rel, out);
+	if (!ours && reserved_path(rel))
+		rc = orch_error_set(ORCH_EINVALID_PARAMS, "path \"%s\" is reserved for orchfs (session-<n>, "
+				    "task-<n>-<n> and names ending in %s)%s", rel, RETIRED_SUFFIX,
+				    dflt ? "; give another path" : "");
+	else
+		rc = worktree_path(ctx, rel, out);
 	free(dflt);
 	return rc;
+}
+
+/* A branch a client names: not reserved for orchfs, valid and free. */
+static int check_client_branch(orch_ctx *ctx, const char *branch)
+{
+	if (reserved_branch(branch))
+		return orch_error_set(ORCH_EINVALID_PARAMS, "branch \"%s\" is reserved for orchfs (session, "
+				      "session/..., task, task/<n> and task/<n>/<n>/...)", branch);
+	return check_branch(ctx, branch);
 }
 
 static int check_task(orch_ctx *ctx, int64_t task_id)
@@ -251,10 +343,17 @@ static int check_task(orch_ctx *ctx, int64_t task_id)
 /* Make the record's checkout: branch `branch` at commit `base_hex`, at `path`. */
 static int add_on_disk(orch_ctx *ctx, const char *path, const char *branch, const char *base_hex)
 {
-	char *name = orch_git_worktree_name(path);
-	int rc = orch_git_worktree_add(ctx, name, path, branch, base_hex);
+	char *root = NULL, *name = NULL;
+	int rc;
 
+	if (asprintf(&root, "%s/worktrees", ctx->state_dir) < 0 ||
+	    (name = orch_git_worktree_name_in(root, path)) == NULL) {
+		free(root);
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	}
+	rc = orch_git_worktree_add(ctx, name, path, branch, base_hex);
 	free(name);
+	free(root);
 	return rc;
 }
 
@@ -267,8 +366,8 @@ static int worktree_create(orch_ctx *ctx, json_t *p, json_t **result)
 	char hex[ORCH_GIT_HEX_SIZE], *path = NULL;
 	int rc;
 
-	if ((rc = check_task(ctx, task_id)) != 0 || (rc = check_branch(ctx, branch)) != 0 ||
-	    (rc = new_path(ctx, p, branch, &path)) != 0 || (rc = orch_git_resolve_commit(ctx->git, base, hex)) != 0)
+	if ((rc = check_task(ctx, task_id)) != 0 || (rc = check_client_branch(ctx, branch)) != 0 ||
+	    (rc = new_path(ctx, p, branch, false, &path)) != 0 || (rc = orch_git_resolve_commit(ctx->git, base, hex)) != 0)
 		goto done;
 	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, merge_state, created_at) "
 			   "VALUES (?, ?, ?, ?, 'task_branch', 'active', ?)", "isssi", task_id, path, branch,
@@ -281,6 +380,36 @@ static int worktree_create(orch_ctx *ctx, json_t *p, json_t **result)
 	rc = orch_worktree_json(ctx, id, result);
 done:
 	free(path);
+	return rc;
+}
+
+/*
+ * Before a default spawn takes branch `branch` at its default path: ids of
+ * rolled-back calls are reused, so a spawn killed between its git work and
+ * its commit left exactly that branch and checkout, which no record names.
+ * Take them back when nothing can be lost (see orch_git_worktree_reclaim;
+ * the child's base is its parent's branch).
+ */
+static int reclaim_default(orch_ctx *ctx, json_t *parent, const char *branch)
+{
+	char *rel = sanitised(branch), *path = NULL, *base = NULL;
+	int64_t other;
+	bool found;
+	int rc = 0;
+
+	if (asprintf(&path, "%s/worktrees/%s", ctx->state_dir, rel) < 0 ||
+	    asprintf(&base, "refs/heads/%s", wt_str(parent, "branch")) < 0) {
+		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+		goto done;
+	}
+	if ((rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ?", "s", path)) != 0)
+		goto done;
+	if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, base))
+		orch_log("removed %s (branch %s) left by an interrupted worktree.spawn", path, branch);
+done:
+	free(base);
+	free(path);
+	free(rel);
 	return rc;
 }
 
@@ -315,7 +444,7 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = bad_state(parent, "a child needs a parent that is not merged or abandoned");
 		goto done;
 	}
-	if ((rc = check_task(ctx, task_id)) != 0 || (given && (rc = check_branch(ctx, given)) != 0))
+	if ((rc = check_task(ctx, task_id)) != 0 || (given && (rc = check_client_branch(ctx, given)) != 0))
 		goto done;
 	if ((rc = touch(ctx, parent, &gone)) != 0)
 		goto done;
@@ -326,10 +455,18 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 			orch_error_detail("state", json_string(wt_str(parent, "status")));
 			goto done;
 		}
-		if ((rc = orch_git_resolve_commit(ctx->git, base ? base : wt_str(parent, "branch"), hex)) != 0)
+		/* The parent's branch by its full name: a tag or other ref named alike must not win. */
+		char *pref = NULL;
+		if (!base && asprintf(&pref, "refs/heads/%s", wt_str(parent, "branch")) < 0) {
+			rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+			goto done;
+		}
+		rc = orch_git_resolve_commit(ctx->git, base ? base : pref, hex);
+		free(pref);
+		if (rc)
 			goto done;
 	}
-	if (given && (rc = new_path(ctx, p, given, &path)) != 0)
+	if (given && (rc = new_path(ctx, p, given, false, &path)) != 0)
 		goto done;
 	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, parent_worktree_id, "
 			   "owner_session_id, merge_state, created_at) VALUES (?, ?, ?, ?, 'task_branch', ?, ?, "
@@ -341,7 +478,9 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 	if (!given) {
 		snprintf(dflt, sizeof(dflt), "task/%lld/%lld", (long long)sid, (long long)id);
 		given = dflt;
-		if ((rc = check_branch(ctx, given)) != 0 || (rc = new_path(ctx, p, given, &path)) != 0)
+		if (!orch_param_str(p, "path", NULL) && (rc = reclaim_default(ctx, parent, given)) != 0)
+			goto done;
+		if ((rc = check_branch(ctx, given)) != 0 || (rc = new_path(ctx, p, given, true, &path)) != 0)
 			goto done;
 	}
 	if (on_disk && (rc = add_on_disk(ctx, path, given, hex)) != 0)
@@ -414,10 +553,17 @@ static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 	if ((rc = check_no_live_children(ctx, wt, "merge")) != 0 || (rc = touch(ctx, wt, &gone)) != 0 ||
 	    (rc = touch(ctx, parent, &gone)) != 0)
 		goto done;
-	rc = orch_git_merge_into(ctx, wt_str(parent, "branch"), gone ? NULL : wt_str(parent, "path"),
-				 wt_str(wt, "branch"), hex);
-	if (rc)
-		goto done;
+	/*
+	 * A merge that moved the parent's branch but died before its commit
+	 * left exactly this merge commit at the tip: record it, as the call
+	 * would have.  Anything else already in the parent is nothing new.
+	 */
+	if (!orch_git_merged_at_tip(ctx->git, wt_str(parent, "branch"), wt_str(wt, "branch"), hex)) {
+		rc = orch_git_merge_into(ctx, wt_str(parent, "branch"), gone ? NULL : wt_str(parent, "path"),
+					 wt_str(wt, "branch"), hex);
+		if (rc)
+			goto done;
+	}
 	rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'closed', merge_state = 'merged_to_parent', "
 			   "merged_at = ? WHERE id = ?", "ii", ctx->now, id);
 	if (rc)
@@ -487,7 +633,7 @@ static int worktree_abandon(orch_ctx *ctx, json_t *p, json_t **result)
 	if (remove)
 		rc = orch_git_worktree_retire(ctx, wt_str(wt, "path"));
 	else if (strcmp(wt_str(wt, "status"), "missing") == 0)
-		orch_git_retire_finish(ctx->git, wt_str(wt, "path")); /* stale metadata only */
+		orch_git_retire_after_commit(ctx, wt_str(wt, "path")); /* stale metadata, a set-aside leftover */
 	if (!rc)
 		rc = orch_worktree_json(ctx, id, result);
 done:
@@ -498,13 +644,54 @@ done:
 }
 
 /*
+ * Start-up: orchfs worktrees under <state>/worktrees/ that no record names
+ * were left by calls killed between their git work and their commit.  They
+ * are removed, branch included, when nothing can be lost: a clean checkout
+ * whose branch has no commit that every other branch lacks.  Others stay.
+ */
+static int reclaim_leftovers(orch_ctx *ctx, json_t *log)
+{
+	json_t *wts = NULL, *w;
+	char *root = NULL;
+	size_t i, n;
+	int rc;
+
+	if ((rc = orch_git_orchfs_worktrees(ctx->git, &wts)) != 0)
+		goto done;
+	if (asprintf(&root, "%s/worktrees/", ctx->state_dir) < 0) {
+		root = NULL;
+		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+		goto done;
+	}
+	n = strlen(root);
+	json_array_foreach(wts, i, w) {
+		const char *path = wt_str(w, "path"), *branch = wt_str(w, "branch");
+		int64_t other;
+		bool found;
+		if (strncmp(path, root, n) != 0)
+			continue;
+		if ((rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ?", "s", path)) != 0)
+			goto done;
+		if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, NULL))
+			json_array_append_new(log, json_sprintf("removed %s (%s, branch %s): no record names it and "
+								"nothing on it was lost", wt_str(w, "name"), path, branch));
+	}
+done:
+	free(root);
+	json_decref(wts);
+	return rc;
+}
+
+/*
  * Start-up: compare every worktree record with the disk, in one
  * transaction that bumps db_version only if a record changed.
- *  - active, directory gone: `missing` (or, if an abandon was interrupted
- *    before its commit, the directory it had set aside is put back);
+ *  - active or missing, directory gone but set aside by an abandon that
+ *    did not commit: put back (and `active` again);
+ *  - active, directory gone: `missing`;
  *  - missing, directory back as a checkout: `active` again;
  *  - abandoned, set-aside directory still there (interrupted after its
  *    commit): deleted;
+ *  - orchfs worktrees that no record names: removed if nothing is lost;
  *  - git metadata of orchfs worktrees whose directory is gone: pruned.
  * *log receives one line per finding and a summary line.
  */
@@ -534,10 +721,16 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 				json_array_append_new(*log, json_sprintf("worktree %lld (%s): finished removing it",
 									 (long long)id, path));
 			}
-		} else if (strcmp(status, "active") == 0 && !here && aside && rename(trash, path) == 0) {
+		} else if (!here && aside && rename(trash, path) == 0) {
+			/* active, or marked missing by a later call while it was aside */
 			json_array_append_new(*log, json_sprintf("worktree %lld (%s): put back (an abandon did not "
 								 "complete)", (long long)id, path));
-			ok++;
+			if (strcmp(status, "missing") == 0) {
+				rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'active' WHERE id = ?", "i", id);
+				changed++;
+			} else {
+				ok++;
+			}
 		} else if (strcmp(status, "active") == 0 && !here) {
 			rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'missing' WHERE id = ?", "i", id);
 			json_array_append_new(*log, json_sprintf("worktree %lld (%s) missing", (long long)id, path));
@@ -556,7 +749,7 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 		if (rc)
 			goto fail;
 	}
-	if ((rc = orch_git_prune_stale(ctx->git, *log)) != 0)
+	if ((rc = reclaim_leftovers(ctx, *log)) != 0 || (rc = orch_git_prune_stale(ctx->git, *log)) != 0)
 		goto fail;
 	if (changed) {
 		rc = orch_sql_exec(ctx, "UPDATE mirror_meta SET db_version = db_version + 1, updated_at = ? "
@@ -613,7 +806,7 @@ const orch_method orch_worktree_methods[] = {
 	 "the worktree {id, task_id, path, branch, status: planned|active, kind: task_branch, merge_state, "
 	 "created_at}",
 	 "{\"branch\": \"feature/login\", \"create_on_disk\": true}",
-	 "invalid_params (EINVAL: bad branch name or path), exists (EEXIST: branch or path taken), not_found "
+	 "invalid_params (EINVAL: bad branch name or path, or one reserved for orchfs), exists (EEXIST: branch or path taken), not_found "
 	 "(ENOENT: task_id or base_ref)."},
 	{"worktree.spawn", worktree_spawn, ORCH_M_WRITE, spawn_params,
 	 "Create a child worktree of a parent worktree, owned by the session: branch "
@@ -621,7 +814,7 @@ const orch_method orch_worktree_methods[] = {
 	 "the child worktree", "{\"session_id\": 1, \"parent_worktree_id\": 2}",
 	 "not_found (ENOENT: session, parent, task or base_ref), forbidden (EPERM: the parent belongs to "
 	 "another session), invalid_state (EINVAL: session closed, parent merged or abandoned), exists (EEXIST: "
-	 "branch or path taken), invalid_params (EINVAL: bad branch name or path)."},
+	 "branch or path taken), invalid_params (EINVAL: bad branch name or path, or one reserved for orchfs)."},
 	{"worktree.merge_to_parent", worktree_merge, ORCH_M_WRITE, child_params,
 	 "Merge the child's branch into its parent's branch with a merge commit (two parents), computed in "
 	 "memory first; the parent's checkout is updated when it has that branch checked out. The child "

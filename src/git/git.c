@@ -7,6 +7,7 @@
 #include <ftw.h>
 #include <git2.h>
 #include <libgen.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,18 @@ static int git_fail(const char *what)
 	const git_error *e = git_error_last();
 
 	return orch_error_set(ORCH_EGIT, "git %s: %s", what, e && e->message ? e->message : "failed");
+}
+
+/* Whether two directory paths are the same, trailing slashes aside. */
+static bool same_dir(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b);
+
+	while (na > 1 && a[na - 1] == '/')
+		na--;
+	while (nb > 1 && b[nb - 1] == '/')
+		nb--;
+	return na == nb && strncmp(a, b, na) == 0;
 }
 
 int orch_git_open(orch_git **out, const char *repo_path)
@@ -136,14 +149,68 @@ bool orch_git_branch_name_valid(const char *name)
 	return git_branch_name_is_valid(&valid, name) == 0 && valid;
 }
 
+/*
+ * "orchfs-" + `path` relative to `root`: a direct child keeps its name
+ * (orchfs-session-1, as before), a deeper path has '/' replaced by '-' and
+ * a hash of the relative path appended, so that a/x, b/x and a-x never
+ * share a name (and a long path stays a valid file name).
+ */
+char *orch_git_worktree_name_in(const char *root, const char *path)
+{
+	size_t rn = strlen(root);
+	const char *rel = path;
+	char *name = NULL, *flat;
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	while (rn > 1 && root[rn - 1] == '/')
+		rn--;
+	if (strncmp(path, root, rn) == 0 && path[rn] == '/')
+		rel = path + rn + 1;
+	if (!strchr(rel, '/'))
+		return asprintf(&name, "orchfs-%s", rel) < 0 ? NULL : name;
+	flat = strndup(rel, 160);
+	for (char *c = flat; *c; c++)
+		if (*c == '/')
+			*c = '-';
+	for (const char *c = rel; *c; c++)
+		h = (h ^ (unsigned char)*c) * 16777619u;
+	if (asprintf(&name, "orchfs-%s-%08x", flat, h) < 0)
+		name = NULL;
+	free(flat);
+	return name;
+}
+
 char *orch_git_worktree_name(const char *path)
 {
-	char *dup = strdup(path), *name;
+	char *dup = strdup(path), *name = orch_git_worktree_name_in(dirname(dup), path);
 
-	if (asprintf(&name, "orchfs-%s", basename(dup)) < 0)
-		name = NULL;
 	free(dup);
 	return name;
+}
+
+/*
+ * The linked worktree whose checkout is (or was, if its directory is gone)
+ * at `path`, or NULL.  Found by path, not by name, so that a worktree is
+ * never mistaken for another one that took the same name or path later.
+ */
+static git_worktree *worktree_at(orch_git *g, const char *path)
+{
+	git_strarray names = {0};
+	git_worktree *found = NULL;
+
+	if (git_worktree_list(&names, g->repo) < 0)
+		return NULL;
+	for (size_t i = 0; i < names.count && !found; i++) {
+		git_worktree *wt = NULL;
+		if (git_worktree_lookup(&wt, g->repo, names.strings[i]) < 0)
+			continue;
+		if (same_dir(git_worktree_path(wt), path))
+			found = wt;
+		else
+			git_worktree_free(wt);
+	}
+	git_strarray_dispose(&names);
+	return found;
 }
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -159,32 +226,46 @@ static void rm_rf(const char *path)
 	nftw(path, rm_entry, 32, FTW_DEPTH | FTW_PHYS);
 }
 
-static int mkdir_p(const char *dir)
+/*
+ * mkdir -p `dir`.  The directories it actually made are appended to the
+ * array `made`, outermost first, so that an undo removes exactly those
+ * (rmdir_made) and leaves no empty parent behind to block a later path.
+ */
+static int mkdir_p(const char *dir, json_t *made)
 {
 	char *tmp = strdup(dir);
 	int rc = 0;
 
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
+	for (char *p = tmp + 1;; p++) {
+		if (*p && *p != '/')
 			continue;
+		char c = *p;
 		*p = '\0';
-		if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+		if (mkdir(tmp, 0755) == 0)
+			json_array_append_new(made, json_string(tmp));
+		else if (errno != EEXIST)
 			rc = -1;
-		*p = '/';
+		*p = c;
+		if (!c || rc)
+			break;
 	}
-	if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-		rc = -1;
 	free(tmp);
 	return rc;
 }
 
+/* Remove the directories mkdir_p made, innermost first; one that is not empty stays. */
+static void rmdir_made(json_t *made)
+{
+	for (size_t i = json_array_size(made); i-- > 0;)
+		rmdir(json_string_value(json_array_get(made, i)));
+}
+
 int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, bool delete_branch)
 {
-	char *name = orch_git_worktree_name(path);
-	git_worktree *wt = NULL;
+	git_worktree *wt = worktree_at(g, path);
 	int rc = 0;
 
-	if (git_worktree_lookup(&wt, g->repo, name) == 0) {
+	if (wt) {
 		git_worktree_prune_options opts = GIT_WORKTREE_PRUNE_OPTIONS_INIT;
 		opts.flags = GIT_WORKTREE_PRUNE_VALID | GIT_WORKTREE_PRUNE_LOCKED |
 			     GIT_WORKTREE_PRUNE_WORKING_TREE;
@@ -201,7 +282,6 @@ int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, 
 			git_reference_free(ref);
 		}
 	}
-	free(name);
 	return rc;
 }
 
@@ -209,6 +289,7 @@ struct wt_undo {
 	orch_git *g;
 	char *path;
 	char *branch;
+	json_t *made; /* directories made to hold the checkout */
 };
 
 static void wt_undo_run(void *arg)
@@ -216,6 +297,7 @@ static void wt_undo_run(void *arg)
 	struct wt_undo *u = arg;
 
 	orch_git_worktree_remove(u->g, u->path, u->branch, true);
+	rmdir_made(u->made);
 }
 
 static void wt_undo_free(void *arg)
@@ -224,6 +306,7 @@ static void wt_undo_free(void *arg)
 
 	free(u->path);
 	free(u->branch);
+	json_decref(u->made);
 	free(u);
 }
 
@@ -238,6 +321,7 @@ int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path, 
 	git_worktree_add_options opts = GIT_WORKTREE_ADD_OPTIONS_INIT;
 	struct stat sb;
 	char *parent = NULL;
+	json_t *made = json_array();
 	int rc = 0;
 
 	if (!orch_git_branch_name_valid(branch))
@@ -269,12 +353,14 @@ int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path, 
 		}
 	}
 	parent = strdup(path);
-	if (mkdir_p(dirname(parent)) < 0) {
+	if (mkdir_p(dirname(parent), made) < 0) {
 		rc = orch_error_set(ORCH_EGIT, "cannot create %s: %s", parent, strerror(errno));
+		rmdir_made(made);
 		goto done;
 	}
 	if (git_branch_create(&ref, repo, branch, commit, 0) < 0) {
 		rc = git_fail("create branch");
+		rmdir_made(made);
 		goto done;
 	}
 	opts.ref = ref;
@@ -282,14 +368,18 @@ int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path, 
 		rc = git_fail("add worktree");
 		git_branch_delete(ref);
 		rm_rf(path);
+		rmdir_made(made);
 		goto done;
 	}
 	struct wt_undo *u = calloc(1, sizeof(*u));
 	u->g = ctx->git;
 	u->path = strdup(path);
 	u->branch = strdup(branch);
+	u->made = made;
+	made = NULL;
 	orch_undo_push(ctx, wt_undo_run, wt_undo_free, u);
 done:
+	json_decref(made);
 	free(parent);
 	git_worktree_free(old);
 	git_worktree_free(wt);
@@ -477,17 +567,6 @@ static bool has_checked_out(const char *workdir, const char *refname)
 	git_reference_free(head);
 	git_repository_free(wrepo);
 	return yes;
-}
-
-static bool same_dir(const char *a, const char *b)
-{
-	size_t na = strlen(a), nb = strlen(b);
-
-	while (na > 1 && a[na - 1] == '/')
-		na--;
-	while (nb > 1 && b[nb - 1] == '/')
-		nb--;
-	return na == nb && strncmp(a, b, na) == 0;
 }
 
 /*
@@ -694,6 +773,26 @@ done:
 	return rc;
 }
 
+bool orch_git_merged_at_tip(orch_git *g, const char *parent, const char *child, char *commit_hex)
+{
+	git_reference *pref = NULL, *cref = NULL;
+	git_commit *tipc = NULL;
+	bool yes = false;
+
+	if (git_branch_lookup(&pref, g->repo, parent, GIT_BRANCH_LOCAL) == 0 &&
+	    git_branch_lookup(&cref, g->repo, child, GIT_BRANCH_LOCAL) == 0 &&
+	    git_commit_lookup(&tipc, g->repo, git_reference_target(pref)) == 0 &&
+	    git_commit_parentcount(tipc) == 2 &&
+	    git_oid_equal(git_commit_parent_id(tipc, 1), git_reference_target(cref))) {
+		git_oid_tostr(commit_hex, ORCH_GIT_HEX_SIZE, git_commit_id(tipc));
+		yes = true;
+	}
+	git_commit_free(tipc);
+	git_reference_free(cref);
+	git_reference_free(pref);
+	return yes;
+}
+
 char *orch_git_retired_path(const char *path)
 {
 	char *out;
@@ -702,29 +801,26 @@ char *orch_git_retired_path(const char *path)
 }
 
 /*
- * Prune the metadata of the worktree named after `path`, whatever git
- * thinks of its validity, but only if it is that path's: a later worktree
- * elsewhere with the same last component may have taken the name.
+ * Prune git's metadata for `path` if git finds it invalid (its checkout is
+ * gone).  A valid one belongs to a newer worktree that took the path after
+ * the old checkout was set aside, and must stay.
  */
-static void prune_named(orch_git *g, const char *path)
+static void prune_invalid_at(orch_git *g, const char *path)
 {
-	char *name = orch_git_worktree_name(path);
-	git_worktree *wt = NULL;
+	git_worktree *wt = worktree_at(g, path);
 
-	if (name && git_worktree_lookup(&wt, g->repo, name) == 0 && same_dir(git_worktree_path(wt), path)) {
+	if (wt && git_worktree_validate(wt) < 0) {
 		git_worktree_prune_options opts = GIT_WORKTREE_PRUNE_OPTIONS_INIT;
-		opts.flags = GIT_WORKTREE_PRUNE_VALID;
 		git_worktree_prune(wt, &opts);
 	}
 	git_worktree_free(wt);
-	free(name);
 }
 
 void orch_git_retire_finish(orch_git *g, const char *path)
 {
 	char *trash = orch_git_retired_path(path);
 
-	prune_named(g, path);
+	prune_invalid_at(g, path);
 	if (trash)
 		rm_rf(trash);
 	free(trash);
@@ -734,31 +830,51 @@ struct retire {
 	orch_git *g;
 	char *path;
 	char *trash;
-	bool restored;
+	bool moved;  /* the call renamed the checkout aside (else: cleanup only) */
+	bool undone; /* the call failed and retire_undo ran */
 };
 
+/* The call failed: put the checkout back.  If that fails too, keep it aside for reconcile. */
 static void retire_undo(void *arg)
 {
 	struct retire *r = arg;
 
-	r->restored = rename(r->trash, r->path) == 0;
+	r->undone = true;
+	if (r->moved && rename(r->trash, r->path) < 0)
+		orch_log("could not put %s back (%s); it stays at %s, and the next start-up puts it back "
+			 "once %s is free", r->path, strerror(errno), r->trash, r->path);
 }
 
-/* Runs after the commit (or after retire_undo): the removal becomes final unless undone. */
+/*
+ * Runs after the commit, or after retire_undo.  Only a committed call
+ * finishes the removal: the record of a failed one still names the
+ * checkout, so whatever retire_undo could not put back must stay.
+ */
 static void retire_free(void *arg)
 {
 	struct retire *r = arg;
 
-	if (!r->restored)
+	if (!r->undone)
 		orch_git_retire_finish(r->g, r->path);
 	free(r->path);
 	free(r->trash);
 	free(r);
 }
 
+/* Register the retire `r` on ctx (taking `path`; `trash` is r->trash). */
+static void retire_push(orch_ctx *ctx, const char *path, char *trash, bool moved)
+{
+	struct retire *r = calloc(1, sizeof(*r));
+
+	r->g = ctx->git;
+	r->path = strdup(path);
+	r->trash = trash;
+	r->moved = moved;
+	orch_undo_push(ctx, retire_undo, retire_free, r);
+}
+
 int orch_git_worktree_retire(orch_ctx *ctx, const char *path)
 {
-	struct retire *r;
 	char *trash = orch_git_retired_path(path);
 
 	if (!trash)
@@ -769,12 +885,13 @@ int orch_git_worktree_retire(orch_ctx *ctx, const char *path)
 		free(trash);
 		return orch_error_set(ORCH_EGIT, "cannot remove worktree %s: %s", path, strerror(e));
 	}
-	r = calloc(1, sizeof(*r));
-	r->g = ctx->git;
-	r->path = strdup(path);
-	r->trash = trash;
-	orch_undo_push(ctx, retire_undo, retire_free, r);
+	retire_push(ctx, path, trash, true);
 	return 0;
+}
+
+void orch_git_retire_after_commit(orch_ctx *ctx, const char *path)
+{
+	retire_push(ctx, path, orch_git_retired_path(path), false);
 }
 
 int orch_git_prune_stale(orch_git *g, json_t *log)
@@ -844,10 +961,46 @@ static bool checkout_clean(git_repository *wt)
 	return clean;
 }
 
-int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch)
+/*
+ * Whether commit `tip` is `base` (a revspec) or in its history; with
+ * `base` NULL, whether some local branch other than `branch` has it.
+ */
+static bool contained(git_repository *repo, const git_oid *tip, const char *base, const char *branch)
+{
+	git_branch_iterator *it = NULL;
+	git_reference *ref = NULL;
+	git_object *obj = NULL;
+	git_branch_t type;
+	bool yes = false;
+
+	if (base) {
+		if (git_revparse_single(&obj, repo, base) == 0) {
+			git_object *c = NULL;
+			if (git_object_peel(&c, obj, GIT_OBJECT_COMMIT) == 0)
+				yes = git_oid_equal(tip, git_object_id(c)) ||
+				      git_graph_descendant_of(repo, git_object_id(c), tip) == 1;
+			git_object_free(c);
+		}
+		git_object_free(obj);
+		return yes;
+	}
+	if (git_branch_iterator_new(&it, repo, GIT_BRANCH_LOCAL) < 0)
+		return false;
+	while (!yes && git_branch_next(&ref, &type, it) == 0) {
+		const char *name = NULL;
+		const git_oid *t = git_reference_target(ref);
+		if (git_branch_name(&name, ref) == 0 && strcmp(name, branch) != 0 && t)
+			yes = git_oid_equal(tip, t) || git_graph_descendant_of(repo, t, tip) == 1;
+		git_reference_free(ref);
+	}
+	git_branch_iterator_free(it);
+	return yes;
+}
+
+int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch, const char *base)
 {
 	git_repository *wt = NULL;
-	git_reference *head = NULL, *ref = NULL, *main_head = NULL;
+	git_reference *head = NULL, *ref = NULL;
 	char want[512];
 	bool ours;
 	int rc = 0;
@@ -857,19 +1010,39 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch)
 	snprintf(want, sizeof(want), "refs/heads/%s", branch);
 	ours = git_repository_is_worktree(wt) && git_repository_head(&head, wt) == 0 &&
 	       strcmp(git_reference_name(head), want) == 0 && checkout_clean(wt);
-	if (ours && git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) == 0 &&
-	    git_repository_head(&main_head, g->repo) == 0) {
-		const git_oid *tip = git_reference_target(ref), *base = git_reference_target(main_head);
-		/* Nothing to lose: the branch has no commit that HEAD lacks. */
-		ours = tip && base && (git_oid_equal(tip, base) || git_graph_descendant_of(g->repo, base, tip) == 1);
-	} else {
-		ours = false;
-	}
+	/* Nothing to lose: the branch has no commit that the base lacks. */
+	ours = ours && git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) == 0 &&
+	       git_reference_target(ref) && contained(g->repo, git_reference_target(ref), base, branch);
 	git_reference_free(head);
 	git_reference_free(ref);
-	git_reference_free(main_head);
 	git_repository_free(wt);
 	if (ours && orch_git_worktree_remove(g, path, branch, true) == 0)
 		rc = 1;
 	return rc;
+}
+
+int orch_git_orchfs_worktrees(orch_git *g, json_t **out)
+{
+	git_strarray names = {0};
+
+	*out = json_array();
+	if (git_worktree_list(&names, g->repo) < 0)
+		return git_fail("list worktrees");
+	for (size_t i = 0; i < names.count; i++) {
+		git_worktree *wt = NULL;
+		git_repository *wrepo = NULL;
+		git_reference *head = NULL;
+		if (strncmp(names.strings[i], "orchfs-", 7) == 0 &&
+		    git_worktree_lookup(&wt, g->repo, names.strings[i]) == 0 && git_worktree_validate(wt) == 0 &&
+		    git_repository_open_from_worktree(&wrepo, wt) == 0 && git_repository_head(&head, wrepo) == 0 &&
+		    git_reference_is_branch(head))
+			json_array_append_new(*out, json_pack("{s:s, s:s, s:s}", "name", names.strings[i], "path",
+							      git_worktree_path(wt), "branch",
+							      git_reference_shorthand(head)));
+		git_reference_free(head);
+		git_repository_free(wrepo);
+		git_worktree_free(wt);
+	}
+	git_strarray_dispose(&names);
+	return 0;
 }

@@ -451,3 +451,67 @@ def test_worktree_create_planned_then_on_disk(mount):
     assert git(d['path'], 'rev-parse', '--abbrev-ref', 'HEAD').stdout.strip() == 'feature/signup'
     assert open(os.path.join(d['path'], 'README')).read() == 'hello\n'
     assert not d['path'].startswith(mount.path)
+
+
+def test_reserved_names_keep_session_open_and_spawn_working(mount):
+    v = mount.db_version()
+    for params in [{'branch': 'session/2', 'create_on_disk': True},
+                   {'branch': 'task/1/3'},
+                   {'branch': 'b3', 'path': 'session-1', 'create_on_disk': True},
+                   {'branch': 'b3', 'path': 'task-1-3/x'},
+                   {'branch': 'session-2', 'create_on_disk': True}]:
+        e = mount.fails('worktree.create', params, 'invalid_params', errno.EINVAL)
+        assert 'reserved for orchfs' in e['message']
+    assert mount.db_version() == v
+    assert not os.path.exists(os.path.join(mount.state, 'worktrees', 'session-1'))
+    sid, root = open_session(mount)
+    s2, root2 = open_session(mount)
+    assert root['branch'] == 'session/1' and root2['branch'] == 'session/2'
+    child = mount.ok('worktree.spawn', {'parent_worktree_id': root['id']}, session=sid)
+    assert child['branch'] == f"task/{sid}/{child['id']}"
+    e = mount.fails('worktree.spawn', {'parent_worktree_id': root['id'], 'branch': 'task/1/99'}, 'invalid_params',
+                    errno.EINVAL, session=sid)
+    assert 'reserved for orchfs' in e['message']
+
+
+def test_same_last_component_in_two_paths(mount):
+    a = mount.ok('worktree.create', {'branch': 'one', 'path': 'a/x', 'create_on_disk': True})
+    b = mount.ok('worktree.create', {'branch': 'two', 'path': 'b/x', 'create_on_disk': True})
+    wl = git(mount.repo, 'worktree', 'list', '--porcelain').stdout
+    assert f"worktree {a['path']}\n" in wl and f"worktree {b['path']}\n" in wl and 'prunable' not in wl
+    assert git(a['path'], 'rev-parse', '--abbrev-ref', 'HEAD').stdout.strip() == 'one'
+    assert git(b['path'], 'rev-parse', '--abbrev-ref', 'HEAD').stdout.strip() == 'two'
+
+
+def make_leftover(repo, state, rel, branch, base):
+    """A checkout and branch as a call killed before its commit leaves them (metadata named orchfs-*)."""
+    path = os.path.join(state, 'worktrees', rel)
+    git(repo, 'worktree', 'add', '-q', '-b', branch, path, base)
+    name = os.path.basename(path)
+    os.rename(os.path.join(repo, '.git', 'worktrees', name), os.path.join(repo, '.git', 'worktrees', 'orchfs-' + name))
+    with open(os.path.join(path, '.git'), 'w') as f:
+        f.write(f"gitdir: {os.path.join(repo, '.git', 'worktrees', 'orchfs-' + name)}\n")
+    assert git(path, 'status', '--porcelain').stdout == ''
+    return path
+
+
+def test_leftovers_of_interrupted_spawns_are_reclaimed(mount):
+    sid, root = open_session(mount)
+    commit(root['path'], 'root.txt', 'root work\n')
+    # Killed before its commit while the daemon runs: the next default spawn reuses the id and takes it back.
+    make_leftover(mount.repo, mount.state, f'task-{sid}-3', f'task/{sid}/3', f'session/{sid}')
+    child = mount.ok('worktree.spawn', {'parent_worktree_id': root['id']}, session=sid)
+    assert child['id'] == 3 and child['branch'] == f'task/{sid}/3'
+    assert open(os.path.join(child['path'], 'root.txt')).read() == 'root work\n'
+    # Left while unmounted: start-up removes it and says so; one with work of its own stays.
+    mount.stop()
+    gone = make_leftover(mount.repo, mount.state, f'task-{sid}-4', f'task/{sid}/4', f'session/{sid}')
+    kept = make_leftover(mount.repo, mount.state, 'feature', 'feature', 'main')
+    commit(kept, 'mine.txt', 'precious\n')
+    mount.start()
+    log = open(mount.log).read()
+    assert f'reconcile: removed orchfs-task-{sid}-4 ({gone}, branch task/{sid}/4)' in log
+    assert 'removed orchfs-feature' not in log
+    assert not os.path.exists(gone) and tip(mount.repo, f'task/{sid}/4') is None
+    assert open(os.path.join(kept, 'mine.txt')).read() == 'precious\n'
+    assert mount.ok('worktree.spawn', {'parent_worktree_id': root['id']}, session=sid)['branch'] == f'task/{sid}/4'

@@ -411,7 +411,7 @@ TEST(worktree_spawn_defaults_and_ownership)
 	json_decref(fails(env, ORCH_ENOTFOUND, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 99}"));
 	json_decref(fails(env, ORCH_ENOTFOUND, "worktree.spawn", "{\"session_id\": 9, \"parent_worktree_id\": 2}"));
 	json_decref(fails(env, ORCH_EEXISTS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, "
-			  "\"branch\": \"session/2\"}"));
+			  "\"branch\": \"main\"}"));
 	check_nothing(env, v, "task/1/5", 3);
 	/* The main worktree has no owner: anyone may spawn from it.  Planned: nothing in git. */
 	w = ok(env, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": 1, \"create_on_disk\": false}");
@@ -768,4 +768,322 @@ TEST(abandon_missing_keeps_metadata_of_same_named_worktree)
 	CHECK(sh("git -C %s status >/dev/null 2>&1", wt_path(env, "b/x")) == 0);
 	CHECK(sh("git -C %s worktree list --porcelain | grep -qx 'worktree %s'", env->repo, wt_path(env, "b/x")) == 0);
 	CHECK(sh("git -C %s worktree list --porcelain | grep -q prunable", env->repo) != 0);
+}
+
+/*
+ * Make every later write call fail at COMMIT (a deferred foreign-key
+ * violation raised when db_version is bumped), or stop doing so: the
+ * method has run, with its git effects, and the call must undo them.
+ */
+static void break_commits(test_env *env, bool on)
+{
+	const char *sql = on ? "CREATE TABLE t_none (id INTEGER PRIMARY KEY); "
+			       "CREATE TABLE t_boom (x INTEGER REFERENCES t_none (id) DEFERRABLE INITIALLY DEFERRED); "
+			       "CREATE TRIGGER t_boom_bump AFTER UPDATE ON mirror_meta BEGIN "
+			       "INSERT INTO t_boom VALUES (1); END;"
+			     : "DROP TRIGGER t_boom_bump; DROP TABLE t_boom; DROP TABLE t_none;";
+
+	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), sql, NULL, NULL, NULL) == SQLITE_OK);
+}
+
+/* Clients cannot take the branch names and paths orchfs's own defaults need. */
+TEST(reserved_names_stay_free_for_orchfs)
+{
+	static const char *const bad[] = {
+		"{\"branch\": \"session/2\", \"create_on_disk\": true}",
+		"{\"branch\": \"session/anything/else\"}",
+		"{\"branch\": \"session\"}",
+		"{\"branch\": \"task/1/3\"}",
+		"{\"branch\": \"task/7\"}",
+		"{\"branch\": \"task/1/3/x\"}",
+		"{\"branch\": \"b3\", \"path\": \"session-1\", \"create_on_disk\": true}",
+		"{\"branch\": \"b3\", \"path\": \"session-12/sub\"}",
+		"{\"branch\": \"b3\", \"path\": \"task-1-3\", \"create_on_disk\": true}",
+		"{\"branch\": \"b3\", \"path\": \"a/b.orchfs-removing/c\"}",
+		"{\"branch\": \"session-1\", \"create_on_disk\": true}",
+		"{\"branch\": \"task-2-5\"}",
+	};
+	int64_t v = db_version(env);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		json_t *e = fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "%s", bad[i]);
+		const char *m = jstr(e, "message");
+		if (!m || !strstr(m, "reserved")) {
+			fprintf(stderr, "  %s: %s\n", bad[i], m ? m : "(no error)");
+			test_failed = 1;
+		}
+		json_decref(e);
+	}
+	CHECK_EQ_INT(db_version(env), v);
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/session/2 >/dev/null", env->repo) != 0);
+	/* Names that only look alike are the client's. */
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"task/login\", \"create_on_disk\": true}"));
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"b4\", \"path\": \"session-x\", \"create_on_disk\": true}"));
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"sessions/2\"}"));
+	/* The defaults still work. */
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "session.open", "{}"));
+	json_t *w = ok(env, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": 1}");
+	CHECK_EQ_STR(jstr(w, "branch"), "task/2/7");
+	json_decref(w);
+	/* spawn refuses them too. */
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1, "
+			  "\"branch\": \"task/1/99\"}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1, "
+			  "\"path\": \"task-1-99\"}"));
+}
+
+/* The default base is the parent's branch, even when a tag has the same name. */
+TEST(spawn_base_is_the_parent_branch_not_a_tag)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	CHECK(sh("git -C %s tag session/1 HEAD", env->repo) == 0);
+	CHECK(commit_in(wt_path(env, "session-1"), "root.txt", "root work") == 0);
+	json_t *w = ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}");
+	json_decref(w);
+	char *parent = tip(env, "session/1"), *child = tip(env, "task/1/3");
+	CHECK_EQ_STR(child, parent);
+	CHECK(exists(wt_path(env, "task-1-3/root.txt")));
+	free(parent);
+	free(child);
+}
+
+/* Call and expect some error; the reply is dropped. */
+static void fails_any(test_env *env, const char *method, const char *body)
+{
+	int code = 0;
+
+	json_decref(call(env, &code, method, "%s", body));
+	CHECK(code != 0);
+}
+
+/* A failed call removes the directories it made to hold the checkout, not only the checkout. */
+TEST(failed_create_removes_the_directories_it_made)
+{
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"b0\", \"path\": \"keep/x\", \"create_on_disk\": true}"));
+	break_commits(env, true);
+	fails_any(env, "worktree.create", "{\"branch\": \"b1\", \"path\": \"p/q/r\", \"create_on_disk\": true}");
+	fails_any(env, "worktree.create", "{\"branch\": \"b2\", \"path\": \"keep/y\", \"create_on_disk\": true}");
+	break_commits(env, false);
+	CHECK(!exists(wt_path(env, "p")));
+	CHECK(!exists(wt_path(env, "keep/y")));
+	CHECK(exists(wt_path(env, "keep/x/.git")));
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/b1 >/dev/null", env->repo) != 0);
+	CHECK(sh("git -C %s worktree list | grep -q /p/q/r", env->repo) != 0);
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"b3\", \"path\": \"p\", \"create_on_disk\": true}"));
+}
+
+/* A rollback whose rename back fails keeps the set-aside checkout: the record still says active. */
+TEST(retire_undo_that_cannot_rename_back_keeps_the_checkout)
+{
+	session_and_child(env);
+	const char *child = wt_path(env, "task-1-3");
+	CHECK(commit_in(child, "work.txt", "work") == 0);
+	CHECK_EQ_INT(orch_git_worktree_retire(&env->ctx, child), 0);
+	/* Something took the path meanwhile: the rename back cannot replace it. */
+	CHECK(sh("mkdir %s && touch %s/newfile", child, child) == 0);
+	orch_undo_run(&env->ctx);
+	CHECK(exists(wt_path(env, "task-1-3.orchfs-removing/work.txt")));
+	CHECK(exists(wt_path(env, "task-1-3/newfile")));
+	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) == 0);
+}
+
+static const char *status_of(test_env *env, int64_t id)
+{
+	static char buf[32];
+	json_t *w = NULL;
+
+	env->ctx.now = orch_now_ms();
+	buf[0] = '\0';
+	if (orch_worktree_json(&env->ctx, id, &w) == 0)
+		snprintf(buf, sizeof(buf), "%s", jstr(w, "status"));
+	json_decref(w);
+	return buf;
+}
+
+/* An abandon interrupted before its commit, then a call that marked the worktree missing. */
+TEST(reconcile_puts_back_a_missing_worktree_set_aside)
+{
+	session_and_child(env);
+	const char *child = wt_path(env, "task-1-3");
+	CHECK(commit_in(child, "work.txt", "work") == 0);
+	CHECK(sh("mv %s %s.orchfs-removing", child, child) == 0);
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 3, \"create_on_disk\": false}"));
+	CHECK_EQ_STR(status_of(env, 3), "missing");
+	json_t *log = NULL;
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	CHECK(log_has(log, "put back"));
+	json_decref(log);
+	CHECK_EQ_STR(status_of(env, 3), "active");
+	CHECK(exists(wt_path(env, "task-1-3/work.txt")));
+	CHECK(!exists(wt_path(env, "task-1-3.orchfs-removing")));
+	CHECK(sh("git -C %s status >/dev/null 2>&1", child) == 0);
+}
+
+/* Abandoning a missing worktree deletes what was set aside only once the call commits. */
+TEST(abandon_missing_cleans_up_only_after_commit)
+{
+	session_and_child(env);
+	const char *child = wt_path(env, "task-1-3");
+	CHECK(commit_in(child, "work.txt", "work") == 0);
+	CHECK(sh("mv %s %s.orchfs-removing", child, child) == 0);
+	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "UPDATE worktrees SET status = 'missing' WHERE id = 3",
+			   NULL, NULL, NULL) == SQLITE_OK);
+	break_commits(env, true);
+	fails_any(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}");
+	break_commits(env, false);
+	CHECK_EQ_STR(status_of(env, 3), "missing");
+	CHECK(exists(wt_path(env, "task-1-3.orchfs-removing/work.txt")));
+	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) == 0);
+	/* Committed: now it goes, metadata included; the branch stays. */
+	json_decref(ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	CHECK(!exists(wt_path(env, "task-1-3.orchfs-removing")));
+	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) != 0);
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/task/1/3 >/dev/null", env->repo) == 0);
+}
+
+/* A path whose earlier checkout is still set aside (an abandon's cleanup did not run) is not free yet. */
+TEST(path_still_being_removed_is_not_reused)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"branch\": \"t1\", "
+		       "\"path\": \"P\"}"));
+	/* The abandon committed; the process died before deleting what it had set aside. */
+	CHECK(sh("mv %s %s.orchfs-removing", wt_path(env, "P"), wt_path(env, "P")) == 0);
+	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "UPDATE worktrees SET status = 'abandoned' WHERE id = 3",
+			   NULL, NULL, NULL) == SQLITE_OK);
+	json_t *e = fails(env, ORCH_EEXISTS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, "
+			  "\"branch\": \"t2\", \"path\": \"P\"}");
+	CHECK(jstr(e, "message") && strstr(jstr(e, "message"), ".orchfs-removing") != NULL);
+	json_decref(e);
+	/* Had a new worktree taken the path anyway, finishing the old removal must not touch its metadata. */
+	CHECK_EQ_INT(orch_git_worktree_add(&env->ctx, "orchfs-P", wt_path(env, "P"), "t2", "HEAD"), 0);
+	orch_undo_clear(&env->ctx);
+	json_t *log = NULL;
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	CHECK(log_has(log, "finished removing"));
+	json_decref(log);
+	CHECK(!exists(wt_path(env, "P.orchfs-removing")));
+	CHECK_EQ_STR(out1("git -C %s rev-parse --abbrev-ref HEAD 2>&1", wt_path(env, "P")), "t2");
+	CHECK(sh("git -C %s worktree list --porcelain | grep -qx 'worktree %s'", env->repo, wt_path(env, "P")) == 0);
+	/* Now the path is free again for a new record. */
+	CHECK(sh("git -C %s worktree remove %s", env->repo, wt_path(env, "P")) == 0);
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"branch\": \"t3\", "
+		       "\"path\": \"P\"}"));
+}
+
+/* Git's metadata name comes from the whole path: a/x and b/x coexist; direct children keep orchfs-<name>. */
+TEST(worktree_names_from_the_whole_path)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"path\": \"a/x\"}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"path\": \"b/x\"}"));
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"c\", \"path\": \"x\", \"create_on_disk\": true}"));
+	CHECK(exists(wt_path(env, "a/x/.git")) && exists(wt_path(env, "b/x/.git")));
+	CHECK(sh("test -d %s/.git/worktrees/orchfs-session-1", env->repo) == 0);
+	CHECK(sh("test -d %s/.git/worktrees/orchfs-x", env->repo) == 0);
+	CHECK(sh("ls %s/.git/worktrees | grep -q '^orchfs-a-x'", env->repo) == 0);
+	CHECK(sh("ls %s/.git/worktrees | grep -q '^orchfs-b-x'", env->repo) == 0);
+	json_decref(ok(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	CHECK(!exists(wt_path(env, "a/x")));
+	CHECK(sh("git -C %s status >/dev/null 2>&1", wt_path(env, "b/x")) == 0);
+	CHECK(sh("git -C %s status >/dev/null 2>&1", wt_path(env, "x")) == 0);
+	CHECK(sh("git -C %s worktree list --porcelain | grep -q prunable", env->repo) != 0);
+	CHECK_EQ_INT(atoi(out1("git -C %s worktree list | wc -l", env->repo)), 4);
+	char *n1 = orch_git_worktree_name("/s/worktrees/session-4");
+	CHECK_EQ_STR(n1, "orchfs-session-4");
+	free(n1);
+}
+
+/* A merge killed after the parent's branch moved and before its commit is completed by the retry. */
+TEST(merge_retry_completes_an_interrupted_merge)
+{
+	session_and_child(env);
+	CHECK(commit_in(wt_path(env, "task-1-3"), "new.txt", "child") == 0);
+	char hex[ORCH_GIT_HEX_SIZE];
+	CHECK_EQ_INT(orch_git_merge_into(&env->ctx, "session/1", wt_path(env, "session-1"), "task/1/3", hex), 0);
+	orch_undo_clear(&env->ctx); /* the process died: no commit, no undo */
+	int64_t v = db_version(env);
+	json_t *r = ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(r, "merge_commit"), hex);
+	CHECK_EQ_STR(jstr(r, "result"), "merged_to_parent");
+	CHECK_EQ_STR(jstr(r, "child_worktree.status"), "closed");
+	CHECK_EQ_STR(jstr(r, "child_worktree.merge_state"), "merged_to_parent");
+	CHECK(jstr(r, "child_worktree.merged_at") != NULL);
+	json_decref(r);
+	CHECK_EQ_INT(db_version(env), v + 1);
+	char *t = tip(env, "session/1");
+	CHECK_EQ_STR(t, hex);
+	free(t);
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	/* A parent tip that merged something else is still "nothing new to merge". */
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	CHECK(commit_in(wt_path(env, "task-1-5"), "five.txt", "5") == 0);
+	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 5}"));
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 4}");
+	CHECK_EQ_STR(jstr(e, "details.state"), "merged");
+	json_decref(e);
+}
+
+/* A worktree and branch left by a call that died before its commit, as orch_git_worktree_add makes them. */
+static void leftover(test_env *env, const char *name, const char *rel, const char *branch, const char *base)
+{
+	CHECK_EQ_INT(orch_git_worktree_add(&env->ctx, name, wt_path(env, rel), branch, base), 0);
+	orch_undo_clear(&env->ctx);
+}
+
+/* A default spawn whose id was reused after a crash takes back the leftover, when nothing can be lost. */
+TEST(spawn_reclaims_the_leftover_of_an_interrupted_spawn)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	/* The root has work HEAD lacks: the leftover is judged against the parent's branch. */
+	CHECK(commit_in(wt_path(env, "session-1"), "root.txt", "root") == 0);
+	leftover(env, "orchfs-task-1-3", "task-1-3", "task/1/3", "session/1");
+	json_t *w = ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}");
+	CHECK_EQ_INT(jint(w, "id"), 3);
+	CHECK_EQ_STR(jstr(w, "branch"), "task/1/3");
+	json_decref(w);
+	CHECK(exists(wt_path(env, "task-1-3/root.txt")));
+	CHECK_EQ_STR(out1("git -C %s status --porcelain", wt_path(env, "task-1-3")), "");
+	/* A leftover with work of its own is kept: the spawn fails, nothing is lost. */
+	leftover(env, "orchfs-task-1-4", "task-1-4", "task/1/4", "session/1");
+	CHECK(commit_in(wt_path(env, "task-1-4"), "mine.txt", "precious") == 0);
+	json_decref(fails(env, ORCH_EEXISTS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	CHECK(exists(wt_path(env, "task-1-4/mine.txt")));
+	/* Planned children reclaim too. */
+	CHECK(sh("git -C %s worktree remove --force %s && git -C %s branch -qD task/1/4", env->repo,
+		 wt_path(env, "task-1-4"), env->repo) == 0);
+	leftover(env, "orchfs-task-1-4", "task-1-4", "task/1/4", "session/1");
+	w = ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, \"create_on_disk\": false}");
+	CHECK_EQ_STR(jstr(w, "branch"), "task/1/4");
+	CHECK_EQ_STR(jstr(w, "status"), "planned");
+	json_decref(w);
+	CHECK(!exists(wt_path(env, "task-1-4")));
+}
+
+/* Start-up removes orchfs worktrees that no record names, when nothing can be lost. */
+TEST(reconcile_removes_unrecorded_leftovers)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	CHECK(commit_in(wt_path(env, "session-1"), "root.txt", "root") == 0);
+	leftover(env, "orchfs-task-1-3", "task-1-3", "task/1/3", "session/1");
+	leftover(env, "orchfs-feat", "feat", "feat", "HEAD");
+	leftover(env, "orchfs-work", "work", "work", "HEAD");
+	CHECK(commit_in(wt_path(env, "work"), "w.txt", "w") == 0);
+	leftover(env, "orchfs-dirty", "dirty", "dirty", "HEAD");
+	CHECK(sh("echo x > %s/scratch", wt_path(env, "dirty")) == 0);
+	json_t *log = NULL;
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	CHECK(log_has(log, "removed orchfs-task-1-3"));
+	CHECK(log_has(log, "removed orchfs-feat"));
+	CHECK(!log_has(log, "removed orchfs-work"));
+	CHECK(!log_has(log, "removed orchfs-dirty"));
+	CHECK(!log_has(log, "session-1"));
+	json_decref(log);
+	CHECK(!exists(wt_path(env, "task-1-3")) && !exists(wt_path(env, "feat")));
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/task/1/3 >/dev/null", env->repo) != 0);
+	CHECK(sh("git -C %s rev-parse -q --verify refs/heads/feat >/dev/null", env->repo) != 0);
+	CHECK(exists(wt_path(env, "work/w.txt")) && exists(wt_path(env, "dirty/scratch")));
+	CHECK(exists(wt_path(env, "session-1/root.txt")));
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
 }
