@@ -61,7 +61,7 @@ static int user_version(orch_store *st, int *out)
  */
 static int migrate(orch_store *st)
 {
-	int have, rc;
+	int have = 0, rc;
 	char pragma[64];
 
 	if ((rc = orch_store_begin(st, true)) != 0)
@@ -134,11 +134,24 @@ sqlite3 *orch_store_db(orch_store *st)
 	return st->db;
 }
 
+/* Run a cached transaction-control statement; every file read opens and closes one. */
+static int control(orch_store *st, const char *sql)
+{
+	sqlite3_stmt *s = orch_store_stmt(st, sql);
+	int rc;
+
+	if (!s)
+		return SQLITE_ERROR;
+	rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 int orch_store_begin(orch_store *st, bool write)
 {
 	assert(!st->in_txn);
-	if (exec(st, write ? "BEGIN IMMEDIATE" : "BEGIN") != 0)
-		return ORCH_EINTERNAL;
+	if (control(st, write ? "BEGIN IMMEDIATE" : "BEGIN") != SQLITE_OK)
+		return db_error(st, "begin");
 	st->in_txn = true;
 	return 0;
 }
@@ -146,7 +159,7 @@ int orch_store_begin(orch_store *st, bool write)
 int orch_store_commit(orch_store *st)
 {
 	assert(st->in_txn);
-	if (sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+	if (control(st, "COMMIT") != SQLITE_OK) {
 		int rc = db_error(st, "commit");
 		orch_store_rollback(st);
 		return rc;
@@ -158,7 +171,7 @@ int orch_store_commit(orch_store *st)
 void orch_store_rollback(orch_store *st)
 {
 	if (!sqlite3_get_autocommit(st->db))
-		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+		control(st, "ROLLBACK");
 	st->in_txn = false;
 }
 
