@@ -340,6 +340,12 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 		goto fail;
 	if ((m->flags & ORCH_M_WRITE) && !ctx->unchanged && (rc = bump_version(ctx)) != 0)
 		goto fail;
+	/* A change made through sessions/<id>/ctl/ is a sign of life too. */
+	if (session_id > 0 && (m->flags & ORCH_M_WRITE) && !ctx->unchanged &&
+	    (rc = orch_sql_exec(ctx, "UPDATE sessions SET last_seen_at = ?, status = CASE status WHEN 'opened' "
+				"THEN 'active_new' ELSE status END WHERE id = ? AND status NOT IN ('closed', "
+				"'handoff_attached')", "ii", ctx->now, session_id)) != 0)
+		goto fail;
 
 	out = json_object();
 	json_object_set_new(out, "result", result ? result : json_null());

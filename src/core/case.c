@@ -91,7 +91,11 @@ static int load_case(orch_ctx *ctx, int64_t id, const char *want_status, json_t 
 	return rc;
 }
 
-/* conflict when another session's active ref holds case `case_id`. */
+/*
+ * conflict when another session's active ref holds case `case_id` (with
+ * session_id 0: when any session holds it, so that an anonymous call
+ * through ctl/ cannot move a case under its holder's feet).
+ */
 static int check_not_held(orch_ctx *ctx, int64_t case_id, int64_t session_id)
 {
 	int64_t holder;
@@ -103,8 +107,9 @@ static int check_not_held(orch_ctx *ctx, int64_t case_id, int64_t session_id)
 	if (rc)
 		return rc;
 	if (found)
-		return orch_error_set(ORCH_ECONFLICT, "case %lld is held by session %lld", (long long)case_id,
-				      (long long)holder);
+		return orch_error_set(ORCH_ECONFLICT, "case %lld is held by session %lld (its active current ref); "
+				      "call through sessions/%lld/ctl/, or ask work.current_ref for another case",
+				      (long long)case_id, (long long)holder, (long long)holder);
 	return 0;
 }
 
@@ -169,9 +174,7 @@ static int case_session(orch_ctx *ctx, json_t *p, int64_t case_id, int64_t *sid)
 	int rc;
 
 	*sid = orch_param_int(p, "session_id", 0);
-	if (!*sid)
-		return 0;
-	if ((rc = orch_session_require_open(ctx, *sid)) != 0)
+	if (*sid && (rc = orch_session_require_open(ctx, *sid)) != 0)
 		return rc;
 	return check_not_held(ctx, case_id, *sid);
 }

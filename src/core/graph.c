@@ -12,6 +12,8 @@
 
 #include "graph.h"
 
+#define ORDER_NO_MAX 1000000000LL
+
 #define EDGE_SELECT "SELECT id, from_node_id, to_node_id, edge_type, created_at FROM graph_edges "
 #define ITEM_SELECT                                                                                \
 	"SELECT id, node_id, item_text, status, order_no, facet, created_at, updated_at "           \
@@ -318,7 +320,7 @@ static int node_create(orch_ctx *ctx, json_t *p, json_t **result)
 			goto done;
 		}
 		if (strcmp(ptype, "plan") != 0) {
-			rc = orch_error_set(ORCH_EINVALID_STATE, "parent_id %lld is a %s node; a slice's parent "
+			rc = orch_error_set(ORCH_EINVALID_STATE, "parent_id %lld is a node of type %s; a slice's parent "
 					    "must be a plan", (long long)n.parent_id, ptype);
 			orch_error_detail("state", json_string(ptype));
 			goto done;
@@ -392,6 +394,12 @@ static int checklist_upsert(orch_ctx *ctx, json_t *p, json_t **result)
 	    (rc = orch_graph_ident(p, "status", NULL, &status)) != 0 ||
 	    (rc = orch_graph_positive(p, "order_no", "", &order_no)) != 0)
 		goto done;
+	/* Bounded, so that "after the last" (max + 1) can never overflow. */
+	if (order_no > ORDER_NO_MAX) {
+		rc = orch_error_set(ORCH_EINVALID_PARAMS, "order_no must be at most %lld, got %lld",
+				    (long long)ORDER_NO_MAX, (long long)order_no);
+		goto done;
+	}
 	if ((rc = orch_graph_node_find(ctx, "node_id", node_id, &node)) != 0)
 		goto done;
 	if (!order_no) {
@@ -484,7 +492,7 @@ static const orch_param checklist_params[] = {
 	{"item_text", ORCH_P_STR, ORCH_P_REQUIRED, "Text of the item.", NULL},
 	{"status", ORCH_P_STR, 0, "Status (new items default to \"todo\"; an update without it keeps the "
 	 "item's status).", NULL},
-	{"order_no", ORCH_P_INT, 0, "Position, >= 1; with facet the item's key (default: after the last).", NULL},
+	{"order_no", ORCH_P_INT, 0, "Position, 1 to 1e9; with facet the item's key (default: after the last).", NULL},
 	{"facet", ORCH_P_STR, 0, "Facet (default \"planning\").", NULL},
 	{NULL, 0, 0, NULL, NULL},
 };

@@ -359,7 +359,21 @@ char *orch_method_usage(const orch_method *m, bool session_scoped)
 	append(&buf, &len, "  %-26s string, optional. 1-64 chars of A-Za-z0-9._:-; makes the call "
 	       "idempotent and keeps the reply at replies/<call_id>.json.\n", "call_id");
 	append(&buf, &len, "\nOutput: %s\n", m->output);
-	append(&buf, &len, "\nExample:\n  exec 3<>ctl/%s; echo '%s' >&3; cat <&3\n", m->name, m->example);
+	if (session_scoped) {
+		/* Under sessions/<id>/ctl/ the session keys go without saying. */
+		json_t *ex = json_loads(m->example, 0, NULL);
+		char *text;
+		json_object_del(ex, "session_id");
+		json_object_del(ex, "requester_session_id");
+		json_object_del(ex, "owner_session");
+		text = ex ? json_dumps(ex, JSON_COMPACT) : strdup(m->example);
+		append(&buf, &len, "\nExample (from this directory):\n  exec 3<>%s; echo '%s' >&3; cat <&3\n",
+		       m->name, text);
+		free(text);
+		json_decref(ex);
+	} else {
+		append(&buf, &len, "\nExample:\n  exec 3<>ctl/%s; echo '%s' >&3; cat <&3\n", m->name, m->example);
+	}
 	append(&buf, &len, "\nErrors (reply {\"error\": {code, message, details}}, and the write fails "
 	       "with the errno):\n  %s\n  invalid_json (EINVAL), invalid_params (EINVAL: unknown key, "
 	       "wrong type, missing key), too_large (EFBIG: request over 1 MiB).\n",

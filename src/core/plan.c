@@ -133,7 +133,7 @@ static int find_plan(orch_ctx *ctx, const char *key, int64_t id, json_t **out)
 		return rc;
 	type = json_string_value(json_object_get(*out, "node_type"));
 	if (strcmp(type, "plan") != 0) {
-		rc = orch_error_set(ORCH_EINVALID_STATE, "%s %lld is a %s node, not a plan", key, (long long)id, type);
+		rc = orch_error_set(ORCH_EINVALID_STATE, "%s %lld is a node of type %s, not a plan", key, (long long)id, type);
 		orch_error_detail("state", json_string(type));
 		json_decref(*out);
 		*out = NULL;

@@ -64,19 +64,39 @@ fail:
 	return rc;
 }
 
-int orch_session_require_open(orch_ctx *ctx, int64_t id)
+/*
+ * The session's status, when it may still act: a closed session may not,
+ * nor one another session took over (handoff_attached): an agent that comes
+ * back after being replaced must learn it at once, not work on beside its
+ * successor.  `allow_taken_over` lets session.close tidy such a session.
+ */
+static int require_active(orch_ctx *ctx, int64_t id, bool allow_taken_over)
 {
 	json_t *s;
 	int rc = orch_session_json(ctx, id, &s);
+	const char *status;
 
 	if (rc)
 		return rc;
-	if (strcmp(json_string_value(json_object_get(s, "status")), "closed") == 0) {
+	status = json_string_value(json_object_get(s, "status"));
+	if (strcmp(status, "closed") == 0) {
 		rc = orch_error_set(ORCH_EINVALID_STATE, "session %lld is closed", (long long)id);
-		orch_error_detail("state", json_string("closed"));
+	} else if (strcmp(status, "handoff_attached") == 0 && !allow_taken_over) {
+		int64_t by = 0;
+		orch_sql_int(ctx, &by, NULL, "SELECT to_session_id FROM session_handoffs WHERE from_session_id = ?",
+			     "i", id);
+		rc = orch_error_set(ORCH_EINVALID_STATE, "session %lld was taken over by session %lld "
+				    "(handoff_attached); open a new session", (long long)id, (long long)by);
 	}
+	if (rc)
+		orch_error_detail("state", json_string(status));
 	json_decref(s);
 	return rc;
+}
+
+int orch_session_require_open(orch_ctx *ctx, int64_t id)
+{
+	return require_active(ctx, id, false);
 }
 
 /*
@@ -222,7 +242,7 @@ static int session_close(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t id = orch_param_int(p, "session_id", 0);
 	char owner[32];
-	int rc = orch_session_require_open(ctx, id);
+	int rc = require_active(ctx, id, true);
 
 	if (rc)
 		return rc;

@@ -119,8 +119,16 @@ int fs_ctl_write(orch_ctx *ctx, fs_ctl *c, const char *data, size_t len)
 	if (c->state == CTL_TOOLARGE)
 		return -EFBIG;
 	if (c->state == CTL_DONE) {
-		/* A newline written after the request (printf, then echo) is not a second request. */
-		return all_space(data, len) ? 0 : -EBUSY;
+		/*
+		 * Not a second request: a newline written after it (printf,
+		 * then echo), or the request's own bytes again (a buffered
+		 * writer such as Python's retries the write that failed with
+		 * the call's errno, then reads the reply).
+		 */
+		if (all_space(data, len) ||
+		    (len <= c->req_len && memcmp(c->req + c->req_len - len, data, len) == 0))
+			return 0;
+		return -EBUSY;
 	}
 	if (c->req_len + len > ORCH_REQUEST_MAX) {
 		c->state = CTL_TOOLARGE;

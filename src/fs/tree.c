@@ -53,7 +53,7 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_HEARTBEAT] = {K_HEARTBEAT, K_SESSION_DIR, "heartbeat", NULL, T_HEARTBEAT, .text = heartbeat_text, .doc = "open for writing, write or touch it: session.heartbeat"},
 	[K_ROOT_LINK] = {K_ROOT_LINK, K_SESSION_DIR, "root", NULL, T_LINK,
 			 .exists_sql = "SELECT 1 FROM sessions s JOIN worktrees w ON w.id = "
-				       "s.session_root_worktree_id WHERE s.id = ?1", .doc = "symlink to the session-root worktree"},
+				       "s.session_root_worktree_id WHERE s.id = ?1 AND w.owner_session_id = s.id", .doc = "symlink to the session-root worktree"},
 	[K_SCTL_DIR] = {K_SCTL_DIR, K_SESSION_DIR, "ctl", NULL, T_DIR},
 	[K_SCTL] = {K_SCTL, K_SCTL_DIR, NULL, NULL, T_CTL, .methods = 2, .doc = "methods taking a session, session_id implied; read alone: last reply"},
 	[K_TASKS_DIR] = {K_TASKS_DIR, K_ROOT, "tasks", NULL, T_DIR},
@@ -349,7 +349,7 @@ int fs_readlink(orch_ctx *ctx, fs_node n, char **target)
 	if (specs[n.kind].type != T_LINK)
 		return -EINVAL;
 	st = orch_store_stmt(ctx->store, "SELECT w.path FROM sessions s JOIN worktrees w ON "
-			     "w.id = s.session_root_worktree_id WHERE s.id = ?");
+			     "w.id = s.session_root_worktree_id WHERE s.id = ? AND w.owner_session_id = s.id");
 	if (!st)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, n.id);

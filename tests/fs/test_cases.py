@@ -212,3 +212,56 @@ def test_attach_rules(mount):
     time.sleep(1.1)
     assert d not in [x['session']['id'] for x in mount.ok('resume.candidates.list', {}, session=c)]
     mount.fails('resume.candidates.attach', {'target_session_id': d}, 'invalid_state', errno.EINVAL, session=c)
+
+
+def test_taken_over_session_is_told_and_stopped(mount):
+    make_cases(mount, 2)
+    a = mount.ok('session.open')['session_context']['session']['id']
+    mount.ok('work.current_ref', {}, session=a)
+    b = mount.ok('session.open', {'intent': 'resume_work', 'heartbeat_timeout_seconds': 1})['session']['id']
+    time.sleep(1.2)
+    mount.ok('resume.candidates.attach', {'target_session_id': a}, session=b)
+    # A comes back: every call says it was taken over, and its root link is gone.
+    v = mount.db_version()
+    e = mount.fails('work.current_ref', {}, 'invalid_state', errno.EINVAL, session=a)
+    assert f'taken over by session {b}' in e['message'] and e['details']['state'] == 'handoff_attached'
+    mount.fails('session.heartbeat', {}, 'invalid_state', errno.EINVAL, session=a)
+    r = sh(f"touch {mount.p('sessions', str(a), 'heartbeat')}")
+    assert r.returncode != 0
+    assert mount.db_version() == v
+    assert not os.path.lexists(mount.p('sessions', str(a), 'root'))
+    assert os.path.islink(mount.p('sessions', str(b), 'root'))
+    # It may still be closed, to tidy up.
+    assert mount.ok('session.close', {}, session=a)['status'] == 'closed'
+
+
+def test_held_case_refuses_anonymous_calls(mount):
+    (case,) = make_cases(mount, 1)
+    s = mount.ok('session.open')['session_context']['session']['id']
+    mount.ok('case.begin', {'case_id': case}, session=s)
+    v = mount.db_version()
+    for method, params in [('case.begin', {'case_id': case}),
+                           ('step.check', {'case_id': case, 'step_title': 'x', 'result': 'r'}),
+                           ('case.complete', {'case_id': case})]:
+        e = mount.fails(method, params, 'conflict', errno.EBUSY)
+        assert f'held by session {s}' in e['message']
+    assert mount.db_version() == v
+    mount.ok('case.complete', {'case_id': case}, session=s)
+
+
+def test_changes_through_session_ctl_count_as_heartbeats(mount):
+    make_cases(mount, 1)
+    mount.ok('session.open')
+    before = mount.read_json('sessions', '1', 'session.json')['last_seen_at']
+    time.sleep(0.01)
+    mount.ok('task.get', {'task_id': 1})
+    mount.ok('session.context', {}, session=1)
+    assert mount.read_json('sessions', '1', 'session.json')['last_seen_at'] == before
+    mount.ok('work.current_ref', {}, session=1)
+    assert mount.read_json('sessions', '1', 'session.json')['last_seen_at'] > before
+
+
+def test_session_usage_example_omits_implied_keys(mount):
+    mount.ok('session.open')
+    usage = open(mount.p('sessions', '1', 'ctl', 'case.begin')).read()
+    assert 'from this directory' in usage and '"session_id"' not in usage.split('Example')[1].split('\n\n')[0]

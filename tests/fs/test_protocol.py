@@ -71,7 +71,7 @@ def test_second_request_is_ebusy(mount):
     fd = os.open(mount.p('ctl', 'task.list'), os.O_RDWR)
     os.write(fd, b'{}')
     with pytest.raises(OSError) as e:
-        os.write(fd, b'{}')
+        os.write(fd, b'{"status": "todo"}')
     assert e.value.errno == errno.EBUSY
     os.close(fd)
 
@@ -360,3 +360,22 @@ def test_truncate_to_nonzero_refused(mount):
     with pytest.raises(OSError) as e:
         os.truncate(mount.p('ctl', 'task.list'), 5)
     assert e.value.errno == errno.EINVAL
+
+
+def test_python_buffered_text_file_reads_error_reply(mount):
+    """Python keeps a failed write in its buffer and writes it again before reading."""
+    f = open(mount.p('ctl', 'task.get'), 'r+')
+    f.write(json.dumps({'task_id': 99}))
+    with pytest.raises(OSError) as e:
+        f.flush()
+    assert e.value.errno == errno.ENOENT
+    reply = json.loads(f.read())
+    assert reply['error']['code'] == 'not_found'
+    f.close()
+    # A different second request is still refused.
+    fd = os.open(mount.p('ctl', 'task.list'), os.O_RDWR)
+    os.write(fd, b'{}')
+    with pytest.raises(OSError) as e:
+        os.write(fd, b'{"level": "case"}')
+    assert e.value.errno == errno.EBUSY
+    os.close(fd)

@@ -513,3 +513,19 @@ TEST(plan_node_views)
 	json_decref(a);
 	json_decref(b);
 }
+
+TEST(checklist_order_no_is_bounded)
+{
+	json_decref(ok(env, "plan.bootstrap", "{\"initiative_title\": \"I\", \"plan_title\": \"P\"}"));
+	int64_t v = db_version(env);
+	json_t *e = fails(env, ORCH_EINVALID_PARAMS, "graph.checklist.upsert",
+			  "{\"node_id\": 2, \"order_no\": 9223372036854775807, \"item_text\": \"last\"}");
+	CHECK(strstr(jstr(e, "message"), "order_no") != NULL);
+	json_decref(e);
+	CHECK_EQ_INT(db_version(env), v);
+	json_decref(ok(env, "graph.checklist.upsert", "{\"node_id\": 2, \"order_no\": 1000000000, \"item_text\": \"a\"}"));
+	json_t *b = ok(env, "graph.checklist.upsert", "{\"node_id\": 2, \"item_text\": \"b\"}");
+	CHECK_EQ_INT(jint(b, "order_no"), 1000000001);
+	CHECK_EQ_INT(jint(b, "id"), 2);
+	json_decref(b);
+}
