@@ -221,9 +221,10 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 	return remove(path);
 }
 
+/* Remove a checkout: never through a symlink, never into another filesystem mounted inside it. */
 static void rm_rf(const char *path)
 {
-	nftw(path, rm_entry, 32, FTW_DEPTH | FTW_PHYS);
+	nftw(path, rm_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
 }
 
 /*
