@@ -214,6 +214,12 @@ int64_t orch_last_id(orch_ctx *ctx);
 /* The length of the longest prefix of `s` within `max` bytes that ends on a UTF-8 character boundary. */
 size_t orch_utf8_prefix(const char *s, size_t max);
 
+/*
+ * realloc that never returns NULL: out of memory, the process reports and
+ * aborts (a daemon that cannot allocate cannot keep any promise anyway).
+ */
+void *orch_xrealloc(void *p, size_t n);
+
 /* ---- time ---- */
 int64_t orch_now_ms(void);
 /* RFC 3339 UTC with exactly three fraction digits; buf >= 32 bytes. */

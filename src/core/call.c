@@ -117,7 +117,7 @@ static char *reply_text(json_t *reply)
 	char *s = json_dumps(reply, JSON_COMPACT | JSON_ENCODE_ANY);
 	size_t n = strlen(s);
 
-	s = realloc(s, n + 2);
+	s = orch_xrealloc(s, n + 2);
 	s[n] = '\n';
 	s[n + 1] = '\0';
 	return s;

@@ -321,7 +321,7 @@ static void append(char **buf, size_t *len, const char *fmt, ...)
 	va_start(ap, fmt);
 	n = vsnprintf(NULL, 0, fmt, ap);
 	va_end(ap);
-	*buf = realloc(*buf, *len + (size_t)n + 1);
+	*buf = orch_xrealloc(*buf, *len + (size_t)n + 1);
 	va_start(ap, fmt);
 	vsnprintf(*buf + *len, (size_t)n + 1, fmt, ap);
 	va_end(ap);

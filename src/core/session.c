@@ -289,7 +289,7 @@ int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, 
 	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
 		if (n == cap) {
 			cap = cap ? cap * 2 : 16;
-			ids = realloc(ids, cap * sizeof(*ids));
+			ids = orch_xrealloc(ids, cap * sizeof(*ids));
 		}
 		ids[n++] = sqlite3_column_int64(st, 0);
 	}

@@ -255,6 +255,17 @@ int64_t orch_last_id(orch_ctx *ctx)
 	return sqlite3_last_insert_rowid(orch_store_db(ctx->store));
 }
 
+void *orch_xrealloc(void *p, size_t n)
+{
+	void *q = realloc(p, n ? n : 1);
+
+	if (!q) {
+		fprintf(stderr, "orchfs: out of memory (%zu bytes)\n", n);
+		abort();
+	}
+	return q;
+}
+
 size_t orch_utf8_prefix(const char *s, size_t max)
 {
 	size_t n = strnlen(s, max + 1);

@@ -51,7 +51,7 @@ static void remember(int64_t session_id, const orch_method *m, const char *reply
 	}
 	if (nlast == caplast) {
 		caplast = caplast ? caplast * 2 : 64;
-		last = realloc(last, caplast * sizeof(*last));
+		last = orch_xrealloc(last, caplast * sizeof(*last));
 	}
 	last[nlast++] = (last_reply){session_id, m, strdup(reply)};
 }
@@ -136,7 +136,7 @@ int fs_ctl_write(orch_ctx *ctx, fs_ctl *c, const char *data, size_t len)
 		set_reply(c, orch_reply_error(NULL));
 		return -EFBIG;
 	}
-	c->req = realloc(c->req, c->req_len + len + 1);
+	c->req = orch_xrealloc(c->req, c->req_len + len + 1);
 	memcpy(c->req + c->req_len, data, len);
 	c->req_len += len;
 	c->req[c->req_len] = '\0';

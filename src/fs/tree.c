@@ -237,7 +237,7 @@ static void add(fs_dirent **out, size_t *n, size_t *cap, char *name, fs_node nod
 {
 	if (*n == *cap) {
 		*cap = *cap ? *cap * 2 : 16;
-		*out = realloc(*out, *cap * sizeof(**out));
+		*out = orch_xrealloc(*out, *cap * sizeof(**out));
 	}
 	(*out)[*n].name = name;
 	(*out)[*n].node = node;
