@@ -641,6 +641,34 @@ static int fail_paths(int code, const char *state, json_t *paths, const char *fm
 	return code;
 }
 
+/*
+ * Whether the checkout at `workdir` holds tree `tree_id` in its index and
+ * its files match the index: what a merge leaves when it is killed after
+ * updating the checkout and before moving the branch.
+ */
+static bool checkout_holds_tree(const char *workdir, const git_oid *tree_id)
+{
+	git_status_options opts = GIT_STATUS_OPTIONS_INIT;
+	git_repository *wt = NULL;
+	git_status_list *list = NULL;
+	git_index *idx = NULL;
+	git_oid id;
+	bool yes = false;
+
+	if (git_repository_open(&wt, workdir) < 0)
+		return false;
+	if (git_repository_index(&idx, wt) == 0 && git_index_write_tree(&id, idx) == 0 && git_oid_equal(&id, tree_id)) {
+		opts.show = GIT_STATUS_SHOW_WORKDIR_ONLY;
+		opts.flags = 0; /* untracked files are not part of the question */
+		if (git_status_list_new(&list, wt, &opts) == 0)
+			yes = git_status_list_entrycount(list) == 0;
+	}
+	git_status_list_free(list);
+	git_index_free(idx);
+	git_repository_free(wt);
+	return yes;
+}
+
 int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, const char *child,
 			char *commit_hex)
 {
@@ -653,7 +681,7 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 	git_oid ptip, ctip, tree_id, merged;
 	json_t *paths = NULL;
 	char *refname = NULL, *msg = NULL, *elsewhere = NULL;
-	bool checkout;
+	bool checkout, resumed = false;
 	struct stat sb;
 	int rc = 0, err;
 
@@ -681,18 +709,6 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 		orch_error_detail("state", json_string("checked_out_elsewhere"));
 		goto done;
 	}
-	if (checkout) {
-		if ((rc = orch_git_dirty_paths(workdir, false, &paths)) != 0)
-			goto done;
-		if (json_array_size(paths)) {
-			rc = fail_paths(ORCH_EINVALID_STATE, "dirty", paths, "the checkout of \"%s\" at %s has "
-					"uncommitted changes", parent, workdir);
-			paths = NULL;
-			goto done;
-		}
-		json_decref(paths);
-		paths = NULL;
-	}
 	if (git_commit_lookup(&pc, repo, &ptip) < 0 || git_commit_lookup(&cc, repo, &ctip) < 0 ||
 	    git_merge_commits(&index, repo, pc, cc, NULL) < 0) {
 		rc = git_fail("merge");
@@ -706,6 +722,25 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 	if (git_index_write_tree_to(&tree_id, index, repo) < 0 || git_tree_lookup(&tree, repo, &tree_id) < 0) {
 		rc = git_fail("write merge tree");
 		goto done;
+	}
+	if (checkout) {
+		if ((rc = orch_git_dirty_paths(workdir, false, &paths)) != 0)
+			goto done;
+		/*
+		 * Changes that are exactly this merge's result: a merge killed
+		 * after updating the checkout and before moving the branch.
+		 * Finish it: only the branch is left to move.
+		 */
+		if (json_array_size(paths) && checkout_holds_tree(workdir, &tree_id)) {
+			resumed = true;
+		} else if (json_array_size(paths)) {
+			rc = fail_paths(ORCH_EINVALID_STATE, "dirty", paths, "the checkout of \"%s\" at %s has "
+					"uncommitted changes", parent, workdir);
+			paths = NULL;
+			goto done;
+		}
+		json_decref(paths);
+		paths = NULL;
 	}
 	if (git_signature_default(&sig, repo) < 0 && git_signature_now(&sig, "orchfs", "orchfs@localhost") < 0) {
 		rc = git_fail("signature");
@@ -721,7 +756,7 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 		rc = git_fail("create merge commit");
 		goto done;
 	}
-	if (checkout) {
+	if (checkout && !resumed) {
 		/* A dry run first: an untracked or ignored file in the way stops everything. */
 		unsigned safe = GIT_CHECKOUT_SAFE | GIT_CHECKOUT_DONT_OVERWRITE_IGNORED;
 		paths = json_array();

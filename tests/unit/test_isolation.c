@@ -1087,3 +1087,30 @@ TEST(reconcile_removes_unrecorded_leftovers)
 	CHECK(exists(wt_path(env, "session-1/root.txt")));
 	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
 }
+
+/* Killed after the parent's checkout holds the merge and before its branch moved: the retry finishes. */
+TEST(merge_retry_after_checkout_updated_but_branch_not_moved)
+{
+	session_and_child(env);
+	CHECK(commit_in(wt_path(env, "task-1-3"), "new.txt", "child") == 0);
+	char *before = tip(env, "session/1");
+	/* What the interrupted merge left: the merge's files staged in the parent, the branch unmoved. */
+	CHECK(sh("cd %s && git checkout -q task/1/3 -- . ", wt_path(env, "session-1")) == 0);
+	CHECK(sh("cd %s && test -n \"$(git status --porcelain)\"", wt_path(env, "session-1")) == 0);
+	json_t *r = ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(r, "result"), "merged_to_parent");
+	json_decref(r);
+	char *after = tip(env, "session/1");
+	CHECK(strcmp(before, after) != 0);
+	CHECK(sh("cd %s && test -z \"$(git status --porcelain)\" && test -f new.txt && "
+		 "test $(git rev-list --parents -n1 HEAD | wc -w) = 3", wt_path(env, "session-1")) == 0);
+	free(before);
+	free(after);
+	/* Other uncommitted changes are still dirty. */
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	CHECK(commit_in(wt_path(env, "task-1-4"), "four.txt", "4") == 0);
+	CHECK(sh("cd %s && echo x >> new.txt", wt_path(env, "session-1")) == 0);
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 4}");
+	CHECK_EQ_STR(jstr(e, "details.state"), "dirty");
+	json_decref(e);
+}
