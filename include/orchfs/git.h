@@ -41,15 +41,39 @@ int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path,
 int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, bool delete_branch);
 
 /*
- * A linked worktree at `path` on `branch` that no record names is left by a
- * call killed between its git work and its commit.  Remove it and its branch
- * when nothing can be lost: a clean checkout (no untracked file either) and
- * a branch with no commit that `base` (a revspec: "HEAD" for a session root,
- * the parent's branch for a spawned child) lacks; with `base` NULL, no
- * commit that every other local branch lacks.  Returns 1 when it removed
- * something, else 0.
+ * Take back what a call killed between its git work and its commit left
+ * under orchfs's reserved `branch` at `path` (the caller checked that no
+ * record names them, and holds the store's write lock, under which every
+ * orchfs git write runs).  When the branch has no commit that `base` (NULL:
+ * some other branch) lacks: a stale lock of the branch ref is removed; a
+ * clean checkout at `path` is removed, any other (a half-made checkout, or
+ * work no record knows) is set aside as <path>.orchfs-leftover-<ms> when
+ * `set_aside` (else everything stays); git's missing or invalid metadata
+ * for `path` is removed; the branch is deleted.  A branch with commits of
+ * its own keeps everything.  Returns 1 when it took anything back, else 0.
  */
-int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch, const char *base);
+int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch, const char *base,
+			      bool set_aside);
+
+/*
+ * Remove lock files of orchfs's own branch refs (refs/heads/session/ and
+ * refs/heads/task/<n>/) left by a killed call; the caller holds the store's
+ * write lock.  Each removal is appended to `log`.
+ */
+int orch_git_drop_reserved_ref_locks(orch_git *g, json_t *log);
+
+/* Where this process records the checkout it is writing (<state_dir>/inflight/<pid>). */
+void orch_git_set_state_dir(orch_git *g, const char *state_dir);
+
+/*
+ * Remove git's index.lock from checkouts that processes, now dead, were
+ * writing when killed (their <state>/inflight/<pid> markers); each removal
+ * is appended to `log` (may be NULL).
+ */
+int orch_git_clear_dead_inflight(orch_git *g, json_t *log);
+
+/* Names of all local branches: *out is a new array of strings. */
+int orch_git_branches(orch_git *g, json_t **out);
 
 /*
  * The valid linked worktrees named "orchfs-*" that have a branch checked

@@ -53,6 +53,7 @@ int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir)
 	}
 	if ((rc = orch_git_open(&ctx->git, repo)) != 0)
 		goto fail;
+	orch_git_set_state_dir(ctx->git, state);
 	/* Keep state that lives inside the repository out of git's view. */
 	size_t n = strlen(repo);
 	if (strncmp(state, repo, n) == 0 && state[n] == '/') {

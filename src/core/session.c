@@ -145,7 +145,7 @@ static int session_root(orch_ctx *ctx, int64_t sid, int64_t main_id, int64_t *ou
 	if ((rc = orch_sql_int(ctx, &known, &found, "SELECT id FROM worktrees WHERE path = ?", "s", path)) != 0)
 		goto done;
 	/* Left by an open that was killed before its commit: ids are reused, the checkout is not. */
-	if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, "HEAD"))
+	if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, "HEAD", true))
 		orch_log("removed %s (branch %s) left by an interrupted session.open", path, branch);
 	if ((rc = orch_git_worktree_add(ctx, name, path, branch, "HEAD")) != 0)
 		goto done;

@@ -404,7 +404,7 @@ static int reclaim_default(orch_ctx *ctx, json_t *parent, const char *branch)
 	}
 	if ((rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ?", "s", path)) != 0)
 		goto done;
-	if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, base))
+	if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, base, true))
 		orch_log("removed %s (branch %s) left by an interrupted worktree.spawn", path, branch);
 done:
 	free(base);
@@ -644,12 +644,76 @@ done:
 }
 
 /*
+ * The default checkout directory (relative to <state>/worktrees/) of one of
+ * orchfs's own branch names, session/<n> -> session-<n> and task/<s>/<w> ->
+ * task-<s>-<w>, or false for any other name.
+ */
+static int reclaim_unnamed(orch_ctx *ctx, json_t *log);
+
+static bool default_dir_of(const char *branch, char *out, size_t size)
+{
+	unsigned long long a, b;
+	char rest;
+
+	if (sscanf(branch, "session/%llu%c", &a, &rest) == 1 && strspn(branch + 8, "0123456789") == strlen(branch + 8))
+		return snprintf(out, size, "session-%llu", a) < (int)size;
+	if (sscanf(branch, "task/%llu/%llu%c", &a, &b, &rest) == 2) {
+		char canon[96];
+		snprintf(canon, sizeof(canon), "task/%llu/%llu", a, b);
+		return strcmp(canon, branch) == 0 && snprintf(out, size, "task-%llu-%llu", a, b) < (int)size;
+	}
+	return false;
+}
+
+/*
+ * Start-up: take back what calls killed between their git work and their
+ * commit left under orchfs's own names (see orch_git_worktree_reclaim):
+ * orchfs-* worktrees no record names, and branches session/<n> and
+ * task/<s>/<w> (with their default directories) no record names.
+ */
+static int reclaim_leftovers(orch_ctx *ctx, json_t *log)
+{
+	json_t *branches = NULL, *b;
+	size_t k;
+	int rc;
+
+	orch_git_drop_reserved_ref_locks(ctx->git, log);
+	orch_git_clear_dead_inflight(ctx->git, log);
+	if ((rc = orch_git_branches(ctx->git, &branches)) != 0)
+		goto out;
+	json_array_foreach(branches, k, b) {
+		const char *branch = json_string_value(b);
+		char dir[128], *path = NULL;
+		int64_t other;
+		bool found;
+		if (!default_dir_of(branch, dir, sizeof(dir)))
+			continue;
+		if ((rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE branch = ?", "s",
+				       branch)) != 0)
+			goto out;
+		if (found || asprintf(&path, "%s/worktrees/%s", ctx->state_dir, dir) < 0)
+			continue;
+		if ((rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ?", "s", path)) == 0 &&
+		    !found && orch_git_worktree_reclaim(ctx->git, path, branch, NULL, true))
+			json_array_append_new(log, json_sprintf("took back branch %s (%s) left by an interrupted call",
+								branch, path));
+		free(path);
+		if (rc)
+			goto out;
+	}
+	rc = reclaim_unnamed(ctx, log);
+out:
+	json_decref(branches);
+	return rc;
+}
+
+/*
  * Start-up: orchfs worktrees under <state>/worktrees/ that no record names
  * were left by calls killed between their git work and their commit.  They
  * are removed, branch included, when nothing can be lost: a clean checkout
  * whose branch has no commit that every other branch lacks.  Others stay.
  */
-static int reclaim_leftovers(orch_ctx *ctx, json_t *log)
+static int reclaim_unnamed(orch_ctx *ctx, json_t *log)
 {
 	json_t *wts = NULL, *w;
 	char *root = NULL;
@@ -672,7 +736,7 @@ static int reclaim_leftovers(orch_ctx *ctx, json_t *log)
 			continue;
 		if ((rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ?", "s", path)) != 0)
 			goto done;
-		if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, NULL))
+		if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, NULL, false))
 			json_array_append_new(log, json_sprintf("removed %s (%s, branch %s): no record names it and "
 								"nothing on it was lost", wt_str(w, "name"), path, branch));
 	}

@@ -3,10 +3,12 @@
  * undo actions so that a failed transaction leaves no git effect behind.
  */
 
+#include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
 #include <git2.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,7 @@
 
 struct orch_git {
 	git_repository *repo;
+	char *inflight; /* <state>/inflight/<pid>: the checkout this process is writing, if any */
 };
 
 static int git_fail(const char *what)
@@ -59,6 +62,7 @@ void orch_git_close(orch_git *g)
 {
 	if (!g)
 		return;
+	free(g->inflight);
 	git_repository_free(g->repo);
 	free(g);
 	git_libgit2_shutdown();
@@ -494,6 +498,86 @@ static int collect_conflict(git_checkout_notify_t why, const char *path, const g
  * change from commit `base` (the baseline).  `conflicts`, when given,
  * collects the paths that block a safe checkout.  Returns libgit2's code.
  */
+/*
+ * While this process writes a checkout it names it in <state>/inflight/<pid>:
+ * if it is killed there, git's index.lock in that checkout is its own, and
+ * orch_git_clear_dead_inflight() can remove it without guessing.
+ */
+static void inflight_mark(orch_git *g, const char *workdir)
+{
+	FILE *f;
+
+	if (g->inflight && (f = fopen(g->inflight, "w")) != NULL) {
+		fputs(workdir, f);
+		fflush(f);
+		fsync(fileno(f));
+		fclose(f);
+	}
+}
+
+static void inflight_clear(orch_git *g)
+{
+	if (g->inflight)
+		unlink(g->inflight);
+}
+
+void orch_git_set_state_dir(orch_git *g, const char *state_dir)
+{
+	char *dir = NULL;
+
+	free(g->inflight);
+	g->inflight = NULL;
+	if (asprintf(&dir, "%s/inflight", state_dir) < 0)
+		return;
+	mkdir(dir, 0755);
+	if (asprintf(&g->inflight, "%s/%ld", dir, (long)getpid()) < 0)
+		g->inflight = NULL;
+	free(dir);
+}
+
+int orch_git_clear_dead_inflight(orch_git *g, json_t *log)
+{
+	char *dir, *slash;
+	DIR *d;
+	struct dirent *e;
+
+	if (!g->inflight)
+		return 0;
+	dir = strdup(g->inflight);
+	slash = strrchr(dir, '/');
+	*slash = '\0';
+	if ((d = opendir(dir)) == NULL) {
+		free(dir);
+		return 0;
+	}
+	while ((e = readdir(d)) != NULL) {
+		char *marker = NULL, workdir[4096], *lock = NULL;
+		long pid = strtol(e->d_name, NULL, 10);
+		git_repository *wrepo = NULL;
+		FILE *f;
+		if (pid <= 0 || pid == (long)getpid() || (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+			continue;
+		if (asprintf(&marker, "%s/%s", dir, e->d_name) < 0)
+			continue;
+		if ((f = fopen(marker, "r")) != NULL) {
+			size_t n = fread(workdir, 1, sizeof(workdir) - 1, f);
+			workdir[n] = '\0';
+			fclose(f);
+			if (n && git_repository_open(&wrepo, workdir) == 0 &&
+			    asprintf(&lock, "%sindex.lock", git_repository_path(wrepo)) >= 0 && unlink(lock) == 0 && log)
+				json_array_append_new(log, json_sprintf("removed %s, left by process %ld killed while "
+									"updating that checkout", lock, pid));
+			git_repository_free(wrepo);
+			free(lock);
+		}
+		unlink(marker);
+		free(marker);
+	}
+	closedir(d);
+	free(dir);
+	return 0;
+}
+
 static int checkout_commit(const char *workdir, const git_oid *target, const git_oid *base, unsigned strategy,
 			   json_t *conflicts)
 {
@@ -538,8 +622,11 @@ static void merge_undo_run(void *arg)
 	struct merge_undo *u = arg;
 	git_reference *ref = NULL;
 
-	if (u->workdir)
+	if (u->workdir) {
+		inflight_mark(u->g, u->workdir);
 		checkout_commit(u->workdir, &u->old_tip, &u->new_tip, GIT_CHECKOUT_FORCE, NULL);
+		inflight_clear(u->g);
+	}
 	if (git_reference_create_matching(&ref, u->g->repo, u->refname, &u->old_tip, 1, &u->new_tip,
 					  "orchfs: undo merge") == 0)
 		git_reference_free(ref);
@@ -685,6 +772,8 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 	struct stat sb;
 	int rc = 0, err;
 
+	/* A checkout left locked by a process killed while updating it is released first. */
+	orch_git_clear_dead_inflight(ctx->git, NULL);
 	if (git_branch_lookup(&pref, repo, parent, GIT_BRANCH_LOCAL) < 0) {
 		rc = orch_error_set(ORCH_ENOTFOUND, "parent branch \"%s\" does not exist", parent);
 		goto done;
@@ -767,11 +856,14 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 			paths = NULL;
 			goto done;
 		}
+		inflight_mark(ctx->git, workdir);
 		if (err < 0 || checkout_commit(workdir, &merged, &ptip, safe, NULL) < 0) {
 			rc = git_fail("update the parent's checkout");
 			checkout_commit(workdir, &ptip, &merged, GIT_CHECKOUT_FORCE, NULL);
+			inflight_clear(ctx->git);
 			goto done;
 		}
+		inflight_clear(ctx->git);
 	}
 	err = git_reference_create_matching(&moved, repo, refname, &merged, 1, &ptip, msg);
 	if (err < 0) {
@@ -780,8 +872,11 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 					    parent, child);
 		else
 			rc = git_fail("update branch");
-		if (checkout)
+		if (checkout) {
+			inflight_mark(ctx->git, workdir);
 			checkout_commit(workdir, &ptip, &merged, GIT_CHECKOUT_FORCE, NULL);
+			inflight_clear(ctx->git);
+		}
 		goto done;
 	}
 	struct merge_undo *u = calloc(1, sizeof(*u));
@@ -1033,28 +1128,152 @@ static bool contained(git_repository *repo, const git_oid *tip, const char *base
 	return yes;
 }
 
-int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch, const char *base)
+/* Remove git's metadata for the checkout at `path` when it is missing or no longer valid. */
+static bool drop_stale_metadata(orch_git *g, const char *path)
+{
+	char *name = orch_git_worktree_name(path), *dir = NULL;
+	git_worktree *wt = worktree_at(g, path);
+	bool dropped = false;
+
+	if (wt && git_worktree_validate(wt) < 0) {
+		git_worktree_prune_options opts = GIT_WORKTREE_PRUNE_OPTIONS_INIT;
+		opts.flags = GIT_WORKTREE_PRUNE_LOCKED;
+		dropped = git_worktree_prune(wt, &opts) == 0;
+	}
+	git_worktree_free(wt);
+	/* Half-written metadata (no gitdir or HEAD yet) is not even listed by libgit2. */
+	if (name && asprintf(&dir, "%sworktrees/%s", git_repository_commondir(g->repo), name) >= 0 &&
+	    access(dir, F_OK) == 0) {
+		git_worktree *named = NULL;
+		if (git_worktree_lookup(&named, g->repo, name) < 0 || git_worktree_validate(named) < 0) {
+			rm_rf(dir);
+			dropped = true;
+		}
+		git_worktree_free(named);
+	}
+	free(dir);
+	free(name);
+	return dropped;
+}
+
+int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch, const char *base,
+			      bool set_aside)
 {
 	git_repository *wt = NULL;
 	git_reference *head = NULL, *ref = NULL;
-	char want[512];
-	bool ours;
-	int rc = 0;
+	char want[512], *lock = NULL;
+	bool clean = false, took = false, has_branch;
+	struct stat sb;
 
-	if (access(path, F_OK) != 0 || git_repository_open(&wt, path) < 0)
+	has_branch = git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) == 0;
+	/* A branch with commits of its own is work, not a leftover: keep everything. */
+	if (has_branch && !(git_reference_target(ref) && contained(g->repo, git_reference_target(ref), base, branch))) {
+		git_reference_free(ref);
 		return 0;
-	snprintf(want, sizeof(want), "refs/heads/%s", branch);
-	ours = git_repository_is_worktree(wt) && git_repository_head(&head, wt) == 0 &&
-	       strcmp(git_reference_name(head), want) == 0 && checkout_clean(wt);
-	/* Nothing to lose: the branch has no commit that the base lacks. */
-	ours = ours && git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) == 0 &&
-	       git_reference_target(ref) && contained(g->repo, git_reference_target(ref), base, branch);
-	git_reference_free(head);
+	}
 	git_reference_free(ref);
-	git_repository_free(wt);
-	if (ours && orch_git_worktree_remove(g, path, branch, true) == 0)
-		rc = 1;
-	return rc;
+	/* The caller holds the store's write lock, under which every orchfs git write runs. */
+	if (asprintf(&lock, "%srefs/heads/%s.lock", git_repository_commondir(g->repo), branch) >= 0 &&
+	    unlink(lock) == 0)
+		took = true;
+	free(lock);
+	if (lstat(path, &sb) == 0) {
+		snprintf(want, sizeof(want), "refs/heads/%s", branch);
+		if (git_repository_open(&wt, path) == 0)
+			clean = git_repository_is_worktree(wt) && git_repository_head(&head, wt) == 0 &&
+				strcmp(git_reference_name(head), want) == 0 && checkout_clean(wt);
+		git_reference_free(head);
+		git_repository_free(wt);
+		if (clean) {
+			if (orch_git_worktree_remove(g, path, branch, true) != 0)
+				return took;
+			return 1;
+		}
+		/*
+		 * A half-made checkout looks dirty, and so would work no record
+		 * knows about: never delete it; set it aside, if asked to.
+		 */
+		char *aside = NULL;
+		if (!set_aside)
+			return took;
+		if (asprintf(&aside, "%s.orchfs-leftover-%lld", path, (long long)orch_now_ms()) < 0 ||
+		    rename(path, aside) != 0) {
+			free(aside);
+			return took;
+		}
+		orch_log("set aside %s as %s: a leftover of an interrupted call, with changes", path, aside);
+		free(aside);
+		took = true;
+	}
+	took |= drop_stale_metadata(g, path);
+	if (has_branch && git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) == 0) {
+		took |= git_branch_delete(ref) == 0;
+		git_reference_free(ref);
+	}
+	return took;
+}
+
+/* Remove *.lock files in `dir` (not recursive); each removal is logged. */
+static void drop_locks_in(const char *dir, json_t *log)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+
+	if (!d)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		size_t n = strlen(e->d_name);
+		char *p = NULL;
+		if (n > 5 && strcmp(e->d_name + n - 5, ".lock") == 0 && asprintf(&p, "%s/%s", dir, e->d_name) >= 0 &&
+		    unlink(p) == 0)
+			json_array_append_new(log, json_sprintf("removed stale lock %s", p));
+		free(p);
+	}
+	closedir(d);
+}
+
+int orch_git_drop_reserved_ref_locks(orch_git *g, json_t *log)
+{
+	char *dir = NULL;
+	DIR *d;
+	struct dirent *e;
+
+	if (asprintf(&dir, "%srefs/heads/session", git_repository_commondir(g->repo)) >= 0)
+		drop_locks_in(dir, log);
+	free(dir);
+	if (asprintf(&dir, "%srefs/heads/task", git_repository_commondir(g->repo)) < 0)
+		return 0;
+	drop_locks_in(dir, log);
+	if ((d = opendir(dir)) != NULL) {
+		while ((e = readdir(d)) != NULL) {
+			char *sub = NULL;
+			if (e->d_name[0] != '.' && asprintf(&sub, "%s/%s", dir, e->d_name) >= 0)
+				drop_locks_in(sub, log);
+			free(sub);
+		}
+		closedir(d);
+	}
+	free(dir);
+	return 0;
+}
+
+int orch_git_branches(orch_git *g, json_t **out)
+{
+	git_branch_iterator *it = NULL;
+	git_reference *ref = NULL;
+	git_branch_t type;
+
+	*out = json_array();
+	if (git_branch_iterator_new(&it, g->repo, GIT_BRANCH_LOCAL) < 0)
+		return git_fail("list branches");
+	while (git_branch_next(&ref, &type, it) == 0) {
+		const char *name = NULL;
+		if (git_branch_name(&name, ref) == 0)
+			json_array_append_new(*out, json_string(name));
+		git_reference_free(ref);
+	}
+	git_branch_iterator_free(it);
+	return 0;
 }
 
 int orch_git_orchfs_worktrees(orch_git *g, json_t **out)

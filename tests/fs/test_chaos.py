@@ -475,34 +475,13 @@ def test_kill_9_during_concurrent_work(mount, repo):
     db.close()
     # 7: the fixture fails the test if the daemon's log has a sanitizer report.
 
-    # Last: leftovers of calls killed between their git work and their commit.  orchfs takes back
-    # a leftover checkout (clean, nothing on its branch that the base lacks) at the next call that
-    # wants its name, and at start-up; but a kill inside orch_git_worktree_add() -- after or during
-    # git_branch_create(), before git_worktree_add() finished -- leaves a branch with no checkout, a
-    # half-made checkout, half-written .git/worktrees/orchfs-* metadata (fsck: "HEAD points at
-    # nothing") or a stale refs/heads/...lock, which neither the take-back nor the reconcile
-    # recognises.  Every later call that wants that name fails (`exists`, or `git` "failed to lock
-    # file"): for session.open that is every open, since session ids are global and reused.
-    if orphan_dirs or orphan_branches or orphan_meta or stale_locks or w.own_name_taken:
-        for b in orphan_branches:   # nothing on them could be lost
-            tip_ = git(repo, 'rev-parse', f'refs/heads/{b}').stdout.strip()
-            holders = git(repo, 'branch', '--contains', tip_, '--format=%(refname:short)').stdout.split()
-            assert set(holders) - {b}, f'{stats} leftover branch {b} has commits no other branch has'
-        for d in orphan_dirs:       # half made: the reconcile removes clean, complete ones
-            st = git(d, 'status', '--porcelain', check=False)
-            assert st.returncode != 0 or st.stdout != '', f'{stats} the reconcile left a clean orphan {d}'
-        assert all(n.startswith('orchfs-') for n in orphan_meta), (stats, orphan_meta)
-        for lk in stale_locks:      # git's lock on a ref or a worktree's file, left by the kill
-            assert lk.startswith('.git/refs/heads/') or lk.startswith('.git/worktrees/orchfs-'), (stats, lk)
-        for _, method, msg in w.own_name_taken:
-            m = re.match(r'branch "(.*)" already exists|worktree path (\S+) already exists|'
-                         r"git create branch: failed to lock file '(\S+)'", msg)
-            assert m and (m.group(1) in orphan_branches or m.group(2) in orphan_dirs or
-                          m.group(3) and os.path.relpath(m.group(3), repo) in stale_locks), \
-                f'{stats} {method}: {msg}, not explained by a leftover ({orphan_branches}, {orphan_dirs}, {stale_locks})'
-        pytest.xfail(f'product bug: a call killed between creating its branch and finishing its checkout '
-                     f'leaves a leftover nobody takes back; later calls that want the name fail (exists, or git '
-                     f'"failed to lock file"). '
-                     f'Leftover branches {orphan_branches}, directories {orphan_dirs}, git metadata {orphan_meta}, '
-                     f'ref locks {stale_locks}, fsck {fsck_leftover}; '
-                     f'{len(w.own_name_taken)} calls failed so {stats}')
+    # Last: leftovers of calls killed between their git work and their commit.  orchfs takes them
+    # back at the next call that wants the name and at start-up: a clean checkout is removed, a
+    # half-made one is set aside as <dir>.orchfs-leftover-<ms> (never deleted: it could hold work;
+    # the process that did it logs it); stale ref locks, bare branches and half-written metadata are removed.  So
+    # nothing may be left but set-aside directories, and no call may have failed over a name.
+    aside = [d for d in orphan_dirs if re.search(r'\.orchfs-leftover-\d+$', d)]
+    assert sorted(set(orphan_dirs) - set(aside)) == [], (stats, orphan_dirs)
+    assert orphan_branches == [] and orphan_meta == [] and stale_locks == [], \
+        (stats, orphan_branches, orphan_meta, stale_locks, fsck_leftover)
+    assert w.own_name_taken == [], (stats, w.own_name_taken)

@@ -122,7 +122,10 @@ def test_session_bad_input(mount):
 
 
 def test_session_open_git_failure_is_atomic(mount):
-    git(mount.repo, 'branch', 'session/1')
+    # Branch session/1 exists with work of its own (a bare leftover at HEAD would be taken back).
+    git(mount.repo, 'checkout', '-q', '-b', 'session/1')
+    git(mount.repo, 'commit', '-q', '--allow-empty', '-m', 'work')
+    git(mount.repo, 'checkout', '-q', 'main')
     e = mount.fails('session.open', {}, 'exists', errno.EEXIST)
     assert 'session/1' in e['message']
     assert os.listdir(mount.p('sessions')) == []

@@ -30,8 +30,9 @@ TEST(session_open_creates_root_worktree)
 
 TEST(session_open_git_failure_leaves_nothing)
 {
-	/* Branch session/1 exists already: the open fails and keeps no row, no worktree. */
-	CHECK(sh("cd %s && git branch session/1", env->repo) == 0);
+	/* Branch session/1 exists already, with work of its own: the open fails and keeps no row, no worktree. */
+	CHECK(sh("cd %s && git checkout -q -b session/1 && git commit -q --allow-empty -m work && "
+		 "git checkout -q main", env->repo) == 0);
 	json_t *e = fails(env, ORCH_EEXISTS, "session.open", "{}");
 	CHECK(strstr(jstr(e, "message"), "session/1") != NULL);
 	json_decref(e);
@@ -266,4 +267,25 @@ TEST(request_parse_split_anywhere)
 	CHECK_EQ_INT(orch_request_parse("{\"a\": tru, \"b\": 1}", 18, &v), ORCH_EINVALID_JSON);
 	CHECK_EQ_INT(orch_request_parse("{\"a\": \"\\x\"}", 11, &v), ORCH_EINVALID_JSON);
 	CHECK_EQ_INT(orch_request_parse("{\"a\": 1, \"a\": 2}", 16, &v), ORCH_EINVALID_JSON);
+}
+
+TEST(session_open_takes_back_every_form_of_leftover)
+{
+	/* Killed after the branch was made, before the checkout: a bare branch, and a stale ref lock. */
+	CHECK(sh("cd %s && git branch session/1 && : > .git/refs/heads/session/2.lock", env->repo) == 0);
+	json_t *r = ok(env, "session.open", "{}");
+	CHECK_EQ_STR(jstr(r, "session_context.session_root_worktree.branch"), "session/1");
+	json_decref(r);
+	r = ok(env, "session.open", "{}");
+	CHECK_EQ_STR(jstr(r, "session_context.session_root_worktree.branch"), "session/2");
+	json_decref(r);
+	/* Killed during the checkout: half-written metadata and a half-made directory with files. */
+	CHECK(sh("cd %s && git branch session/3 && mkdir -p .git/worktrees/orchfs-session-3 .orchfs/worktrees/session-3 && "
+		 "echo partial > .orchfs/worktrees/session-3/README", env->repo) == 0);
+	r = ok(env, "session.open", "{}");
+	CHECK_EQ_STR(jstr(r, "session_context.session_root_worktree.branch"), "session/3");
+	json_decref(r);
+	/* The half-made directory was set aside, not deleted; git is consistent. */
+	CHECK(sh("ls -d %s/.orchfs/worktrees/session-3.orchfs-leftover-* >/dev/null", env->repo) == 0);
+	CHECK(sh("cd %s && git fsck --no-dangling 2>&1 | grep -qv . ; git worktree list | grep -q session-3", env->repo) == 0);
 }

@@ -5,6 +5,7 @@
  */
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "orchfs/git.h"
@@ -1074,7 +1075,7 @@ TEST(reconcile_removes_unrecorded_leftovers)
 	CHECK(sh("echo x > %s/scratch", wt_path(env, "dirty")) == 0);
 	json_t *log = NULL;
 	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
-	CHECK(log_has(log, "removed orchfs-task-1-3"));
+	CHECK(log_has(log, "task/1/3"));
 	CHECK(log_has(log, "removed orchfs-feat"));
 	CHECK(!log_has(log, "removed orchfs-work"));
 	CHECK(!log_has(log, "removed orchfs-dirty"));
@@ -1113,4 +1114,28 @@ TEST(merge_retry_after_checkout_updated_but_branch_not_moved)
 	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 4}");
 	CHECK_EQ_STR(jstr(e, "details.state"), "dirty");
 	json_decref(e);
+}
+
+/* A process killed while updating a checkout leaves git's index.lock; its inflight marker names it. */
+TEST(dead_process_index_lock_is_cleared)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	pid_t pid = fork();
+	if (pid == 0)
+		_exit(0);
+	waitpid(pid, NULL, 0);
+	CHECK(sh("mkdir -p %s/.orchfs/inflight && printf %%s %s > %s/.orchfs/inflight/%d && "
+		 ": > %s/.git/worktrees/orchfs-session-1/index.lock", env->repo, wt_path(env, "session-1"), env->repo,
+		 (int)pid, env->repo) == 0);
+	json_t *log = json_array();
+	orch_git_clear_dead_inflight(env->ctx.git, log);
+	CHECK(json_array_size(log) == 1);
+	json_decref(log);
+	CHECK(sh("test ! -e %s/.git/worktrees/orchfs-session-1/index.lock", env->repo) == 0);
+	CHECK(sh("test ! -e %s/.orchfs/inflight/%d", env->repo, (int)pid) == 0);
+	/* A live process's marker is left alone. */
+	CHECK(sh("printf %%s %s > %s/.orchfs/inflight/1 && : > %s/.git/worktrees/orchfs-session-1/index.lock",
+		 wt_path(env, "session-1"), env->repo, env->repo) == 0);
+	orch_git_clear_dead_inflight(env->ctx.git, NULL);
+	CHECK(sh("test -e %s/.git/worktrees/orchfs-session-1/index.lock", env->repo) == 0);
 }
