@@ -510,7 +510,7 @@ def test_leftovers_of_interrupted_spawns_are_reclaimed(mount):
     commit(kept, 'mine.txt', 'precious\n')
     mount.start()
     log = open(mount.log).read()
-    assert f'reconcile: removed orchfs-task-{sid}-4 ({gone}, branch task/{sid}/4)' in log
+    assert f'reconcile: took back branch task/{sid}/4 ({gone})' in log
     assert 'removed orchfs-feature' not in log
     assert not os.path.exists(gone) and tip(mount.repo, f'task/{sid}/4') is None
     assert open(os.path.join(kept, 'mine.txt')).read() == 'precious\n'
