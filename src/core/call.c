@@ -192,8 +192,8 @@ static int stored_reply(orch_ctx *ctx, const char *call_id, const char *method, 
 	}
 	if (strcmp((const char *)sqlite3_column_text(st, 0), method) != 0 ||
 	    strcmp((const char *)sqlite3_column_text(st, 1), canon) != 0) {
-		rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for %s with other params",
-				    call_id, (const char *)sqlite3_column_text(st, 0));
+		rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for %s with other params; "
+				    "use a new call_id", call_id, (const char *)sqlite3_column_text(st, 0));
 		sqlite3_reset(st);
 		return rc;
 	}
@@ -287,7 +287,8 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 	ctx->now = orch_now_ms();
 	m = orch_method_find(name);
 	if (!m) {
-		rc = orch_error_set(ORCH_ENOTFOUND, "unknown method \"%s\"", name);
+		rc = orch_error_set(ORCH_ENOTFOUND, "unknown method \"%s\" (the methods: ls ctl/, or orchfs methods)",
+				    name);
 		goto fail;
 	}
 	if (!json_is_object(req)) {
@@ -335,6 +336,14 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 			goto fail;
 		}
 	}
+	/*
+	 * A change through sessions/<id>/ctl/ acts as that session: a closed or
+	 * taken-over session is told so before anything else (session.close
+	 * itself excepted: it may tidy a taken-over session).
+	 */
+	if (session_id > 0 && (m->flags & ORCH_M_WRITE) && strcmp(m->name, "session.close") != 0 &&
+	    (rc = orch_session_require_open(ctx, session_id)) != 0)
+		goto fail;
 	ctx->unchanged = false;
 	if ((rc = m->fn(ctx, params, &result)) != 0)
 		goto fail;

@@ -77,7 +77,7 @@ static int load_case(orch_ctx *ctx, int64_t id, const char *want_status, json_t 
 	level = json_string_value(json_object_get(*out, "level"));
 	status = json_string_value(json_object_get(*out, "status"));
 	if (strcmp(level, "case") != 0) {
-		rc = orch_error_set(ORCH_EINVALID_STATE, "task %lld is a %s, not a case", (long long)id, level);
+		rc = orch_error_set(ORCH_EINVALID_STATE, "task %lld has level %s, not case", (long long)id, level);
 		orch_error_detail("state", json_string(level));
 	} else if (want_status && strcmp(status, want_status) != 0) {
 		rc = orch_error_set(ORCH_EINVALID_STATE, "case %lld is %s, not %s", (long long)id, status,
@@ -168,15 +168,11 @@ static int add_checkpoint(orch_ctx *ctx, int64_t task_id, const char *title, jso
 	return rc;
 }
 
-/* The optional session of a case method: it must be open and not be beaten to the case. */
-static int case_session(orch_ctx *ctx, json_t *p, int64_t case_id, int64_t *sid)
+/* The optional session of a case method must be open (checked before the case itself). */
+static int case_session(orch_ctx *ctx, json_t *p, int64_t *sid)
 {
-	int rc;
-
 	*sid = orch_param_int(p, "session_id", 0);
-	if (*sid && (rc = orch_session_require_open(ctx, *sid)) != 0)
-		return rc;
-	return check_not_held(ctx, case_id, *sid);
+	return *sid ? orch_session_require_open(ctx, *sid) : 0;
 }
 
 static int case_begin(orch_ctx *ctx, json_t *p, json_t **result)
@@ -184,9 +180,9 @@ static int case_begin(orch_ctx *ctx, json_t *p, json_t **result)
 	int64_t id = orch_param_int(p, "case_id", 0), sid, cp = 0;
 	json_t *task, *contract = orch_param_json(p, "input_contract");
 	json_t *fixtures = orch_param_json(p, "fixtures");
-	int rc = load_case(ctx, id, NULL, &task);
+	int rc = case_session(ctx, p, &sid);
 
-	if (rc)
+	if (rc || (rc = load_case(ctx, id, NULL, &task)) != 0)
 		return rc;
 	bool done = strcmp(json_string_value(json_object_get(task, "status")), "done") == 0;
 	json_decref(task);
@@ -195,7 +191,7 @@ static int case_begin(orch_ctx *ctx, json_t *p, json_t **result)
 		orch_error_detail("state", json_string("done"));
 		return ORCH_EINVALID_STATE;
 	}
-	if ((rc = case_session(ctx, p, id, &sid)) != 0)
+	if ((rc = check_not_held(ctx, id, sid)) != 0)
 		return rc;
 	json_t *c = contract ? json_incref(contract) : json_object();
 	json_t *f = fixtures ? json_incref(fixtures) : json_array();
@@ -222,12 +218,12 @@ static int step_check(orch_ctx *ctx, json_t *p, json_t **result)
 	const char *res = orch_param_str(p, "result", "");
 	json_t *artifacts = orch_param_json(p, "artifacts"), *task, *a;
 	char summary[512];
-	int rc = load_case(ctx, id, "in_progress", &task);
+	int rc = case_session(ctx, p, &sid);
 
-	if (rc)
+	if (rc || (rc = load_case(ctx, id, "in_progress", &task)) != 0)
 		return rc;
 	json_decref(task);
-	if ((rc = case_session(ctx, p, id, &sid)) != 0)
+	if ((rc = check_not_held(ctx, id, sid)) != 0)
 		return rc;
 	if ((rc = orch_sql_int(ctx, &order, NULL, "SELECT coalesce(max(order_no), 0) + 1 FROM steps WHERE "
 			       "task_id = ?", "i", id)) != 0)
@@ -262,12 +258,12 @@ static int case_complete(orch_ctx *ctx, json_t *p, json_t **result)
 	const char *summary = orch_param_str(p, "summary", "");
 	const char *next = orch_param_str(p, "next_action", "");
 	json_t *task;
-	int rc = load_case(ctx, id, "in_progress", &task);
+	int rc = case_session(ctx, p, &sid);
 
-	if (rc)
+	if (rc || (rc = load_case(ctx, id, "in_progress", &task)) != 0)
 		return rc;
 	json_decref(task);
-	if ((rc = case_session(ctx, p, id, &sid)) != 0)
+	if ((rc = check_not_held(ctx, id, sid)) != 0)
 		return rc;
 	rc = orch_sql_exec(ctx, "UPDATE tasks SET status = 'done', next_action = ?, updated_at = ? WHERE id = ?",
 			   "sii", *next ? next : NULL, ctx->now, id);
@@ -439,6 +435,60 @@ static int current_ref_ack(orch_ctx *ctx, json_t *p, json_t **result)
 int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, json_t **out);
 
 /*
+ * The requester of an attach must have nothing of its own to drop: no
+ * session root it owns and no case it holds (a session opened with intent
+ * resume_work has neither).
+ */
+static int requester_is_free(orch_ctx *ctx, int64_t req)
+{
+	int64_t id;
+	bool found;
+	int rc = orch_sql_int(ctx, &id, &found, "SELECT w.id FROM sessions s JOIN worktrees w ON w.id = "
+			      "s.session_root_worktree_id WHERE s.id = ? AND w.owner_session_id = s.id", "i", req);
+
+	if (rc)
+		return rc;
+	if (found)
+		return orch_error_set(ORCH_EINVALID_STATE, "session %lld has its own session root (worktree %lld); "
+				      "attach from a session opened with intent resume_work", (long long)req,
+				      (long long)id);
+	if ((rc = orch_sql_int(ctx, &id, &found, "SELECT node_id FROM current_refs WHERE session_id = ? AND "
+			       "status = 'active'", "i", req)) != 0)
+		return rc;
+	if (found)
+		return orch_error_set(ORCH_EINVALID_STATE, "session %lld holds node %lld (its active current ref); "
+				      "complete it, or attach from a session opened with intent resume_work",
+				      (long long)req, (long long)id);
+	return 0;
+}
+
+/* invalid_state naming the one condition that keeps `tsess` from being a candidate. */
+static int not_a_candidate(orch_ctx *ctx, json_t *tsess, int64_t timeout)
+{
+	const char *status = json_string_value(json_object_get(tsess, "status"));
+	int64_t id = json_integer_value(json_object_get(tsess, "id")), seen = 0, ref;
+	bool has_ref;
+
+	if (strcmp(status, "active_new") && strcmp(status, "active_resume") && strcmp(status, "handoff_attached")) {
+		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: its status is %s",
+			       (long long)id, status);
+	} else if (orch_sql_int(ctx, &seen, NULL, "SELECT ? - last_seen_at FROM sessions WHERE id = ?", "ii",
+				ctx->now, id) == 0 && seen <= timeout * 1000) {
+		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: its last heartbeat is "
+			       "%.1fs old, not older than %llds", (long long)id, (double)seen / 1000.0,
+			       (long long)timeout);
+	} else if (orch_sql_int(ctx, &ref, &has_ref, "SELECT id FROM current_refs WHERE session_id = ? AND "
+				"status = 'active'", "i", id) == 0 && !has_ref) {
+		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: it has no active "
+			       "current ref (nothing to resume)", (long long)id);
+	} else {
+		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate", (long long)id);
+	}
+	orch_error_detail("state", json_string(status));
+	return ORCH_EINVALID_STATE;
+}
+
+/*
  * Attach the requester to a suspended session (SPEC 6.3): the target must be
  * a current candidate, not the requester, not attached before.  The
  * requester takes over the target's worktrees (the session root and its
@@ -464,6 +514,8 @@ static int candidates_attach(orch_ctx *ctx, json_t *p, json_t **result)
 		return rc;
 	if ((rc = orch_session_json(ctx, target, &tsess)) != 0)
 		return rc;
+	if ((rc = requester_is_free(ctx, req)) != 0)
+		goto done;
 	const char *tstatus = json_string_value(json_object_get(tsess, "status"));
 	if (strcmp(tstatus, "closed") == 0) {
 		rc = orch_error_set(ORCH_EINVALID_STATE, "session %lld is closed", (long long)target);
@@ -490,10 +542,7 @@ static int candidates_attach(orch_ctx *ctx, json_t *p, json_t **result)
 		candidate |= json_integer_value(json_object_get(json_object_get(json_array_get(cands, i),
 										"session"), "id")) == target;
 	if (!candidate) {
-		rc = orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate (status %s; it needs "
-				    "an active status, a heartbeat older than %llds and an active current ref)",
-				    (long long)target, tstatus, (long long)(timeout > 0 ? timeout : 60));
-		orch_error_detail("state", json_string(tstatus));
+		rc = not_a_candidate(ctx, tsess, timeout > 0 ? timeout : 60);
 		goto done;
 	}
 	if ((rc = orch_current_ref_json(ctx, target, &ref)) != 0)

@@ -352,7 +352,11 @@ char *orch_method_usage(const orch_method *m, bool session_scoped)
 	char *buf = NULL;
 	size_t len = 0;
 
-	append(&buf, &len, "%s — %s\n\nInput: one JSON object with these keys.\n", m->name, m->summary);
+	append(&buf, &len, "%s — %s\n\n", m->name, m->summary);
+	if (!session_scoped)
+		append(&buf, &len, "(This is the usage: nothing was written on this descriptor. To read a reply in a "
+		       "separate open, put a call_id in the request and read replies/<call_id>.json.)\n\n");
+	append(&buf, &len, "Input: one JSON object with these keys.\n");
 	if (!m->params || !m->params[0].name)
 		append(&buf, &len, "  (none)\n");
 	usage_params(&buf, &len, m->params, 2, session_scoped);

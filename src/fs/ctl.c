@@ -56,6 +56,13 @@ static void remember(int64_t session_id, const orch_method *m, const char *reply
 	last[nlast++] = (last_reply){session_id, m, strdup(reply)};
 }
 
+char *fs_ctl_idle_text(const orch_method *m, int64_t session_id)
+{
+	const char *lr = session_id > 0 ? fs_ctl_last_reply(session_id, m) : NULL;
+
+	return lr ? strdup(lr) : orch_method_usage(m, session_id > 0);
+}
+
 const char *fs_ctl_last_reply(int64_t session_id, const orch_method *m)
 {
 	for (size_t i = 0; i < nlast; i++)
@@ -182,8 +189,7 @@ int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
 	case CTL_EMPTY:
 	default:
 		if (!c->usage) {
-			const char *lr = c->session_id > 0 ? fs_ctl_last_reply(c->session_id, c->m) : NULL;
-			c->usage = lr ? strdup(lr) : orch_method_usage(c->m, c->session_id > 0);
+			c->usage = fs_ctl_idle_text(c->m, c->session_id);
 			c->usage_len = strlen(c->usage);
 		}
 		buf = c->usage;

@@ -116,10 +116,16 @@ static int node_stat(orch_ctx *ctx, fs_node n, const fs_handle *h, struct stat *
 		st->st_mode = S_IFDIR | 0555;
 		st->st_nlink = 2;
 		return 0;
-	case T_CTL:
+	case T_CTL: {
+		int64_t sid;
+		const orch_method *m = fs_ctl_method(n, &sid);
+		char *idle = m ? fs_ctl_idle_text(m, sid) : NULL;
 		st->st_mode = S_IFREG | 0660;
 		st->st_nlink = 1;
+		st->st_size = idle ? (off_t)strlen(idle) : 0;
+		free(idle);
 		return 0;
+	}
 	case T_LINK: {
 		char *target;
 		int rc = fs_readlink(ctx, n, &target);
@@ -153,12 +159,13 @@ static int node_stat(orch_ctx *ctx, fs_node n, const fs_handle *h, struct stat *
 }
 
 /*
- * State files, links and directories change at any moment (size, target,
- * mtime): their attributes are never cached.  A ctl file's never change.
+ * State files, links, directories and session ctl files change at any
+ * moment (size, target, mtime): their attributes are never cached.
  */
 static double attr_timeout(fs_node n)
 {
-	return fs_node_type(n) == T_CTL ? 3600.0 : 0.0;
+	/* A global ctl file's size is its usage, fixed for the binary; a session's follows its last reply. */
+	return n.kind == K_CTL ? 3600.0 : 0.0;
 }
 
 static void fs_lookup_op(fuse_req_t req, fuse_ino_t parent, const char *name)

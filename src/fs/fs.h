@@ -122,6 +122,12 @@ int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n);
 /* close/flush: -EINVAL when an incomplete request is pending. */
 int fs_ctl_flush(fs_ctl *c);
 
+/*
+ * What a read without a write returns (caller frees): the usage, or under
+ * sessions/<id>/ctl/ the session's last reply for the method.  stat reports its size.
+ */
+char *fs_ctl_idle_text(const orch_method *m, int64_t session_id);
+
 /* The last reply a session got for a method through sessions/<id>/ctl/, or NULL. */
 const char *fs_ctl_last_reply(int64_t session_id, const orch_method *m);
 void fs_ctl_forget_all(void);

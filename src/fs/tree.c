@@ -385,7 +385,18 @@ static int heartbeat_text(orch_ctx *ctx, int64_t id, char **buf)
 
 	if (rc)
 		return rc;
-	if (asprintf(buf, "%s\n", json_string_value(json_object_get(s, "last_seen_at"))) < 0)
+	/* The last heartbeat, and why there will be no more when that is so. */
+	const char *status = json_string_value(json_object_get(s, "status"));
+	int64_t by = 0;
+	char note[64] = "";
+	if (strcmp(status, "closed") == 0) {
+		snprintf(note, sizeof(note), " (closed)");
+	} else if (strcmp(status, "handoff_attached") == 0) {
+		orch_sql_int(ctx, &by, NULL, "SELECT to_session_id FROM session_handoffs WHERE from_session_id = ?",
+			     "i", id);
+		snprintf(note, sizeof(note), " (taken over by session %lld)", (long long)by);
+	}
+	if (asprintf(buf, "%s%s\n", json_string_value(json_object_get(s, "last_seen_at")), note) < 0)
 		*buf = NULL;
 	json_decref(s);
 	return 0;

@@ -87,7 +87,8 @@ int orch_git_discover(const char *dir, char **workdir)
 	git_libgit2_init();
 	*workdir = NULL;
 	if (git_repository_discover(&found, dir, 0, NULL) < 0) {
-		rc = orch_error_set(ORCH_ENOTFOUND, "%s is not inside a git repository", dir);
+		rc = orch_error_set(ORCH_ENOTFOUND, "%s is not inside a git repository (run from the repository, or "
+				    "pass --repo DIR)", dir);
 		goto done;
 	}
 	if (git_repository_open(&repo, found.ptr) < 0) {

@@ -163,7 +163,7 @@ def test_guards_and_bad_input(mount):
     assert f'case {case} is todo' in e['message'] and e['details']['state'] == 'todo'
     mount.fails('step.check', {'case_id': case, 'step_title': 's', 'result': 'r'}, 'invalid_state', errno.EINVAL)
     e = mount.fails('case.begin', {'case_id': feature}, 'invalid_state', errno.EINVAL)
-    assert f'task {feature} is a feature' in e['message']
+    assert f'task {feature} has level feature' in e['message']
     mount.fails('case.begin', {'case_id': 999}, 'not_found', errno.ENOENT)
     mount.fails('case.begin', {'case_id': 'x'}, 'invalid_params', errno.EINVAL)
     mount.fails('case.begin', {'case_id': case, 'fixtures': 'f'}, 'invalid_params', errno.EINVAL)
@@ -265,3 +265,38 @@ def test_session_usage_example_omits_implied_keys(mount):
     mount.ok('session.open')
     usage = open(mount.p('sessions', '1', 'ctl', 'case.begin')).read()
     assert 'from this directory' in usage and '"session_id"' not in usage.split('Example')[1].split('\n\n')[0]
+
+
+def test_taken_over_session_cannot_lease_or_drive_cases(mount):
+    (case,) = make_cases(mount, 1)
+    a = mount.ok('session.open')['session_context']['session']['id']
+    mount.ok('case.begin', {'case_id': case}, session=a)
+    b = mount.ok('session.open', {'intent': 'resume_work', 'heartbeat_timeout_seconds': 1})['session']['id']
+    time.sleep(1.2)
+    mount.ok('resume.candidates.attach', {'target_session_id': a}, session=b)
+    mount.ok('case.complete', {'case_id': case}, session=b)
+    v = mount.db_version()
+    for method, params in [('lock.acquire', {'scope_type': 'file', 'scope_path': 'a.py'}),
+                           ('case.complete', {'case_id': case}),
+                           ('worktree.spawn', {'parent_worktree_id': 2})]:
+        e = mount.fails(method, params, 'invalid_state', errno.EINVAL, session=a)
+        assert f'taken over by session {b}' in e['message'], (method, e)
+    assert mount.db_version() == v
+    assert open(mount.p('sessions', str(a), 'heartbeat')).read().strip().endswith(f'(taken over by session {b})')
+
+
+def test_attach_needs_a_free_requester_and_says_why_not(mount):
+    make_cases(mount, 2)
+    a = mount.ok('session.open')['session_context']['session']['id']
+    mount.ok('work.current_ref', {}, session=a)
+    worker = mount.ok('session.open')['session_context']['session']['id']
+    e = mount.fails('resume.candidates.attach', {'target_session_id': a}, 'invalid_state', errno.EINVAL,
+                    session=worker)
+    assert 'has its own session root' in e['message']
+    r = mount.ok('session.open', {'intent': 'resume_work', 'heartbeat_timeout_seconds': 30})['session']['id']
+    e = mount.fails('resume.candidates.attach', {'target_session_id': a}, 'invalid_state', errno.EINVAL, session=r)
+    assert 'last heartbeat is' in e['message'] and 'not older than 30s' in e['message']
+    idle = mount.ok('session.open')['session_context']['session']['id']
+    e = mount.fails('resume.candidates.attach', {'target_session_id': idle, 'heartbeat_timeout_seconds': 1},
+                    'invalid_state', errno.EINVAL, session=r)
+    assert 'last heartbeat' in e['message'] or 'no active current ref' in e['message']

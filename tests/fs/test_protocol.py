@@ -379,3 +379,14 @@ def test_python_buffered_text_file_reads_error_reply(mount):
         os.write(fd, b'{"level": "case"}')
     assert e.value.errno == errno.EBUSY
     os.close(fd)
+
+
+def test_ctl_stat_size_is_what_a_read_returns(mount):
+    mount.ok('session.open')
+    for p in [mount.p('ctl', 'task.get'), mount.p('sessions', '1', 'ctl', 'session.context')]:
+        data = open(p, 'rb').read()
+        assert os.stat(p).st_size == len(data) > 0
+    mount.ok('session.context', {}, session=1)
+    p = mount.p('sessions', '1', 'ctl', 'session.context')
+    data = open(p, 'rb').read()
+    assert json.loads(data)['result']['session']['id'] == 1 and os.stat(p).st_size == len(data)
