@@ -757,6 +757,39 @@ static bool checkout_holds_tree(const char *workdir, const git_oid *tree_id)
 	return yes;
 }
 
+/*
+ * Whether every path in `paths` (relative to `workdir`) holds exactly what
+ * `tree` has there, or is absent from both: the trace of a checkout to
+ * `tree` killed part-way.  Finishing that checkout loses nothing.
+ */
+static bool partial_checkout_of(git_tree *tree, const char *workdir, json_t *paths)
+{
+	json_t *p;
+	size_t i;
+
+	json_array_foreach(paths, i, p) {
+		const char *rel = json_string_value(p);
+		git_tree_entry *e = NULL;
+		char *full = NULL;
+		struct stat sb;
+		bool same = false;
+		if (!rel || asprintf(&full, "%s/%s", workdir, rel) < 0)
+			return false;
+		bool on_disk = lstat(full, &sb) == 0, in_tree = git_tree_entry_bypath(&e, tree, rel) == 0;
+		if (in_tree && on_disk && S_ISREG(sb.st_mode)) {
+			git_oid h;
+			same = git_odb_hashfile(&h, full, GIT_OBJECT_BLOB) == 0 && git_oid_equal(&h, git_tree_entry_id(e));
+		} else {
+			same = !in_tree && !on_disk;
+		}
+		git_tree_entry_free(e);
+		free(full);
+		if (!same)
+			return false;
+	}
+	return json_array_size(paths) > 0;
+}
+
 int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, const char *child,
 			char *commit_hex)
 {
@@ -769,7 +802,7 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 	git_oid ptip, ctip, tree_id, merged;
 	json_t *paths = NULL;
 	char *refname = NULL, *msg = NULL, *elsewhere = NULL;
-	bool checkout, resumed = false;
+	bool checkout, resumed = false, finish = false;
 	struct stat sb;
 	int rc = 0, err;
 
@@ -823,6 +856,8 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 		 */
 		if (json_array_size(paths) && checkout_holds_tree(workdir, &tree_id)) {
 			resumed = true;
+		} else if (json_array_size(paths) && partial_checkout_of(tree, workdir, paths)) {
+			finish = true; /* killed half-way through the checkout: finish it */
 		} else if (json_array_size(paths)) {
 			rc = fail_paths(ORCH_EINVALID_STATE, "dirty", paths, "the checkout of \"%s\" at %s has "
 					"uncommitted changes", parent, workdir);
@@ -849,14 +884,23 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 	if (checkout && !resumed) {
 		/* A dry run first: an untracked or ignored file in the way stops everything. */
 		unsigned safe = GIT_CHECKOUT_SAFE | GIT_CHECKOUT_DONT_OVERWRITE_IGNORED;
-		paths = json_array();
-		err = checkout_commit(workdir, &merged, &ptip, safe | GIT_CHECKOUT_DRY_RUN, paths);
-		if (err == GIT_ECONFLICT || json_array_size(paths)) {
-			rc = fail_paths(ORCH_EINVALID_STATE, "dirty", paths, "files in the checkout of \"%s\" at %s "
-					"would be overwritten by the merge", parent, workdir);
-			paths = NULL;
-			goto done;
+		err = 0;
+		if (!finish) {
+			paths = json_array();
+			err = checkout_commit(workdir, &merged, &ptip, safe | GIT_CHECKOUT_DRY_RUN, paths);
+			if ((err == GIT_ECONFLICT || json_array_size(paths)) && partial_checkout_of(tree, workdir, paths)) {
+				finish = true; /* what is in the way is this merge's own result */
+				err = 0;
+			} else if (err == GIT_ECONFLICT || json_array_size(paths)) {
+				rc = fail_paths(ORCH_EINVALID_STATE, "dirty", paths, "files in the checkout of \"%s\" at "
+						"%s would be overwritten by the merge", parent, workdir);
+				paths = NULL;
+				goto done;
+			}
 		}
+		/* Finishing an interrupted checkout: every difference is already the merge's own. */
+		if (finish)
+			safe = GIT_CHECKOUT_FORCE;
 		inflight_mark(ctx->git, workdir);
 		if (err < 0 || checkout_commit(workdir, &merged, &ptip, safe, NULL) < 0) {
 			rc = git_fail("update the parent's checkout");

@@ -1139,3 +1139,26 @@ TEST(dead_process_index_lock_is_cleared)
 	orch_git_clear_dead_inflight(env->ctx.git, NULL);
 	CHECK(sh("test -e %s/.git/worktrees/orchfs-session-1/index.lock", env->repo) == 0);
 }
+
+/* Killed half-way through updating the parent's checkout: the merge's files are partly written. */
+TEST(merge_retry_finishes_a_half_done_checkout)
+{
+	session_and_child(env);
+	CHECK(commit_in(wt_path(env, "task-1-3"), "new.txt", "child") == 0);
+	CHECK(commit_in(wt_path(env, "task-1-3"), "README", "changed by the child") == 0);
+	/* What the killed checkout left: one new file written, one tracked file rewritten, no index update. */
+	CHECK(sh("cd %s && git show task/1/3:new.txt > new.txt && git show task/1/3:README > README",
+		 wt_path(env, "session-1")) == 0);
+	json_t *r = ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
+	CHECK_EQ_STR(jstr(r, "result"), "merged_to_parent");
+	json_decref(r);
+	CHECK(sh("cd %s && test -z \"$(git status --porcelain)\"", wt_path(env, "session-1")) == 0);
+	/* A file in the way with other content is still the user's: dirty. */
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	CHECK(commit_in(wt_path(env, "task-1-4"), "four.txt", "4") == 0);
+	CHECK(sh("echo mine > %s/four.txt", wt_path(env, "session-1")) == 0);
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 4}");
+	CHECK_EQ_STR(jstr(e, "details.state"), "dirty");
+	json_decref(e);
+	CHECK(sh("grep -qx mine %s/four.txt", wt_path(env, "session-1")) == 0);
+}
