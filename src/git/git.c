@@ -808,6 +808,13 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 
 	/* A checkout left locked by a process killed while updating it is released first. */
 	orch_git_clear_dead_inflight(ctx->git, NULL);
+	/*
+	 * From here on git may lock the parent checkout's index (status, a dry
+	 * run, the checkout itself): name it, so that a kill leaves a lock
+	 * that the next merge or start-up knows to be ours.
+	 */
+	if (workdir)
+		inflight_mark(ctx->git, workdir);
 	if (git_branch_lookup(&pref, repo, parent, GIT_BRANCH_LOCAL) < 0) {
 		rc = orch_error_set(ORCH_ENOTFOUND, "parent branch \"%s\" does not exist", parent);
 		goto done;
@@ -901,14 +908,11 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 		/* Finishing an interrupted checkout: every difference is already the merge's own. */
 		if (finish)
 			safe = GIT_CHECKOUT_FORCE;
-		inflight_mark(ctx->git, workdir);
 		if (err < 0 || checkout_commit(workdir, &merged, &ptip, safe, NULL) < 0) {
 			rc = git_fail("update the parent's checkout");
 			checkout_commit(workdir, &ptip, &merged, GIT_CHECKOUT_FORCE, NULL);
-			inflight_clear(ctx->git);
 			goto done;
 		}
-		inflight_clear(ctx->git);
 	}
 	err = git_reference_create_matching(&moved, repo, refname, &merged, 1, &ptip, msg);
 	if (err < 0) {
@@ -917,11 +921,8 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 					    parent, child);
 		else
 			rc = git_fail("update branch");
-		if (checkout) {
-			inflight_mark(ctx->git, workdir);
+		if (checkout)
 			checkout_commit(workdir, &ptip, &merged, GIT_CHECKOUT_FORCE, NULL);
-			inflight_clear(ctx->git);
-		}
 		goto done;
 	}
 	struct merge_undo *u = calloc(1, sizeof(*u));
@@ -934,6 +935,8 @@ int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, 
 	orch_undo_push(ctx, merge_undo_run, merge_undo_free, u);
 	git_oid_tostr(commit_hex, ORCH_GIT_HEX_SIZE, &merged);
 done:
+	if (workdir)
+		inflight_clear(ctx->git);
 	json_decref(paths);
 	free(elsewhere);
 	free(msg);

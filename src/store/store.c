@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "orchfs/error.h"
 #include "orchfs/store.h"
@@ -107,10 +108,22 @@ int orch_store_open(orch_store **out, const char *path)
 	 * synchronous=FULL makes a committed reply survive power loss, not
 	 * just a killed process.
 	 */
-	if ((rc = exec(st, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; "
-		       "PRAGMA foreign_keys = ON;")) != 0)
-		goto fail;
-	if ((rc = migrate(st)) != 0)
+	/*
+	 * Switching a new database to WAL, and its first migration, take locks
+	 * for which SQLite may answer SQLITE_BUSY without waiting (several
+	 * processes opening one new state directory at once): retry for up to
+	 * the busy timeout.
+	 */
+	for (int ms = 0;; ms += 20) {
+		rc = exec(st, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;");
+		if (!rc)
+			rc = migrate(st);
+		if (!rc || (sqlite3_errcode(st->db) & 0xff) != SQLITE_BUSY || ms >= 10000)
+			break;
+		orch_error_clear();
+		usleep(20000);
+	}
+	if (rc)
 		goto fail;
 	*out = st;
 	return 0;
