@@ -146,7 +146,7 @@ static int session_root(orch_ctx *ctx, int64_t sid, int64_t main_id, int64_t *ou
 		goto done;
 	/* Left by an open that was killed before its commit: ids are reused, the checkout is not. */
 	if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, "HEAD", true))
-		orch_log("removed %s (branch %s) left by an interrupted session.open", path, branch);
+		orch_log("took back what an interrupted session.open left at %s (branch %s)", path, branch);
 	if ((rc = orch_git_worktree_add(ctx, name, path, branch, "HEAD")) != 0)
 		goto done;
 	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, parent_worktree_id, "

@@ -405,7 +405,7 @@ static int reclaim_default(orch_ctx *ctx, json_t *parent, const char *branch)
 	if ((rc = orch_sql_int(ctx, &other, &found, "SELECT id FROM worktrees WHERE path = ?", "s", path)) != 0)
 		goto done;
 	if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, base, true))
-		orch_log("removed %s (branch %s) left by an interrupted worktree.spawn", path, branch);
+		orch_log("took back what an interrupted worktree.spawn left at %s (branch %s)", path, branch);
 done:
 	free(base);
 	free(path);
