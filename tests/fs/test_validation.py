@@ -85,3 +85,11 @@ def test_not_an_object_and_malformed(shared_mount, method):
     for body in ['{"a": }', '{]', '{"a" 1}', '{} {}']:
         shared_mount.fails(method, body, 'invalid_json', errno.EINVAL)
     assert shared_mount.db_version() == v
+
+
+def test_project_readme_documents_every_method():
+    import os
+    from conftest import ROOT
+    text = open(os.path.join(ROOT, 'README.md')).read()
+    missing = [m['name'] for m in METHODS if f"`{m['name']} " not in text and f"`{m['name']}`" not in text]
+    assert not missing, f'README.md does not document {missing}'
