@@ -170,6 +170,47 @@ static int apply_implied(const orch_method *m, json_t *params, int64_t session_i
 }
 
 /*
+ * A stored error that says nothing about the request itself (a lock held,
+ * a git or database failure): a repeat with the same call_id runs again
+ * and its reply replaces the stored one.
+ */
+static bool transient(int code)
+{
+	return code == ORCH_ECONFLICT || code == ORCH_EGIT || code == ORCH_EINTERNAL;
+}
+
+/* The error code of a reply text (0 for a result). */
+static int reply_code(const char *text)
+{
+	json_t *r = json_loads(text, 0, NULL);
+	const char *name = json_string_value(json_object_get(json_object_get(r, "error"), "code"));
+	int code = name ? orch_error_from_name(name) : 0;
+
+	json_decref(r);
+	return code;
+}
+
+/* Keep the current error aside while other work may record its own. */
+typedef struct {
+	orch_error e;
+	json_t *details;
+} saved_error;
+
+static saved_error error_save(void)
+{
+	saved_error s = {*orch_error_last(), NULL};
+
+	s.details = s.e.details ? json_incref(s.e.details) : NULL;
+	return s;
+}
+
+static void error_restore(saved_error *s)
+{
+	orch_error_set(s->e.code, "%s", s->e.message);
+	orch_error_details(s->details);
+}
+
+/*
  * Look up a stored reply for call_id.  Returns 1 and sets *reply and *code when
  * the same call was made before, 0 when none is stored, or an error.
  */
@@ -206,12 +247,7 @@ static int stored_reply(orch_ctx *ctx, const char *call_id, const char *method, 
 	json_t *err = json_object_get(r, "error");
 	if (err) {
 		*code = orch_error_from_name(json_string_value(json_object_get(err, "code")));
-		/*
-		 * A conflict (a lock held) or a git/internal failure says nothing
-		 * about the request itself: the retry runs again and its reply
-		 * replaces this one.
-		 */
-		if (*code == ORCH_ECONFLICT || *code == ORCH_EGIT || *code == ORCH_EINTERNAL) {
+		if (transient(*code)) {
 			json_decref(r);
 			free(*reply);
 			*reply = NULL;
@@ -246,25 +282,23 @@ static int store_reply(orch_ctx *ctx, const char *call_id, const char *method, c
 static void store_error_reply(orch_ctx *ctx, const char *call_id, const char *method, const char *canon,
 			      const char *reply)
 {
-	orch_error saved = *orch_error_last();
-	json_t *details = saved.details ? json_incref(saved.details) : NULL;
-	int64_t existing;
-	bool found;
+	saved_error saved = error_save();
+	sqlite3_stmt *st;
+	bool keep = false;
 
 	/* Keep a stored reply, unless it is a transient error this attempt replaces. */
 	if (orch_store_begin(ctx->store, true) == 0) {
-		if (orch_sql_int(ctx, &existing, &found, "SELECT id FROM replies WHERE call_id = ? AND NOT "
-				 "(reply LIKE '{\"error\":{\"code\":\"conflict\"%' OR "
-				 "reply LIKE '{\"error\":{\"code\":\"git\"%' OR "
-				 "reply LIKE '{\"error\":{\"code\":\"internal\"%')", "s", call_id) == 0 && !found &&
-		    store_reply(ctx, call_id, method, canon, reply) == 0)
+		st = orch_sql(ctx, "SELECT reply FROM replies WHERE call_id = ?", "s", call_id);
+		if (st && sqlite3_step(st) == SQLITE_ROW)
+			keep = !transient(reply_code((const char *)sqlite3_column_text(st, 0)));
+		if (st)
+			sqlite3_reset(st);
+		if (st && !keep && store_reply(ctx, call_id, method, canon, reply) == 0)
 			orch_store_commit(ctx->store);
 		else
 			orch_store_rollback(ctx->store);
 	}
-	orch_error_set(saved.code, "%s", saved.message);
-	if (details)
-		orch_error_details(details);
+	error_restore(&saved);
 }
 
 static int bump_version(orch_ctx *ctx)
@@ -379,11 +413,9 @@ fail:
 		orch_store_rollback(ctx->store);
 	if (ctx->undo) {
 		/* Undoing may itself record errors; the reply is about the call's. */
-		orch_error saved = *orch_error_last();
-		json_t *details = saved.details ? json_incref(saved.details) : NULL;
+		saved_error saved = error_save();
 		orch_undo_run(ctx);
-		orch_error_set(saved.code, "%s", saved.message);
-		orch_error_details(details);
+		error_restore(&saved);
 	}
 	free(*reply);
 	*reply = orch_reply_error(call_id);
