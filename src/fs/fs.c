@@ -209,7 +209,8 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 	if (h && h->ctl)
 		h = NULL;
-	if (!h && !fs_exists(ctx, n)) {
+	/* Files and links are rendered or resolved below, which finds a vanished node itself. */
+	if (!h && (fs_node_type(n) == T_DIR || fs_node_type(n) == T_CTL) && !fs_exists(ctx, n)) {
 		fuse_reply_err(req, ENOENT);
 		return;
 	}

@@ -31,6 +31,11 @@ static int heartbeat_text(orch_ctx *ctx, int64_t id, char **buf);
 
 #define SESSION_EXISTS "SELECT 1 FROM sessions WHERE id = ?1"
 
+/* A session's root link: its session-root worktree, while the session owns it. */
+#define ROOT_LINK_FROM                                                                             \
+	"FROM sessions s JOIN worktrees w ON w.id = s.session_root_worktree_id "                      \
+	"WHERE s.id = ?1 AND w.owner_session_id = s.id"
+
 static const node_spec specs[K_KIND_COUNT] = {
 	[K_ROOT] = {K_ROOT, K_ROOT, "", NULL, T_DIR},
 	[K_README] = {K_README, K_ROOT, "README.md", NULL, T_FILE, .text = readme_text, .doc = "this file"},
@@ -52,8 +57,7 @@ static const node_spec specs[K_KIND_COUNT] = {
 				.render = orch_current_ref_json, .doc = "the active current ref, or null (a pure read)"},
 	[K_HEARTBEAT] = {K_HEARTBEAT, K_SESSION_DIR, "heartbeat", NULL, T_HEARTBEAT, .text = heartbeat_text, .doc = "open for writing, write or touch it: session.heartbeat"},
 	[K_ROOT_LINK] = {K_ROOT_LINK, K_SESSION_DIR, "root", NULL, T_LINK,
-			 .exists_sql = "SELECT 1 FROM sessions s JOIN worktrees w ON w.id = "
-				       "s.session_root_worktree_id WHERE s.id = ?1 AND w.owner_session_id = s.id", .doc = "symlink to the session-root worktree"},
+			 .exists_sql = "SELECT 1 " ROOT_LINK_FROM, .doc = "symlink to the session-root worktree"},
 	[K_SCTL_DIR] = {K_SCTL_DIR, K_SESSION_DIR, "ctl", NULL, T_DIR},
 	[K_SCTL] = {K_SCTL, K_SCTL_DIR, NULL, NULL, T_CTL, .methods = 2, .doc = "methods taking a session, session_id implied; read alone: last reply"},
 	[K_TASKS_DIR] = {K_TASKS_DIR, K_ROOT, "tasks", NULL, T_DIR},
@@ -205,12 +209,12 @@ int fs_lookup(orch_ctx *ctx, fs_node dir, const char *name, fs_node *child)
 			if (strcmp(s->name, name) != 0)
 				continue;
 		} else if (s->methods) {
-			const orch_method *m = orch_method_find(name);
-			if (!m)
+			size_t i = 0;
+			while (i < orch_method_count() && strcmp(orch_method_at(i)->name, name) != 0)
+				i++;
+			if (i == orch_method_count())
 				continue;
-			for (size_t i = 0; i < orch_method_count(); i++)
-				if (orch_method_at(i) == m)
-					c.sub = (unsigned)i;
+			c.sub = (unsigned)i;
 		} else {
 			size_t n = strlen(name), sl = strlen(s->suffix);
 			if (n <= sl || strcmp(name + n - sl, s->suffix) != 0)
@@ -348,8 +352,7 @@ int fs_readlink(orch_ctx *ctx, fs_node n, char **target)
 
 	if (specs[n.kind].type != T_LINK)
 		return -EINVAL;
-	st = orch_store_stmt(ctx->store, "SELECT w.path FROM sessions s JOIN worktrees w ON "
-			     "w.id = s.session_root_worktree_id WHERE s.id = ? AND w.owner_session_id = s.id");
+	st = orch_store_stmt(ctx->store, "SELECT w.path " ROOT_LINK_FROM);
 	if (!st)
 		return -EIO;
 	sqlite3_bind_int64(st, 1, n.id);
@@ -451,7 +454,7 @@ static void spec_path(fs_kind k, char *buf, size_t size)
 
 static int readme_text(orch_ctx *ctx, int64_t id, char **buf)
 {
-	size_t cap = 0, len = 0;
+	size_t cap = 0;
 	char *out = NULL;
 	FILE *f = open_memstream(&out, &cap);
 
@@ -470,7 +473,6 @@ static int readme_text(orch_ctx *ctx, int64_t id, char **buf)
 		fprintf(f, "- `%s`: %s\n", m->name, m->summary);
 	}
 	fclose(f);
-	(void)len;
 	*buf = out;
 	return 0;
 }
