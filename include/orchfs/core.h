@@ -17,10 +17,17 @@
 
 typedef struct orch_git orch_git;
 
-/* An action that undoes a git side effect when the transaction fails. */
+typedef void (*orch_hook_fn)(void *arg);
+
+/*
+ * Work tied to the outcome of a call's transaction (a git side effect):
+ * on_rollback runs if the call fails, on_commit once it has committed,
+ * free_arg after either.  Any of the three may be NULL.
+ */
 typedef struct orch_undo {
-	void (*fn)(void *arg);
-	void (*free_arg)(void *arg);
+	orch_hook_fn on_rollback;
+	orch_hook_fn on_commit;
+	orch_hook_fn free_arg;
 	void *arg;
 	struct orch_undo *next;
 } orch_undo;
@@ -228,10 +235,14 @@ void orch_time_format(int64_t ms, char *buf);
 /* A timestamped line on stderr (the daemon's log): "<time> orchfs: <message>". */
 void orch_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* ---- undo of git side effects ---- */
+/* ---- the call's transaction hooks (git side effects) ---- */
+/* Register hooks (run LIFO); see orch_undo. */
+void orch_txn_hook(orch_ctx *ctx, orch_hook_fn on_rollback, orch_hook_fn on_commit, orch_hook_fn free_arg,
+		   void *arg);
+/* Compatibility: a rollback action whose free_arg doubles as its after-commit work. */
 void orch_undo_push(orch_ctx *ctx, void (*fn)(void *), void (*free_arg)(void *), void *arg);
-void orch_undo_run(orch_ctx *ctx);   /* run (LIFO) and clear */
-void orch_undo_clear(orch_ctx *ctx); /* forget (after commit) */
+void orch_undo_run(orch_ctx *ctx);   /* the call failed: run every on_rollback (LIFO), free, clear */
+void orch_undo_clear(orch_ctx *ctx); /* the call committed: run every on_commit (LIFO), free, clear */
 
 /* ---- read views shared by methods and the tree ---- */
 int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out);

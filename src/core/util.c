@@ -328,26 +328,30 @@ int orch_path_normalise(const char *name, const char *in, char **out)
 	return 0;
 }
 
-/* ---- undo ---- */
+/* ---- transaction hooks ---- */
 
-void orch_undo_push(orch_ctx *ctx, void (*fn)(void *), void (*free_arg)(void *), void *arg)
+void orch_txn_hook(orch_ctx *ctx, orch_hook_fn on_rollback, orch_hook_fn on_commit, orch_hook_fn free_arg,
+		   void *arg)
 {
-	orch_undo *u = calloc(1, sizeof(*u));
+	orch_undo *u = orch_xrealloc(NULL, sizeof(*u));
 
-	u->fn = fn;
-	u->free_arg = free_arg;
-	u->arg = arg;
-	u->next = ctx->undo;
+	*u = (orch_undo){on_rollback, on_commit, free_arg, arg, ctx->undo};
 	ctx->undo = u;
 }
 
-static void undo_drain(orch_ctx *ctx, bool run)
+void orch_undo_push(orch_ctx *ctx, void (*fn)(void *), void (*free_arg)(void *), void *arg)
+{
+	orch_txn_hook(ctx, fn, NULL, free_arg, arg);
+}
+
+static void undo_drain(orch_ctx *ctx, bool committed)
 {
 	while (ctx->undo) {
 		orch_undo *u = ctx->undo;
+		orch_hook_fn fn = committed ? u->on_commit : u->on_rollback;
 		ctx->undo = u->next;
-		if (run)
-			u->fn(u->arg);
+		if (fn)
+			fn(u->arg);
 		if (u->free_arg)
 			u->free_arg(u->arg);
 		free(u);
@@ -356,10 +360,10 @@ static void undo_drain(orch_ctx *ctx, bool run)
 
 void orch_undo_run(orch_ctx *ctx)
 {
-	undo_drain(ctx, true);
+	undo_drain(ctx, false);
 }
 
 void orch_undo_clear(orch_ctx *ctx)
 {
-	undo_drain(ctx, false);
+	undo_drain(ctx, true);
 }
