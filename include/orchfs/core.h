@@ -10,12 +10,14 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <sqlite3.h>
 
 #include "orchfs/error.h"
 #include "orchfs/store.h"
 
 typedef struct orch_git orch_git;
+typedef struct orch_change orch_change;
 
 typedef void (*orch_hook_fn)(void *arg);
 
@@ -32,20 +34,74 @@ typedef struct orch_undo {
 	struct orch_undo *next;
 } orch_undo;
 
+/*
+ * The process-wide environment: opened once, shared by every thread.
+ * Fields marked immutable are set by orch_env_open and never change; the
+ * rest say which lock owns them.
+ */
+typedef struct orch_env {
+	char *repo_path; /* immutable: absolute path of the main worktree */
+	char *state_dir; /* immutable: absolute path of the state directory */
+	char *db_path;   /* immutable: <state_dir>/state.db */
+
+	/*
+	 * The writer lane: every mutating call (and every call with a
+	 * call_id) holds writer_mu from before BEGIN IMMEDIATE until its
+	 * after-commit work is done, so in-process writers queue here and
+	 * SQLite's busy handler only ever waits for other processes.
+	 */
+	pthread_mutex_t writer_mu;
+	orch_store *writer; /* under writer_mu: the read-write connection */
+	orch_git *git;      /* under writer_mu: libgit2 is used by the writer lane only */
+
+	/* Idle read-only connections (WAL readers), under pool_mu. */
+	pthread_mutex_t pool_mu;
+	orch_store **pool;
+	size_t npool, cappool;
+
+	/*
+	 * Told, under writer_mu and before the call replies, which rows a
+	 * committed call changed (the fs layer invalidates cached files).
+	 * Set before any thread starts; NULL when nobody listens.
+	 */
+	void (*committed)(void *arg, const orch_change *changes, size_t n);
+	void *committed_arg;
+} orch_env;
+
+/* Open the workspace (see orch_ctx_open) into `env`. */
+int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir);
+void orch_env_close(orch_env *env);
+
+/* A read-only connection of the pool (opened when none is idle), and its return. */
+int orch_env_reader(orch_env *env, orch_store **out);
+void orch_env_reader_put(orch_env *env, orch_store *st);
+
+/*
+ * One request's context: on the stack of the thread serving it, never
+ * shared.  `store` is the writer's connection (under writer_mu) or a
+ * reader of the pool; `git` is NULL on reader lanes.
+ */
 typedef struct orch_ctx {
+	orch_env *env;
 	orch_store *store;
 	orch_git *git;
-	const char *repo_path;  /* absolute path of the main worktree */
-	const char *state_dir;  /* absolute path of the state directory */
+	const char *repo_path;  /* env->repo_path */
+	const char *state_dir;  /* env->state_dir */
 	int64_t now;            /* ms since the epoch, fixed for one call */
-	orch_undo *undo;        /* git effects to undo on rollback (LIFO) */
+	orch_undo *undo;        /* transaction hooks (LIFO), see orch_txn_hook */
 	bool unchanged;         /* set by a write method that changed nothing: no db_version bump */
+	orch_env *own_env;      /* the environment orch_ctx_open made (freed by orch_ctx_close) */
 } orch_ctx;
+
+/* A context for one request of `env`, on the given connection (git NULL on readers). */
+void orch_ctx_init(orch_ctx *ctx, orch_env *env, orch_store *store, orch_git *git);
 
 /*
  * Open the workspace: the repository containing `repo_dir` (NULL: the current
  * directory), the state directory (NULL: <repo>/.orchfs, added to
- * .git/info/exclude), its database and the git handle.
+ * .git/info/exclude), its database and the git handle.  The context owns the
+ * environment and is bound to its writer: for one-thread users (`orchfs
+ * call`, unit tests).
  */
 int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir);
 void orch_ctx_close(orch_ctx *ctx);
@@ -82,7 +138,8 @@ typedef struct orch_param {
 
 typedef int (*orch_method_fn)(orch_ctx *ctx, json_t *params, json_t **result);
 
-#define ORCH_M_WRITE 0x1u /* mutates state: one BEGIN IMMEDIATE transaction, bumps db_version */
+#define ORCH_M_WRITE 0x1u     /* mutates state: one BEGIN IMMEDIATE transaction, bumps db_version */
+#define ORCH_M_CLOSED_OK 0x2u /* through sessions/<id>/ctl/, allowed for a closed or taken-over session */
 
 typedef struct orch_method {
 	const char *name;
@@ -253,6 +310,9 @@ int orch_current_ref_json(orch_ctx *ctx, int64_t session_id, json_t **out); /* J
 
 /* A timeout in seconds: absent 0, else 0..one year (invalid_params). */
 int orch_param_timeout(json_t *p, const char *name, int64_t *out);
+
+/* The database's db_version and last change (ms) from mirror_meta; either out may be NULL. */
+int orch_meta_read(orch_store *st, int64_t *db_version, int64_t *updated_at);
 
 /* Check that session `id` exists and is not closed (invalid_state otherwise). */
 int orch_session_require_open(orch_ctx *ctx, int64_t id);

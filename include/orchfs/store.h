@@ -11,8 +11,37 @@
 
 typedef struct orch_store orch_store;
 
-/* Open (creating if needed) the database at `path` and migrate it. */
+/* Open (creating if needed) the database at `path` and migrate it: the writer's connection. */
 int orch_store_open(orch_store **out, const char *path);
+
+/* Open a read-only connection to a database orch_store_open has set up (a WAL reader). */
+int orch_store_open_reader(orch_store **out, const char *path);
+
+/*
+ * How long a writer waits for another process's write lock before the
+ * call fails with `internal` (EIO).  In-process writers queue on the
+ * writer lane instead and never spend it.
+ */
+#define ORCH_STORE_BUSY_MS 30000
+
+/* A row a committed transaction changed (from SQLite's update hook). */
+typedef struct orch_change {
+	const char *table; /* interned: compare with strcmp, valid for the process */
+	int64_t rowid;
+} orch_change;
+
+/*
+ * Rows changed by this connection's committed transactions since the last
+ * orch_store_changes_clear (a rolled-back transaction's are dropped).
+ */
+const orch_change *orch_store_changes(orch_store *st, size_t *n);
+void orch_store_changes_clear(orch_store *st);
+
+/*
+ * Whether another connection (process or thread) committed since this
+ * connection last asked (PRAGMA data_version); cheap, no transaction.
+ */
+bool orch_store_changed_elsewhere(orch_store *st);
 void orch_store_close(orch_store *st);
 sqlite3 *orch_store_db(orch_store *st);
 

@@ -18,7 +18,7 @@
 static void usage(FILE *f)
 {
 	fputs("usage:\n"
-	      "  orchfs mount [--repo DIR] [--state DIR] [-f] [-d] MOUNTPOINT\n"
+	      "  orchfs mount [--repo DIR] [--state DIR] [-f] [-d] [-s] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
 	      "  orchfs call [--repo DIR] [--state DIR] METHOD [JSON]\n"
 	      "  orchfs methods [--json]\n",
@@ -30,6 +30,7 @@ typedef struct {
 	const char *state;
 	bool foreground;
 	bool debug;
+	bool single_thread;
 	int argc;
 	char **argv;
 } cli_args;
@@ -47,6 +48,8 @@ static int parse(int argc, char **argv, cli_args *a)
 			a->foreground = true;
 		else if (strcmp(argv[i], "-d") == 0)
 			a->debug = a->foreground = true;
+		else if (strcmp(argv[i], "-s") == 0)
+			a->single_thread = true;
 		else if (strcmp(argv[i], "--") == 0) {
 			i++;
 			break;
@@ -116,7 +119,7 @@ static int ready_fd = -1;
 
 typedef struct {
 	const char *log_path;
-	orch_ctx *ctx;
+	orch_env *env;
 	const char *mountpoint;
 	json_t *reconciled; /* lines of what the start-up reconcile found */
 } mount_info;
@@ -126,7 +129,7 @@ static void log_start(mount_info *mi)
 	json_t *line;
 	size_t i;
 
-	orch_log("serving %s (state %s) at %s", mi->ctx->repo_path, mi->ctx->state_dir, mi->mountpoint);
+	orch_log("serving %s (state %s) at %s", mi->env->repo_path, mi->env->state_dir, mi->mountpoint);
 	json_array_foreach(mi->reconciled, i, line)
 		orch_log("reconcile: %s", json_string_value(line));
 }
@@ -164,11 +167,14 @@ static void mounted(void *arg)
  * foreground, else `log_path`.  A failure is reported and does not stop
  * the mount.
  */
-static json_t *reconcile(orch_ctx *ctx)
+static json_t *reconcile(orch_env *env)
 {
 	json_t *lines = NULL;
+	orch_ctx ctx;
 
-	if (orch_worktree_reconcile(ctx, &lines) != 0) {
+	/* Before any thread: the writer's connection and git, as the writer lane. */
+	orch_ctx_init(&ctx, env, env->writer, env->git);
+	if (orch_worktree_reconcile(&ctx, &lines) != 0) {
 		json_decref(lines);
 		lines = json_pack("[s+]", "failed: ", orch_error_last()->message);
 	}
@@ -180,7 +186,7 @@ static int cmd_mount(cli_args *a)
 {
 	char mp[PATH_MAX], *log_path = NULL;
 	struct stat sb;
-	orch_ctx ctx;
+	orch_env env;
 	int rc;
 
 	if (a->argc != 1) {
@@ -242,32 +248,32 @@ static int cmd_mount(cli_args *a)
 	}
 
 	/* Everything is opened in the process that serves, never across a fork. */
-	if (orch_ctx_open(&ctx, a->repo, a->state) != 0) {
+	if (orch_env_open(&env, a->repo, a->state) != 0) {
 		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
 		return 1;
 	}
 	/*
-	 * The daemon serves one request at a time, so it must never look into
-	 * its own mount: not through the state directory (hidden by a mount
-	 * above it), and not through the repository, whose status git walks.
+	 * The daemon must never look into its own mount: not through the
+	 * state directory (hidden by a mount above it), and not through the
+	 * repository, whose status git walks while it serves the mount.
 	 */
-	if (path_within(ctx.state_dir, mp) || path_within(mp, ctx.repo_path) || path_within(ctx.repo_path, mp)) {
+	if (path_within(env.state_dir, mp) || path_within(mp, env.repo_path) || path_within(env.repo_path, mp)) {
 		fprintf(stderr, "orchfs: the mount point %s must be outside the repository %s and its state %s "
-			"(try /tmp/orchfs/<name>)\n", mp, ctx.repo_path, ctx.state_dir);
-		orch_ctx_close(&ctx);
+			"(try /tmp/orchfs/<name>)\n", mp, env.repo_path, env.state_dir);
+		orch_env_close(&env);
 		return 1;
 	}
-	if (asprintf(&log_path, "%s/orchfs.log", ctx.state_dir) < 0)
+	if (asprintf(&log_path, "%s/orchfs.log", env.state_dir) < 0)
 		log_path = NULL;
-	mount_info mi = {log_path, &ctx, mp, reconcile(&ctx)};
+	mount_info mi = {log_path, &env, mp, reconcile(&env)};
 	fs_options o = {.mountpoint = mp, .foreground = a->foreground, .debug = a->debug,
-			.on_mounted = mounted, .arg = &mi};
-	rc = fs_main(&ctx, &o);
+			.single_thread = a->single_thread, .on_mounted = mounted, .arg = &mi};
+	rc = fs_main(&env, &o);
 	if (rc && ready_fd >= 0)
 		fprintf(stderr, "orchfs: cannot mount %s\n", mp);
 	orch_log("unmounted %s", mp);
 	json_decref(mi.reconciled);
-	orch_ctx_close(&ctx);
+	orch_env_close(&env);
 	free(log_path);
 	return rc;
 }

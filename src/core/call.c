@@ -307,13 +307,146 @@ static int bump_version(orch_ctx *ctx)
 			     "i", ctx->now);
 }
 
+/*
+ * The transaction of one validated call on the lane's connection: stored
+ * reply (call_id), the method, db_version bump, reply storage, commit; on
+ * failure rollback, undo of git effects and the error reply.
+ */
+static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const char *call_id, const char *canon,
+		   int64_t session_id, char **reply)
+{
+	json_t *result = NULL, *out;
+	bool write = (m->flags & ORCH_M_WRITE) || call_id, in_txn = false, call_id_taken = false;
+	int rc;
+
+	if ((rc = orch_store_begin(ctx->store, write)) != 0)
+		goto fail;
+	in_txn = true;
+	/* The time of the call is when it holds the write lock, not when it asked for it. */
+	ctx->now = orch_now_ms();
+	if (call_id) {
+		int code = 0;
+		rc = stored_reply(ctx, call_id, m->name, canon, reply, &code);
+		if (rc == 1) {
+			orch_store_rollback(ctx->store);
+			return code;
+		}
+		if (rc) {
+			call_id_taken = rc == ORCH_EEXISTS;
+			goto fail;
+		}
+	}
+	/*
+	 * A change through sessions/<id>/ctl/ acts as that session: a closed or
+	 * taken-over session is told so before anything else (unless the
+	 * method is meant for such a session, as session.close is).
+	 */
+	if (session_id > 0 && (m->flags & ORCH_M_WRITE) && !(m->flags & ORCH_M_CLOSED_OK) &&
+	    (rc = orch_session_require_open(ctx, session_id)) != 0)
+		goto fail;
+	ctx->unchanged = false;
+	if ((rc = m->fn(ctx, params, &result)) != 0)
+		goto fail;
+	if ((m->flags & ORCH_M_WRITE) && !ctx->unchanged && (rc = bump_version(ctx)) != 0)
+		goto fail;
+	/* A change made through sessions/<id>/ctl/ is a sign of life too. */
+	if (session_id > 0 && (m->flags & ORCH_M_WRITE) && !ctx->unchanged &&
+	    (rc = orch_sql_exec(ctx, "UPDATE sessions SET last_seen_at = ?, status = CASE status WHEN 'opened' "
+				"THEN 'active_new' ELSE status END WHERE id = ? AND status NOT IN ('closed', "
+				"'handoff_attached')", "ii", ctx->now, session_id)) != 0)
+		goto fail;
+
+	out = json_object();
+	json_object_set_new(out, "result", result ? result : json_null());
+	result = NULL;
+	if (call_id)
+		json_object_set_new(out, "call_id", json_string(call_id));
+	*reply = reply_text(out);
+	json_decref(out);
+	if (call_id && (rc = store_reply(ctx, call_id, m->name, canon, *reply)) != 0)
+		goto fail;
+	if ((rc = orch_store_commit(ctx->store)) != 0) {
+		in_txn = false;
+		goto fail;
+	}
+	orch_undo_clear(ctx);
+	return 0;
+
+fail:
+	json_decref(result);
+	if (in_txn)
+		orch_store_rollback(ctx->store);
+	if (ctx->undo) {
+		/* Undoing may itself record errors; the reply is about the call's. */
+		saved_error saved = error_save();
+		orch_undo_run(ctx);
+		error_restore(&saved);
+	}
+	free(*reply);
+	*reply = orch_reply_error(call_id);
+	if (call_id && !call_id_taken)
+		store_error_reply(ctx, call_id, m->name, canon, *reply);
+	return rc;
+}
+
+/* Enter the writer lane: the writer's connection and git, under writer_mu. */
+static void writer_enter(orch_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->env->writer_mu);
+	ctx->store = ctx->env->writer;
+	ctx->git = ctx->env->git;
+}
+
+/*
+ * Leave it: report the rows committed meanwhile (so a reader that starts
+ * after the call returns sees its effect), then let the next writer in.
+ */
+static void writer_leave(orch_ctx *ctx)
+{
+	orch_env *env = ctx->env;
+	size_t n;
+	const orch_change *changes = orch_store_changes(env->writer, &n);
+
+	if (n && env->committed)
+		env->committed(env->committed_arg, changes, n);
+	orch_store_changes_clear(env->writer);
+	pthread_mutex_unlock(&env->writer_mu);
+}
+
+/*
+ * Run a validated call on its lane: mutating calls (and calls with a
+ * call_id, whose reply is stored) on the writer lane; reads on a pooled
+ * read-only connection, beside any writer and any git work.
+ */
+static int run_on_lane(orch_ctx *ctx, const orch_method *m, json_t *params, const char *call_id,
+		       const char *canon, int64_t session_id, char **reply)
+{
+	int rc;
+
+	if ((m->flags & ORCH_M_WRITE) || call_id) {
+		writer_enter(ctx);
+		rc = execute(ctx, m, params, call_id, canon, session_id, reply);
+		writer_leave(ctx);
+		return rc;
+	}
+	if ((rc = orch_env_reader(ctx->env, &ctx->store)) != 0) {
+		*reply = orch_reply_error(call_id);
+		return rc;
+	}
+	ctx->git = NULL;
+	rc = execute(ctx, m, params, call_id, canon, session_id, reply);
+	orch_env_reader_put(ctx->env, ctx->store);
+	return rc;
+}
+
 int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, char **reply)
 {
+	orch_store *store = ctx->store; /* the caller's binding, restored on the way out */
+	orch_git *git = ctx->git;
 	const orch_method *m;
 	const char *call_id = NULL;
-	json_t *params = NULL, *result = NULL, *out;
+	json_t *params = NULL;
 	char *canon = NULL;
-	bool write, in_txn = false, call_id_taken = false;
 	int rc;
 
 	orch_error_clear();
@@ -345,82 +478,26 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 	if (session_id > 0 && (rc = apply_implied(m, params, session_id)) != 0)
 		goto fail;
 	/* Keys, limits and types first, so a typo is named even under a used call_id. */
-	if ((rc = orch_params_validate(m, params)) != 0) {
-		canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
-		goto fail;
-	}
+	rc = orch_params_validate(m, params);
 	canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
-
-	write = (m->flags & ORCH_M_WRITE) || call_id;
-	if ((rc = orch_store_begin(ctx->store, write)) != 0)
+	if (rc)
 		goto fail;
-	in_txn = true;
-	/* The time of the call is when it holds the write lock, not when it asked for it. */
-	ctx->now = orch_now_ms();
-	if (call_id) {
-		int code = 0;
-		rc = stored_reply(ctx, call_id, name, canon, reply, &code);
-		if (rc == 1) {
-			orch_store_rollback(ctx->store);
-			rc = code;
-			goto done;
-		}
-		if (rc) {
-			call_id_taken = rc == ORCH_EEXISTS;
-			goto fail;
-		}
-	}
-	/*
-	 * A change through sessions/<id>/ctl/ acts as that session: a closed or
-	 * taken-over session is told so before anything else (session.close
-	 * itself excepted: it may tidy a taken-over session).
-	 */
-	if (session_id > 0 && (m->flags & ORCH_M_WRITE) && strcmp(m->name, "session.close") != 0 &&
-	    (rc = orch_session_require_open(ctx, session_id)) != 0)
-		goto fail;
-	ctx->unchanged = false;
-	if ((rc = m->fn(ctx, params, &result)) != 0)
-		goto fail;
-	if ((m->flags & ORCH_M_WRITE) && !ctx->unchanged && (rc = bump_version(ctx)) != 0)
-		goto fail;
-	/* A change made through sessions/<id>/ctl/ is a sign of life too. */
-	if (session_id > 0 && (m->flags & ORCH_M_WRITE) && !ctx->unchanged &&
-	    (rc = orch_sql_exec(ctx, "UPDATE sessions SET last_seen_at = ?, status = CASE status WHEN 'opened' "
-				"THEN 'active_new' ELSE status END WHERE id = ? AND status NOT IN ('closed', "
-				"'handoff_attached')", "ii", ctx->now, session_id)) != 0)
-		goto fail;
-
-	out = json_object();
-	json_object_set_new(out, "result", result ? result : json_null());
-	result = NULL;
-	if (call_id)
-		json_object_set_new(out, "call_id", json_string(call_id));
-	*reply = reply_text(out);
-	json_decref(out);
-	if (call_id && (rc = store_reply(ctx, call_id, name, canon, *reply)) != 0)
-		goto fail;
-	if ((rc = orch_store_commit(ctx->store)) != 0) {
-		in_txn = false;
-		goto fail;
-	}
-	orch_undo_clear(ctx);
-	rc = 0;
+	rc = run_on_lane(ctx, m, params, call_id, canon, session_id, reply);
+	ctx->store = store;
+	ctx->git = git;
 	goto done;
 
 fail:
-	json_decref(result);
-	if (in_txn)
-		orch_store_rollback(ctx->store);
-	if (ctx->undo) {
-		/* Undoing may itself record errors; the reply is about the call's. */
-		saved_error saved = error_save();
-		orch_undo_run(ctx);
-		error_restore(&saved);
-	}
 	free(*reply);
 	*reply = orch_reply_error(call_id);
-	if (call_id && canon && !call_id_taken)
-		store_error_reply(ctx, call_id, name, canon, *reply);
+	/* A malformed call is stored under its call_id too, so its repeat says the same. */
+	if (call_id && canon) {
+		writer_enter(ctx);
+		store_error_reply(ctx, call_id, m->name, canon, *reply);
+		writer_leave(ctx);
+		ctx->store = store;
+		ctx->git = git;
+	}
 done:
 	json_decref(params);
 	free(canon);

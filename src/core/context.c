@@ -1,5 +1,6 @@
 /*
- * Opening a workspace: repository, state directory, database, git handle.
+ * Opening a workspace: repository, state directory, database, git handle;
+ * the pool of read-only connections; per-request contexts.
  */
 
 #include <errno.h>
@@ -13,12 +14,36 @@
 #include "orchfs/core.h"
 #include "orchfs/git.h"
 
-int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir)
+/* The state directory `state_dir` (NULL: <repo>/.orchfs), created if needed; caller frees. */
+static int state_path(const char *repo, const char *state_dir, char **out)
+{
+	char *state = NULL;
+
+	*out = NULL;
+	if (!state_dir && asprintf(&state, "%s/.orchfs", repo) < 0)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	const char *dir = state_dir ? state_dir : state;
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		int rc = orch_error_set(ORCH_EINTERNAL, "cannot create state directory %s: %s", dir,
+					strerror(errno));
+		free(state);
+		return rc;
+	}
+	if (state_dir) {
+		state = realpath(state_dir, NULL);
+		if (!state)
+			return orch_error_set(ORCH_EINTERNAL, "state directory %s: %s", state_dir, strerror(errno));
+	}
+	*out = state;
+	return 0;
+}
+
+int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 {
 	char *repo = NULL, *state = NULL, *db = NULL, cwd[PATH_MAX];
 	int rc;
 
-	memset(ctx, 0, sizeof(*ctx));
+	memset(env, 0, sizeof(*env));
 	if (!repo_dir) {
 		if (!getcwd(cwd, sizeof(cwd)))
 			return orch_error_set(ORCH_EINTERNAL, "getcwd: %s", strerror(errno));
@@ -31,61 +56,113 @@ int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir)
 	free(abs);
 	if (rc)
 		return rc;
-	if (state_dir) {
-		if (mkdir(state_dir, 0755) < 0 && errno != EEXIST) {
-			rc = orch_error_set(ORCH_EINTERNAL, "cannot create state directory %s: %s", state_dir,
-					    strerror(errno));
-			goto fail;
-		}
-		state = realpath(state_dir, NULL);
-	} else {
-		if (asprintf(&state, "%s/.orchfs", repo) < 0)
-			state = NULL;
-		if (state && mkdir(state, 0755) < 0 && errno != EEXIST) {
-			rc = orch_error_set(ORCH_EINTERNAL, "cannot create state directory %s: %s", state,
-					    strerror(errno));
-			goto fail;
-		}
-	}
-	if (!state) {
-		rc = orch_error_set(ORCH_EINTERNAL, "state directory: %s", strerror(errno));
+	if ((rc = state_path(repo, state_dir, &state)) != 0)
 		goto fail;
-	}
-	if ((rc = orch_git_open(&ctx->git, repo)) != 0)
+	if ((rc = orch_git_open(&env->git, repo)) != 0)
 		goto fail;
-	orch_git_set_state_dir(ctx->git, state);
+	orch_git_set_state_dir(env->git, state);
 	/* Keep state that lives inside the repository out of git's view. */
 	size_t n = strlen(repo);
 	if (strncmp(state, repo, n) == 0 && state[n] == '/') {
 		char *pattern;
 		if (asprintf(&pattern, "%s/", state + n) >= 0) {
-			orch_git_exclude(ctx->git, pattern);
+			orch_git_exclude(env->git, pattern);
 			free(pattern);
 		}
 	}
-	if (asprintf(&db, "%s/state.db", state) < 0 || (rc = orch_store_open(&ctx->store, db)) != 0) {
-		if (!rc)
-			rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+	if (asprintf(&db, "%s/state.db", state) < 0) {
+		db = NULL;
+		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
 		goto fail;
 	}
-	free(db);
-	ctx->repo_path = repo;
-	ctx->state_dir = state;
+	if ((rc = orch_store_open(&env->writer, db)) != 0)
+		goto fail;
+	pthread_mutex_init(&env->writer_mu, NULL);
+	pthread_mutex_init(&env->pool_mu, NULL);
+	env->repo_path = repo;
+	env->state_dir = state;
+	env->db_path = db;
 	return 0;
 fail:
+	orch_git_close(env->git);
+	env->git = NULL;
 	free(db);
-	orch_git_close(ctx->git);
-	ctx->git = NULL;
 	free(repo);
 	free(state);
 	return rc;
 }
 
+void orch_env_close(orch_env *env)
+{
+	for (size_t i = 0; i < env->npool; i++)
+		orch_store_close(env->pool[i]);
+	free(env->pool);
+	orch_store_close(env->writer);
+	orch_git_close(env->git);
+	pthread_mutex_destroy(&env->writer_mu);
+	pthread_mutex_destroy(&env->pool_mu);
+	free(env->repo_path);
+	free(env->state_dir);
+	free(env->db_path);
+	memset(env, 0, sizeof(*env));
+}
+
+int orch_env_reader(orch_env *env, orch_store **out)
+{
+	pthread_mutex_lock(&env->pool_mu);
+	*out = env->npool ? env->pool[--env->npool] : NULL;
+	pthread_mutex_unlock(&env->pool_mu);
+	return *out ? 0 : orch_store_open_reader(out, env->db_path);
+}
+
+void orch_env_reader_put(orch_env *env, orch_store *st)
+{
+	if (!st)
+		return;
+	if (orch_store_in_txn(st))
+		orch_store_rollback(st);
+	pthread_mutex_lock(&env->pool_mu);
+	if (env->npool == env->cappool) {
+		env->cappool = env->cappool ? env->cappool * 2 : 8;
+		env->pool = orch_xrealloc(env->pool, env->cappool * sizeof(*env->pool));
+	}
+	env->pool[env->npool++] = st;
+	pthread_mutex_unlock(&env->pool_mu);
+}
+
+void orch_ctx_init(orch_ctx *ctx, orch_env *env, orch_store *store, orch_git *git)
+{
+	memset(ctx, 0, sizeof(*ctx));
+	ctx->env = env;
+	ctx->store = store;
+	ctx->git = git;
+	ctx->repo_path = env->repo_path;
+	ctx->state_dir = env->state_dir;
+	ctx->now = orch_now_ms();
+}
+
+int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir)
+{
+	orch_env *env = calloc(1, sizeof(*env));
+	int rc;
+
+	memset(ctx, 0, sizeof(*ctx));
+	if (!env)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	if ((rc = orch_env_open(env, repo_dir, state_dir)) != 0) {
+		free(env);
+		return rc;
+	}
+	orch_ctx_init(ctx, env, env->writer, env->git);
+	ctx->own_env = env;
+	return 0;
+}
+
 void orch_ctx_close(orch_ctx *ctx)
 {
-	orch_store_close(ctx->store);
-	orch_git_close(ctx->git);
-	free((char *)ctx->repo_path);
-	free((char *)ctx->state_dir);
+	if (ctx->own_env) {
+		orch_env_close(ctx->own_env);
+		free(ctx->own_env);
+	}
 	memset(ctx, 0, sizeof(*ctx));
 }

@@ -44,10 +44,34 @@ int orch_error_set(int code, const char *fmt, ...)
 	return code;
 }
 
+/*
+ * The slot's details are the one thing it owns: a thread that ends (the
+ * FUSE loop retires idle threads) must not take them with it unfreed.
+ */
+static pthread_key_t slot_key;
+static pthread_once_t slot_key_once = PTHREAD_ONCE_INIT;
+
+static void slot_exit(void *arg)
+{
+	orch_error *e = arg;
+
+	json_decref(e->details);
+	e->details = NULL;
+}
+
+static void slot_key_make(void)
+{
+	pthread_key_create(&slot_key, slot_exit);
+}
+
 void orch_error_details(json_t *details)
 {
 	json_decref(slot.details);
 	slot.details = details;
+	if (details) {
+		pthread_once(&slot_key_once, slot_key_make);
+		pthread_setspecific(slot_key, &slot);
+	}
 }
 
 void orch_error_detail(const char *key, json_t *value)

@@ -1,6 +1,7 @@
 /*
  * The method table: every group's methods, in the order ctl/ lists them.
  */
+#include <pthread.h>
 #include <string.h>
 
 #include "orchfs/core.h"
@@ -26,16 +27,21 @@ static const orch_method *const groups[] = {
 
 #define MAX_METHODS 128
 
+/* Written once, under pthread_once, then read by every thread. */
 static const orch_method *table[MAX_METHODS + 1];
 static size_t count;
+static pthread_once_t built = PTHREAD_ONCE_INIT;
 
-static void build(void)
+static void build_once(void)
 {
-	if (count)
-		return;
 	for (size_t g = 0; g < sizeof(groups) / sizeof(groups[0]); g++)
 		for (const orch_method *m = groups[g]; m->name && count < MAX_METHODS; m++)
 			table[count++] = m;
+}
+
+static void build(void)
+{
+	pthread_once(&built, build_once);
 }
 
 const orch_method *const *orch_methods(void)

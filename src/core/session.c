@@ -370,7 +370,7 @@ const orch_method orch_session_methods[] = {
 	 "sessions/<id>/heartbeat does the same.",
 	 "the session", "{\"session_id\": 1}",
 	 "not_found (ENOENT), invalid_state (EINVAL: the session is closed)."},
-	{"session.close", session_close, ORCH_M_WRITE, sid_params,
+	{"session.close", session_close, ORCH_M_WRITE | ORCH_M_CLOSED_OK, sid_params,
 	 "Close the session; releases its locks, the main merge lock if it holds it, and its current ref.",
 	 "the session",
 	 "{\"session_id\": 1}", "not_found (ENOENT), invalid_state (EINVAL: already closed)."},

@@ -250,6 +250,24 @@ int orch_sql_int(orch_ctx *ctx, int64_t *out, bool *found, const char *sql, cons
 	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
 }
 
+int orch_meta_read(orch_store *store, int64_t *db_version, int64_t *updated_at)
+{
+	sqlite3_stmt *st = orch_store_stmt(store, "SELECT db_version, updated_at FROM mirror_meta WHERE id = 1");
+	int rc;
+
+	if (!st)
+		return orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(orch_store_db(store)));
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		if (db_version)
+			*db_version = sqlite3_column_int64(st, 0);
+		if (updated_at)
+			*updated_at = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_reset(st);
+	return rc == SQLITE_ROW ? 0 : orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(orch_store_db(store)));
+}
+
 int64_t orch_last_id(orch_ctx *ctx)
 {
 	return sqlite3_last_insert_rowid(orch_store_db(ctx->store));

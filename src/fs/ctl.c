@@ -3,6 +3,7 @@
  * inside the write that completes the JSON value, and reads back the reply.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,7 +16,12 @@ typedef enum {
 	CTL_TOOLARGE, /* past the request limit; every later write fails */
 } ctl_state;
 
+/*
+ * One descriptor's transaction.  Two threads of a client may share the
+ * descriptor: every entry point holds `mu`.
+ */
 struct fs_ctl {
+	pthread_mutex_t mu;
 	const orch_method *m;
 	int64_t session_id;
 	ctl_state state;
@@ -30,23 +36,25 @@ struct fs_ctl {
 	size_t usage_len;
 };
 
-/* Last reply per (session, method) through sessions/<id>/ctl/, in memory. */
+/* Last reply per (session, method) through sessions/<id>/ctl/, in memory, under last_mu. */
 typedef struct {
 	int64_t session_id;
 	const orch_method *m;
 	char *reply;
 } last_reply;
 
+static pthread_mutex_t last_mu = PTHREAD_MUTEX_INITIALIZER;
 static last_reply *last;
 static size_t nlast, caplast;
 
 static void remember(int64_t session_id, const orch_method *m, const char *reply)
 {
+	pthread_mutex_lock(&last_mu);
 	for (size_t i = 0; i < nlast; i++) {
 		if (last[i].session_id == session_id && last[i].m == m) {
 			free(last[i].reply);
 			last[i].reply = strdup(reply);
-			return;
+			goto done;
 		}
 	}
 	if (nlast == caplast) {
@@ -54,23 +62,31 @@ static void remember(int64_t session_id, const orch_method *m, const char *reply
 		last = orch_xrealloc(last, caplast * sizeof(*last));
 	}
 	last[nlast++] = (last_reply){session_id, m, strdup(reply)};
+done:
+	pthread_mutex_unlock(&last_mu);
+}
+
+/* A copy of the last reply a session got for a method through sessions/<id>/ctl/, or NULL. */
+static char *last_reply_copy(int64_t session_id, const orch_method *m)
+{
+	char *out = NULL;
+
+	pthread_mutex_lock(&last_mu);
+	for (size_t i = 0; i < nlast && !out; i++)
+		if (last[i].session_id == session_id && last[i].m == m)
+			out = strdup(last[i].reply);
+	pthread_mutex_unlock(&last_mu);
+	return out;
 }
 
 char *fs_ctl_idle_text(const orch_method *m, int64_t session_id)
 {
-	const char *lr = session_id > 0 ? fs_ctl_last_reply(session_id, m) : NULL;
+	char *lr = session_id > 0 ? last_reply_copy(session_id, m) : NULL;
 
-	return lr ? strdup(lr) : orch_method_usage(m, session_id > 0);
+	return lr ? lr : orch_method_usage(m, session_id > 0);
 }
 
-const char *fs_ctl_last_reply(int64_t session_id, const orch_method *m)
-{
-	for (size_t i = 0; i < nlast; i++)
-		if (last[i].session_id == session_id && last[i].m == m)
-			return last[i].reply;
-	return NULL;
-}
-
+/* After the loop ended: no other thread is left. */
 void fs_ctl_forget_all(void)
 {
 	for (size_t i = 0; i < nlast; i++)
@@ -84,6 +100,7 @@ fs_ctl *fs_ctl_new(const orch_method *m, int64_t session_id)
 {
 	fs_ctl *c = calloc(1, sizeof(*c));
 
+	pthread_mutex_init(&c->mu, NULL);
 	c->m = m;
 	c->session_id = session_id;
 	return c;
@@ -93,6 +110,7 @@ void fs_ctl_free(fs_ctl *c)
 {
 	if (!c)
 		return;
+	pthread_mutex_destroy(&c->mu);
 	free(c->req);
 	free(c->reply);
 	free(c->usage);
@@ -117,7 +135,7 @@ static void set_reply(fs_ctl *c, char *reply)
 		remember(c->session_id, c->m, reply);
 }
 
-int fs_ctl_write(orch_ctx *ctx, fs_ctl *c, const char *data, size_t len)
+static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
 {
 	json_t *req = NULL;
 	char *reply = NULL;
@@ -158,13 +176,15 @@ int fs_ctl_write(orch_ctx *ctx, fs_ctl *c, const char *data, size_t len)
 		set_reply(c, orch_reply_error(NULL));
 		return -orch_error_errno(rc);
 	}
-	rc = orch_call(ctx, c->m->name, req, c->session_id, &reply);
+	orch_ctx ctx;
+	orch_ctx_init(&ctx, env, NULL, NULL);
+	rc = orch_call(&ctx, c->m->name, req, c->session_id, &reply);
 	json_decref(req);
 	set_reply(c, reply);
 	return rc ? -orch_error_errno(rc) : 0;
 }
 
-int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
+static int ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
 {
 	const char *buf;
 	size_t len;
@@ -206,7 +226,27 @@ int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
 	return 0;
 }
 
+int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
+{
+	pthread_mutex_lock(&c->mu);
+	int rc = ctl_write(env, c, data, len);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+/* *out stays valid until the descriptor is released: the reply and usage are never replaced once read. */
+int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
+{
+	pthread_mutex_lock(&c->mu);
+	int rc = ctl_read(c, off, size, out, n);
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
 int fs_ctl_flush(fs_ctl *c)
 {
-	return c->state == CTL_PARTIAL ? -EINVAL : 0;
+	pthread_mutex_lock(&c->mu);
+	int rc = c->state == CTL_PARTIAL ? -EINVAL : 0;
+	pthread_mutex_unlock(&c->mu);
+	return rc;
 }

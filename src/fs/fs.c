@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,35 +18,45 @@
 /*
  * Open files and directories are kept on one list so that whatever the
  * kernel has not released when the session ends (SIGTERM with descriptors
- * still open) is freed on the way out.
+ * still open) is freed on the way out.  The list is under open_mu.
  */
 typedef struct fs_open_node {
 	struct fs_open_node *prev, *next;
 } fs_open_node;
 
+static pthread_mutex_t open_mu = PTHREAD_MUTEX_INITIALIZER;
 static fs_open_node open_list = {&open_list, &open_list};
 
 static void track(fs_open_node *n)
 {
+	pthread_mutex_lock(&open_mu);
 	n->next = open_list.next;
 	n->prev = &open_list;
 	open_list.next->prev = n;
 	open_list.next = n;
+	pthread_mutex_unlock(&open_mu);
 }
 
 static void untrack(fs_open_node *n)
 {
+	pthread_mutex_lock(&open_mu);
 	n->prev->next = n->next;
 	n->next->prev = n->prev;
+	pthread_mutex_unlock(&open_mu);
 }
 
-/* An open file: a state-file snapshot or a ctl transaction. */
+/*
+ * An open file: a state-file snapshot or a ctl transaction.  Immutable
+ * after open (ctl has its own lock).  A client killed in the middle of a
+ * read can have the release served beside that read, so every request
+ * holds a reference (`refs`, under open_mu) and the last one frees.
+ */
 typedef struct {
 	fs_open_node link; /* first: the list frees through it */
 	bool is_dir;
+	int refs;
 	fs_node node;
-	char *buf;
-	size_t len;
+	fs_snap *snap;      /* state files: the rendering this open serves */
 	fs_ctl *ctl;
 } fs_handle;
 
@@ -61,8 +72,27 @@ static void handle_free(fs_handle *h)
 {
 	untrack(&h->link);
 	fs_ctl_free(h->ctl);
-	free(h->buf);
+	fs_snap_unref(h->snap);
 	free(h);
+}
+
+static fs_handle *hold(struct fuse_file_info *fi)
+{
+	fs_handle *h = (fs_handle *)(uintptr_t)fi->fh;
+
+	pthread_mutex_lock(&open_mu);
+	h->refs++;
+	pthread_mutex_unlock(&open_mu);
+	return h;
+}
+
+static void put(fs_handle *h)
+{
+	pthread_mutex_lock(&open_mu);
+	bool last = --h->refs == 0;
+	pthread_mutex_unlock(&open_mu);
+	if (last)
+		handle_free(h);
 }
 
 static void dir_free(fs_dir *d)
@@ -72,6 +102,7 @@ static void dir_free(fs_dir *d)
 	free(d);
 }
 
+/* After the loop ended: no other thread is left. */
 static void free_all_open(void)
 {
 	while (open_list.next != &open_list) {
@@ -83,39 +114,92 @@ static void free_all_open(void)
 	}
 }
 
-static orch_ctx *CTX(fuse_req_t req)
+static orch_env *ENV(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
 }
 
-static int64_t last_change(orch_ctx *ctx)
+/*
+ * A request's context on a pooled read-only connection (no transaction
+ * open yet).  Every read of the tree runs on one: never behind the writer
+ * lane, git, or another process's write lock.
+ */
+static int reader(orch_env *env, orch_ctx *ctx)
 {
-	int64_t ms = 0;
+	orch_store *st;
 
-	orch_sql_int(ctx, &ms, NULL, "SELECT updated_at FROM mirror_meta WHERE id = 1", "");
-	return ms;
+	if (orch_env_reader(env, &st) != 0) {
+		orch_log("cannot open a read connection: %s", orch_error_last()->message);
+		orch_error_clear();
+		return -EIO;
+	}
+	orch_ctx_init(ctx, env, st, NULL);
+	return 0;
+}
+
+static void reader_done(orch_ctx *ctx)
+{
+	orch_env_reader_put(ctx->env, ctx->store);
+	ctx->store = NULL;
 }
 
 /*
- * Fill `st` for node `n`.  State files are rendered to learn their exact
- * size unless `h` (an open snapshot) already holds the content.
+ * How long the kernel may keep attributes.  A state file's inode is one
+ * rendering and never changes (cache.c), so its attributes can be kept;
+ * everything else (directories, links, session ctl files) changes in place.
  */
-static int node_stat(orch_ctx *ctx, fs_node n, const fs_handle *h, struct stat *st)
-{
-	int64_t ms = last_change(ctx);
+#define ATTR_IMMUTABLE 3600.0
 
-	memset(st, 0, sizeof(*st));
-	st->st_ino = fs_ino(n);
-	st->st_uid = getuid();
-	st->st_gid = getgid();
+static void set_time(struct stat *st, int64_t ms)
+{
 	st->st_mtim.tv_sec = st->st_ctim.tv_sec = st->st_atim.tv_sec = ms / 1000;
 	st->st_mtim.tv_nsec = st->st_ctim.tv_nsec = st->st_atim.tv_nsec = (ms % 1000) * 1000000;
+}
+
+static void stat_init(struct stat *st, uint64_t ino)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_uid = getuid();
+	st->st_gid = getgid();
 	st->st_blksize = 4096;
+}
+
+/* A file's size and mtime from a rendering. */
+static void file_stat(struct stat *st, fs_type t, size_t len, int64_t mtime)
+{
+	st->st_mode = S_IFREG | (t == T_HEARTBEAT ? 0660 : 0444);
+	st->st_nlink = 1;
+	st->st_size = (off_t)len;
+	st->st_blocks = (st->st_size + 511) / 512;
+	set_time(st, mtime);
+}
+
+/*
+ * Fill `st` for node `n` (ctx: a reader, no transaction open) and say how
+ * long the kernel may keep it.  A directory named by an id takes the mtime
+ * of the file that shows its row (tasks/<id>/ that of task.json), so
+ * `ls -lt tasks/` orders tasks by their last change; other directories and
+ * links show the database's last change.  A state file's inode number is
+ * its current version's.
+ */
+static int node_stat(orch_ctx *ctx, fs_node n, struct stat *st, double *timeout)
+{
+	stat_init(st, fs_ino(n));
+	set_time(st, fs_cache_db_mtime());
+	*timeout = 0;
 	switch (fs_node_type(n)) {
-	case T_DIR:
+	case T_DIR: {
+		fs_node primary;
 		st->st_mode = S_IFDIR | 0555;
 		st->st_nlink = 2;
+		if (fs_primary_file(n, &primary)) {
+			int64_t m = fs_cache_mtime(primary);
+			if (m)
+				set_time(st, m);
+		}
 		return 0;
+	}
 	case T_CTL: {
 		int64_t sid;
 		const orch_method *m = fs_ctl_method(n, &sid);
@@ -124,6 +208,8 @@ static int node_stat(orch_ctx *ctx, fs_node n, const fs_handle *h, struct stat *
 		st->st_nlink = 1;
 		st->st_size = idle ? (off_t)strlen(idle) : 0;
 		free(idle);
+		/* A global ctl file's size is its usage, fixed for the binary; a session's follows its last reply. */
+		*timeout = n.kind == K_CTL ? 3600.0 : 0.0;
 		return 0;
 	}
 	case T_LINK: {
@@ -139,57 +225,60 @@ static int node_stat(orch_ctx *ctx, fs_node n, const fs_handle *h, struct stat *
 	}
 	case T_FILE:
 	case T_HEARTBEAT:
-		st->st_mode = S_IFREG | (fs_node_type(n) == T_HEARTBEAT ? 0660 : 0444);
-		st->st_nlink = 1;
-		if (h) {
-			st->st_size = (off_t)h->len;
-		} else {
-			char *buf;
-			size_t len;
-			int rc = fs_render(ctx, n, &buf, &len);
+		if (fs_node_cached(n)) {
+			fs_snap *s;
+			uint64_t ino;
+			int rc = fs_cache_get(ctx, n, &s, &ino);
 			if (rc)
 				return rc;
-			free(buf);
-			st->st_size = (off_t)len;
+			st->st_ino = ino;
+			file_stat(st, fs_node_type(n), s->len, s->mtime);
+			fs_snap_unref(s);
+			*timeout = ATTR_IMMUTABLE;
+		} else {
+			fs_rendering r;
+			int rc = fs_render(ctx, n, &r);
+			if (rc)
+				return rc;
+			file_stat(st, fs_node_type(n), r.len, r.stamp ? r.stamp : r.snapshot_at);
+			free(r.data);
 		}
-		st->st_blocks = (st->st_size + 511) / 512;
 		return 0;
 	}
 	return -EIO;
 }
 
-/*
- * State files, links, directories and session ctl files change at any
- * moment (size, target, mtime): their attributes are never cached.
- */
-static double attr_timeout(fs_node n)
-{
-	/* A global ctl file's size is its usage, fixed for the binary; a session's follows its last reply. */
-	return n.kind == K_CTL ? 3600.0 : 0.0;
-}
-
 static void fs_lookup_op(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	orch_ctx *ctx = CTX(req);
 	struct fuse_entry_param e;
+	orch_ctx ctx;
 	fs_node child;
 	int rc;
 
 	memset(&e, 0, sizeof(e));
-	if (orch_store_begin(ctx->store, false) != 0) {
-		fuse_reply_err(req, EIO);
+	if ((rc = reader(ENV(req), &ctx)) != 0) {
+		fuse_reply_err(req, -rc);
 		return;
 	}
-	rc = fs_lookup(ctx, fs_node_of(parent), name, &child);
-	orch_store_rollback(ctx->store);
+	fs_cache_sync(&ctx);
+	if (orch_store_begin(ctx.store, false) != 0) {
+		orch_error_clear();
+		rc = -EIO;
+	} else {
+		rc = fs_lookup(&ctx, fs_node_of(parent), name, &child);
+		orch_store_rollback(ctx.store);
+	}
 	if (rc == 0)
-		rc = node_stat(ctx, child, NULL, &e.attr);
+		rc = node_stat(&ctx, child, &e.attr, &e.attr_timeout);
+	reader_done(&ctx);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	e.ino = fs_ino(child);
-	e.attr_timeout = attr_timeout(child);
+	e.ino = e.attr.st_ino;
+	fs_cache_ino(child, &e.generation);
+	fs_cache_looked_up(e.ino, (size_t)e.attr.st_size, (int64_t)e.attr.st_mtim.tv_sec * 1000 +
+			   e.attr.st_mtim.tv_nsec / 1000000);
 	/*
 	 * A name never comes to mean another node (ids are not reused), so the
 	 * kernel may keep the dentry; getattr and open still check that the
@@ -199,36 +288,80 @@ static void fs_lookup_op(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_entry(req, &e);
 }
 
+/* Whether `n` exists now (ctx: a reader, no transaction open). */
+static bool exists_now(orch_ctx *ctx, fs_node n)
+{
+	bool found;
+
+	if (orch_store_begin(ctx->store, false) != 0) {
+		orch_error_clear();
+		return false;
+	}
+	found = fs_exists(ctx, n);
+	orch_store_rollback(ctx->store);
+	return found;
+}
+
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	orch_ctx *ctx = CTX(req);
 	fs_node n = fs_node_of(ino);
-	fs_handle *h = fi ? (fs_handle *)(uintptr_t)fi->fh : NULL;
+	double timeout = 0;
 	struct stat st;
+	size_t len;
+	int64_t mtime;
+	orch_ctx ctx;
 	int rc;
 
-	if (h && h->ctl)
-		h = NULL;
-	/* Files and links are rendered or resolved below, which finds a vanished node itself. */
-	if (!h && (fs_node_type(n) == T_DIR || fs_node_type(n) == T_CTL) && !fs_exists(ctx, n)) {
-		fuse_reply_err(req, ENOENT);
+	(void)fi;
+	switch (fs_cache_version(ino, &len, &mtime)) {
+	case FS_VERSION_RETIRED:
+		/* A rendering the name has moved away from: descriptors still read it, as it was. */
+		stat_init(&st, ino);
+		file_stat(&st, fs_node_type(n), len, mtime);
+		fuse_reply_attr(req, &st, ATTR_IMMUTABLE);
+		return;
+	case FS_VERSION_GONE:
+		fuse_reply_err(req, ESTALE);
 		return;
 	}
-	rc = node_stat(ctx, n, h && h->buf ? h : NULL, &st);
+	if ((rc = reader(ENV(req), &ctx)) != 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	fs_cache_sync(&ctx);
+	n.sub = fs_node_type(n) == T_CTL ? n.sub : 0;
+	/* Files and links are rendered or resolved below, which finds a vanished node itself. */
+	if ((fs_node_type(n) == T_DIR || fs_node_type(n) == T_CTL) && !exists_now(&ctx, n))
+		rc = -ENOENT;
+	else
+		rc = node_stat(&ctx, n, &st, &timeout);
+	reader_done(&ctx);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	fuse_reply_attr(req, &st, attr_timeout(n));
+	if (st.st_ino != ino) {
+		/*
+		 * The file changed under another process's commit, noticed just
+		 * now: answer for the name (a stat right after `orchfs call`), and
+		 * let the kernel keep nothing of it.
+		 */
+		st.st_ino = ino;
+		timeout = 0;
+	}
+	fuse_reply_attr(req, &st, timeout);
 }
 
-/* session.heartbeat through the ordinary call path. */
-static int heartbeat(orch_ctx *ctx, int64_t session_id)
+/* session.heartbeat through the ordinary call path (the writer lane). */
+static int heartbeat(orch_env *env, int64_t session_id)
 {
 	json_t *req = json_pack("{s:I}", "session_id", (json_int_t)session_id);
 	char *reply = NULL;
-	int rc = orch_call(ctx, "session.heartbeat", req, 0, &reply);
+	orch_ctx ctx;
+	int rc;
 
+	orch_ctx_init(&ctx, env, NULL, NULL);
+	rc = orch_call(&ctx, "session.heartbeat", req, 0, &reply);
 	json_decref(req);
 	free(reply);
 	return rc ? -orch_error_errno(rc) : 0;
@@ -240,27 +373,42 @@ static int heartbeat(orch_ctx *ctx, int64_t session_id)
  * So file heartbeats of one session are coalesced to one a second; the
  * ctl method session.heartbeat always records.
  */
-static int heartbeat_file(orch_ctx *ctx, int64_t session_id)
+static int heartbeat_file(orch_env *env, int64_t session_id)
 {
+	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 	static struct {
 		int64_t sid, ms;
-	} last[64];
+	} last[64]; /* under mu */
 	int64_t now = orch_now_ms();
 	size_t slot = (size_t)session_id % 64;
+	bool coalesced;
+	orch_ctx ctx;
 	int rc;
 
-	if (last[slot].sid == session_id && now - last[slot].ms < 1000) {
+	pthread_mutex_lock(&mu);
+	coalesced = last[slot].sid == session_id && now - last[slot].ms < 1000;
+	pthread_mutex_unlock(&mu);
+	if (coalesced) {
 		/* Coalesced, but a session closed meanwhile still refuses. */
-		if (orch_store_begin(ctx->store, false) != 0)
-			return -EIO;
-		rc = orch_session_require_open(ctx, session_id);
-		orch_store_rollback(ctx->store);
-		return rc ? -orch_error_errno(rc) : 0;
+		if ((rc = reader(env, &ctx)) != 0)
+			return rc;
+		if (orch_store_begin(ctx.store, false) != 0) {
+			orch_error_clear();
+			rc = -EIO;
+		} else {
+			rc = orch_session_require_open(&ctx, session_id);
+			rc = rc ? -orch_error_errno(rc) : 0;
+			orch_store_rollback(ctx.store);
+		}
+		reader_done(&ctx);
+		return rc;
 	}
-	rc = heartbeat(ctx, session_id);
+	rc = heartbeat(env, session_id);
 	if (!rc) {
+		pthread_mutex_lock(&mu);
 		last[slot].sid = session_id;
 		last[slot].ms = now;
+		pthread_mutex_unlock(&mu);
 	}
 	return rc;
 }
@@ -268,12 +416,14 @@ static int heartbeat_file(orch_ctx *ctx, int64_t session_id)
 static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
 		       struct fuse_file_info *fi)
 {
-	orch_ctx *ctx = CTX(req);
 	fs_node n = fs_node_of(ino);
 	fs_type t = fs_node_type(n);
+	double timeout;
 	struct stat st;
+	orch_ctx ctx;
 	int rc = 0;
 
+	(void)fi;
 	if (t != T_CTL && t != T_HEARTBEAT) {
 		fuse_reply_err(req, EROFS);
 		return;
@@ -289,12 +439,12 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		return;
 	}
 	if (t == T_HEARTBEAT && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
-					    FUSE_SET_ATTR_MTIME_NOW))) {
-		(void)fi;
-		rc = heartbeat_file(ctx, n.id);
+					    FUSE_SET_ATTR_MTIME_NOW)))
+		rc = heartbeat_file(ENV(req), n.id);
+	if (!rc && (rc = reader(ENV(req), &ctx)) == 0) {
+		rc = node_stat(&ctx, n, &st, &timeout);
+		reader_done(&ctx);
 	}
-	if (!rc)
-		rc = node_stat(ctx, n, NULL, &st);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -305,8 +455,13 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 static void fs_readlink_op(fuse_req_t req, fuse_ino_t ino)
 {
 	char *target = NULL;
-	int rc = fs_readlink(CTX(req), fs_node_of(ino), &target);
+	orch_ctx ctx;
+	int rc;
 
+	if ((rc = reader(ENV(req), &ctx)) == 0) {
+		rc = fs_readlink(&ctx, fs_node_of(ino), &target);
+		reader_done(&ctx);
+	}
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -315,11 +470,43 @@ static void fs_readlink_op(fuse_req_t req, fuse_ino_t ino)
 	free(target);
 }
 
+/* Open a ctl transaction file. */
+static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
+{
+	int64_t sid;
+	const orch_method *m = fs_ctl_method(n, &sid);
+	orch_ctx ctx;
+	fs_handle *h;
+	bool found = m != NULL;
+
+	if (found && sid) {
+		if (reader(ENV(req), &ctx) != 0) {
+			fuse_reply_err(req, EIO);
+			return;
+		}
+		found = exists_now(&ctx, n);
+		reader_done(&ctx);
+	}
+	if (!found) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	h = calloc(1, sizeof(*h));
+	h->refs = 1;
+	track(&h->link);
+	h->node = n;
+	h->ctl = fs_ctl_new(m, sid);
+	fi->fh = (uintptr_t)h;
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
+	fuse_reply_open(req, fi);
+}
+
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	orch_ctx *ctx = CTX(req);
 	fs_node n = fs_node_of(ino);
 	bool writing = (fi->flags & O_ACCMODE) != O_RDONLY;
+	orch_ctx ctx;
 	fs_handle *h;
 	int rc = 0;
 
@@ -330,6 +517,9 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	case T_LINK:
 		fuse_reply_err(req, ELOOP);
 		return;
+	case T_CTL:
+		open_ctl(req, n, fi);
+		return;
 	case T_FILE:
 		if (writing || (fi->flags & O_TRUNC)) {
 			fuse_reply_err(req, EROFS);
@@ -338,55 +528,69 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		break;
 	case T_HEARTBEAT:
 		break;
-	case T_CTL: {
-		int64_t sid;
-		const orch_method *m = fs_ctl_method(n, &sid);
-		if (!m || (sid && !fs_exists(ctx, n))) {
-			fuse_reply_err(req, ENOENT);
-			return;
-		}
-		h = calloc(1, sizeof(*h));
-		track(&h->link);
-		h->node = n;
-		h->ctl = fs_ctl_new(m, sid);
-		fi->fh = (uintptr_t)h;
-		fi->direct_io = 1;
-		fi->keep_cache = 0;
-		fuse_reply_open(req, fi);
+	}
+	if (fs_node_type(n) == T_HEARTBEAT && writing && (rc = heartbeat_file(ENV(req), n.id)) != 0) {
+		fuse_reply_err(req, -rc);
 		return;
 	}
+	size_t len;
+	int64_t mtime;
+	int version = fs_cache_version(ino, &len, &mtime);
+	if (version == FS_VERSION_GONE) {
+		fuse_reply_err(req, ESTALE);
+		return;
 	}
-	if (rc) {
+	if ((rc = reader(ENV(req), &ctx)) != 0) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
 	h = calloc(1, sizeof(*h));
+	h->refs = 1;
 	track(&h->link);
 	h->node = n;
-	if (fs_node_type(n) == T_HEARTBEAT && writing)
-		rc = heartbeat_file(ctx, n.id);
-	if (!rc)
-		rc = fs_render(ctx, n, &h->buf, &h->len);
+	h->node.sub = 0;
+	bool cached = false;
+	if (fs_node_cached(n)) {
+		uint64_t cur;
+		rc = fs_cache_get(&ctx, h->node, &h->snap, &cur);
+		cached = !rc && version == FS_VERSION_CURRENT && cur == ino;
+	} else {
+		fs_rendering r;
+		if ((rc = fs_render(&ctx, h->node, &r)) == 0)
+			h->snap = fs_snap_new(r.data, r.len, r.stamp ? r.stamp : r.snapshot_at);
+	}
+	reader_done(&ctx);
 	if (rc) {
 		handle_free(h);
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	/* direct_io: every read is served from this open's snapshot, never a stale page. */
+	/*
+	 * Cached: this inode is this rendering, so the kernel's pages are too.
+	 * Direct: an inode the name has moved away from (the content is the
+	 * name's current one), or a file that is not cached: every read is
+	 * served from this open's snapshot.
+	 */
 	fi->fh = (uintptr_t)h;
-	fi->direct_io = 1;
-	fi->keep_cache = 0;
+	fi->direct_io = !cached;
+	fi->keep_cache = cached;
 	fuse_reply_open(req, fi);
 }
 
-static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+static void reply_range(fuse_req_t req, const char *buf, size_t len, size_t size, off_t off)
 {
-	fs_handle *h = (fs_handle *)(uintptr_t)fi->fh;
-	const char *out;
-	size_t n;
+	if (off < 0 || (size_t)off >= len) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	fuse_reply_buf(req, buf + off, len - (size_t)off < size ? len - (size_t)off : size);
+}
 
-	(void)ino;
+static void read_handle(fuse_req_t req, fs_handle *h, size_t size, off_t off)
+{
 	if (h->ctl) {
+		const char *out;
+		size_t n;
 		int rc = fs_ctl_read(h->ctl, off, size, &out, &n);
 		if (rc) {
 			fuse_reply_err(req, -rc);
@@ -395,27 +599,32 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 		fuse_reply_buf(req, out, n);
 		return;
 	}
-	if (off < 0 || (size_t)off >= h->len) {
-		fuse_reply_buf(req, NULL, 0);
-		return;
-	}
-	n = h->len - (size_t)off < size ? h->len - (size_t)off : size;
-	fuse_reply_buf(req, h->buf + off, n);
+	reply_range(req, h->snap->data, h->snap->len, size, off);
+}
+
+static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	fs_handle *h = hold(fi);
+
+	(void)ino;
+	read_handle(req, h, size, off);
+	put(h);
 }
 
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
-	fs_handle *h = (fs_handle *)(uintptr_t)fi->fh;
+	fs_handle *h = hold(fi);
 	int rc;
 
 	(void)off;
 	if (h->ctl)
-		rc = fs_ctl_write(CTX(req), h->ctl, buf, size);
+		rc = fs_ctl_write(ENV(req), h->ctl, buf, size);
 	else if (fs_node_type(fs_node_of(ino)) == T_HEARTBEAT)
-		rc = heartbeat_file(CTX(req), h->node.id);
+		rc = heartbeat_file(ENV(req), h->node.id);
 	else
 		rc = -EROFS;
+	put(h);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -425,37 +634,44 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	fs_handle *h = (fs_handle *)(uintptr_t)fi->fh;
+	fs_handle *h = hold(fi);
+	int rc = h->ctl ? fs_ctl_flush(h->ctl) : 0;
 
 	(void)ino;
-	fuse_reply_err(req, h->ctl ? -fs_ctl_flush(h->ctl) : 0);
+	put(h);
+	fuse_reply_err(req, -rc);
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	fs_handle *h = (fs_handle *)(uintptr_t)fi->fh;
-
 	(void)ino;
-	handle_free(h);
+	put((fs_handle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	orch_ctx *ctx = CTX(req);
 	fs_node n = fs_node_of(ino);
-	fs_dir *d = calloc(1, sizeof(*d));
+	fs_dir *d;
+	orch_ctx ctx;
 	int rc;
 
-	d->is_dir = true;
-	track(&d->link);
-	if (orch_store_begin(ctx->store, false) != 0) {
-		dir_free(d);
-		fuse_reply_err(req, EIO);
+	if ((rc = reader(ENV(req), &ctx)) != 0) {
+		fuse_reply_err(req, -rc);
 		return;
 	}
-	rc = fs_exists(ctx, n) ? fs_list(ctx, n, &d->ents, &d->n) : -ENOENT;
-	orch_store_rollback(ctx->store);
+	fs_cache_sync(&ctx);
+	d = calloc(1, sizeof(*d));
+	d->is_dir = true;
+	track(&d->link);
+	if (orch_store_begin(ctx.store, false) != 0) {
+		orch_error_clear();
+		rc = -EIO;
+	} else {
+		rc = fs_exists(&ctx, n) ? fs_list(&ctx, n, &d->ents, &d->n) : -ENOENT;
+		orch_store_rollback(ctx.store);
+	}
+	reader_done(&ctx);
 	if (rc) {
 		dir_free(d);
 		fuse_reply_err(req, -rc);
@@ -487,7 +703,7 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 			fs_dirent *e = &d->ents[i - 2];
 			fs_type t = fs_node_type(e->node);
 			name = e->name;
-			st.st_ino = fs_ino(e->node);
+			st.st_ino = fs_cache_ino(e->node, NULL);
 			st.st_mode = t == T_DIR ? S_IFDIR : t == T_LINK ? S_IFLNK : S_IFREG;
 		}
 		size_t need = fuse_add_direntry(req, buf + used, size - used, name, &st, i + 1);
@@ -497,6 +713,19 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 	}
 	fuse_reply_buf(req, buf, used);
 	free(buf);
+}
+
+static void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	fs_cache_forget(ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	for (size_t i = 0; i < count; i++)
+		fs_cache_forget(forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -579,6 +808,8 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
 static void fs_init(void *userdata, struct fuse_conn_info *conn)
 {
 	(void)userdata;
+	/* Pages are dropped when cache.c says so, not whenever mtime moves. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 	/* O_TRUNC arrives with open instead of as a separate truncate. */
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
 		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
@@ -588,6 +819,8 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 static const struct fuse_lowlevel_ops fs_ops = {
 	.init = fs_init,
 	.lookup = fs_lookup_op,
+	.forget = fs_forget,
+	.forget_multi = fs_forget_multi,
 	.getattr = fs_getattr,
 	.setattr = fs_setattr,
 	.readlink = fs_readlink_op,
@@ -612,9 +845,10 @@ static const struct fuse_lowlevel_ops fs_ops = {
 	.create = fs_create,
 };
 
-int fs_main(orch_ctx *ctx, const fs_options *o)
+int fs_main(orch_env *env, const fs_options *o)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_loop_config *cfg = NULL;
 	struct fuse_session *se = NULL;
 	int rc = 1;
 
@@ -623,27 +857,43 @@ int fs_main(orch_ctx *ctx, const fs_options *o)
 	fuse_opt_add_arg(&args, "fsname=orchfs,subtype=orchfs");
 	if (o->debug)
 		fuse_opt_add_arg(&args, "-d");
-	se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), ctx);
+	/* jansson's hash seed is set once here, before any thread could race to set it. */
+	json_object_seed(0);
+	env->committed = fs_cache_committed;
+	env->committed_arg = env;
+	se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), env);
 	if (!se)
 		goto out;
 	if (fuse_set_signal_handlers(se) != 0)
 		goto destroy;
 	if (fuse_session_mount(se, o->mountpoint) != 0)
 		goto signals;
+	fs_cache_start(se);
 	if (o->on_mounted)
 		o->on_mounted(o->arg);
-	/*
-	 * One thread: requests are served in order, so a ctl write that
-	 * executes a method never races another request of this daemon;
-	 * other processes are serialised by SQLite's write lock.
-	 */
-	rc = fuse_session_loop(se) < 0 ? 1 : 0;
+	if (o->single_thread) {
+		rc = fuse_session_loop(se) < 0 ? 1 : 0;
+	} else {
+		/*
+		 * Many threads: reads run on pooled read-only connections beside
+		 * the writer lane (orch_env.writer_mu), so a reader never waits
+		 * for a method, its git work, or another process's write lock.
+		 */
+		cfg = fuse_loop_cfg_create();
+		fuse_loop_cfg_set_clone_fd(cfg, 0);
+		fuse_loop_cfg_set_idle_threads(cfg, 16);
+		fuse_loop_cfg_set_max_threads(cfg, 64);
+		rc = fuse_session_loop_mt(se, cfg) < 0 ? 1 : 0;
+		fuse_loop_cfg_destroy(cfg);
+	}
 	fuse_session_unmount(se);
+	fs_cache_stop();
 signals:
 	fuse_remove_signal_handlers(se);
 destroy:
 	fuse_session_destroy(se);
 out:
+	env->committed = NULL;
 	fuse_opt_free_args(&args);
 	free_all_open();
 	fs_ctl_forget_all();

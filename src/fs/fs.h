@@ -81,6 +81,9 @@ fs_type fs_node_type(fs_node n);
  */
 int fs_lookup(orch_ctx *ctx, fs_node dir, const char *name, fs_node *child);
 
+/* A directory named by an id: the file that shows its row (tasks/<id>/ -> task.json). */
+bool fs_primary_file(fs_node dir, fs_node *file);
+
 /* Whether node `n` (decoded from an inode the kernel still holds) exists now. */
 bool fs_exists(orch_ctx *ctx, fs_node n);
 
@@ -94,17 +97,78 @@ typedef struct {
 int fs_list(orch_ctx *ctx, fs_node dir, fs_dirent **out, size_t *n);
 void fs_dirents_free(fs_dirent *d, size_t n);
 
+/* A state file's content as one snapshot rendered it. */
+typedef struct {
+	char *data;          /* caller frees */
+	size_t len;
+	int64_t stamp;       /* newest "*_at" timestamp in the content (ms), 0 if none */
+	int64_t snapshot_at; /* the database's last change as of the snapshot (ms) */
+} fs_rendering;
+
 /*
- * Render a state file's content (caller frees *buf).  0 or -errno.
- * Opens its own read transaction: one call = one consistent snapshot.
+ * Render a state file.  0 or -errno.  Opens its own read transaction on
+ * ctx->store: one call = one consistent snapshot.
  */
-int fs_render(orch_ctx *ctx, fs_node n, char **buf, size_t *len);
+int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r);
+
+/* Whether a file is served through the page cache (see cache.c), and what invalidates it. */
+bool fs_node_cached(fs_node n);
+bool fs_node_depends(fs_node n, const char *table, int64_t rowid);
 
 /* Target of a symlink node (caller frees).  0 or -errno. */
 int fs_readlink(orch_ctx *ctx, fs_node n, char **target);
 
 /* The method a ctl node runs, and the session it implies (0 for ctl/). */
 const orch_method *fs_ctl_method(fs_node n, int64_t *session_id);
+
+/* Parent directory and name of a file node (for dropping the kernel's dentry). */
+bool fs_node_parent_name(fs_node n, fs_node *parent, char *name, size_t size);
+
+/* ---- immutable, versioned inodes for state files (cache.c) ---- */
+
+/* A rendering shared by the cache and the descriptors that opened it; immutable. */
+typedef struct fs_snap {
+	_Atomic int refs;
+	char *data;
+	size_t len;
+	uint64_t hash;
+	int64_t mtime; /* ms */
+} fs_snap;
+
+fs_snap *fs_snap_new(char *data, size_t len, int64_t mtime); /* takes data */
+fs_snap *fs_snap_ref(fs_snap *s);
+void fs_snap_unref(fs_snap *s);
+
+struct fuse_session;
+void fs_cache_start(struct fuse_session *se);
+void fs_cache_stop(void);
+
+/* orch_env.committed: the writer lane committed these rows. */
+void fs_cache_committed(void *env, const orch_change *changes, size_t n);
+
+/* Notice commits of other processes (cheap when there were none); ctx: a reader. */
+void fs_cache_sync(orch_ctx *ctx);
+
+/*
+ * The current rendering of cacheable file `n` and the inode number of its
+ * version (ctx: a reader).  0 or -errno.
+ */
+int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino);
+
+/* The inode number (and FUSE generation) of a node's current version; fs_ino for other nodes. */
+uint64_t fs_cache_ino(fs_node n, uint64_t *generation);
+
+enum { FS_VERSION_CURRENT, FS_VERSION_RETIRED, FS_VERSION_GONE };
+/* What inode `ino` is now: the current version, a retired one (its size and mtime), or unknown. */
+int fs_cache_version(uint64_t ino, size_t *len, int64_t *mtime);
+
+/* The kernel took a reference (a lookup reply) to `ino`, or dropped `nlookup` of them (forget). */
+void fs_cache_looked_up(uint64_t ino, size_t len, int64_t mtime);
+void fs_cache_forget(uint64_t ino, uint64_t nlookup);
+
+/* The mtime the cache knows for `n` (0: none), and the database's last change. */
+int64_t fs_cache_mtime(fs_node n);
+int64_t fs_cache_db_mtime(void);
 
 /* ---- ctl transaction files (ctl.c) ---- */
 
@@ -114,7 +178,7 @@ fs_ctl *fs_ctl_new(const orch_method *m, int64_t session_id);
 void fs_ctl_free(fs_ctl *c);
 
 /* Append request bytes; executes once the buffer is a complete JSON value.  0 or -errno. */
-int fs_ctl_write(orch_ctx *ctx, fs_ctl *c, const char *data, size_t len);
+int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len);
 
 /* Read at `off`; *out points into the handle's reply/usage.  0 or -errno. */
 int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n);
@@ -128,8 +192,6 @@ int fs_ctl_flush(fs_ctl *c);
  */
 char *fs_ctl_idle_text(const orch_method *m, int64_t session_id);
 
-/* The last reply a session got for a method through sessions/<id>/ctl/, or NULL. */
-const char *fs_ctl_last_reply(int64_t session_id, const orch_method *m);
 void fs_ctl_forget_all(void);
 
 /* ---- the daemon (fs.c) ---- */
@@ -138,11 +200,12 @@ typedef struct {
 	const char *mountpoint;
 	bool foreground;
 	bool debug;
+	bool single_thread; /* -s: serve one request at a time (debugging) */
 	void (*on_mounted)(void *arg); /* called once the mount is in place */
 	void *arg;
 } fs_options;
 
 /* Mount and serve until unmounted or signalled.  Returns the process exit code. */
-int fs_main(orch_ctx *ctx, const fs_options *opts);
+int fs_main(orch_env *env, const fs_options *opts);
 
 #endif

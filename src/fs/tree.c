@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fs.h"
 
@@ -23,6 +24,14 @@ typedef struct {
 	int (*text)(orch_ctx *ctx, int64_t id, char **buf);
 	int methods;            /* 1: one node per method; 2: per method that takes a session */
 	const char *doc;        /* one line for the generated README.md */
+	/*
+	 * Files served from the page cache: the tables whose rows the file
+	 * shows, space-separated; "table#" when the row's id is the node's
+	 * id.  A committed change to one of them invalidates the file, so a
+	 * table missing here is a stale read (ORCHFS_CACHE_CHECK finds it).
+	 * NULL: not cached (rendered at every open: time-dependent content).
+	 */
+	const char *deps;
 } node_spec;
 
 static int render_reply(orch_ctx *ctx, int64_t id, json_t **out);
@@ -38,7 +47,7 @@ static int heartbeat_text(orch_ctx *ctx, int64_t id, char **buf);
 
 static const node_spec specs[K_KIND_COUNT] = {
 	[K_ROOT] = {K_ROOT, K_ROOT, "", NULL, T_DIR},
-	[K_README] = {K_README, K_ROOT, "README.md", NULL, T_FILE, .text = readme_text, .doc = "this file"},
+	[K_README] = {K_README, K_ROOT, "README.md", NULL, T_FILE, .text = readme_text, .doc = "this file", .deps = ""},
 	[K_CTL_DIR] = {K_CTL_DIR, K_ROOT, "ctl", NULL, T_DIR},
 	[K_CTL] = {K_CTL, K_CTL_DIR, NULL, NULL, T_CTL, .methods = 1, .doc = "one transaction file per method: write a JSON request, read the reply"},
 	[K_REPLIES_DIR] = {K_REPLIES_DIR, K_ROOT, "replies", NULL, T_DIR},
@@ -50,11 +59,13 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_SESSION_DIR] = {K_SESSION_DIR, K_SESSIONS_DIR, NULL, "", T_DIR,
 			   .list_sql = "SELECT id FROM sessions ORDER BY id", .exists_sql = SESSION_EXISTS},
 	[K_SESSION_JSON] = {K_SESSION_JSON, K_SESSION_DIR, "session.json", NULL, T_FILE,
-			    .render = orch_session_json, .doc = "the session"},
+			    .render = orch_session_json, .doc = "the session", .deps = "sessions#"},
 	[K_CONTEXT_JSON] = {K_CONTEXT_JSON, K_SESSION_DIR, "context.json", NULL, T_FILE,
-			    .render = orch_session_context, .doc = "session.context: session, worktrees, current ref"},
+			    .render = orch_session_context, .doc = "session.context: session, worktrees, current ref",
+			    .deps = "sessions# worktrees current_refs"},
 	[K_CURRENT_REF_JSON] = {K_CURRENT_REF_JSON, K_SESSION_DIR, "current_ref.json", NULL, T_FILE,
-				.render = orch_current_ref_json, .doc = "the active current ref, or null (a pure read)"},
+				.render = orch_current_ref_json, .doc = "the active current ref, or null (a pure read)",
+				.deps = "current_refs"},
 	[K_HEARTBEAT] = {K_HEARTBEAT, K_SESSION_DIR, "heartbeat", NULL, T_HEARTBEAT, .text = heartbeat_text, .doc = "open for writing, write or touch it: session.heartbeat"},
 	[K_ROOT_LINK] = {K_ROOT_LINK, K_SESSION_DIR, "root", NULL, T_LINK,
 			 .exists_sql = "SELECT 1 " ROOT_LINK_FROM, .doc = "symlink to the session-root worktree"},
@@ -64,21 +75,23 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_TASK_DIR] = {K_TASK_DIR, K_TASKS_DIR, NULL, "", T_DIR,
 			.list_sql = "SELECT id FROM tasks ORDER BY id",
 			.exists_sql = "SELECT 1 FROM tasks WHERE id = ?1"},
-	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json, .doc = "the task"},
+	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json, .doc = "the task", .deps = "tasks#"},
 
 	/* case lifecycle */
 	[K_STEPS_JSON] = {K_STEPS_JSON, K_TASK_DIR, "steps.json", NULL, T_FILE,
 			  .exists_sql = "SELECT 1 FROM tasks WHERE id = ?1 AND level = 'case'",
-			  .render = orch_task_steps_json, .doc = "its steps in order (cases)"},
+			  .render = orch_task_steps_json, .doc = "its steps in order (cases)", .deps = "tasks# steps"},
 	[K_CHECKPOINTS_JSON] = {K_CHECKPOINTS_JSON, K_TASK_DIR, "checkpoints.json", NULL, T_FILE,
 				.exists_sql = "SELECT 1 FROM tasks WHERE id = ?1 AND level = 'case'",
-				.render = orch_task_checkpoints_json, .doc = "its checkpoints in order (cases)"},
+				.render = orch_task_checkpoints_json, .doc = "its checkpoints in order (cases)",
+				.deps = "tasks# checkpoints"},
 
 	/* isolation */
 	[K_WORKTREES_DIR] = {K_WORKTREES_DIR, K_ROOT, "worktrees", NULL, T_DIR},
 	[K_WORKTREE_JSON] = {K_WORKTREE_JSON, K_WORKTREES_DIR, NULL, ".json", T_FILE,
 			     .list_sql = "SELECT id FROM worktrees ORDER BY id",
-			     .exists_sql = "SELECT 1 FROM worktrees WHERE id = ?1", .render = orch_worktree_json, .doc = "worktree record (planned, active, closed, abandoned, missing)"},
+			     .exists_sql = "SELECT 1 FROM worktrees WHERE id = ?1", .render = orch_worktree_json, .doc = "worktree record (planned, active, closed, abandoned, missing)",
+			     .deps = "worktrees#"},
 	[K_LOCKS_DIR] = {K_LOCKS_DIR, K_ROOT, "locks", NULL, T_DIR},
 	[K_LOCK_JSON] = {K_LOCK_JSON, K_LOCKS_DIR, NULL, ".json", T_FILE,
 			 .list_sql = "SELECT id FROM locks WHERE state = 'active' AND lease_until > ?2 ORDER BY id",
@@ -91,23 +104,39 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_NODE_DIR] = {K_NODE_DIR, K_NODES_DIR, NULL, "", T_DIR,
 			.list_sql = "SELECT id FROM graph_nodes ORDER BY id",
 			.exists_sql = "SELECT 1 FROM graph_nodes WHERE id = ?1"},
-	[K_NODE_JSON] = {K_NODE_JSON, K_NODE_DIR, "node.json", NULL, T_FILE, .render = orch_node_json, .doc = "planning-graph node"},
+	[K_NODE_JSON] = {K_NODE_JSON, K_NODE_DIR, "node.json", NULL, T_FILE, .render = orch_node_json, .doc = "planning-graph node", .deps = "graph_nodes#"},
 	[K_NODE_CHECKLIST_JSON] = {K_NODE_CHECKLIST_JSON, K_NODE_DIR, "checklist.json", NULL, T_FILE,
-				   .render = orch_node_checklist_json, .doc = "its checklist, by facet then order_no"},
+				   .render = orch_node_checklist_json, .doc = "its checklist, by facet then order_no",
+				   .deps = "graph_nodes# node_checklists"},
 	[K_NODE_SNAPSHOTS_JSON] = {K_NODE_SNAPSHOTS_JSON, K_NODE_DIR, "snapshots.json", NULL, T_FILE,
-				   .render = orch_node_snapshots_json, .doc = "its snapshots, by id"},
+				   .render = orch_node_snapshots_json, .doc = "its snapshots, by id",
+				   .deps = "graph_nodes# node_snapshots"},
 	[K_NODE_EDGES_JSON] = {K_NODE_EDGES_JSON, K_NODE_DIR, "edges.json", NULL, T_FILE,
-				.render = orch_node_edges_json, .doc = "every edge from or to it, by id"},
+				.render = orch_node_edges_json, .doc = "every edge from or to it, by id",
+				.deps = "graph_nodes# graph_edges"},
 
 };
 
-/* ---- inode numbers: kind in the top byte, method index below it, id in the low 48 bits ---- */
+/*
+ * ---- inode numbers ----
+ *
+ * Below 2^53, so that JavaScript (Node.js, editors built on it) reads
+ * them exactly: the kind in bits 46-51, the method index (ctl files) in
+ * bits 38-45, the id in bits 0-37.  Ids past 2^38 have no node.
+ */
+#define INO_ID_BITS 38
+#define INO_SUB_BITS 8
+#define INO_ID_MASK ((1ULL << INO_ID_BITS) - 1)
+#define INO_SUB_MASK ((1ULL << INO_SUB_BITS) - 1)
+
+_Static_assert(K_KIND_COUNT <= 64, "the kind has 6 bits of the inode number");
 
 uint64_t fs_ino(fs_node n)
 {
 	if (n.kind == K_ROOT)
 		return 1; /* FUSE_ROOT_ID */
-	return ((uint64_t)n.kind << 56) | ((uint64_t)(n.sub & 0xff) << 48) | ((uint64_t)n.id & 0xffffffffffffULL);
+	return ((uint64_t)n.kind << (INO_ID_BITS + INO_SUB_BITS)) | (((uint64_t)n.sub & INO_SUB_MASK) << INO_ID_BITS) |
+	       ((uint64_t)n.id & INO_ID_MASK);
 }
 
 fs_node fs_node_of(uint64_t ino)
@@ -116,12 +145,68 @@ fs_node fs_node_of(uint64_t ino)
 
 	if (ino == 1)
 		return n;
-	n.kind = (fs_kind)(ino >> 56);
-	n.sub = (unsigned)((ino >> 48) & 0xff);
-	n.id = (int64_t)(ino & 0xffffffffffffULL);
-	if (n.kind >= K_KIND_COUNT)
+	n.kind = (fs_kind)(ino >> (INO_ID_BITS + INO_SUB_BITS));
+	n.sub = (unsigned)((ino >> INO_ID_BITS) & INO_SUB_MASK);
+	n.id = (int64_t)(ino & INO_ID_MASK);
+	if (n.kind >= K_KIND_COUNT || n.kind == K_ROOT)
 		n.kind = K_ROOT, n.id = -1;
 	return n;
+}
+
+bool fs_primary_file(fs_node dir, fs_node *file)
+{
+	static const fs_kind primary[K_KIND_COUNT] = {
+		[K_SESSION_DIR] = K_SESSION_JSON,
+		[K_TASK_DIR] = K_TASK_JSON,
+		[K_NODE_DIR] = K_NODE_JSON,
+	};
+
+	if (!primary[dir.kind])
+		return false;
+	*file = (fs_node){primary[dir.kind], 0, dir.id};
+	return true;
+}
+
+bool fs_node_parent_name(fs_node n, fs_node *parent, char *name, size_t size)
+{
+	const node_spec *s = &specs[n.kind];
+
+	if (n.kind == K_ROOT || s->lookup_sql || s->methods)
+		return false;
+	if (s->name) {
+		*parent = (fs_node){s->parent, 0, specs[s->parent].name ? 0 : n.id};
+		snprintf(name, size, "%s", s->name);
+	} else {
+		*parent = (fs_node){s->parent, 0, 0};
+		snprintf(name, size, "%lld%s", (long long)n.id, s->suffix);
+	}
+	if (parent->kind == K_ROOT)
+		parent->id = 0;
+	return true;
+}
+
+bool fs_node_cached(fs_node n)
+{
+	return specs[n.kind].deps != NULL;
+}
+
+bool fs_node_depends(fs_node n, const char *table, int64_t rowid)
+{
+	const char *d = specs[n.kind].deps;
+	size_t tl = strlen(table);
+
+	if (!d)
+		return false;
+	if (strcmp(table, "*") == 0)
+		return true;
+	for (const char *p = d; (p = strstr(p, table)) != NULL; p += tl) {
+		bool starts = p == d || p[-1] == ' ';
+		char end = p[tl];
+		if (!starts || (end != '\0' && end != ' ' && end != '#'))
+			continue;
+		return end != '#' || rowid == n.id;
+	}
+	return false;
 }
 
 fs_type fs_node_type(fs_node n)
@@ -180,19 +265,19 @@ const orch_method *fs_ctl_method(fs_node n, int64_t *session_id)
 	return m;
 }
 
-/* Parse a decimal id: digits only, no leading zero, > 0, fits 48 bits. */
+/* Parse a decimal id: digits only, no leading zero, > 0, fits the inode's id bits. */
 static int64_t parse_id(const char *name, size_t len)
 {
 	int64_t v = 0;
 
-	if (len == 0 || len > 15 || name[0] == '0')
+	if (len == 0 || len > 12 || name[0] == '0')
 		return 0;
 	for (size_t i = 0; i < len; i++) {
 		if (name[i] < '0' || name[i] > '9')
 			return 0;
 		v = v * 10 + (name[i] - '0');
 	}
-	return v;
+	return (uint64_t)v <= INO_ID_MASK ? v : 0;
 }
 
 int fs_lookup(orch_ctx *ctx, fs_node dir, const char *name, fs_node *child)
@@ -311,14 +396,54 @@ static int errno_of(int code)
 	return -orch_error_errno(code);
 }
 
-int fs_render(orch_ctx *ctx, fs_node n, char **buf, size_t *len)
+/* Parse an RFC 3339 time as orch_time_format writes it; 0 when it is not one. */
+static int64_t parse_stamp(const char *s)
+{
+	struct tm tm = {0};
+	int ms = 0;
+
+	if (strlen(s) != 24 || s[10] != 'T' || s[23] != 'Z' ||
+	    sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d.%3d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
+		   &tm.tm_sec, &ms) != 7)
+		return 0;
+	tm.tm_year -= 1900;
+	tm.tm_mon -= 1;
+	return (int64_t)timegm(&tm) * 1000 + ms;
+}
+
+/* The newest "*_at" timestamp anywhere in `j` (0 if none): when the rows shown last changed. */
+static int64_t newest_stamp(json_t *j)
+{
+	int64_t best = 0, t;
+	const char *key;
+	json_t *v;
+	size_t i;
+
+	if (json_is_object(j)) {
+		json_object_foreach(j, key, v) {
+			size_t n = strlen(key);
+			if (json_is_string(v) && n > 3 && strcmp(key + n - 3, "_at") == 0)
+				t = parse_stamp(json_string_value(v));
+			else
+				t = newest_stamp(v);
+			best = t > best ? t : best;
+		}
+	} else if (json_is_array(j)) {
+		json_array_foreach(j, i, v) {
+			t = newest_stamp(v);
+			best = t > best ? t : best;
+		}
+	}
+	return best;
+}
+
+int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 {
 	const node_spec *s = &specs[n.kind];
 	json_t *j = NULL;
 	int rc;
 
-	*buf = NULL;
-	*len = 0;
+	memset(r, 0, sizeof(*r));
 	if (!s->render && !s->text)
 		return -EISDIR;
 	ctx->now = orch_now_ms(); /* views that depend on time (lock expiry) see the time of the open */
@@ -328,20 +453,27 @@ int fs_render(orch_ctx *ctx, fs_node n, char **buf, size_t *len)
 		orch_store_rollback(ctx->store);
 		return -ENOENT;
 	}
-	rc = s->render ? s->render(ctx, n.id, &j) : s->text(ctx, n.id, buf);
+	rc = s->render ? s->render(ctx, n.id, &j) : s->text(ctx, n.id, &r->data);
+	if (!rc)
+		rc = orch_meta_read(ctx->store, NULL, &r->snapshot_at);
 	orch_store_rollback(ctx->store);
-	if (rc)
+	if (rc) {
+		json_decref(j);
+		free(r->data);
+		r->data = NULL;
 		return errno_of(rc);
+	}
 	if (j) {
 		char *text = json_dumps(j, JSON_INDENT(2) | JSON_ENCODE_ANY);
+		r->stamp = newest_stamp(j);
 		json_decref(j);
-		if (asprintf(buf, "%s\n", text) < 0)
-			*buf = NULL;
+		if (text && asprintf(&r->data, "%s\n", text) < 0)
+			r->data = NULL;
 		free(text);
 	}
-	if (!*buf)
+	if (!r->data)
 		return -ENOMEM;
-	*len = strlen(*buf);
+	r->len = strlen(r->data);
 	return 0;
 }
 

@@ -3,6 +3,7 @@
  * prepared-statement cache keyed by the SQL literal's address.
  */
 #include <assert.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,14 +19,65 @@ extern const int orch_schema_count;
 
 #define STMT_SLOTS 512
 
+/* Past this many rows in one batch, the changes collapse into one "*" (every table). */
+#define CHANGES_MAX 4096
+
+/* A connection is used by one thread at a time (the writer lane, or a pooled reader's borrower). */
 struct orch_store {
 	sqlite3 *db;
 	bool in_txn;
+	orch_change *changes; /* rows changed (update hook); [0, mark) are committed */
+	size_t nchanges, capchanges, mark;
+	int64_t data_version; /* last PRAGMA data_version seen */
 	struct {
 		const char *sql;
 		sqlite3_stmt *st;
 	} cache[STMT_SLOTS];
 };
+
+/*
+ * Table names from the update hook live only during the callback: intern
+ * them.  The set is the schema's tables, so it stays tiny.
+ */
+static const char *intern(const char *name)
+{
+	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+	static char *names[64]; /* under mu; never freed (process lifetime) */
+	static size_t n;
+	const char *out = "*";
+
+	pthread_mutex_lock(&mu);
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(names[i], name) == 0) {
+			out = names[i];
+			goto done;
+		}
+	if (n < sizeof(names) / sizeof(names[0]))
+		out = names[n++] = strdup(name);
+done:
+	pthread_mutex_unlock(&mu);
+	return out;
+}
+
+static void update_hook(void *arg, int op, const char *db, const char *table, sqlite3_int64 rowid)
+{
+	orch_store *st = arg;
+
+	(void)op, (void)db;
+	if (st->nchanges && strcmp(st->changes[st->nchanges - 1].table, "*") == 0)
+		return;
+	if (st->nchanges == CHANGES_MAX) {
+		st->changes[st->nchanges++] = (orch_change){"*", 0};
+		return;
+	}
+	if (st->nchanges == st->capchanges) {
+		st->capchanges = st->capchanges ? st->capchanges * 2 : 16;
+		st->changes = realloc(st->changes, (st->capchanges + 1) * sizeof(*st->changes));
+		if (!st->changes)
+			abort();
+	}
+	st->changes[st->nchanges++] = (orch_change){intern(table), rowid};
+}
 
 static int db_error(orch_store *st, const char *what)
 {
@@ -90,19 +142,43 @@ fail:
 	return rc;
 }
 
+static int connect(orch_store *st, const char *path, int flags)
+{
+	if (sqlite3_open_v2(path, &st->db, flags | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
+		return orch_error_set(ORCH_EINTERNAL, "cannot open database %s: %s", path,
+				      st->db ? sqlite3_errmsg(st->db) : "out of memory");
+	sqlite3_busy_timeout(st->db, ORCH_STORE_BUSY_MS);
+	return 0;
+}
+
+int orch_store_open_reader(orch_store **out, const char *path)
+{
+	orch_store *st = calloc(1, sizeof(*st));
+	int rc;
+
+	*out = NULL;
+	/*
+	 * Read-write at the file level (a WAL reader maps the -shm index),
+	 * query_only at the SQL level: a reader can never write.
+	 */
+	if ((rc = connect(st, path, SQLITE_OPEN_READWRITE)) != 0 ||
+	    (rc = exec(st, "PRAGMA query_only = 1; PRAGMA foreign_keys = ON;")) != 0) {
+		orch_store_close(st);
+		return rc;
+	}
+	orch_store_changed_elsewhere(st);
+	*out = st;
+	return 0;
+}
+
 int orch_store_open(orch_store **out, const char *path)
 {
 	orch_store *st = calloc(1, sizeof(*st));
 	int rc;
 
 	*out = NULL;
-	if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-			    NULL) != SQLITE_OK) {
-		rc = orch_error_set(ORCH_EINTERNAL, "cannot open database %s: %s", path,
-				    st->db ? sqlite3_errmsg(st->db) : "out of memory");
+	if ((rc = connect(st, path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) != 0)
 		goto fail;
-	}
-	sqlite3_busy_timeout(st->db, 10000);
 	/*
 	 * WAL lets readers (the daemon rendering files) run beside a writer;
 	 * synchronous=FULL makes a committed reply survive power loss, not
@@ -118,13 +194,14 @@ int orch_store_open(orch_store **out, const char *path)
 		rc = exec(st, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;");
 		if (!rc)
 			rc = migrate(st);
-		if (!rc || (sqlite3_errcode(st->db) & 0xff) != SQLITE_BUSY || ms >= 10000)
+		if (!rc || (sqlite3_errcode(st->db) & 0xff) != SQLITE_BUSY || ms >= ORCH_STORE_BUSY_MS)
 			break;
 		orch_error_clear();
 		usleep(20000);
 	}
 	if (rc)
 		goto fail;
+	sqlite3_update_hook(st->db, update_hook, st);
 	*out = st;
 	return 0;
 fail:
@@ -139,6 +216,7 @@ void orch_store_close(orch_store *st)
 	for (int i = 0; i < STMT_SLOTS; i++)
 		sqlite3_finalize(st->cache[i].st);
 	sqlite3_close(st->db);
+	free(st->changes);
 	free(st);
 }
 
@@ -166,6 +244,7 @@ int orch_store_begin(orch_store *st, bool write)
 	if (control(st, write ? "BEGIN IMMEDIATE" : "BEGIN") != SQLITE_OK)
 		return db_error(st, "begin");
 	st->in_txn = true;
+	st->mark = st->nchanges; /* anything recorded outside a transaction was autocommitted */
 	return 0;
 }
 
@@ -178,6 +257,7 @@ int orch_store_commit(orch_store *st)
 		return rc;
 	}
 	st->in_txn = false;
+	st->mark = st->nchanges;
 	return 0;
 }
 
@@ -186,6 +266,41 @@ void orch_store_rollback(orch_store *st)
 	if (!sqlite3_get_autocommit(st->db))
 		control(st, "ROLLBACK");
 	st->in_txn = false;
+	st->nchanges = st->mark;
+}
+
+const orch_change *orch_store_changes(orch_store *st, size_t *n)
+{
+	/* Autocommitted statements (outside BEGIN) count as committed. */
+	if (!st->in_txn)
+		st->mark = st->nchanges;
+	*n = st->mark;
+	return st->changes;
+}
+
+void orch_store_changes_clear(orch_store *st)
+{
+	size_t pending = st->nchanges - st->mark;
+
+	if (pending)
+		memmove(st->changes, st->changes + st->mark, pending * sizeof(*st->changes));
+	st->nchanges = pending;
+	st->mark = 0;
+}
+
+bool orch_store_changed_elsewhere(orch_store *st)
+{
+	sqlite3_stmt *s = orch_store_stmt(st, "PRAGMA data_version");
+	int64_t v;
+
+	if (!s || sqlite3_step(s) != SQLITE_ROW)
+		return true; /* cannot tell: assume so */
+	v = sqlite3_column_int64(s, 0);
+	sqlite3_reset(s);
+	if (v == st->data_version)
+		return false;
+	st->data_version = v;
+	return true;
 }
 
 bool orch_store_in_txn(orch_store *st)

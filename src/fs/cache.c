@@ -1,0 +1,606 @@
+/*
+ * State files as immutable inodes, so the kernel's page cache can serve
+ * them and every open is still one snapshot.
+ *
+ * A cacheable file's inode number carries a version (fs_ino's `sub` bits):
+ * one inode is one rendering, never anything else.  The kernel may keep its
+ * pages and attributes as long as it likes (keep_cache, long attribute
+ * timeouts), and a descriptor open on it reads that rendering to the end,
+ * whatever happens meanwhile.  When the file's content changes, the name
+ * moves to a new version: the daemon drops the kernel's dentry
+ * (fuse_lowlevel_notify_inval_entry) and the next lookup answers with the
+ * new inode number.  The old inode lives on, unchanged, until the kernel
+ * forgets it.
+ *
+ * Each file has an entry, keyed by its version-less inode number: the last
+ * rendering (a shared immutable snapshot with its hash, size and mtime),
+ * whether it is still valid, its current version, and how many lookups of
+ * the current version the kernel holds.  Versions the name has moved away
+ * from, and that the kernel still holds, are kept as "retired" records
+ * (size and mtime) until forgotten.
+ *
+ * Changes reach the entries two ways.  Calls of this daemon: the writer lane
+ * reports the rows it committed (fs_cache_committed) and the entries that
+ * show them are invalidated, their dentries dropped before the call replies.
+ * Other processes (a second daemon, `orchfs call`): every lookup, getattr,
+ * open and readdir first asks its connection whether anyone else committed
+ * (PRAGMA data_version); if the database moved in a way this daemon did not
+ * do itself, every entry is invalidated and the dentries are dropped by the
+ * notifier thread.  An invalid entry is rendered again at its next use; only
+ * a rendering that differs moves the name to a new version.
+ *
+ * All state below is under `mu`, except the snapshots' reference counts.
+ */
+#define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 14)
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs.h"
+
+#define SNAP_BUDGET (16u << 20) /* bytes of renderings kept for reuse (descriptors hold their own) */
+#define VERSIONS 256            /* versions an inode number can carry (fs_ino's sub bits) */
+#define RETIRED_BUCKETS 1024
+
+typedef struct {
+	uint64_t ino;       /* version-less inode number; 0: empty slot */
+	fs_snap *snap;      /* last rendering; NULL once dropped for memory */
+	uint64_t hash;      /* of the last rendering (kept when snap is dropped) */
+	size_t len;
+	int64_t mtime;
+	bool rendered;      /* hash, len and mtime are set */
+	bool valid;         /* no change since the rendering could have touched it */
+	bool dentry;        /* the kernel may hold a dentry naming the current version */
+	unsigned version;   /* the current version, < VERSIONS */
+	uint64_t generation; /* FUSE generation of the current version: bumped with it, never reused */
+	uint64_t nlookup;   /* lookups of the current version the kernel holds */
+} entry;
+
+typedef struct retired {
+	struct retired *next;
+	uint64_t ino;       /* with its version */
+	size_t len;
+	int64_t mtime;
+	uint64_t nlookup;
+} retired;
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static entry *tab;
+static size_t cap, used;
+static size_t snap_bytes;      /* bytes of snapshots referenced by tab */
+static retired *graveyard[RETIRED_BUCKETS];
+static uint64_t seq;           /* bumped by every invalidation */
+static int64_t known_version;  /* mirror_meta as this daemon last accounted for it */
+static int64_t known_updated;
+static bool check_mode;        /* ORCHFS_CACHE_CHECK: verify every hit (tests) */
+
+/* Dentries to drop (version-less inode numbers of the files), and the thread that drops them. */
+static pthread_cond_t qcond = PTHREAD_COND_INITIALIZER;
+static uint64_t *queue;
+static size_t qn, qcap;
+static bool stopping;
+static pthread_t notifier;
+static bool notifier_started;
+static struct fuse_session *session; /* set before the loop starts */
+
+/* ---- snapshots ---- */
+
+static uint64_t fnv1a(const char *p, size_t n)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;
+	return h;
+}
+
+fs_snap *fs_snap_new(char *data, size_t len, int64_t mtime)
+{
+	fs_snap *s = orch_xrealloc(NULL, sizeof(*s));
+
+	atomic_init(&s->refs, 1);
+	s->data = data;
+	s->len = len;
+	s->hash = fnv1a(data, len);
+	s->mtime = mtime;
+	return s;
+}
+
+fs_snap *fs_snap_ref(fs_snap *s)
+{
+	atomic_fetch_add(&s->refs, 1);
+	return s;
+}
+
+void fs_snap_unref(fs_snap *s)
+{
+	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
+		free(s->data);
+		free(s);
+	}
+}
+
+/* ---- the tables ---- */
+
+static uint64_t base_of(uint64_t ino)
+{
+	fs_node n = fs_node_of(ino);
+
+	n.sub = 0;
+	return fs_ino(n);
+}
+
+static uint64_t with_version(uint64_t base, unsigned version)
+{
+	fs_node n = fs_node_of(base);
+
+	n.sub = version;
+	return fs_ino(n);
+}
+
+static entry *slot(uint64_t ino)
+{
+	size_t h = (size_t)((ino * 0x9e3779b97f4a7c15ULL) >> 20) & (cap - 1);
+
+	while (tab[h].ino && tab[h].ino != ino)
+		h = (h + 1) & (cap - 1);
+	return &tab[h];
+}
+
+static entry *find(uint64_t base, bool create)
+{
+	if (!cap) {
+		if (!create)
+			return NULL;
+		cap = 1024;
+		tab = calloc(cap, sizeof(*tab));
+	}
+	entry *e = slot(base);
+	if (e->ino || !create)
+		return e->ino ? e : NULL;
+	if ((used + 1) * 10 > cap * 7) {
+		entry *old = tab;
+		size_t oldcap = cap;
+		cap *= 2;
+		tab = calloc(cap, sizeof(*tab));
+		for (size_t i = 0; i < oldcap; i++)
+			if (old[i].ino)
+				*slot(old[i].ino) = old[i];
+		free(old);
+		e = slot(base);
+	}
+	used++;
+	memset(e, 0, sizeof(*e));
+	e->ino = base;
+	e->generation = 1;
+	return e;
+}
+
+static retired **grave(uint64_t ino)
+{
+	retired **r = &graveyard[(ino * 0x9e3779b97f4a7c15ULL) >> 54 & (RETIRED_BUCKETS - 1)];
+
+	while (*r && (*r)->ino != ino)
+		r = &(*r)->next;
+	return r;
+}
+
+static void set_snap(entry *e, fs_snap *s)
+{
+	if (e->snap) {
+		snap_bytes -= e->snap->len;
+		fs_snap_unref(e->snap);
+	}
+	e->snap = s ? fs_snap_ref(s) : NULL;
+	if (s)
+		snap_bytes += s->len;
+	/* Over budget: drop other renderings (the metadata stays; a drop costs one render). */
+	for (size_t i = 0; snap_bytes > SNAP_BUDGET && i < cap; i++) {
+		if (tab[i].ino && tab[i].snap && &tab[i] != e) {
+			snap_bytes -= tab[i].snap->len;
+			fs_snap_unref(tab[i].snap);
+			tab[i].snap = NULL;
+		}
+	}
+}
+
+static void bump(entry *e);
+
+/* ---- dropping dentries ---- */
+
+/* Queue the entry's dentry for the notifier (list NULL) or for the caller to drop. */
+static void drop_dentry(entry *e, uint64_t **list, size_t *n, size_t *listcap)
+{
+	if (!e->dentry)
+		return;
+	e->dentry = false;
+	if (!list) {
+		list = &queue;
+		n = &qn;
+		listcap = &qcap;
+		pthread_cond_signal(&qcond);
+	}
+	if (*n == *listcap) {
+		*listcap = *listcap ? *listcap * 2 : 16;
+		*list = orch_xrealloc(*list, *listcap * sizeof(**list));
+	}
+	(*list)[(*n)++] = e->ino;
+}
+
+/*
+ * The rows `e` shows may have changed: render again before serving it.
+ * A version the kernel holds is frozen as it is (retired), and the name is
+ * looked up again, to the new one.
+ */
+static void invalidate(entry *e, uint64_t **list, size_t *n, size_t *listcap)
+{
+	e->valid = false;
+	if (e->nlookup)
+		bump(e);
+	drop_dentry(e, list, n, listcap);
+}
+
+static void invalidate_all(uint64_t **list, size_t *n, size_t *listcap)
+{
+	seq++;
+	for (size_t i = 0; i < cap; i++)
+		if (tab[i].ino)
+			invalidate(&tab[i], list, n, listcap);
+}
+
+/* Tell the kernel to forget the names of these files (version-less inode numbers). */
+static void notify(const uint64_t *bases, size_t n)
+{
+	for (size_t i = 0; i < n && session; i++) {
+		fs_node parent;
+		char name[64];
+		if (fs_node_parent_name(fs_node_of(bases[i]), &parent, name, sizeof(name)))
+			fuse_lowlevel_notify_inval_entry(session, fs_ino(parent), name, strlen(name));
+	}
+}
+
+/*
+ * The notifier: dentries found stale on reader lanes are dropped from here,
+ * never from a thread serving a lookup (the kernel holds the directory's
+ * lock for it and the invalidation needs that lock too).
+ */
+static void *notifier_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&mu);
+	while (!stopping) {
+		if (!qn) {
+			pthread_cond_wait(&qcond, &mu);
+			continue;
+		}
+		uint64_t *batch = queue;
+		size_t n = qn;
+		queue = NULL;
+		qn = qcap = 0;
+		pthread_mutex_unlock(&mu);
+		notify(batch, n);
+		free(batch);
+		pthread_mutex_lock(&mu);
+	}
+	pthread_mutex_unlock(&mu);
+	return NULL;
+}
+
+void fs_cache_start(struct fuse_session *se)
+{
+	const char *check = getenv("ORCHFS_CACHE_CHECK");
+
+	check_mode = check && *check && strcmp(check, "0") != 0;
+	session = se;
+	if (pthread_create(&notifier, NULL, notifier_main, NULL) == 0)
+		notifier_started = true;
+}
+
+void fs_cache_stop(void)
+{
+	pthread_mutex_lock(&mu);
+	stopping = true;
+	pthread_cond_signal(&qcond);
+	pthread_mutex_unlock(&mu);
+	if (notifier_started)
+		pthread_join(notifier, NULL);
+	notifier_started = false;
+	session = NULL;
+	for (size_t i = 0; i < cap; i++)
+		if (tab[i].snap)
+			fs_snap_unref(tab[i].snap);
+	for (size_t b = 0; b < RETIRED_BUCKETS; b++) {
+		while (graveyard[b]) {
+			retired *r = graveyard[b];
+			graveyard[b] = r->next;
+			free(r);
+		}
+	}
+	free(tab);
+	free(queue);
+	tab = NULL;
+	queue = NULL;
+	cap = used = qn = qcap = snap_bytes = 0;
+	stopping = false;
+}
+
+/* ---- change detection ---- */
+
+/* Writer lane, after a commit and before the call replies (see orch_env.committed). */
+void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
+{
+	orch_env *env = arg;
+	uint64_t *list = NULL;
+	size_t nlist = 0, listcap = 0;
+	bool elsewhere = orch_store_changed_elsewhere(env->writer);
+	int64_t v = 0, t = 0;
+
+	orch_meta_read(env->writer, &v, &t);
+	pthread_mutex_lock(&mu);
+	if (elsewhere) {
+		/* Another process committed too since the last look: no telling what. */
+		invalidate_all(&list, &nlist, &listcap);
+	} else {
+		seq++;
+		for (size_t i = 0; i < cap; i++) {
+			if (!tab[i].ino || (!tab[i].valid && !tab[i].dentry && !tab[i].nlookup))
+				continue;
+			fs_node node = fs_node_of(tab[i].ino);
+			for (size_t c = 0; c < n; c++) {
+				if (fs_node_depends(node, changes[c].table, changes[c].rowid)) {
+					invalidate(&tab[i], &list, &nlist, &listcap);
+					break;
+				}
+			}
+		}
+	}
+	known_version = v;
+	known_updated = t;
+	pthread_mutex_unlock(&mu);
+	notify(list, nlist);
+	free(list);
+}
+
+void fs_cache_sync(orch_ctx *ctx)
+{
+	int64_t v, t;
+
+	if (!orch_store_changed_elsewhere(ctx->store) || orch_meta_read(ctx->store, &v, &t) != 0) {
+		orch_error_clear();
+		return;
+	}
+	pthread_mutex_lock(&mu);
+	if (v != known_version || t != known_updated) {
+		invalidate_all(NULL, NULL, NULL);
+		known_version = v;
+		known_updated = t;
+	}
+	pthread_mutex_unlock(&mu);
+}
+
+int64_t fs_cache_db_mtime(void)
+{
+	pthread_mutex_lock(&mu);
+	int64_t t = known_updated;
+	pthread_mutex_unlock(&mu);
+	return t;
+}
+
+/* ---- versions ---- */
+
+/* Move the name of `e` to a new version; the current one is retired while the kernel holds it. */
+static void bump(entry *e)
+{
+	uint64_t old = with_version(e->ino, e->version);
+
+	if (e->nlookup) {
+		retired *r = orch_xrealloc(NULL, sizeof(*r));
+		*r = (retired){NULL, old, e->len, e->mtime, e->nlookup};
+		retired **at = grave(old);
+		if (*at) {
+			(*at)->nlookup += r->nlookup; /* cannot happen: a retired version is never current again */
+			free(r);
+		} else {
+			*at = r;
+		}
+	}
+	/* Skip versions the kernel still holds as retired; the generation tells a reused one apart anyway. */
+	for (unsigned i = 0; i < VERSIONS; i++) {
+		e->version = (e->version + 1) % VERSIONS;
+		if (!*grave(with_version(e->ino, e->version)))
+			break;
+	}
+	e->generation++;
+	e->nlookup = 0;
+}
+
+uint64_t fs_cache_ino(fs_node n, uint64_t *generation)
+{
+	uint64_t base;
+	entry *e;
+
+	n.sub = 0;
+	base = fs_ino(n);
+	if (generation)
+		*generation = 0;
+	if (!fs_node_cached(n))
+		return base;
+	pthread_mutex_lock(&mu);
+	e = find(base, false);
+	uint64_t ino = e ? with_version(base, e->version) : base;
+	if (generation)
+		*generation = e ? e->generation : 1;
+	pthread_mutex_unlock(&mu);
+	return ino;
+}
+
+int fs_cache_version(uint64_t ino, size_t *len, int64_t *mtime)
+{
+	fs_node n = fs_node_of(ino);
+	int rc = FS_VERSION_CURRENT;
+
+	if (!fs_node_cached(n))
+		return FS_VERSION_CURRENT;
+	pthread_mutex_lock(&mu);
+	entry *e = find(base_of(ino), false);
+	if (!e || with_version(e->ino, e->version) != ino) {
+		retired *r = *grave(ino);
+		if (r) {
+			*len = r->len;
+			*mtime = r->mtime;
+			rc = FS_VERSION_RETIRED;
+		} else {
+			rc = e || n.sub ? FS_VERSION_GONE : FS_VERSION_CURRENT;
+		}
+	}
+	pthread_mutex_unlock(&mu);
+	return rc;
+}
+
+void fs_cache_looked_up(uint64_t ino, size_t len, int64_t mtime)
+{
+	if (!fs_node_cached(fs_node_of(ino)))
+		return;
+	pthread_mutex_lock(&mu);
+	entry *e = find(base_of(ino), true);
+	if (with_version(e->ino, e->version) == ino) {
+		e->nlookup++;
+		e->dentry = true;
+	} else {
+		/* The name moved on while this lookup was answered: the kernel holds a retired version. */
+		retired **at = grave(ino);
+		if (!*at) {
+			*at = orch_xrealloc(NULL, sizeof(**at));
+			**at = (retired){NULL, ino, len, mtime, 0};
+		}
+		(*at)->nlookup++;
+	}
+	pthread_mutex_unlock(&mu);
+}
+
+void fs_cache_forget(uint64_t ino, uint64_t nlookup)
+{
+	if (!fs_node_cached(fs_node_of(ino)))
+		return;
+	pthread_mutex_lock(&mu);
+	entry *e = find(base_of(ino), false);
+	if (e && with_version(e->ino, e->version) == ino) {
+		e->nlookup = e->nlookup > nlookup ? e->nlookup - nlookup : 0;
+	} else {
+		retired **at = grave(ino), *r = *at;
+		if (r && (r->nlookup = r->nlookup > nlookup ? r->nlookup - nlookup : 0) == 0) {
+			*at = r->next;
+			free(r);
+		}
+	}
+	pthread_mutex_unlock(&mu);
+}
+
+/* ---- renderings ---- */
+
+/* The mtime of a new rendering: its own newest timestamp when that moved, else the snapshot's time. */
+static int64_t next_mtime(const entry *e, bool fresh, int64_t stamp, int64_t snapshot_at)
+{
+	int64_t m;
+
+	if (fresh)
+		return stamp > 0 ? stamp : snapshot_at;
+	m = stamp > e->mtime ? stamp : snapshot_at;
+	return m > e->mtime ? m : e->mtime + 1;
+}
+
+/*
+ * Check mode: a hit must equal a fresh rendering of the same database
+ * state; report it loudly otherwise (the tests fail on "WARNING").
+ */
+static void verify(orch_ctx *ctx, fs_node n, const fs_snap *s)
+{
+	fs_rendering r;
+	uint64_t s0;
+
+	pthread_mutex_lock(&mu);
+	s0 = seq;
+	pthread_mutex_unlock(&mu);
+	if (fs_render(ctx, n, &r) != 0) {
+		orch_error_clear();
+		return;
+	}
+	pthread_mutex_lock(&mu);
+	bool same_state = s0 == seq;
+	pthread_mutex_unlock(&mu);
+	if (same_state && !orch_store_changed_elsewhere(ctx->store) &&
+	    (r.len != s->len || memcmp(r.data, s->data, r.len) != 0))
+		orch_log("WARNING: cache served a stale rendering of inode %#llx (kind %d, id %lld)",
+			 (unsigned long long)fs_ino(n), n.kind, (long long)n.id);
+	free(r.data);
+}
+
+int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino)
+{
+	uint64_t base, s0;
+	fs_rendering r;
+	entry *e;
+	int rc;
+
+	n.sub = 0;
+	base = fs_ino(n);
+	*out = NULL;
+	fs_cache_sync(ctx);
+	pthread_mutex_lock(&mu);
+	e = find(base, false);
+	if (e && e->valid && e->snap) {
+		*out = fs_snap_ref(e->snap);
+		*ino = with_version(base, e->version);
+		pthread_mutex_unlock(&mu);
+		if (check_mode)
+			verify(ctx, n, *out);
+		return 0;
+	}
+	s0 = seq;
+	pthread_mutex_unlock(&mu);
+
+	if ((rc = fs_render(ctx, n, &r)) != 0)
+		return rc;
+
+	pthread_mutex_lock(&mu);
+	e = find(base, true);
+	bool fresh = !e->rendered;
+	uint64_t hash = fnv1a(r.data, r.len);
+	bool changed = fresh || hash != e->hash || r.len != e->len;
+	int64_t mtime = changed ? next_mtime(e, fresh, r.stamp, r.snapshot_at) : e->mtime;
+	fs_snap *s = fs_snap_new(r.data, r.len, mtime);
+
+	if (changed && e->nlookup)
+		bump(e); /* the name moves on; the kernel keeps the old inode as it was */
+	*ino = with_version(base, e->version);
+	if (seq == s0 || fresh || changed) {
+		/*
+		 * A rendering made while nothing was invalidated is the entry's
+		 * state now.  One made across an invalidation is kept only as
+		 * the content of its own (new) version: valid stays false, so
+		 * the next use renders again.
+		 */
+		e->rendered = true;
+		e->hash = s->hash;
+		e->len = s->len;
+		e->mtime = s->mtime;
+		e->valid = seq == s0;
+		set_snap(e, s);
+	}
+	pthread_mutex_unlock(&mu);
+	*out = s;
+	return 0;
+}
+
+int64_t fs_cache_mtime(fs_node n)
+{
+	n.sub = 0;
+	pthread_mutex_lock(&mu);
+	entry *e = find(fs_ino(n), false);
+	int64_t m = e ? e->mtime : 0;
+	pthread_mutex_unlock(&mu);
+	return m;
+}
