@@ -183,13 +183,17 @@ bool orch_git_merged_at_tip(orch_git *g, const char *parent, const char *child, 
 
 /* ---- recovery: what killed processes and calls left ---- */
 
-/* Where this process records the checkout it is writing (<state_dir>/inflight/<pid>). */
+/*
+ * Where this process records the checkouts its operations are writing:
+ * <state_dir>/inflight/<pid>-<seq>, one marker per operation.
+ */
 void orch_git_set_state_dir(orch_git *g, const char *state_dir);
 
 /*
  * Remove git's index.lock from checkouts that processes, now dead, were
- * writing when killed (their <state>/inflight/<pid> markers); each removal
- * is appended to `log` (may be NULL).
+ * writing when killed (their markers <state>/inflight/<pid>-<seq>, or
+ * <pid> as older versions named them); each removal is appended to `log`
+ * (may be NULL).
  */
 int orch_git_clear_dead_inflight(orch_git *g, json_t *log);
 

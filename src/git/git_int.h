@@ -53,7 +53,7 @@ git_worktree *orch_git__worktree_at(orch_git *g, const char *path);
 void orch_git__rm_rf(const char *path);
 
 /*
- * Name the checkout `workdir` in the marker <state>/inflight/<pid>
+ * Name the checkout `workdir` in a new marker <state>/inflight/<pid>-<seq>
  * for as long as an operation may lock its index; returns the marker's
  * path for orch_git__inflight_end, or NULL when there is none to end
  * (no state directory, or the marker could not be written).

@@ -5,9 +5,11 @@
  * leftover branches and checkouts under orchfs's reserved names, and stale
  * locks of those branches' refs.
  */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,17 +21,24 @@
 /* ---- in-flight markers ---- */
 
 /*
- * While this process writes a checkout it names it in <state>/inflight/<pid>:
- * if it is killed there, git's index.lock in that checkout is its own, and
- * orch_git_clear_dead_inflight() can remove it without guessing.  The
- * marker is fsynced before git starts.
+ * Numbers the operations of this process, so that no two share a marker
+ * even if two run at once (one per handle, say).
+ */
+static atomic_ullong inflight_seq;
+
+/*
+ * While an operation writes a checkout it names it in
+ * <state>/inflight/<pid>-<seq>: if the process is killed there, git's
+ * index.lock in that checkout is its own, and orch_git_clear_dead_inflight()
+ * can remove it without guessing.  The marker is fsynced before git starts.
  */
 char *orch_git__inflight_begin(orch_git *g, const char *workdir)
 {
+	unsigned long long seq = atomic_fetch_add(&inflight_seq, 1);
 	char *marker = NULL;
 	FILE *f;
 
-	if (!g->inflight_dir || asprintf(&marker, "%s/%ld", g->inflight_dir, (long)getpid()) < 0)
+	if (!g->inflight_dir || asprintf(&marker, "%s/%ld-%llu", g->inflight_dir, (long)getpid(), seq) < 0)
 		return NULL;
 	if ((f = fopen(marker, "w")) == NULL) {
 		free(marker);
@@ -57,6 +66,31 @@ void orch_git_set_state_dir(orch_git *g, const char *state_dir)
 		return;
 	}
 	mkdir(g->inflight_dir, 0755);
+}
+
+/* Whether s is one or more ASCII digits. */
+static bool digits(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++)
+		if (!isdigit((unsigned char)*s))
+			return false;
+	return true;
+}
+
+/* The process in a marker's name, "<pid>-<seq>" or "<pid>" (as older versions named it); 0 for other names. */
+static long marker_pid(const char *name)
+{
+	char *end;
+	long pid;
+
+	if (!isdigit((unsigned char)name[0]))
+		return 0;
+	pid = strtol(name, &end, 10);
+	if (*end == '-' ? !digits(end + 1) : *end != '\0')
+		return 0;
+	return pid > 0 ? pid : 0;
 }
 
 /* Remove git's index.lock in the checkout that `marker` (a file) names; log it. */
@@ -88,10 +122,10 @@ int orch_git_clear_dead_inflight(orch_git *g, json_t *log)
 	if (!g->inflight_dir || (d = opendir(g->inflight_dir)) == NULL)
 		return 0;
 	while ((e = readdir(d)) != NULL) {
-		long pid = strtol(e->d_name, NULL, 10);
+		long pid = marker_pid(e->d_name);
 		char *marker = NULL;
-		/* This process's own marker is a live operation; so is that of any process still there. */
-		if (pid <= 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+		/* This process's own markers are live operations; so are those of any process still there. */
+		if (pid == 0 || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
 			continue;
 		if (asprintf(&marker, "%s/%s", g->inflight_dir, e->d_name) < 0)
 			continue;

@@ -1155,6 +1155,33 @@ TEST(dead_process_index_lock_is_cleared)
 	CHECK(sh("test -e %s/.git/worktrees/orchfs-session-1/index.lock", env->repo) == 0);
 }
 
+/* Markers are per operation, <pid>-<seq>: a dead process's are cleared, other names are left alone. */
+TEST(dead_process_markers_per_operation)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	pid_t pid = fork();
+	if (pid == 0)
+		_exit(0);
+	waitpid(pid, NULL, 0);
+	const char *dir = ".orchfs/inflight", *lock = ".git/worktrees/orchfs-session-1/index.lock";
+	CHECK(sh("cd %s && printf %%s %s > %s/%d-7 && printf %%s %s > %s/%d-x && printf %%s %s > %s/1-2 && "
+		 ": > %s", env->repo, wt_path(env, "session-1"), dir, (int)pid, wt_path(env, "session-1"), dir,
+		 (int)pid, wt_path(env, "session-1"), dir, lock) == 0);
+	json_t *log = json_array();
+	orch_git_clear_dead_inflight(env->ctx.git, log);
+	CHECK(json_array_size(log) == 1);
+	json_decref(log);
+	CHECK(sh("cd %s && test ! -e %s && test ! -e %s/%d-7", env->repo, lock, dir, (int)pid) == 0);
+	/* Not a marker name: never read, never removed.  A live process's marker stays too. */
+	CHECK(sh("cd %s && test -e %s/%d-x && test -e %s/1-2", env->repo, dir, (int)pid, dir) == 0);
+	/* A merge's own markers are gone once it returns, whatever the outcome. */
+	CHECK(sh("cd %s && rm %s/%d-x %s/1-2", env->repo, dir, (int)pid, dir) == 0);
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	CHECK(commit_in(wt_path(env, "task-1-3"), "new.txt", "child") == 0);
+	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	CHECK(sh("test -z \"$(ls -A %s/%s)\"", env->repo, dir) == 0);
+}
+
 /* Core ties git effects to the call through the transaction hooks: rollback undoes, commit finishes. */
 TEST(git_effects_follow_the_transaction)
 {
