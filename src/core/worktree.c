@@ -433,10 +433,12 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 
 	if ((rc = orch_session_require_open(ctx, sid)) != 0)
 		goto done;
-	if ((rc = orch_worktree_json(ctx, pid, &parent)) != 0) {
-		orch_error_set(ORCH_ENOTFOUND, "parent worktree %lld not found", (long long)pid);
+	rc = orch_worktree_json(ctx, pid, &parent);
+	/* No such row, said of the parameter the client gave; any other fault keeps its code and message. */
+	if (rc == ORCH_ENOTFOUND)
+		rc = orch_error_set(ORCH_ENOTFOUND, "parent worktree %lld not found", (long long)pid);
+	if (rc)
 		goto done;
-	}
 	if (wt_int(parent, "owner_session_id") && wt_int(parent, "owner_session_id") != sid) {
 		rc = orch_error_set(ORCH_EFORBIDDEN, "parent worktree %lld belongs to session %lld, not %lld",
 				    (long long)pid, (long long)wt_int(parent, "owner_session_id"), (long long)sid);

@@ -1206,6 +1206,28 @@ TEST(git_effects_follow_the_transaction)
 	CHECK(fx == NULL);
 }
 
+/* An error from the database keeps its code and its message on the way up: no "not found" for a broken query. */
+TEST(lower_layer_errors_are_not_relabelled)
+{
+	session_and_child(env);
+	json_decref(ok(env, "task.create", "{\"level\": \"epic\", \"title\": \"e\"}"));
+	json_t *e = fails(env, ORCH_ENOTFOUND, "task.create", "{\"level\": \"case\", \"title\": \"c\", "
+			  "\"parent_id\": 9}");
+	CHECK_EQ_STR(jstr(e, "message"), "parent task 9 not found");
+	json_decref(e);
+	e = fails(env, ORCH_ENOTFOUND, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 9}");
+	CHECK_EQ_STR(jstr(e, "message"), "parent worktree 9 not found");
+	json_decref(e);
+	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "ALTER TABLE tasks RENAME TO tasks_away; "
+			   "ALTER TABLE worktrees RENAME TO worktrees_away", NULL, NULL, NULL) == SQLITE_OK);
+	e = fails(env, ORCH_EINTERNAL, "task.create", "{\"level\": \"case\", \"title\": \"c\", \"parent_id\": 1}");
+	CHECK(jstr(e, "message") && strstr(jstr(e, "message"), "not found") == NULL);
+	json_decref(e);
+	e = fails(env, ORCH_EINTERNAL, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}");
+	CHECK(jstr(e, "message") && strstr(jstr(e, "message"), "not found") == NULL);
+	json_decref(e);
+}
+
 /* Killed half-way through updating the parent's checkout: the merge's files are partly written. */
 TEST(merge_retry_finishes_a_half_done_checkout)
 {
