@@ -349,6 +349,7 @@ static int merge_check_checkout(struct merge *m)
 	} else if (json_array_size(paths) && partial_checkout_of(m->tree, m->workdir, paths)) {
 		m->finish = true;
 	} else if (json_array_size(paths)) {
+		/* fail_paths takes `paths` into the error's details. */
 		return fail_paths(ORCH_EINVALID_STATE, "dirty", paths, "the checkout of \"%s\" at %s has "
 				  "uncommitted changes", m->parent, m->workdir);
 	}
@@ -397,9 +398,9 @@ static int merge_update_checkout(struct merge *m)
 			m->finish = true;
 			err = 0;
 		} else if (err == GIT_ECONFLICT || json_array_size(paths)) {
-			rc = fail_paths(ORCH_EINVALID_STATE, "dirty", paths, "files in the checkout of \"%s\" at %s "
-					"would be overwritten by the merge", m->parent, m->workdir);
-			return rc;
+			/* fail_paths takes `paths` into the error's details. */
+			return fail_paths(ORCH_EINVALID_STATE, "dirty", paths, "files in the checkout of \"%s\" at %s "
+					  "would be overwritten by the merge", m->parent, m->workdir);
 		}
 	}
 	/* Finishing an interrupted checkout: every difference is already the merge's own. */
