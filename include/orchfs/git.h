@@ -1,12 +1,48 @@
 /*
  * Git through libgit2: branches and linked worktrees.  No git processes.
+ *
+ * This layer knows nothing of calls or transactions.  A function whose
+ * effect must follow the outcome of the caller's transaction (a checkout
+ * made, a branch moved, a checkout set aside) hands back an orch_git_effect;
+ * the caller decides, once it knows whether its transaction committed,
+ * whether the effect is undone (orch_git_effect_undo) or finished
+ * (orch_git_effect_finish), and then frees it.
  */
 #ifndef ORCHFS_GIT_H
 #define ORCHFS_GIT_H
 
 #include <stdbool.h>
+#include <jansson.h>
 
-#include "orchfs/core.h"
+#include "orchfs/error.h"
+
+/*
+ * The repository orchfs serves.  Used by one thread at a time: the writer
+ * lane (libgit2 objects are not shared across threads; the caller holds the
+ * writer's mutex around every call that takes an orch_git).  Functions
+ * that take no orch_git may run on any thread.
+ */
+typedef struct orch_git orch_git;
+
+/* ---- effects tied to the caller's transaction ---- */
+
+/*
+ * What a git function did that the caller's transaction decides about.
+ * Exactly one of undo or finish runs, then free.  The three take `void *`
+ * so that they fit transaction hooks (orch_hook_fn) as they are.
+ */
+typedef struct orch_git_effect orch_git_effect;
+
+/* The transaction rolled back: put back everything the effect changed. */
+void orch_git_effect_undo(void *fx);
+
+/* The transaction committed: do what was left for after the commit (e.g. delete a retired checkout). */
+void orch_git_effect_finish(void *fx);
+
+/* Release the effect (NULL is fine); it neither undoes nor finishes anything. */
+void orch_git_effect_free(void *fx);
+
+/* ---- the repository ---- */
 
 /* Open the repository whose working directory is `repo_path`. */
 int orch_git_open(orch_git **out, const char *repo_path);
@@ -24,21 +60,142 @@ int orch_git_head_branch(orch_git *g, char **out);
 /* True when `name` is a valid branch name (refs/heads/<name> is a valid ref). */
 bool orch_git_branch_name_valid(const char *name);
 
+#define ORCH_GIT_HEX_SIZE 41 /* a commit id in hex and its NUL */
+
+/* Whether local branch `branch` exists. */
+bool orch_git_branch_exists(orch_git *g, const char *branch);
+
+/*
+ * Resolve `revspec` to a commit; `hex` (ORCH_GIT_HEX_SIZE bytes) receives its id.
+ * ORCH_ENOTFOUND when it names nothing, ORCH_EINVALID_PARAMS when not a commit.
+ */
+int orch_git_resolve_commit(orch_git *g, const char *revspec, char *hex);
+
+/* Names of all local branches: *out is a new array of strings. */
+int orch_git_branches(orch_git *g, json_t **out);
+
+/* Add `pattern` (a line such as "/.orchfs/") to .git/info/exclude unless present. */
+int orch_git_exclude(orch_git *g, const char *pattern);
+
+/* ---- linked worktrees ---- */
+
 /*
  * Create branch `branch` at `base` (a revspec) and a linked worktree of it at
- * `path` whose git metadata is named `wt_name`.  Registers an undo on ctx
- * that removes both, and the parent directories made for `path`, if the
- * transaction later fails.  ORCH_EEXISTS when the
- * branch or the path exists, ORCH_EGIT for other git failures.
+ * `path` whose git metadata is named `wt_name`.  On success *fx is an
+ * effect whose undo removes both, and the parent directories made for
+ * `path`; it has nothing to finish.  ORCH_EEXISTS when the branch or the
+ * path exists, ORCH_EGIT for other git failures; then nothing is left
+ * behind and *fx is NULL.
  */
-int orch_git_worktree_add(orch_ctx *ctx, const char *wt_name, const char *path,
-			  const char *branch, const char *base);
+int orch_git_worktree_add(orch_git *g, const char *wt_name, const char *path, const char *branch,
+			  const char *base, orch_git_effect **fx);
 
 /*
  * Remove the linked worktree whose checkout is at `path`: the directory and
  * git's metadata.  The branch is kept unless `delete_branch`.
  */
 int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, bool delete_branch);
+
+/*
+ * The valid linked worktrees named "orchfs-*" that have a branch checked
+ * out: *out is a new array of {name, path, branch}.
+ */
+int orch_git_orchfs_worktrees(orch_git *g, json_t **out);
+
+/*
+ * The git metadata name of a worktree at `path` below the directory `root`
+ * (<state>/worktrees): "orchfs-<name>" for a direct child, else the
+ * relative path with '/' as '-' plus a short hash, "orchfs-a-x-1b2c3d4e",
+ * so that two paths never share a name.  Caller frees.
+ */
+char *orch_git_worktree_name_in(const char *root, const char *path);
+
+/* orch_git_worktree_name_in for a direct child of root: "orchfs-<last component>". */
+char *orch_git_worktree_name(const char *path);
+
+/*
+ * Remove the linked worktree at `path` as part of the caller's transaction:
+ * the directory is renamed aside now (orch_git_retired_path).  On success
+ * *fx is an effect whose undo renames it back (if that fails, it stays
+ * aside for the next start-up, and is logged) and whose finish deletes it
+ * with git's metadata.  So a transaction that fails leaves the checkout
+ * exactly as it was.  ORCH_EGIT when the rename fails; *fx is then NULL.
+ */
+int orch_git_worktree_retire(orch_git *g, const char *path, orch_git_effect **fx);
+
+/* Where orch_git_worktree_retire keeps `path` until the transaction commits (caller frees). */
+char *orch_git_retired_path(const char *path);
+
+/*
+ * For a worktree whose checkout is already gone (missing): *fx is an
+ * effect with nothing to undo whose finish deletes what
+ * orch_git_worktree_retire may have set aside and git's stale metadata, as
+ * orch_git_retire_finish does.  ORCH_EINTERNAL (out of memory) or 0.
+ */
+int orch_git_retire_after_commit(orch_git *g, const char *path, orch_git_effect **fx);
+
+/* Finish a retire that a crash interrupted after its commit: delete the directory and metadata. */
+void orch_git_retire_finish(orch_git *g, const char *path);
+
+/*
+ * Prune git's metadata of orchfs worktrees (named "orchfs-*") whose
+ * directory is gone; one line per pruned name is appended to `log`.
+ */
+int orch_git_prune_stale(orch_git *g, json_t *log);
+
+/* ---- merges ---- */
+
+/*
+ * Uncommitted changes in the checkout at `workdir`: staged or unstaged
+ * changes to tracked files, and untracked (not ignored) files when
+ * `untracked`.  *paths is a new array of the paths (empty when clean).
+ */
+int orch_git_dirty_paths(const char *workdir, bool untracked, json_t **paths);
+
+/*
+ * Merge branch `child` into branch `parent` with a merge commit (two
+ * parents, even when a fast-forward would do), in memory first:
+ *  - nothing new in `child` (its tip is the parent's or an ancestor of it):
+ *    ORCH_EINVALID_STATE;
+ *  - conflicts: ORCH_ECONFLICT with details.paths, nothing changed;
+ *  - when `workdir` is a checkout with `parent` checked out, that checkout
+ *    is updated too, and must be clean first (no change to a tracked file,
+ *    no untracked or ignored file the merge would overwrite), else
+ *    ORCH_EINVALID_STATE with details.paths and nothing changed;
+ *  - when another checkout has `parent` checked out: ORCH_EINVALID_STATE.
+ * The branch moves only if it still points where the merge started
+ * (else ORCH_ECONFLICT, nothing changed).  On success *fx is an effect
+ * whose undo restores the checkout and then the branch (only if the
+ * branch is still at the merge); it has nothing to finish.  On any error
+ * *fx is NULL.  `commit_hex` (ORCH_GIT_HEX_SIZE bytes) receives the merge
+ * commit's id.
+ */
+int orch_git_merge_into(orch_git *g, const char *parent, const char *workdir, const char *child,
+			char *commit_hex, orch_git_effect **fx);
+
+/*
+ * Whether branch `parent`'s tip is a merge commit (two parents) whose
+ * second parent is exactly branch `child`'s tip: what orch_git_merge_into
+ * leaves, so a merge whose call died before its commit is recognised.
+ * `commit_hex` (ORCH_GIT_HEX_SIZE bytes) receives that commit's id.
+ */
+bool orch_git_merged_at_tip(orch_git *g, const char *parent, const char *child, char *commit_hex);
+
+/* ---- recovery: what killed processes and calls left ---- */
+
+/*
+ * Where this process records the checkouts its operations are writing:
+ * <state_dir>/inflight/<pid>-<seq>, one marker per operation.
+ */
+void orch_git_set_state_dir(orch_git *g, const char *state_dir);
+
+/*
+ * Remove git's index.lock from checkouts that processes, now dead, were
+ * writing when killed (their markers <state>/inflight/<pid>-<seq>, or
+ * <pid> as older versions named them); each removal is appended to `log`
+ * (may be NULL).
+ */
+int orch_git_clear_dead_inflight(orch_git *g, json_t *log);
 
 /*
  * Take back what a call killed between its git work and its commit left
@@ -61,112 +218,5 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch,
  * write lock.  Each removal is appended to `log`.
  */
 int orch_git_drop_reserved_ref_locks(orch_git *g, json_t *log);
-
-/* Where this process records the checkout it is writing (<state_dir>/inflight/<pid>). */
-void orch_git_set_state_dir(orch_git *g, const char *state_dir);
-
-/*
- * Remove git's index.lock from checkouts that processes, now dead, were
- * writing when killed (their <state>/inflight/<pid> markers); each removal
- * is appended to `log` (may be NULL).
- */
-int orch_git_clear_dead_inflight(orch_git *g, json_t *log);
-
-/* Names of all local branches: *out is a new array of strings. */
-int orch_git_branches(orch_git *g, json_t **out);
-
-/*
- * The valid linked worktrees named "orchfs-*" that have a branch checked
- * out: *out is a new array of {name, path, branch}.
- */
-int orch_git_orchfs_worktrees(orch_git *g, json_t **out);
-
-/*
- * The git metadata name of a worktree at `path` below the directory `root`
- * (<state>/worktrees): "orchfs-<name>" for a direct child, else the
- * relative path with '/' as '-' plus a short hash, "orchfs-a-x-1b2c3d4e",
- * so that two paths never share a name.  Caller frees.
- */
-char *orch_git_worktree_name_in(const char *root, const char *path);
-
-/* orch_git_worktree_name_in for a direct child of root: "orchfs-<last component>". */
-char *orch_git_worktree_name(const char *path);
-
-/* ---- isolation: branches, status, in-memory merges, removal ---- */
-
-#define ORCH_GIT_HEX_SIZE 41 /* a commit id in hex and its NUL */
-
-/* Whether local branch `branch` exists. */
-bool orch_git_branch_exists(orch_git *g, const char *branch);
-
-/*
- * Resolve `revspec` to a commit; `hex` (ORCH_GIT_HEX_SIZE bytes) receives its id.
- * ORCH_ENOTFOUND when it names nothing, ORCH_EINVALID_PARAMS when not a commit.
- */
-int orch_git_resolve_commit(orch_git *g, const char *revspec, char *hex);
-
-/*
- * Uncommitted changes in the checkout at `workdir`: staged or unstaged
- * changes to tracked files, and untracked (not ignored) files when
- * `untracked`.  *paths is a new array of the paths (empty when clean).
- */
-int orch_git_dirty_paths(const char *workdir, bool untracked, json_t **paths);
-
-/*
- * Merge branch `child` into branch `parent` with a merge commit (two
- * parents, even when a fast-forward would do), in memory first:
- *  - nothing new in `child` (its tip is the parent's or an ancestor of it):
- *    ORCH_EINVALID_STATE;
- *  - conflicts: ORCH_ECONFLICT with details.paths, nothing changed;
- *  - when `workdir` is a checkout with `parent` checked out, that checkout
- *    is updated too, and must be clean first (no change to a tracked file,
- *    no untracked or ignored file the merge would overwrite), else
- *    ORCH_EINVALID_STATE with details.paths and nothing changed;
- *  - when another checkout has `parent` checked out: ORCH_EINVALID_STATE.
- * The branch moves only if it still points where the merge started.  An
- * undo that restores the branch and the checkout is registered on ctx.
- * `commit_hex` (ORCH_GIT_HEX_SIZE bytes) receives the merge commit's id.
- */
-int orch_git_merge_into(orch_ctx *ctx, const char *parent, const char *workdir, const char *child,
-			char *commit_hex);
-
-/*
- * Whether branch `parent`'s tip is a merge commit (two parents) whose
- * second parent is exactly branch `child`'s tip: what orch_git_merge_into
- * leaves, so a merge whose call died before its commit is recognised.
- * `commit_hex` (ORCH_GIT_HEX_SIZE bytes) receives that commit's id.
- */
-bool orch_git_merged_at_tip(orch_git *g, const char *parent, const char *child, char *commit_hex);
-
-/*
- * Remove the linked worktree at `path` as part of the current call: the
- * directory is renamed aside now (orch_git_retired_path) and is deleted,
- * with git's metadata, only when the call commits; a rollback renames it
- * back.  So a failed call leaves the checkout exactly as it was.
- */
-int orch_git_worktree_retire(orch_ctx *ctx, const char *path);
-
-/* Where orch_git_worktree_retire keeps `path` until the call commits (caller frees). */
-char *orch_git_retired_path(const char *path);
-
-/*
- * For a worktree whose checkout is already gone (missing): once the current
- * call commits, delete what orch_git_worktree_retire may have set aside and
- * git's stale metadata, as orch_git_retire_finish does.  Nothing happens if
- * the call fails.
- */
-void orch_git_retire_after_commit(orch_ctx *ctx, const char *path);
-
-/* Finish a retire that a crash interrupted after its commit: delete the directory and metadata. */
-void orch_git_retire_finish(orch_git *g, const char *path);
-
-/*
- * Prune git's metadata of orchfs worktrees (named "orchfs-*") whose
- * directory is gone; one line per pruned name is appended to `log`.
- */
-int orch_git_prune_stale(orch_git *g, json_t *log);
-
-/* Add `pattern` (a line such as "/.orchfs/") to .git/info/exclude unless present. */
-int orch_git_exclude(orch_git *g, const char *pattern);
 
 #endif

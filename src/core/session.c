@@ -8,6 +8,7 @@
 
 #include "orchfs/core.h"
 #include "orchfs/git.h"
+#include "gitfx.h"
 
 #define SESSION_COLS                                                                               \
 	"SELECT id, agent_role, owner, repo_path, terminal_fingerprint, intent, main_worktree_id, "  \
@@ -134,6 +135,7 @@ done:
 static int session_root(orch_ctx *ctx, int64_t sid, int64_t main_id, int64_t *out)
 {
 	char branch[64], *path = NULL, *name = NULL;
+	orch_git_effect *fx;
 	int rc;
 
 	snprintf(branch, sizeof(branch), "session/%lld", (long long)sid);
@@ -147,8 +149,9 @@ static int session_root(orch_ctx *ctx, int64_t sid, int64_t main_id, int64_t *ou
 	/* Left by an open that was killed before its commit: ids are reused, the checkout is not. */
 	if (!found && orch_git_worktree_reclaim(ctx->git, path, branch, "HEAD", true))
 		orch_log("took back what an interrupted session.open left at %s (branch %s)", path, branch);
-	if ((rc = orch_git_worktree_add(ctx, name, path, branch, "HEAD")) != 0)
+	if ((rc = orch_git_worktree_add(ctx->git, name, path, branch, "HEAD", &fx)) != 0)
 		goto done;
+	orch_txn_git(ctx, fx);
 	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, parent_worktree_id, "
 			   "owner_session_id, merge_state, created_at) VALUES (0, ?, ?, 'active', 'session_root', "
 			   "?, ?, 'active', ?)", "ssiii", path, branch, main_id, sid, ctx->now);

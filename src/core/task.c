@@ -30,19 +30,31 @@ static char *trimmed(const char *s)
 	return strndup(s, n);
 }
 
+/*
+ * not_found "parent task <id> not found" unless task `id` exists.  A failed
+ * query keeps its own code and message: it is not a missing parent.
+ */
+static int check_parent(orch_ctx *ctx, int64_t id)
+{
+	int64_t one;
+	bool found;
+	int rc = orch_sql_int(ctx, &one, &found, "SELECT 1 FROM tasks WHERE id = ?", "i", id);
+
+	if (rc == 0 && !found)
+		rc = orch_error_set(ORCH_ENOTFOUND, "parent task %lld not found", (long long)id);
+	return rc;
+}
+
 static int task_create(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t parent = orch_param_int(p, "parent_id", 0);
 	char *level = trimmed(orch_param_str(p, "level", ""));
 	const char *assignee_in = orch_param_str(p, "assignee_session", NULL);
 	char *assignee = assignee_in ? trimmed(assignee_in) : NULL;
-	json_t *parent_row = NULL;
 	int rc = 0;
 
-	if (parent && (rc = orch_task_json(ctx, parent, &parent_row)) != 0) {
-		orch_error_set(ORCH_ENOTFOUND, "parent task %lld not found", (long long)parent);
+	if (parent && (rc = check_parent(ctx, parent)) != 0)
 		goto done;
-	}
 	rc = orch_sql_exec(ctx, "INSERT INTO tasks (level, parent_id, title, status, priority, assignee_session, "
 			   "created_at, updated_at) VALUES (?, ?, ?, 'todo', ?, ?, ?, ?)", "sIsisii", level, parent,
 			   orch_param_str(p, "title", ""), orch_param_int(p, "priority", 0),
@@ -50,7 +62,6 @@ static int task_create(orch_ctx *ctx, json_t *p, json_t **result)
 	if (!rc)
 		rc = orch_task_json(ctx, orch_last_id(ctx), result);
 done:
-	json_decref(parent_row);
 	free(level);
 	free(assignee);
 	return rc;

@@ -16,6 +16,7 @@
 
 #include "orchfs/core.h"
 #include "orchfs/git.h"
+#include "gitfx.h"
 
 #define RETIRED_SUFFIX ".orchfs-removing"
 
@@ -344,6 +345,7 @@ static int check_task(orch_ctx *ctx, int64_t task_id)
 static int add_on_disk(orch_ctx *ctx, const char *path, const char *branch, const char *base_hex)
 {
 	char *root = NULL, *name = NULL;
+	orch_git_effect *fx;
 	int rc;
 
 	if (asprintf(&root, "%s/worktrees", ctx->state_dir) < 0 ||
@@ -351,7 +353,8 @@ static int add_on_disk(orch_ctx *ctx, const char *path, const char *branch, cons
 		free(root);
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	}
-	rc = orch_git_worktree_add(ctx, name, path, branch, base_hex);
+	if ((rc = orch_git_worktree_add(ctx->git, name, path, branch, base_hex, &fx)) == 0)
+		orch_txn_git(ctx, fx);
 	free(name);
 	free(root);
 	return rc;
@@ -430,10 +433,12 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 
 	if ((rc = orch_session_require_open(ctx, sid)) != 0)
 		goto done;
-	if ((rc = orch_worktree_json(ctx, pid, &parent)) != 0) {
-		orch_error_set(ORCH_ENOTFOUND, "parent worktree %lld not found", (long long)pid);
+	rc = orch_worktree_json(ctx, pid, &parent);
+	/* No such row, said of the parameter the client gave; any other fault keeps its code and message. */
+	if (rc == ORCH_ENOTFOUND)
+		rc = orch_error_set(ORCH_ENOTFOUND, "parent worktree %lld not found", (long long)pid);
+	if (rc)
 		goto done;
-	}
 	if (wt_int(parent, "owner_session_id") && wt_int(parent, "owner_session_id") != sid) {
 		rc = orch_error_set(ORCH_EFORBIDDEN, "parent worktree %lld belongs to session %lld, not %lld",
 				    (long long)pid, (long long)wt_int(parent, "owner_session_id"), (long long)sid);
@@ -522,6 +527,7 @@ static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 	int64_t sid = orch_param_int(p, "session_id", 0), id = orch_param_int(p, "worktree_id", 0);
 	json_t *wt = NULL, *parent = NULL;
 	char hex[ORCH_GIT_HEX_SIZE];
+	orch_git_effect *fx;
 	bool gone;
 	int rc;
 
@@ -559,10 +565,11 @@ static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 	 * would have.  Anything else already in the parent is nothing new.
 	 */
 	if (!orch_git_merged_at_tip(ctx->git, wt_str(parent, "branch"), wt_str(wt, "branch"), hex)) {
-		rc = orch_git_merge_into(ctx, wt_str(parent, "branch"), gone ? NULL : wt_str(parent, "path"),
-					 wt_str(wt, "branch"), hex);
+		rc = orch_git_merge_into(ctx->git, wt_str(parent, "branch"), gone ? NULL : wt_str(parent, "path"),
+					 wt_str(wt, "branch"), hex, &fx);
 		if (rc)
 			goto done;
+		orch_txn_git(ctx, fx);
 	}
 	rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'closed', merge_state = 'merged_to_parent', "
 			   "merged_at = ? WHERE id = ?", "ii", ctx->now, id);
@@ -591,6 +598,7 @@ static int worktree_abandon(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t sid = orch_param_int(p, "session_id", 0), id = orch_param_int(p, "worktree_id", 0);
 	json_t *wt = NULL, *parent = NULL, *dirty = NULL;
+	orch_git_effect *fx = NULL;
 	bool gone;
 	int rc;
 
@@ -631,11 +639,14 @@ static int worktree_abandon(orch_ctx *ctx, json_t *p, json_t **result)
 	if (rc)
 		goto done;
 	if (remove)
-		rc = orch_git_worktree_retire(ctx, wt_str(wt, "path"));
-	else if (strcmp(wt_str(wt, "status"), "missing") == 0)
-		orch_git_retire_after_commit(ctx, wt_str(wt, "path")); /* stale metadata, a set-aside leftover */
-	if (!rc)
-		rc = orch_worktree_json(ctx, id, result);
+		rc = orch_git_worktree_retire(ctx->git, wt_str(wt, "path"), &fx);
+	else if (strcmp(wt_str(wt, "status"), "missing") == 0) /* stale metadata, a set-aside leftover */
+		rc = orch_git_retire_after_commit(ctx->git, wt_str(wt, "path"), &fx);
+	if (rc)
+		goto done;
+	if (fx)
+		orch_txn_git(ctx, fx);
+	rc = orch_worktree_json(ctx, id, result);
 done:
 	json_decref(dirty);
 	json_decref(wt);

@@ -560,9 +560,13 @@ TEST(merge_undo_is_exact)
 	CHECK(commit_in(wt_path(env, "task-1-3"), "new.txt", "child") == 0);
 	CHECK(sh("echo untracked > %s/scratch", root) == 0);
 	char *before = tip(env, "session/1"), hex[ORCH_GIT_HEX_SIZE];
-	CHECK_EQ_INT(orch_git_merge_into(&env->ctx, "session/1", root, "task/1/3", hex), 0);
+	orch_git_effect *fx = NULL;
+	CHECK_EQ_INT(orch_git_merge_into(env->ctx.git, "session/1", root, "task/1/3", hex, &fx), 0);
+	CHECK(fx != NULL);
 	CHECK(exists(wt_path(env, "session-1/new.txt")));
-	orch_undo_run(&env->ctx);
+	orch_git_effect_undo(fx);
+	orch_git_effect_free(fx);
+	CHECK(sh("test -z \"$(ls -A %s/.orchfs/inflight)\"", env->repo) == 0); /* the undo's marker is gone too */
 	char *after = tip(env, "session/1");
 	CHECK_EQ_STR(after, before);
 	CHECK(!exists(wt_path(env, "session-1/new.txt")));
@@ -577,14 +581,19 @@ TEST(retire_undo_and_commit)
 {
 	session_and_child(env);
 	const char *child = wt_path(env, "task-1-3");
-	CHECK_EQ_INT(orch_git_worktree_retire(&env->ctx, child), 0);
+	orch_git_effect *fx = NULL;
+	CHECK_EQ_INT(orch_git_worktree_retire(env->ctx.git, child, &fx), 0);
 	CHECK(!exists(child));
-	orch_undo_run(&env->ctx);
+	orch_git_effect_undo(fx);
+	orch_git_effect_free(fx);
 	CHECK(exists(child));
 	CHECK(sh("git -C %s status >/dev/null 2>&1", child) == 0);
 	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) == 0);
-	CHECK_EQ_INT(orch_git_worktree_retire(&env->ctx, child), 0);
-	orch_undo_clear(&env->ctx);
+	CHECK_EQ_INT(orch_git_worktree_retire(env->ctx.git, child, &fx), 0);
+	/* Until the commit, the checkout is only set aside. */
+	CHECK(exists(wt_path(env, "task-1-3.orchfs-removing/.git")));
+	orch_git_effect_finish(fx);
+	orch_git_effect_free(fx);
 	CHECK(!exists(child));
 	CHECK(sh("ls -A %s/.orchfs/worktrees | grep -q removing", env->repo) != 0);
 	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) != 0);
@@ -879,10 +888,12 @@ TEST(retire_undo_that_cannot_rename_back_keeps_the_checkout)
 	session_and_child(env);
 	const char *child = wt_path(env, "task-1-3");
 	CHECK(commit_in(child, "work.txt", "work") == 0);
-	CHECK_EQ_INT(orch_git_worktree_retire(&env->ctx, child), 0);
+	orch_git_effect *fx = NULL;
+	CHECK_EQ_INT(orch_git_worktree_retire(env->ctx.git, child, &fx), 0);
 	/* Something took the path meanwhile: the rename back cannot replace it. */
 	CHECK(sh("mkdir %s && touch %s/newfile", child, child) == 0);
-	orch_undo_run(&env->ctx);
+	orch_git_effect_undo(fx);
+	orch_git_effect_free(fx);
 	CHECK(exists(wt_path(env, "task-1-3.orchfs-removing/work.txt")));
 	CHECK(exists(wt_path(env, "task-1-3/newfile")));
 	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) == 0);
@@ -957,8 +968,9 @@ TEST(path_still_being_removed_is_not_reused)
 	CHECK(jstr(e, "message") && strstr(jstr(e, "message"), ".orchfs-removing") != NULL);
 	json_decref(e);
 	/* Had a new worktree taken the path anyway, finishing the old removal must not touch its metadata. */
-	CHECK_EQ_INT(orch_git_worktree_add(&env->ctx, "orchfs-P", wt_path(env, "P"), "t2", "HEAD"), 0);
-	orch_undo_clear(&env->ctx);
+	orch_git_effect *fx = NULL;
+	CHECK_EQ_INT(orch_git_worktree_add(env->ctx.git, "orchfs-P", wt_path(env, "P"), "t2", "HEAD", &fx), 0);
+	orch_git_effect_free(fx);
 	json_t *log = NULL;
 	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
 	CHECK(log_has(log, "finished removing"));
@@ -1001,8 +1013,10 @@ TEST(merge_retry_completes_an_interrupted_merge)
 	session_and_child(env);
 	CHECK(commit_in(wt_path(env, "task-1-3"), "new.txt", "child") == 0);
 	char hex[ORCH_GIT_HEX_SIZE];
-	CHECK_EQ_INT(orch_git_merge_into(&env->ctx, "session/1", wt_path(env, "session-1"), "task/1/3", hex), 0);
-	orch_undo_clear(&env->ctx); /* the process died: no commit, no undo */
+	orch_git_effect *fx = NULL;
+	CHECK_EQ_INT(orch_git_merge_into(env->ctx.git, "session/1", wt_path(env, "session-1"), "task/1/3", hex, &fx),
+		     0);
+	orch_git_effect_free(fx); /* the process died: no commit, no undo */
 	int64_t v = db_version(env);
 	json_t *r = ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
 	CHECK_EQ_STR(jstr(r, "merge_commit"), hex);
@@ -1029,8 +1043,9 @@ TEST(merge_retry_completes_an_interrupted_merge)
 /* A worktree and branch left by a call that died before its commit, as orch_git_worktree_add makes them. */
 static void leftover(test_env *env, const char *name, const char *rel, const char *branch, const char *base)
 {
-	CHECK_EQ_INT(orch_git_worktree_add(&env->ctx, name, wt_path(env, rel), branch, base), 0);
-	orch_undo_clear(&env->ctx);
+	orch_git_effect *fx = NULL;
+	CHECK_EQ_INT(orch_git_worktree_add(env->ctx.git, name, wt_path(env, rel), branch, base, &fx), 0);
+	orch_git_effect_free(fx); /* neither undone nor finished: the call never ended */
 }
 
 /* A default spawn whose id was reused after a crash takes back the leftover, when nothing can be lost. */
@@ -1138,6 +1153,79 @@ TEST(dead_process_index_lock_is_cleared)
 		 wt_path(env, "session-1"), env->repo, env->repo) == 0);
 	orch_git_clear_dead_inflight(env->ctx.git, NULL);
 	CHECK(sh("test -e %s/.git/worktrees/orchfs-session-1/index.lock", env->repo) == 0);
+}
+
+/* Markers are per operation, <pid>-<seq>: a dead process's are cleared, other names are left alone. */
+TEST(dead_process_markers_per_operation)
+{
+	json_decref(ok(env, "session.open", "{}"));
+	pid_t pid = fork();
+	if (pid == 0)
+		_exit(0);
+	waitpid(pid, NULL, 0);
+	const char *dir = ".orchfs/inflight", *lock = ".git/worktrees/orchfs-session-1/index.lock";
+	CHECK(sh("cd %s && printf %%s %s > %s/%d-7 && printf %%s %s > %s/%d-x && printf %%s %s > %s/1-2 && "
+		 ": > %s", env->repo, wt_path(env, "session-1"), dir, (int)pid, wt_path(env, "session-1"), dir,
+		 (int)pid, wt_path(env, "session-1"), dir, lock) == 0);
+	json_t *log = json_array();
+	orch_git_clear_dead_inflight(env->ctx.git, log);
+	CHECK(json_array_size(log) == 1);
+	json_decref(log);
+	CHECK(sh("cd %s && test ! -e %s && test ! -e %s/%d-7", env->repo, lock, dir, (int)pid) == 0);
+	/* Not a marker name: never read, never removed.  A live process's marker stays too. */
+	CHECK(sh("cd %s && test -e %s/%d-x && test -e %s/1-2", env->repo, dir, (int)pid, dir) == 0);
+	/* A merge's own markers are gone once it returns, whatever the outcome. */
+	CHECK(sh("cd %s && rm %s/%d-x %s/1-2", env->repo, dir, (int)pid, dir) == 0);
+	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}"));
+	CHECK(commit_in(wt_path(env, "task-1-3"), "new.txt", "child") == 0);
+	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
+	CHECK(sh("test -z \"$(ls -A %s/%s)\"", env->repo, dir) == 0);
+}
+
+/* Core ties git effects to the call through the transaction hooks: rollback undoes, commit finishes. */
+TEST(git_effects_follow_the_transaction)
+{
+	session_and_child(env);
+	const char *child = wt_path(env, "task-1-3");
+	orch_git_effect *fx = NULL;
+	CHECK_EQ_INT(orch_git_worktree_retire(env->ctx.git, child, &fx), 0);
+	orch_txn_hook(&env->ctx, orch_git_effect_undo, orch_git_effect_finish, orch_git_effect_free, fx);
+	orch_undo_run(&env->ctx);
+	CHECK(exists(child) && !exists(wt_path(env, "task-1-3.orchfs-removing")));
+	CHECK_EQ_INT(orch_git_worktree_retire(env->ctx.git, child, &fx), 0);
+	orch_txn_hook(&env->ctx, orch_git_effect_undo, orch_git_effect_finish, orch_git_effect_free, fx);
+	orch_undo_clear(&env->ctx);
+	CHECK(!exists(child) && !exists(wt_path(env, "task-1-3.orchfs-removing")));
+	CHECK(sh("git -C %s worktree list | grep -q task-1-3", env->repo) != 0);
+	/* A failed git call hands back no effect. */
+	fx = (orch_git_effect *)1;
+	CHECK_EQ_INT(orch_git_worktree_retire(env->ctx.git, child, &fx), ORCH_EGIT);
+	CHECK(fx == NULL);
+	CHECK_EQ_INT(orch_git_worktree_add(env->ctx.git, "orchfs-x", wt_path(env, "x"), "session/1", "HEAD", &fx),
+		     ORCH_EEXISTS);
+	CHECK(fx == NULL);
+}
+
+/* An error from the database keeps its code and its message on the way up: no "not found" for a broken query. */
+TEST(lower_layer_errors_are_not_relabelled)
+{
+	session_and_child(env);
+	json_decref(ok(env, "task.create", "{\"level\": \"epic\", \"title\": \"e\"}"));
+	json_t *e = fails(env, ORCH_ENOTFOUND, "task.create", "{\"level\": \"case\", \"title\": \"c\", "
+			  "\"parent_id\": 9}");
+	CHECK_EQ_STR(jstr(e, "message"), "parent task 9 not found");
+	json_decref(e);
+	e = fails(env, ORCH_ENOTFOUND, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 9}");
+	CHECK_EQ_STR(jstr(e, "message"), "parent worktree 9 not found");
+	json_decref(e);
+	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "ALTER TABLE tasks RENAME TO tasks_away; "
+			   "ALTER TABLE worktrees RENAME TO worktrees_away", NULL, NULL, NULL) == SQLITE_OK);
+	e = fails(env, ORCH_EINTERNAL, "task.create", "{\"level\": \"case\", \"title\": \"c\", \"parent_id\": 1}");
+	CHECK(jstr(e, "message") && strstr(jstr(e, "message"), "not found") == NULL);
+	json_decref(e);
+	e = fails(env, ORCH_EINTERNAL, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2}");
+	CHECK(jstr(e, "message") && strstr(jstr(e, "message"), "not found") == NULL);
+	json_decref(e);
 }
 
 /* Killed half-way through updating the parent's checkout: the merge's files are partly written. */
