@@ -15,8 +15,13 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ORCHFS = os.environ.get('ORCHFS_BIN', os.path.join(ROOT, 'build-test', 'orchfs'))
-BAD_OUTPUT = re.compile(r'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:|'
-                        r'warning|WARNING|Assertion')
+BAD_OUTPUT = re.compile(r'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|ThreadSanitizer|'
+                        r'runtime error:|warning|WARNING|Assertion')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'stress: many readers and writers for a while (test_stress.py; '
+                                       'scripts/test also runs it against a ThreadSanitizer build)')
 
 
 def git(repo, *args, check=True):
