@@ -90,6 +90,7 @@ typedef struct orch_ctx {
 	int64_t now;            /* ms since the epoch, fixed for one call */
 	orch_undo *undo;        /* transaction hooks (LIFO), see orch_txn_hook */
 	bool unchanged;         /* set by a write method that changed nothing: no db_version bump */
+	char *result_text;      /* a method's result as compact JSON text, instead of *result (long lists) */
 	orch_env *own_env;      /* the environment orch_ctx_open made (freed by orch_ctx_close) */
 } orch_ctx;
 
@@ -269,6 +270,12 @@ int orch_sql_row(orch_ctx *ctx, json_t **out, const char *nf_fmt, int64_t id,
 
 /* All rows as an array. */
 int orch_sql_rows(orch_ctx *ctx, json_t **out, const char *sql, const char *fmt, ...);
+
+/*
+ * All rows as the compact text of a JSON array, into ctx->result_text: a
+ * long list is written row by row, never held as JSON values.
+ */
+int orch_sql_rows_result(orch_ctx *ctx, const char *sql, const char *fmt, ...);
 
 /* A single integer (first column of the first row); *found false when no row. */
 int orch_sql_int(orch_ctx *ctx, int64_t *out, bool *found, const char *sql, const char *fmt, ...);

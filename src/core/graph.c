@@ -350,12 +350,27 @@ static int node_list(orch_ctx *ctx, json_t *p, json_t **result)
 	    (rc = orch_graph_ident(p, "facet", NULL, &facet)) != 0 ||
 	    (rc = orch_graph_ident(p, "status", NULL, &status)) != 0)
 		goto done;
-	/* An absent filter binds NULL, and "? IS NULL" lets every row through. */
-	rc = orch_sql_rows(ctx, result, ORCH_NODE_SELECT
-			   "WHERE (?1 IS NULL OR node_type = ?1) AND (?2 IS NULL OR facet = ?2) "
-			   "AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR parent_id = ?4) "
-			   "ORDER BY priority DESC, updated_at, id", "sssI", type, facet, status,
-			   orch_param_int(p, "parent_id", 0));
+	int64_t after = orch_param_int(p, "after_id", 0);
+	bool found = true;
+	(void)result;
+	if (after && (rc = orch_sql_int(ctx, &after, &found, "SELECT id FROM graph_nodes WHERE id = ?", "i", after)))
+		goto done;
+	if (!found) {
+		rc = orch_error_set(ORCH_ENOTFOUND, "after_id: graph node %lld not found",
+				    (long long)orch_param_int(p, "after_id", 0));
+		goto done;
+	}
+	/*
+	 * An absent filter binds NULL, and "? IS NULL" lets every row through.
+	 * A page continues after node ?5 in the list's own order.
+	 */
+	rc = orch_sql_rows_result(ctx, ORCH_NODE_SELECT
+				  "WHERE (?1 IS NULL OR node_type = ?1) AND (?2 IS NULL OR facet = ?2) "
+				  "AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR parent_id = ?4) "
+				  "AND (?5 IS NULL OR (-priority, updated_at, id) > "
+				  "(SELECT -priority, updated_at, id FROM graph_nodes WHERE id = ?5)) "
+				  "ORDER BY priority DESC, updated_at, id LIMIT ?6", "sssIIi", type, facet, status,
+				  orch_param_int(p, "parent_id", 0), after, orch_param_int(p, "limit", -1));
 done:
 	free(type);
 	free(facet);
@@ -478,6 +493,9 @@ static const orch_param node_list_params[] = {
 	{"facet", ORCH_P_STR, 0, "Only this facet.", NULL},
 	{"status", ORCH_P_STR, 0, "Only this status.", NULL},
 	{"parent_id", ORCH_P_ID, 0, "Only children of this node.", NULL},
+	{"limit", ORCH_P_ID, 0, "At most this many nodes (default: all).", NULL},
+	{"after_id", ORCH_P_ID, 0, "Start after this node in the list's order (the last id of the previous page).",
+	 NULL},
 	{NULL, 0, 0, NULL, NULL},
 };
 static const orch_param edge_create_params[] = {
@@ -519,7 +537,7 @@ const orch_method orch_graph_methods[] = {
 	 "token_estimate <= 0, negative risk_level, a slice without parent_id or over the planning limits)."},
 	{"graph.node.list", node_list, 0, node_list_params,
 	 "List nodes, priority first, then oldest update, then id.", "[node, ...]",
-	 "{\"node_type\": \"slice\", \"parent_id\": 2}", "none beyond validation."},
+	 "{\"node_type\": \"slice\", \"parent_id\": 2, \"limit\": 100}", "not_found (ENOENT: after_id)."},
 	{"graph.edge.create", edge_create, ORCH_M_WRITE, edge_create_params, "Link two nodes with a typed edge.",
 	 "the edge {id, from_node_id, to_node_id, edge_type, created_at}",
 	 "{\"from_node_id\": 3, \"to_node_id\": 4, \"edge_type\": \"depends_on\"}",

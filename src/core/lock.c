@@ -104,12 +104,64 @@ static int conflict(orch_ctx *ctx, const char *type, const char *path, int64_t i
 	return ORCH_ECONFLICT;
 }
 
+/* The lowest id among *hit and the active lock of another owner that `sql` finds (0: none). */
+static int lowest(orch_ctx *ctx, const char *sql, const char *owner, const char *a, const char *b, int64_t *hit)
+{
+	int64_t id = 0;
+	bool found;
+	int rc = orch_sql_int(ctx, &id, &found, sql, "isss", ctx->now, owner, a, b);
+
+	if (!rc && found && (!*hit || id < *hit))
+		*hit = id;
+	return rc;
+}
+
+/*
+ * The lowest-id active lock of another owner that overlaps (type, path),
+ * found through the index of active paths rather than by testing every
+ * lock: only the same path, its ancestors (prefix locks) and, for a
+ * prefix, the paths below it can overlap (orch_lock_overlaps).
+ */
+static int first_overlap(orch_ctx *ctx, const char *type, const char *path, const char *owner, int64_t *hit)
+{
+#define LIVE "SELECT min(id) FROM locks WHERE state = 'active' AND lease_until > ?1 AND owner_session <> ?2 AND "
+	static const char same[] = LIVE "scope_path = ?3 AND ?4 IS NOT NULL HAVING min(id) IS NOT NULL";
+	static const char above[] = LIVE "scope_path = ?3 AND scope_type = 'prefix' AND ?4 IS NOT NULL "
+				    "HAVING min(id) IS NOT NULL";
+	static const char below[] = LIVE "scope_path > ?3 AND scope_path < ?4 HAVING min(id) IS NOT NULL";
+	static const char any[] = LIVE "?3 IS NOT NULL AND ?4 IS NOT NULL HAVING min(id) IS NOT NULL";
+#undef LIVE
+	bool prefix = strcmp(type, "prefix") == 0;
+	char *anc = strdup(path), *lo = NULL, *hi = NULL;
+	int rc;
+
+	*hit = 0;
+	if (prefix && strcmp(path, ".") == 0) {
+		rc = lowest(ctx, any, owner, "", "", hit);
+		goto done;
+	}
+	if ((rc = lowest(ctx, same, owner, path, "", hit)) != 0 || (rc = lowest(ctx, above, owner, ".", "", hit)) != 0)
+		goto done;
+	for (char *slash = strrchr(anc, '/'); slash; slash = strrchr(anc, '/')) {
+		*slash = '\0';
+		if ((rc = lowest(ctx, above, owner, anc, "", hit)) != 0)
+			goto done;
+	}
+	/* Below "p": from "p/" up to "p0" ('0' follows '/'). */
+	if (prefix && asprintf(&lo, "%s/", path) >= 0 && asprintf(&hi, "%s0", path) >= 0)
+		rc = lowest(ctx, below, owner, lo, hi, hit);
+done:
+	free(anc);
+	free(lo);
+	free(hi);
+	return rc;
+}
+
 static int lock_acquire(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	const char *path = orch_param_str(p, "scope_path", ""), *owner = orch_param_str(p, "owner_session", "");
 	char type[16];
 	int64_t ttl = 0, hit = 0;
-	sqlite3_stmt *st;
 	int rc;
 
 	if ((rc = scope_type(p, type, sizeof(type))) != 0 || (rc = ttl_ms(p, &ttl)) != 0)
@@ -120,19 +172,8 @@ static int lock_acquire(orch_ctx *ctx, json_t *p, json_t **result)
 	/* Expired leases are marked as such: part of this call, and harmless if it rolls back. */
 	rc = orch_sql_exec(ctx, "UPDATE locks SET state = 'expired' WHERE state = 'active' AND lease_until <= ?",
 			   "i", ctx->now);
-	if (rc)
+	if (rc || (rc = first_overlap(ctx, type, path, owner, &hit)) != 0)
 		return rc;
-	st = orch_sql(ctx, "SELECT id, scope_type, scope_path FROM locks WHERE state = 'active' AND lease_until > ? "
-		      "AND owner_session <> ? ORDER BY id", "is", ctx->now, owner);
-	if (!st)
-		return ORCH_EINTERNAL;
-	while (!hit && (rc = orch_sql_step(ctx, st)) == SQLITE_ROW)
-		if (orch_lock_overlaps(type, path, (const char *)sqlite3_column_text(st, 1),
-				       (const char *)sqlite3_column_text(st, 2)))
-			hit = sqlite3_column_int64(st, 0);
-	sqlite3_reset(st);
-	if (!hit && rc != SQLITE_DONE)
-		return ORCH_EINTERNAL;
 	if (hit)
 		return conflict(ctx, type, path, hit);
 	rc = orch_sql_exec(ctx, "INSERT INTO locks (scope_type, scope_path, owner_session, lease_until, heartbeat_at, "

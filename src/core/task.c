@@ -69,12 +69,28 @@ done:
 
 static int task_list(orch_ctx *ctx, json_t *p, json_t **result)
 {
-	/* An absent filter binds NULL, and "? IS NULL" lets every row through. */
-	return orch_sql_rows(ctx, result, TASK_SELECT
-			     "WHERE (?1 IS NULL OR level = ?1) AND (?2 IS NULL OR status = ?2) "
-			     "AND (?3 IS NULL OR parent_id = ?3) ORDER BY priority DESC, updated_at, id", "ssI",
-			     orch_param_str(p, "level", NULL), orch_param_str(p, "status", NULL),
-			     orch_param_int(p, "parent_id", 0));
+	int64_t after = orch_param_int(p, "after_id", 0);
+	bool found = true;
+	int rc;
+
+	(void)result;
+	if (after && (rc = orch_sql_int(ctx, &after, &found, "SELECT id FROM tasks WHERE id = ?", "i", after)) != 0)
+		return rc;
+	if (!found)
+		return orch_error_set(ORCH_ENOTFOUND, "after_id: task %lld not found",
+				      (long long)orch_param_int(p, "after_id", 0));
+	/*
+	 * An absent filter binds NULL, and "? IS NULL" lets every row through.
+	 * A page continues after task ?4 in the list's own order (a row value
+	 * compared with that task's), so pages never skip or repeat a task.
+	 */
+	return orch_sql_rows_result(ctx, TASK_SELECT
+				    "WHERE (?1 IS NULL OR level = ?1) AND (?2 IS NULL OR status = ?2) "
+				    "AND (?3 IS NULL OR parent_id = ?3) AND (?4 IS NULL OR (-priority, updated_at, id) > "
+				    "(SELECT -priority, updated_at, id FROM tasks WHERE id = ?4)) "
+				    "ORDER BY priority DESC, updated_at, id LIMIT ?5", "ssIIi",
+				    orch_param_str(p, "level", NULL), orch_param_str(p, "status", NULL),
+				    orch_param_int(p, "parent_id", 0), after, orch_param_int(p, "limit", -1));
 }
 
 static int task_get(orch_ctx *ctx, json_t *p, json_t **result)
@@ -95,6 +111,9 @@ static const orch_param list_params[] = {
 	{"level", ORCH_P_STR, 0, "Only this level.", NULL},
 	{"status", ORCH_P_STR, 0, "Only this status (todo, in_progress, blocked, done).", NULL},
 	{"parent_id", ORCH_P_ID, 0, "Only children of this task.", NULL},
+	{"limit", ORCH_P_ID, 0, "At most this many tasks (default: all).", NULL},
+	{"after_id", ORCH_P_ID, 0, "Start after this task in the list's order (the last id of the previous page).",
+	 NULL},
 	{NULL, 0, 0, NULL, NULL},
 };
 static const orch_param get_params[] = {
@@ -108,7 +127,8 @@ const orch_method orch_task_methods[] = {
 	 "{\"level\": \"case\", \"title\": \"login rejects bad password\", \"parent_id\": 1}",
 	 "not_found (ENOENT: parent_id does not exist)."},
 	{"task.list", task_list, 0, list_params, "List tasks, priority first, then oldest update, then id.",
-	 "[task, ...]", "{\"level\": \"case\", \"status\": \"todo\"}", "none beyond validation."},
+	 "[task, ...]", "{\"level\": \"case\", \"status\": \"todo\", \"limit\": 100}",
+	 "not_found (ENOENT: after_id)."},
 	{"task.get", task_get, 0, get_params, "One task.", "the task", "{\"task_id\": 1}",
 	 "not_found (ENOENT)."},
 	{NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL},

@@ -231,6 +231,59 @@ int orch_sql_rows(orch_ctx *ctx, json_t **out, const char *sql, const char *fmt,
 	return 0;
 }
 
+/* Append to a growing buffer (large ones grow in place: glibc remaps rather than copies). */
+static void append(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
+{
+	if (*len + n + 1 > *cap) {
+		*cap = (*len + n + 1) * 2;
+		*buf = orch_xrealloc(*buf, *cap);
+	}
+	memcpy(*buf + *len, s, n);
+	*len += n;
+	(*buf)[*len] = '\0';
+}
+
+static int dump_row(const char *text, size_t size, void *arg)
+{
+	void **a = arg;
+
+	append(a[0], a[1], a[2], text, size);
+	return 0;
+}
+
+int orch_sql_rows_result(orch_ctx *ctx, const char *sql, const char *fmt, ...)
+{
+	va_list ap;
+	sqlite3_stmt *st;
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	void *sink[3] = {&buf, &len, &cap};
+	int rc;
+
+	va_start(ap, fmt);
+	st = vsql(ctx, sql, fmt, ap);
+	va_end(ap);
+	if (!st)
+		return ORCH_EINTERNAL;
+	append(&buf, &len, &cap, "[", 1);
+	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
+		json_t *row = orch_row_json(st);
+		if (len > 1)
+			append(&buf, &len, &cap, ",", 1);
+		json_dump_callback(row, dump_row, sink, JSON_COMPACT);
+		json_decref(row);
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE) {
+		free(buf);
+		return ORCH_EINTERNAL;
+	}
+	append(&buf, &len, &cap, "]", 1);
+	free(ctx->result_text);
+	ctx->result_text = buf;
+	return 0;
+}
+
 int orch_sql_int(orch_ctx *ctx, int64_t *out, bool *found, const char *sql, const char *fmt, ...)
 {
 	va_list ap;

@@ -422,12 +422,12 @@ uint64_t fs_cache_ino(fs_node n, uint64_t *generation)
 	uint64_t base;
 	entry *e;
 
-	n.sub = 0;
-	base = fs_ino(n);
 	if (generation)
 		*generation = 0;
 	if (!fs_node_cached(n))
-		return base;
+		return fs_ino(n);
+	n.sub = 0;
+	base = fs_ino(n);
 	pthread_mutex_lock(&mu);
 	e = find(base, false);
 	uint64_t ino = e ? with_version(base, e->version) : base;
