@@ -33,11 +33,15 @@
  */
 #define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 14)
 #include <errno.h>
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
+#include <unistd.h>
 
 #include "fs.h"
 
@@ -85,6 +89,12 @@ static bool stopping;
 static pthread_t notifier;
 static bool notifier_started;
 static struct fuse_session *session; /* set before the loop starts */
+
+/* The watcher: notices other processes' commits even when no request comes to ask. */
+static pthread_t watcher;
+static bool watcher_started;
+static int watch_fd = -1;   /* inotify on the state directory */
+static int wake_pipe[2] = {-1, -1};
 
 /* ---- snapshots ---- */
 
@@ -289,7 +299,40 @@ static void *notifier_main(void *arg)
 	return NULL;
 }
 
-void fs_cache_start(struct fuse_session *se)
+/*
+ * The watcher: a kernel that holds a file's attributes and dentry asks
+ * nothing before a `stat`, so a commit of another process must be noticed
+ * without a request.  SQLite appends every commit to state.db-wal: an
+ * inotify event on it (or, failing that, once a second) makes the watcher
+ * look, on a read connection of its own, as every request does.
+ */
+static void *watcher_main(void *arg)
+{
+	orch_env *env = arg;
+	char buf[4096];
+	orch_ctx ctx;
+	orch_store *st;
+
+	if (orch_env_reader(env, &st) != 0) {
+		orch_log("cannot watch for other processes' changes: %s", orch_error_last()->message);
+		orch_error_clear();
+		return NULL;
+	}
+	orch_ctx_init(&ctx, env, st, NULL);
+	for (;;) {
+		struct pollfd fds[2] = {{watch_fd, POLLIN, 0}, {wake_pipe[0], POLLIN, 0}};
+		int n = poll(fds, 2, 1000);
+		if (n > 0 && (fds[1].revents & POLLIN))
+			break;
+		if (n > 0 && (fds[0].revents & POLLIN) && read(watch_fd, buf, sizeof(buf)) < 0 && errno != EAGAIN)
+			break;
+		fs_cache_sync(&ctx);
+	}
+	orch_env_reader_put(env, st);
+	return NULL;
+}
+
+void fs_cache_start(struct fuse_session *se, orch_env *env)
 {
 	const char *check = getenv("ORCHFS_CACHE_CHECK");
 
@@ -297,10 +340,26 @@ void fs_cache_start(struct fuse_session *se)
 	session = se;
 	if (pthread_create(&notifier, NULL, notifier_main, NULL) == 0)
 		notifier_started = true;
+	watch_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (watch_fd >= 0)
+		inotify_add_watch(watch_fd, env->state_dir, IN_MODIFY | IN_CREATE | IN_MOVED_TO);
+	if (pipe2(wake_pipe, O_CLOEXEC) == 0 && pthread_create(&watcher, NULL, watcher_main, env) == 0)
+		watcher_started = true;
 }
 
 void fs_cache_stop(void)
 {
+	if (watcher_started && write(wake_pipe[1], "", 1) == 1)
+		pthread_join(watcher, NULL);
+	watcher_started = false;
+	for (int i = 0; i < 2; i++) {
+		if (wake_pipe[i] >= 0)
+			close(wake_pipe[i]);
+		wake_pipe[i] = -1;
+	}
+	if (watch_fd >= 0)
+		close(watch_fd);
+	watch_fd = -1;
 	pthread_mutex_lock(&mu);
 	stopping = true;
 	pthread_cond_signal(&qcond);

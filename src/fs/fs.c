@@ -868,7 +868,7 @@ int fs_main(orch_env *env, const fs_options *o)
 		goto destroy;
 	if (fuse_session_mount(se, o->mountpoint) != 0)
 		goto signals;
-	fs_cache_start(se);
+	fs_cache_start(se, env);
 	if (o->on_mounted)
 		o->on_mounted(o->arg);
 	if (o->single_thread) {

@@ -140,7 +140,7 @@ fs_snap *fs_snap_ref(fs_snap *s);
 void fs_snap_unref(fs_snap *s);
 
 struct fuse_session;
-void fs_cache_start(struct fuse_session *se);
+void fs_cache_start(struct fuse_session *se, orch_env *env);
 void fs_cache_stop(void);
 
 /* orch_env.committed: the writer lane committed these rows. */

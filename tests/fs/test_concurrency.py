@@ -181,6 +181,26 @@ def test_change_by_orchfs_call_is_visible_at_next_read(mount):
     assert os.listdir(mount.p('locks')) == []
 
 
+def test_stat_alone_follows_another_process(mount):
+    """A kernel that holds a file's attributes asks nothing before stat: the daemon's
+    watcher must notice another process's commit by itself and drop the name."""
+    mount.ok('task.create', {'level': 'case', 'title': 'watched'})
+    p = mount.p('tasks', '1', 'task.json')
+    old = os.stat(p)
+    assert os.stat(p).st_size == old.st_size
+    time.sleep(0.005)
+    r = mount.orchfs_call('case.begin', {'case_id': 1})
+    assert r.returncode == 0, r.stderr
+    deadline = time.time() + 5
+    while os.stat(p).st_mtime_ns == old.st_mtime_ns and time.time() < deadline:
+        time.sleep(0.01)   # no open, no read: only stat
+    st = os.stat(p)
+    assert st.st_mtime_ns != old.st_mtime_ns, 'stat never showed the other process\'s change'
+    data = read_bytes(p)
+    assert json.loads(data)['status'] == 'in_progress'
+    assert st.st_size == len(data)
+
+
 # ---- c. size, mtime and content agree after every change ----
 
 def test_size_mtime_and_content_agree_after_every_change(mount):
