@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <sqlite3.h>
 
+#include "orchfs/base.h"
 #include "orchfs/error.h"
 #include "orchfs/store.h"
 
@@ -282,29 +283,13 @@ int orch_sql_int(orch_ctx *ctx, int64_t *out, bool *found, const char *sql, cons
 
 int64_t orch_last_id(orch_ctx *ctx);
 
-/* The length of the longest prefix of `s` within `max` bytes that ends on a UTF-8 character boundary. */
-size_t orch_utf8_prefix(const char *s, size_t max);
 
-/*
- * realloc that never returns NULL: out of memory, the process reports and
- * aborts (a daemon that cannot allocate cannot keep any promise anyway).
- */
-void *orch_xrealloc(void *p, size_t n);
 
-/* ---- time ---- */
-int64_t orch_now_ms(void);
-/* RFC 3339 UTC with exactly three fraction digits; buf >= 32 bytes. */
-void orch_time_format(int64_t ms, char *buf);
-
-/* A timestamped line on stderr (the daemon's log): "<time> orchfs: <message>". */
-void orch_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- the call's transaction hooks (git side effects) ---- */
 /* Register hooks (run LIFO); see orch_undo. */
 void orch_txn_hook(orch_ctx *ctx, orch_hook_fn on_rollback, orch_hook_fn on_commit, orch_hook_fn free_arg,
 		   void *arg);
-/* Compatibility: a rollback action whose free_arg doubles as its after-commit work. */
-void orch_undo_push(orch_ctx *ctx, void (*fn)(void *), void (*free_arg)(void *), void *arg);
 void orch_undo_run(orch_ctx *ctx);   /* the call failed: run every on_rollback (LIFO), free, clear */
 void orch_undo_clear(orch_ctx *ctx); /* the call committed: run every on_commit (LIFO), free, clear */
 
@@ -318,8 +303,43 @@ int orch_current_ref_json(orch_ctx *ctx, int64_t session_id, json_t **out); /* J
 /* A timeout in seconds: absent 0, else 0..one year (invalid_params). */
 int orch_param_timeout(json_t *p, const char *name, int64_t *out);
 
+/* ---- the tree's own views (views.c) ---- */
+
+/* The sets of rows the tree names by id. */
+typedef enum {
+	ORCH_COLL_NONE,
+	ORCH_COLL_REPLIES,       /* named by call_id */
+	ORCH_COLL_SESSIONS,
+	ORCH_COLL_TASKS,
+	ORCH_COLL_CASES,         /* tasks of level case */
+	ORCH_COLL_WORKTREES,
+	ORCH_COLL_LOCKS,         /* active and unexpired at ctx->now */
+	ORCH_COLL_NODES,
+	ORCH_COLL_SESSION_ROOTS, /* sessions that own their session-root worktree */
+} orch_coll;
+
+bool orch_coll_has(orch_ctx *ctx, orch_coll c, int64_t id);
+/* Every member in id order; `name` is NULL unless the collection is named. */
+int orch_coll_list(orch_ctx *ctx, orch_coll c, void (*each)(void *arg, int64_t id, const char *name), void *arg);
+bool orch_coll_named(orch_coll c);
+int64_t orch_coll_find(orch_ctx *ctx, orch_coll c, const char *name); /* 0: none */
+
+int orch_reply_json(orch_ctx *ctx, int64_t id, json_t **out);       /* replies/<call_id>.json */
+int orch_heartbeat_text(orch_ctx *ctx, int64_t id, char **buf);      /* sessions/<id>/heartbeat */
+int orch_session_root_path(orch_ctx *ctx, int64_t id, char **path); /* sessions/<id>/root */
+
+/* One consistent snapshot for a read of the tree (ctx->now is its time). */
+int orch_ctx_read_begin(orch_ctx *ctx);
+void orch_ctx_read_end(orch_ctx *ctx);
+
 /* The database's db_version and last change (ms) from mirror_meta; either out may be NULL. */
 int orch_meta_read(orch_store *st, int64_t *db_version, int64_t *updated_at);
+
+/*
+ * Sessions the requester may take over (stale past the larger of their own
+ * window and `timeout_s`), as resume.candidates.list returns them.
+ */
+int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, json_t **out);
 
 /* Check that session `id` exists and is not closed (invalid_state otherwise). */
 int orch_session_require_open(orch_ctx *ctx, int64_t id);

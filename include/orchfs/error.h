@@ -48,7 +48,4 @@ void orch_error_clear(void);
 const char *orch_error_name(int code);
 int orch_error_from_name(const char *name);
 
-/* The errno a ctl write fails with for a code (ENOENT for not_found, ...). */
-int orch_error_errno(int code);
-
 #endif

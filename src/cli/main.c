@@ -12,8 +12,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../fs/fs.h"
 #include "orchfs/core.h"
+#include "orchfs/fs.h"
 
 static void usage(FILE *f)
 {

@@ -432,7 +432,6 @@ static int current_ref_ack(orch_ctx *ctx, json_t *p, json_t **result)
 	return orch_sql_row(ctx, result, "current_ref %lld not found", ref, REF_SELECT "WHERE id = ?", "i", ref);
 }
 
-int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, json_t **out);
 
 /*
  * The requester of an attach must have nothing of its own to drop: no

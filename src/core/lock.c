@@ -124,7 +124,10 @@ static int lowest(orch_ctx *ctx, const char *sql, const char *owner, const char 
  */
 static int first_overlap(orch_ctx *ctx, const char *type, const char *path, const char *owner, int64_t *hit)
 {
-#define LIVE "SELECT min(id) FROM locks WHERE state = 'active' AND lease_until > ?1 AND owner_session <> ?2 AND "
+	/* The planner would rather range over (state, lease_until), i.e. every live lock: name the index. */
+#define LIVE                                                                                       \
+	"SELECT min(id) FROM locks INDEXED BY locks_active_by_path WHERE state = 'active' AND "       \
+	"lease_until > ?1 AND owner_session <> ?2 AND "
 	static const char same[] = LIVE "scope_path = ?3 AND ?4 IS NOT NULL HAVING min(id) IS NOT NULL";
 	static const char above[] = LIVE "scope_path = ?3 AND scope_type = 'prefix' AND ?4 IS NOT NULL "
 				    "HAVING min(id) IS NOT NULL";

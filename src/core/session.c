@@ -162,7 +162,6 @@ done:
 	return rc;
 }
 
-int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, json_t **out);
 
 #define TIMEOUT_MAX (365LL * 24 * 3600)
 

@@ -11,43 +11,8 @@
 
 #include "orchfs/core.h"
 
-int64_t orch_now_ms(void)
-{
-	struct timespec ts;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-void orch_time_format(int64_t ms, char *buf)
-{
-	time_t secs = (time_t)(ms / 1000);
-	int frac = (int)(ms % 1000);
-	struct tm tm;
-
-	if (frac < 0) {
-		frac += 1000;
-		secs -= 1;
-	}
-	char tmp[96];
-
-	gmtime_r(&secs, &tm);
-	snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
-	snprintf(buf, 32, "%.31s", tmp);
-}
-
-void orch_log(const char *fmt, ...)
-{
-	char ts[32], msg[2048];
-	va_list ap;
-
-	orch_time_format(orch_now_ms(), ts);
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "%s orchfs: %s\n", ts, msg);
-}
 
 /* ---- SQL ---- */
 
@@ -326,29 +291,7 @@ int64_t orch_last_id(orch_ctx *ctx)
 	return sqlite3_last_insert_rowid(orch_store_db(ctx->store));
 }
 
-void *orch_xrealloc(void *p, size_t n)
-{
-	void *q = realloc(p, n ? n : 1);
 
-	if (!q) {
-		fprintf(stderr, "orchfs: out of memory (%zu bytes)\n", n);
-		abort();
-	}
-	return q;
-}
-
-size_t orch_utf8_prefix(const char *s, size_t max)
-{
-	size_t n = strnlen(s, max + 1);
-
-	if (n <= max)
-		return n;
-	n = max;
-	/* Back up over continuation bytes to the start of the cut character. */
-	while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
-		n--;
-	return n;
-}
 
 /* ---- paths ---- */
 
@@ -408,11 +351,6 @@ void orch_txn_hook(orch_ctx *ctx, orch_hook_fn on_rollback, orch_hook_fn on_comm
 
 	*u = (orch_undo){on_rollback, on_commit, free_arg, arg, ctx->undo};
 	ctx->undo = u;
-}
-
-void orch_undo_push(orch_ctx *ctx, void (*fn)(void *), void (*free_arg)(void *), void *arg)
-{
-	orch_txn_hook(ctx, fn, NULL, free_arg, arg);
 }
 
 static void undo_drain(orch_ctx *ctx, bool committed)

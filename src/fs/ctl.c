@@ -174,14 +174,14 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
 	c->state = CTL_DONE;
 	if (rc) {
 		set_reply(c, orch_reply_error(NULL));
-		return -orch_error_errno(rc);
+		return -fs_errno(rc);
 	}
 	orch_ctx ctx;
 	orch_ctx_init(&ctx, env, NULL, NULL);
 	rc = orch_call(&ctx, c->m->name, req, c->session_id, &reply);
 	json_decref(req);
 	set_reply(c, reply);
-	return rc ? -orch_error_errno(rc) : 0;
+	return rc ? -fs_errno(rc) : 0;
 }
 
 static int ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)

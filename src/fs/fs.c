@@ -261,12 +261,12 @@ static void fs_lookup_op(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	fs_cache_sync(&ctx);
-	if (orch_store_begin(ctx.store, false) != 0) {
+	if (orch_ctx_read_begin(&ctx) != 0) {
 		orch_error_clear();
 		rc = -EIO;
 	} else {
 		rc = fs_lookup(&ctx, fs_node_of(parent), name, &child);
-		orch_store_rollback(ctx.store);
+		orch_ctx_read_end(&ctx);
 	}
 	if (rc == 0)
 		rc = node_stat(&ctx, child, &e.attr, &e.attr_timeout);
@@ -293,12 +293,12 @@ static bool exists_now(orch_ctx *ctx, fs_node n)
 {
 	bool found;
 
-	if (orch_store_begin(ctx->store, false) != 0) {
+	if (orch_ctx_read_begin(ctx) != 0) {
 		orch_error_clear();
 		return false;
 	}
 	found = fs_exists(ctx, n);
-	orch_store_rollback(ctx->store);
+	orch_ctx_read_end(ctx);
 	return found;
 }
 
@@ -364,7 +364,7 @@ static int heartbeat(orch_env *env, int64_t session_id)
 	rc = orch_call(&ctx, "session.heartbeat", req, 0, &reply);
 	json_decref(req);
 	free(reply);
-	return rc ? -orch_error_errno(rc) : 0;
+	return rc ? -fs_errno(rc) : 0;
 }
 
 /*
@@ -392,13 +392,13 @@ static int heartbeat_file(orch_env *env, int64_t session_id)
 		/* Coalesced, but a session closed meanwhile still refuses. */
 		if ((rc = reader(env, &ctx)) != 0)
 			return rc;
-		if (orch_store_begin(ctx.store, false) != 0) {
+		if (orch_ctx_read_begin(&ctx) != 0) {
 			orch_error_clear();
 			rc = -EIO;
 		} else {
 			rc = orch_session_require_open(&ctx, session_id);
-			rc = rc ? -orch_error_errno(rc) : 0;
-			orch_store_rollback(ctx.store);
+			rc = rc ? -fs_errno(rc) : 0;
+			orch_ctx_read_end(&ctx);
 		}
 		reader_done(&ctx);
 		return rc;
@@ -574,6 +574,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fi->fh = (uintptr_t)h;
 	fi->direct_io = !cached;
 	fi->keep_cache = cached;
+	fi->noflush = 1; /* a state file has nothing to flush: close costs no round trip */
 	fuse_reply_open(req, fi);
 }
 
@@ -664,12 +665,12 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	d = calloc(1, sizeof(*d));
 	d->is_dir = true;
 	track(&d->link);
-	if (orch_store_begin(ctx.store, false) != 0) {
+	if (orch_ctx_read_begin(&ctx) != 0) {
 		orch_error_clear();
 		rc = -EIO;
 	} else {
 		rc = fs_exists(&ctx, n) ? fs_list(&ctx, n, &d->ents, &d->n) : -ENOENT;
-		orch_store_rollback(ctx.store);
+		orch_ctx_read_end(&ctx);
 	}
 	reader_done(&ctx);
 	if (rc) {

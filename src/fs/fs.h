@@ -11,6 +11,10 @@
 #include <sys/types.h>
 
 #include "orchfs/core.h"
+#include "orchfs/fs.h"
+
+/* The errno for a core error code (errno.c: the only mapping). */
+int fs_errno(int code);
 
 /* Every kind of node in the tree.  K_ROOT must stay 0. */
 typedef enum {
@@ -193,19 +197,5 @@ int fs_ctl_flush(fs_ctl *c);
 char *fs_ctl_idle_text(const orch_method *m, int64_t session_id);
 
 void fs_ctl_forget_all(void);
-
-/* ---- the daemon (fs.c) ---- */
-
-typedef struct {
-	const char *mountpoint;
-	bool foreground;
-	bool debug;
-	bool single_thread; /* -s: serve one request at a time (debugging) */
-	void (*on_mounted)(void *arg); /* called once the mount is in place */
-	void *arg;
-} fs_options;
-
-/* Mount and serve until unmounted or signalled.  Returns the process exit code. */
-int fs_main(orch_env *env, const fs_options *opts);
 
 #endif

@@ -17,9 +17,7 @@ typedef struct {
 	const char *name;       /* fixed name, or NULL for id-, name- or method-named nodes */
 	const char *suffix;     /* id-named: appended to the id ("" or ".json") */
 	fs_type type;
-	const char *list_sql;   /* id-named: SELECT id[, name]; ?1 = parent id, ?2 = now (ms) */
-	const char *exists_sql; /* SELECT 1 when node ?1 exists (?2 = now); NULL: always */
-	const char *lookup_sql; /* string-named: SELECT id WHERE name = ?1 */
+	orch_coll coll;         /* id-named: the ids it lists; fixed names: the ids it exists for (NONE: all) */
 	int (*render)(orch_ctx *ctx, int64_t id, json_t **out);
 	int (*text)(orch_ctx *ctx, int64_t id, char **buf);
 	int methods;            /* 1: one node per method; 2: per method that takes a session */
@@ -34,16 +32,7 @@ typedef struct {
 	const char *deps;
 } node_spec;
 
-static int render_reply(orch_ctx *ctx, int64_t id, json_t **out);
 static int readme_text(orch_ctx *ctx, int64_t id, char **buf);
-static int heartbeat_text(orch_ctx *ctx, int64_t id, char **buf);
-
-#define SESSION_EXISTS "SELECT 1 FROM sessions WHERE id = ?1"
-
-/* A session's root link: its session-root worktree, while the session owns it. */
-#define ROOT_LINK_FROM                                                                             \
-	"FROM sessions s JOIN worktrees w ON w.id = s.session_root_worktree_id "                      \
-	"WHERE s.id = ?1 AND w.owner_session_id = s.id"
 
 static const node_spec specs[K_KIND_COUNT] = {
 	[K_ROOT] = {K_ROOT, K_ROOT, "", NULL, T_DIR},
@@ -52,12 +41,10 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_CTL] = {K_CTL, K_CTL_DIR, NULL, NULL, T_CTL, .methods = 1, .doc = "one transaction file per method: write a JSON request, read the reply"},
 	[K_REPLIES_DIR] = {K_REPLIES_DIR, K_ROOT, "replies", NULL, T_DIR},
 	[K_REPLY] = {K_REPLY, K_REPLIES_DIR, NULL, ".json", T_FILE,
-		     .list_sql = "SELECT id, call_id FROM replies ORDER BY id",
-		     .exists_sql = "SELECT 1 FROM replies WHERE id = ?1",
-		     .lookup_sql = "SELECT id FROM replies WHERE call_id = ?1", .render = render_reply, .doc = "the reply of each request that carried a call_id"},
+		     .coll = ORCH_COLL_REPLIES, .render = orch_reply_json, .doc = "the reply of each request that carried a call_id"},
 	[K_SESSIONS_DIR] = {K_SESSIONS_DIR, K_ROOT, "sessions", NULL, T_DIR},
 	[K_SESSION_DIR] = {K_SESSION_DIR, K_SESSIONS_DIR, NULL, "", T_DIR,
-			   .list_sql = "SELECT id FROM sessions ORDER BY id", .exists_sql = SESSION_EXISTS},
+			   .coll = ORCH_COLL_SESSIONS},
 	[K_SESSION_JSON] = {K_SESSION_JSON, K_SESSION_DIR, "session.json", NULL, T_FILE,
 			    .render = orch_session_json, .doc = "the session", .deps = "sessions#"},
 	[K_CONTEXT_JSON] = {K_CONTEXT_JSON, K_SESSION_DIR, "context.json", NULL, T_FILE,
@@ -66,44 +53,40 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_CURRENT_REF_JSON] = {K_CURRENT_REF_JSON, K_SESSION_DIR, "current_ref.json", NULL, T_FILE,
 				.render = orch_current_ref_json, .doc = "the active current ref, or null (a pure read)",
 				.deps = "current_refs"},
-	[K_HEARTBEAT] = {K_HEARTBEAT, K_SESSION_DIR, "heartbeat", NULL, T_HEARTBEAT, .text = heartbeat_text, .doc = "open for writing, write or touch it: session.heartbeat"},
+	[K_HEARTBEAT] = {K_HEARTBEAT, K_SESSION_DIR, "heartbeat", NULL, T_HEARTBEAT, .text = orch_heartbeat_text, .doc = "open for writing, write or touch it: session.heartbeat"},
 	[K_ROOT_LINK] = {K_ROOT_LINK, K_SESSION_DIR, "root", NULL, T_LINK,
-			 .exists_sql = "SELECT 1 " ROOT_LINK_FROM, .doc = "symlink to the session-root worktree"},
+			 .coll = ORCH_COLL_SESSION_ROOTS, .doc = "symlink to the session-root worktree"},
 	[K_SCTL_DIR] = {K_SCTL_DIR, K_SESSION_DIR, "ctl", NULL, T_DIR},
 	[K_SCTL] = {K_SCTL, K_SCTL_DIR, NULL, NULL, T_CTL, .methods = 2, .doc = "methods taking a session, session_id implied; read alone: last reply"},
 	[K_TASKS_DIR] = {K_TASKS_DIR, K_ROOT, "tasks", NULL, T_DIR},
 	[K_TASK_DIR] = {K_TASK_DIR, K_TASKS_DIR, NULL, "", T_DIR,
-			.list_sql = "SELECT id FROM tasks ORDER BY id",
-			.exists_sql = "SELECT 1 FROM tasks WHERE id = ?1"},
+			.coll = ORCH_COLL_TASKS},
 	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json, .doc = "the task", .deps = "tasks#"},
 
 	/* case lifecycle */
 	[K_STEPS_JSON] = {K_STEPS_JSON, K_TASK_DIR, "steps.json", NULL, T_FILE,
-			  .exists_sql = "SELECT 1 FROM tasks WHERE id = ?1 AND level = 'case'",
+			  .coll = ORCH_COLL_CASES,
 			  .render = orch_task_steps_json, .doc = "its steps in order (cases)", .deps = "tasks# steps"},
 	[K_CHECKPOINTS_JSON] = {K_CHECKPOINTS_JSON, K_TASK_DIR, "checkpoints.json", NULL, T_FILE,
-				.exists_sql = "SELECT 1 FROM tasks WHERE id = ?1 AND level = 'case'",
+				.coll = ORCH_COLL_CASES,
 				.render = orch_task_checkpoints_json, .doc = "its checkpoints in order (cases)",
 				.deps = "tasks# checkpoints"},
 
 	/* isolation */
 	[K_WORKTREES_DIR] = {K_WORKTREES_DIR, K_ROOT, "worktrees", NULL, T_DIR},
 	[K_WORKTREE_JSON] = {K_WORKTREE_JSON, K_WORKTREES_DIR, NULL, ".json", T_FILE,
-			     .list_sql = "SELECT id FROM worktrees ORDER BY id",
-			     .exists_sql = "SELECT 1 FROM worktrees WHERE id = ?1", .render = orch_worktree_json, .doc = "worktree record (planned, active, closed, abandoned, missing)",
+			     .coll = ORCH_COLL_WORKTREES, .render = orch_worktree_json, .doc = "worktree record (planned, active, closed, abandoned, missing)",
 			     .deps = "worktrees#"},
 	[K_LOCKS_DIR] = {K_LOCKS_DIR, K_ROOT, "locks", NULL, T_DIR},
 	[K_LOCK_JSON] = {K_LOCK_JSON, K_LOCKS_DIR, NULL, ".json", T_FILE,
-			 .list_sql = "SELECT id FROM locks WHERE state = 'active' AND lease_until > ?2 ORDER BY id",
-			 .exists_sql = "SELECT 1 FROM locks WHERE id = ?1 AND state = 'active' AND lease_until > ?2",
+			 .coll = ORCH_COLL_LOCKS,
 			 .render = orch_lock_json, .doc = "active locks only: released or expired ones disappear"},
 
 	/* planning graph */
 	[K_GRAPH_DIR] = {K_GRAPH_DIR, K_ROOT, "graph", NULL, T_DIR},
 	[K_NODES_DIR] = {K_NODES_DIR, K_GRAPH_DIR, "nodes", NULL, T_DIR},
 	[K_NODE_DIR] = {K_NODE_DIR, K_NODES_DIR, NULL, "", T_DIR,
-			.list_sql = "SELECT id FROM graph_nodes ORDER BY id",
-			.exists_sql = "SELECT 1 FROM graph_nodes WHERE id = ?1"},
+			.coll = ORCH_COLL_NODES},
 	[K_NODE_JSON] = {K_NODE_JSON, K_NODE_DIR, "node.json", NULL, T_FILE, .render = orch_node_json, .doc = "planning-graph node", .deps = "graph_nodes#"},
 	[K_NODE_CHECKLIST_JSON] = {K_NODE_CHECKLIST_JSON, K_NODE_DIR, "checklist.json", NULL, T_FILE,
 				   .render = orch_node_checklist_json, .doc = "its checklist, by facet then order_no",
@@ -171,7 +154,7 @@ bool fs_node_parent_name(fs_node n, fs_node *parent, char *name, size_t size)
 {
 	const node_spec *s = &specs[n.kind];
 
-	if (n.kind == K_ROOT || s->lookup_sql || s->methods)
+	if (n.kind == K_ROOT || orch_coll_named(s->coll) || s->methods)
 		return false;
 	if (s->name) {
 		*parent = (fs_node){s->parent, 0, specs[s->parent].name ? 0 : n.id};
@@ -216,26 +199,6 @@ fs_type fs_node_type(fs_node n)
 
 /* ---- queries ---- */
 
-static int64_t query_id(orch_ctx *ctx, const char *sql, int64_t id, const char *name)
-{
-	sqlite3_stmt *st = orch_store_stmt(ctx->store, sql);
-	int64_t out = 0;
-
-	if (!st)
-		return 0;
-	int nparams = sqlite3_bind_parameter_count(st);
-	if (name)
-		sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
-	else if (nparams >= 1)
-		sqlite3_bind_int64(st, 1, id);
-	if (nparams >= 2)
-		sqlite3_bind_int64(st, 2, orch_now_ms());
-	if (sqlite3_step(st) == SQLITE_ROW)
-		out = sqlite3_column_int64(st, 0);
-	sqlite3_reset(st);
-	return out;
-}
-
 bool fs_exists(orch_ctx *ctx, fs_node n)
 {
 	const node_spec *s = &specs[n.kind];
@@ -244,15 +207,15 @@ bool fs_exists(orch_ctx *ctx, fs_node n)
 		return false;
 	if (s->methods) {
 		int64_t sid;
-		return fs_ctl_method(n, &sid) != NULL && (n.kind != K_SCTL || query_id(ctx, SESSION_EXISTS, n.id, NULL));
+		return fs_ctl_method(n, &sid) != NULL && (n.kind != K_SCTL || orch_coll_has(ctx, ORCH_COLL_SESSIONS, n.id));
 	}
 	/* A fixed child exists when its parent does. */
-	if (s->name && s->parent != n.kind && specs[s->parent].exists_sql) {
+	if (s->name && s->parent != n.kind && specs[s->parent].coll) {
 		fs_node p = {s->parent, 0, n.id};
 		if (!fs_exists(ctx, p))
 			return false;
 	}
-	return !s->exists_sql || query_id(ctx, s->exists_sql, n.id, NULL) != 0;
+	return !s->coll || orch_coll_has(ctx, s->coll, n.id);
 }
 
 const orch_method *fs_ctl_method(fs_node n, int64_t *session_id)
@@ -304,9 +267,9 @@ int fs_lookup(orch_ctx *ctx, fs_node dir, const char *name, fs_node *child)
 			size_t n = strlen(name), sl = strlen(s->suffix);
 			if (n <= sl || strcmp(name + n - sl, s->suffix) != 0)
 				continue;
-			if (s->lookup_sql) {
+			if (orch_coll_named(s->coll)) {
 				char *base = strndup(name, n - sl);
-				c.id = query_id(ctx, s->lookup_sql, 0, base);
+				c.id = orch_coll_find(ctx, s->coll, base);
 				free(base);
 			} else {
 				c.id = parse_id(name, n - sl);
@@ -333,6 +296,25 @@ static void add(fs_dirent **out, size_t *n, size_t *cap, char *name, fs_node nod
 	(*n)++;
 }
 
+/* Collecting a collection's members as directory entries. */
+typedef struct {
+	fs_dirent **out;
+	size_t *n, *cap;
+	const char *suffix;
+	fs_node node;
+} lister;
+
+static void list_one(void *arg, int64_t id, const char *name)
+{
+	lister *l = arg;
+	char *entry;
+
+	l->node.id = id;
+	if (name ? asprintf(&entry, "%s%s", name, l->suffix) < 0 : asprintf(&entry, "%lld%s", (long long)id, l->suffix) < 0)
+		return;
+	add(l->out, l->n, l->cap, entry, l->node);
+}
+
 int fs_list(orch_ctx *ctx, fs_node dir, fs_dirent **out, size_t *n)
 {
 	size_t cap = 0;
@@ -348,7 +330,7 @@ int fs_list(orch_ctx *ctx, fs_node dir, fs_dirent **out, size_t *n)
 		if (s->parent != dir.kind)
 			continue;
 		if (s->name) {
-			if (!s->exists_sql || fs_exists(ctx, c))
+			if (!s->coll || fs_exists(ctx, c))
 				add(out, n, &cap, strdup(s->name), c);
 		} else if (s->methods) {
 			for (size_t i = 0; i < orch_method_count(); i++) {
@@ -359,26 +341,11 @@ int fs_list(orch_ctx *ctx, fs_node dir, fs_dirent **out, size_t *n)
 				add(out, n, &cap, strdup(m->name), c);
 			}
 		} else {
-			sqlite3_stmt *st = orch_store_stmt(ctx->store, s->list_sql);
-			if (!st)
+			lister l = {out, n, &cap, s->suffix, c};
+			if (orch_coll_list(ctx, s->coll, list_one, &l) != 0) {
+				orch_error_clear();
 				return -EIO;
-			int np = sqlite3_bind_parameter_count(st);
-			if (np >= 1)
-				sqlite3_bind_int64(st, 1, dir.id);
-			if (np >= 2)
-				sqlite3_bind_int64(st, 2, orch_now_ms());
-			while (sqlite3_step(st) == SQLITE_ROW) {
-				char *name;
-				c.id = sqlite3_column_int64(st, 0);
-				if (sqlite3_column_count(st) > 1) {
-					if (asprintf(&name, "%s%s", sqlite3_column_text(st, 1), s->suffix) < 0)
-						continue;
-				} else if (asprintf(&name, "%lld%s", (long long)c.id, s->suffix) < 0) {
-					continue;
-				}
-				add(out, n, &cap, name, c);
 			}
-			sqlite3_reset(st);
 		}
 	}
 	return 0;
@@ -393,7 +360,7 @@ void fs_dirents_free(fs_dirent *d, size_t n)
 
 static int errno_of(int code)
 {
-	return -orch_error_errno(code);
+	return -fs_errno(code);
 }
 
 /* Parse an RFC 3339 time as orch_time_format writes it; 0 when it is not one. */
@@ -446,17 +413,19 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 	memset(r, 0, sizeof(*r));
 	if (!s->render && !s->text)
 		return -EISDIR;
-	ctx->now = orch_now_ms(); /* views that depend on time (lock expiry) see the time of the open */
-	if (orch_store_begin(ctx->store, false) != 0)
+	/* Views that depend on time (lock expiry) see the time of the open. */
+	if (orch_ctx_read_begin(ctx) != 0) {
+		orch_error_clear();
 		return -EIO;
+	}
 	if (!fs_exists(ctx, n)) {
-		orch_store_rollback(ctx->store);
+		orch_ctx_read_end(ctx);
 		return -ENOENT;
 	}
 	rc = s->render ? s->render(ctx, n.id, &j) : s->text(ctx, n.id, &r->data);
 	if (!rc)
 		rc = orch_meta_read(ctx->store, NULL, &r->snapshot_at);
-	orch_store_rollback(ctx->store);
+	orch_ctx_read_end(ctx);
 	if (rc) {
 		json_decref(j);
 		free(r->data);
@@ -479,62 +448,17 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 
 int fs_readlink(orch_ctx *ctx, fs_node n, char **target)
 {
-	sqlite3_stmt *st;
-	int rc = -ENOENT;
+	int rc;
 
 	if (specs[n.kind].type != T_LINK)
 		return -EINVAL;
-	st = orch_store_stmt(ctx->store, "SELECT w.path " ROOT_LINK_FROM);
-	if (!st)
+	if (orch_ctx_read_begin(ctx) != 0) {
+		orch_error_clear();
 		return -EIO;
-	sqlite3_bind_int64(st, 1, n.id);
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		*target = strdup((const char *)sqlite3_column_text(st, 0));
-		rc = 0;
 	}
-	sqlite3_reset(st);
-	return rc;
-}
-
-/* ---- renderers that are not a core view ---- */
-
-static int render_reply(orch_ctx *ctx, int64_t id, json_t **out)
-{
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT reply FROM replies WHERE id = ?", "i", id);
-	int rc = ORCH_ENOTFOUND;
-
-	if (!st)
-		return ORCH_EINTERNAL;
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		*out = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
-		rc = *out ? 0 : ORCH_EINTERNAL;
-	}
-	sqlite3_reset(st);
-	return rc;
-}
-
-static int heartbeat_text(orch_ctx *ctx, int64_t id, char **buf)
-{
-	json_t *s;
-	int rc = orch_session_json(ctx, id, &s);
-
-	if (rc)
-		return rc;
-	/* The last heartbeat, and why there will be no more when that is so. */
-	const char *status = json_string_value(json_object_get(s, "status"));
-	int64_t by = 0;
-	char note[64] = "";
-	if (strcmp(status, "closed") == 0) {
-		snprintf(note, sizeof(note), " (closed)");
-	} else if (strcmp(status, "handoff_attached") == 0) {
-		orch_sql_int(ctx, &by, NULL, "SELECT to_session_id FROM session_handoffs WHERE from_session_id = ?",
-			     "i", id);
-		snprintf(note, sizeof(note), " (taken over by session %lld)", (long long)by);
-	}
-	if (asprintf(buf, "%s%s\n", json_string_value(json_object_get(s, "last_seen_at")), note) < 0)
-		*buf = NULL;
-	json_decref(s);
-	return 0;
+	rc = orch_session_root_path(ctx, n.id, target);
+	orch_ctx_read_end(ctx);
+	return rc ? errno_of(rc) : 0;
 }
 
 static const char readme_head[] =
@@ -579,7 +503,7 @@ static void spec_path(fs_kind k, char *buf, size_t size)
 	else if (s->methods)
 		snprintf(name, sizeof(name), "<method>");
 	else
-		snprintf(name, sizeof(name), "<%s>%s", s->lookup_sql ? "call_id" : "id", s->suffix);
+		snprintf(name, sizeof(name), "<%s>%s", orch_coll_named(s->coll) ? "call_id" : "id", s->suffix);
 	size_t n = strlen(buf);
 	snprintf(buf + n, size - n, "%s%s", n ? "/" : "", name);
 }

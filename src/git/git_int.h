@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <git2.h>
 
+#include "orchfs/base.h"
 #include "orchfs/git.h"
 
 struct orch_git {
@@ -28,14 +29,6 @@ struct orch_git_effect {
 	void (*release)(orch_git_effect *fx);
 	orch_git *g;
 };
-
-/*
- * Two functions of the base layer (they live in src/core/util.c until it
- * has its own directory); git uses nothing else from outside src/git/.
- * Declared here so that git.h need not include core.h.
- */
-int64_t orch_now_ms(void);
-void orch_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Record libgit2's last error for `what` in the error slot: ORCH_EGIT. */
 int orch_git__fail(const char *what);

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "orchfs/error.h"
+#include "orchfs/base.h"
 #include "orchfs/store.h"
 
 /* Generated from the schema/ migrations by scripts/embed_schema.py. */

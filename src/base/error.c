@@ -1,30 +1,31 @@
 /*
  * The thread-local error slot and the code tables.
  */
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "orchfs/core.h"
+#include <jansson.h>
+#include <pthread.h>
+
+#include "orchfs/base.h"
 
 static _Thread_local orch_error slot;
 
 static const struct {
 	int code;
 	const char *name;
-	int err;
 } codes[] = {
-	{ORCH_EINVALID_JSON, "invalid_json", EINVAL},
-	{ORCH_EINVALID_PARAMS, "invalid_params", EINVAL},
-	{ORCH_EINVALID_STATE, "invalid_state", EINVAL},
-	{ORCH_ENOTFOUND, "not_found", ENOENT},
-	{ORCH_ECONFLICT, "conflict", EBUSY},
-	{ORCH_EEXISTS, "exists", EEXIST},
-	{ORCH_EFORBIDDEN, "forbidden", EPERM},
-	{ORCH_ETOOLARGE, "too_large", EFBIG},
-	{ORCH_EGIT, "git", EIO},
-	{ORCH_EINTERNAL, "internal", EIO},
+	{ORCH_EINVALID_JSON, "invalid_json"},
+	{ORCH_EINVALID_PARAMS, "invalid_params"},
+	{ORCH_EINVALID_STATE, "invalid_state"},
+	{ORCH_ENOTFOUND, "not_found"},
+	{ORCH_ECONFLICT, "conflict"},
+	{ORCH_EEXISTS, "exists"},
+	{ORCH_EFORBIDDEN, "forbidden"},
+	{ORCH_ETOOLARGE, "too_large"},
+	{ORCH_EGIT, "git"},
+	{ORCH_EINTERNAL, "internal"},
 };
 
 int orch_error_set(int code, const char *fmt, ...)
@@ -109,12 +110,4 @@ int orch_error_from_name(const char *name)
 		if (strcmp(codes[i].name, name) == 0)
 			return codes[i].code;
 	return 0;
-}
-
-int orch_error_errno(int code)
-{
-	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
-		if (codes[i].code == code)
-			return codes[i].err;
-	return EIO;
 }

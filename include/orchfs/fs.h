@@ -1,0 +1,25 @@
+/*
+ * The FUSE daemon: what the command line needs of src/fs.
+ */
+#ifndef ORCHFS_FS_PUBLIC_H
+#define ORCHFS_FS_PUBLIC_H
+
+#include <stdbool.h>
+
+#include "orchfs/core.h"
+
+/* ---- the daemon (fs.c) ---- */
+
+typedef struct {
+	const char *mountpoint;
+	bool foreground;
+	bool debug;
+	bool single_thread; /* -s: serve one request at a time (debugging) */
+	void (*on_mounted)(void *arg); /* called once the mount is in place */
+	void *arg;
+} fs_options;
+
+/* Mount and serve until unmounted or signalled.  Returns the process exit code. */
+int fs_main(orch_env *env, const fs_options *opts);
+
+#endif
