@@ -48,6 +48,7 @@
 #define SNAP_BUDGET (16u << 20) /* bytes of renderings kept for reuse (descriptors hold their own) */
 #define VERSIONS 256            /* versions an inode number can carry (fs_ino's sub bits) */
 #define RETIRED_BUCKETS 1024
+#define WATCH_MS 20             /* the watcher looks at most this often (another process's change: stat lag) */
 
 typedef struct {
 	uint64_t ino;       /* version-less inode number; 0: empty slot */
@@ -327,6 +328,13 @@ static void *watcher_main(void *arg)
 		if (n > 0 && (fds[0].revents & POLLIN) && read(watch_fd, buf, sizeof(buf)) < 0 && errno != EAGAIN)
 			break;
 		fs_cache_sync(&ctx);
+		/*
+		 * A commit writes the WAL several times, and this daemon's own
+		 * commits wake us too: look at most every WATCH_MS, so a burst of
+		 * writes costs a few wake-ups, not one per page.
+		 */
+		if (n > 0)
+			usleep(WATCH_MS * 1000);
 	}
 	orch_env_reader_put(env, st);
 	return NULL;
