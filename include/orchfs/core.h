@@ -67,11 +67,32 @@ typedef struct orch_env {
 	 */
 	void (*committed)(void *arg, const orch_change *changes, size_t n);
 	void *committed_arg;
+
+	/*
+	 * The writer thread (orch_env_start_writer; the daemon only): mutating
+	 * calls queue here and run on one thread of lower CPU priority than
+	 * the readers, so a checkout of thousands of files yields the CPU to
+	 * reads.  The queue is under lane_mu.
+	 */
+	pthread_mutex_t lane_mu;
+	pthread_cond_t lane_cond;
+	struct orch_lane_job *lane_head, *lane_tail;
+	bool lane_running, lane_stop;
+	int lane_nice;
+	pthread_t lane_thread;
 } orch_env;
 
 /* Open the workspace (see orch_ctx_open) into `env`. */
 int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir);
 void orch_env_close(orch_env *env);
+
+/*
+ * Run mutating calls on a thread of their own, niced by `nice` (readers
+ * keep the default priority), until orch_env_stop_writer.  Without it they
+ * run on the calling thread (`orchfs call`, unit tests).
+ */
+int orch_env_start_writer(orch_env *env, int nice);
+void orch_env_stop_writer(orch_env *env);
 
 /* A read-only connection of the pool (opened when none is idle), and its return. */
 int orch_env_reader(orch_env *env, orch_store **out);

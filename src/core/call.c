@@ -4,9 +4,12 @@
  * undo of git effects on failure, reply text.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "orchfs/core.h"
 
@@ -280,21 +283,32 @@ static int store_reply(orch_ctx *ctx, const char *call_id, const char *method, c
 }
 
 /* Store an error reply in its own transaction (the method's was rolled back). */
+/*
+ * Store an error reply inside the open transaction, unless a stored reply
+ * must be kept (anything but a transient error this attempt replaces).
+ * 0 when stored, else nonzero.
+ */
+static int store_error_reply_here(orch_ctx *ctx, const char *call_id, const char *method, const char *canon,
+				  const char *reply)
+{
+	sqlite3_stmt *st = orch_sql(ctx, "SELECT reply FROM replies WHERE call_id = ?", "s", call_id);
+	bool keep = false;
+
+	if (!st)
+		return ORCH_EINTERNAL;
+	if (sqlite3_step(st) == SQLITE_ROW)
+		keep = !transient(reply_code((const char *)sqlite3_column_text(st, 0)));
+	sqlite3_reset(st);
+	return keep ? 1 : store_reply(ctx, call_id, method, canon, reply);
+}
+
 static void store_error_reply(orch_ctx *ctx, const char *call_id, const char *method, const char *canon,
 			      const char *reply)
 {
 	saved_error saved = error_save();
-	sqlite3_stmt *st;
-	bool keep = false;
 
-	/* Keep a stored reply, unless it is a transient error this attempt replaces. */
 	if (orch_store_begin(ctx->store, true) == 0) {
-		st = orch_sql(ctx, "SELECT reply FROM replies WHERE call_id = ?", "s", call_id);
-		if (st && sqlite3_step(st) == SQLITE_ROW)
-			keep = !transient(reply_code((const char *)sqlite3_column_text(st, 0)));
-		if (st)
-			sqlite3_reset(st);
-		if (st && !keep && store_reply(ctx, call_id, method, canon, reply) == 0)
+		if (store_error_reply_here(ctx, call_id, method, canon, reply) == 0)
 			orch_store_commit(ctx->store);
 		else
 			orch_store_rollback(ctx->store);
@@ -340,32 +354,32 @@ static char *wrap_result_text(orch_ctx *ctx, const char *call_id)
 }
 
 /*
- * The transaction of one validated call on the lane's connection: stored
- * reply (call_id), the method, db_version bump, reply storage, commit; on
- * failure rollback, undo of git effects and the error reply.
+ * The work of one validated call inside a transaction the caller opened
+ * (its own, or a savepoint of a batch): stored reply (call_id), the method,
+ * db_version bump, reply text and its storage.  Returns 0 with *reply set;
+ * or, when the call_id's reply is stored, sets *replayed and returns its
+ * code; or an error code (nothing rolled back yet, *call_id_taken set when
+ * the call_id belongs to another call).
  */
-static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const char *call_id, const char *canon,
-		   int64_t session_id, char **reply)
+static int run_body(orch_ctx *ctx, const orch_method *m, json_t *params, const char *call_id, const char *canon,
+		    int64_t session_id, char **reply, bool *replayed, bool *call_id_taken)
 {
 	json_t *result = NULL, *out;
-	bool write = (m->flags & ORCH_M_WRITE) || call_id, in_txn = false, call_id_taken = false;
 	int rc;
 
-	if ((rc = orch_store_begin(ctx->store, write)) != 0)
-		goto fail;
-	in_txn = true;
+	*replayed = *call_id_taken = false;
 	/* The time of the call is when it holds the write lock, not when it asked for it. */
 	ctx->now = orch_now_ms();
 	if (call_id) {
 		int code = 0;
 		rc = stored_reply(ctx, call_id, m->name, canon, reply, &code);
 		if (rc == 1) {
-			orch_store_rollback(ctx->store);
+			*replayed = true;
 			return code;
 		}
 		if (rc) {
-			call_id_taken = rc == ORCH_EEXISTS;
-			goto fail;
+			*call_id_taken = rc == ORCH_EEXISTS;
+			return rc;
 		}
 	}
 	/*
@@ -375,7 +389,7 @@ static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const ch
 	 */
 	if (session_id > 0 && (m->flags & ORCH_M_WRITE) && !(m->flags & ORCH_M_CLOSED_OK) &&
 	    (rc = orch_session_require_open(ctx, session_id)) != 0)
-		goto fail;
+		return rc;
 	ctx->unchanged = false;
 	if ((rc = m->fn(ctx, params, &result)) != 0)
 		goto fail;
@@ -401,19 +415,17 @@ static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const ch
 	}
 	if (call_id && (rc = store_reply(ctx, call_id, m->name, canon, *reply)) != 0)
 		goto fail;
-	if ((rc = orch_store_commit(ctx->store)) != 0) {
-		in_txn = false;
-		goto fail;
-	}
-	orch_undo_clear(ctx);
 	return 0;
-
 fail:
 	json_decref(result);
 	free(ctx->result_text);
 	ctx->result_text = NULL;
-	if (in_txn)
-		orch_store_rollback(ctx->store);
+	return rc;
+}
+
+/* A call failed and its transaction (or savepoint) is rolled back: undo its git effects, the error reply. */
+static void failed(orch_ctx *ctx, const char *call_id, char **reply)
+{
 	if (ctx->undo) {
 		/* Undoing may itself record errors; the reply is about the call's. */
 		saved_error saved = error_save();
@@ -422,7 +434,34 @@ fail:
 	}
 	free(*reply);
 	*reply = orch_reply_error(call_id);
-	if (call_id && !call_id_taken)
+}
+
+/* The transaction of one validated call on the lane's connection. */
+static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const char *call_id, const char *canon,
+		   int64_t session_id, char **reply)
+{
+	bool write = (m->flags & ORCH_M_WRITE) || call_id, replayed, taken = false;
+	int rc;
+
+	if ((rc = orch_store_begin(ctx->store, write)) != 0) {
+		failed(ctx, call_id, reply);
+		if (call_id)
+			store_error_reply(ctx, call_id, m->name, canon, *reply);
+		return rc;
+	}
+	rc = run_body(ctx, m, params, call_id, canon, session_id, reply, &replayed, &taken);
+	if (replayed) {
+		orch_store_rollback(ctx->store);
+		return rc;
+	}
+	if (rc) {
+		orch_store_rollback(ctx->store);
+	} else if ((rc = orch_store_commit(ctx->store)) == 0) {
+		orch_undo_clear(ctx);
+		return 0;
+	}
+	failed(ctx, call_id, reply);
+	if (call_id && !taken)
 		store_error_reply(ctx, call_id, m->name, canon, *reply);
 	return rc;
 }
@@ -451,10 +490,195 @@ static void writer_leave(orch_ctx *ctx)
 	pthread_mutex_unlock(&env->writer_mu);
 }
 
+/* A mutating call handed to the writer thread; the caller waits for `done`. */
+typedef struct orch_lane_job {
+	struct orch_lane_job *next;
+	orch_ctx *ctx;
+	const orch_method *m;
+	json_t *params;
+	const char *call_id, *canon;
+	int64_t session_id;
+	char **reply;
+	int rc;
+	saved_error error; /* the writer thread's error slot, for the caller's */
+	bool done;
+} orch_lane_job;
+
+/* One call on the writer lane, on whatever thread runs it. */
+static int write_call(orch_ctx *ctx, const orch_method *m, json_t *params, const char *call_id,
+		      const char *canon, int64_t session_id, char **reply)
+{
+	int rc;
+
+	writer_enter(ctx);
+	rc = execute(ctx, m, params, call_id, canon, session_id, reply);
+	writer_leave(ctx);
+	return rc;
+}
+
+#define BATCH_MAX 32 /* calls committed together by the writer thread (one fsync) */
+
+/* Finish a job of a batch: hand its error slot to its caller. */
+static void job_end(orch_lane_job *job, int rc)
+{
+	job->rc = rc;
+	job->error = error_save();
+	orch_error_clear();
+}
+
+/*
+ * Group commit: the calls queued while the previous batch was being
+ * written run in one BEGIN IMMEDIATE transaction, each in a savepoint of
+ * its own (a failed call rolls back to it, undoes its git effects and
+ * changes nothing else), and are committed with one fsync; then every
+ * call's after-commit work runs and every caller gets its reply.  A
+ * reply is still sent only once its call is durable.
+ */
+static void execute_batch(orch_env *env, orch_lane_job **jobs, size_t n)
+{
+	bool ok[BATCH_MAX] = {false}, txn;
+	int rc;
+
+	pthread_mutex_lock(&env->writer_mu);
+	for (size_t i = 0; i < n; i++) {
+		jobs[i]->ctx->store = env->writer;
+		jobs[i]->ctx->git = env->git;
+	}
+	txn = orch_store_begin(env->writer, true) == 0;
+	for (size_t i = 0; i < n; i++) {
+		orch_lane_job *j = jobs[i];
+		bool replayed, taken = false;
+		if (!txn) {
+			failed(j->ctx, j->call_id, j->reply);
+			job_end(j, orch_error_last()->code ? orch_error_last()->code : ORCH_EINTERNAL);
+			continue;
+		}
+		orch_error_clear();
+		if ((rc = orch_sql_exec(j->ctx, "SAVEPOINT call", "")) == 0)
+			rc = run_body(j->ctx, j->m, j->params, j->call_id, j->canon, j->session_id, j->reply, &replayed,
+				      &taken);
+		if (rc == 0 && !replayed) {
+			orch_sql_exec(j->ctx, "RELEASE call", "");
+			ok[i] = true;
+			continue;
+		}
+		/* A replayed reply changed nothing; a failure rolls back to its savepoint. */
+		saved_error saved = error_save();
+		orch_sql_exec(j->ctx, "ROLLBACK TO call", "");
+		orch_sql_exec(j->ctx, "RELEASE call", "");
+		error_restore(&saved);
+		if (!replayed) {
+			failed(j->ctx, j->call_id, j->reply);
+			if (j->call_id && !taken) {
+				saved = error_save();
+				store_error_reply_here(j->ctx, j->call_id, j->m->name, j->canon, *j->reply);
+				error_restore(&saved);
+			}
+		}
+		job_end(j, rc);
+	}
+	if (txn && (rc = orch_store_commit(env->writer)) != 0) {
+		/* Nothing of the batch happened: every call that had succeeded fails now. */
+		saved_error saved = error_save();
+		for (size_t i = 0; i < n; i++) {
+			if (!ok[i])
+				continue;
+			error_restore(&saved);
+			saved = error_save();
+			failed(jobs[i]->ctx, jobs[i]->call_id, jobs[i]->reply);
+			ok[i] = false;
+			job_end(jobs[i], rc);
+		}
+		json_decref(saved.details);
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (!ok[i])
+			continue;
+		orch_error_clear();
+		orch_undo_clear(jobs[i]->ctx);
+		job_end(jobs[i], 0);
+	}
+	writer_leave(jobs[0]->ctx);
+}
+
+static void *lane_main(void *arg)
+{
+	orch_env *env = arg;
+	orch_lane_job *batch[BATCH_MAX];
+
+	/* Lower priority than the readers (raising one's nice value needs no privilege). */
+	if (env->lane_nice > 0 && setpriority(PRIO_PROCESS, (id_t)gettid(), env->lane_nice) != 0)
+		orch_log("writer thread keeps the default priority: %s", strerror(errno));
+	pthread_mutex_lock(&env->lane_mu);
+	for (;;) {
+		size_t n = 0;
+		while (env->lane_head && n < BATCH_MAX) {
+			batch[n++] = env->lane_head;
+			env->lane_head = env->lane_head->next;
+		}
+		if (!env->lane_head)
+			env->lane_tail = NULL;
+		if (!n) {
+			if (env->lane_stop)
+				break;
+			pthread_cond_wait(&env->lane_cond, &env->lane_mu);
+			continue;
+		}
+		pthread_mutex_unlock(&env->lane_mu);
+		execute_batch(env, batch, n);
+		pthread_mutex_lock(&env->lane_mu);
+		for (size_t i = 0; i < n; i++)
+			batch[i]->done = true;
+		pthread_cond_broadcast(&env->lane_cond);
+	}
+	pthread_mutex_unlock(&env->lane_mu);
+	return NULL;
+}
+
+/* Queue a job for the writer thread and wait for it; the caller's error slot gets its error. */
+static int lane_run(orch_env *env, orch_lane_job *job)
+{
+	pthread_mutex_lock(&env->lane_mu);
+	if (env->lane_tail)
+		env->lane_tail->next = job;
+	else
+		env->lane_head = job;
+	env->lane_tail = job;
+	pthread_cond_broadcast(&env->lane_cond);
+	while (!job->done)
+		pthread_cond_wait(&env->lane_cond, &env->lane_mu);
+	pthread_mutex_unlock(&env->lane_mu);
+	error_restore(&job->error);
+	return job->rc;
+}
+
+int orch_env_start_writer(orch_env *env, int nice)
+{
+	env->lane_nice = nice;
+	env->lane_stop = false;
+	if (pthread_create(&env->lane_thread, NULL, lane_main, env) != 0)
+		return orch_error_set(ORCH_EINTERNAL, "cannot start the writer thread");
+	env->lane_running = true;
+	return 0;
+}
+
+void orch_env_stop_writer(orch_env *env)
+{
+	if (!env->lane_running)
+		return;
+	pthread_mutex_lock(&env->lane_mu);
+	env->lane_stop = true;
+	pthread_cond_broadcast(&env->lane_cond);
+	pthread_mutex_unlock(&env->lane_mu);
+	pthread_join(env->lane_thread, NULL);
+	env->lane_running = false;
+}
+
 /*
  * Run a validated call on its lane: mutating calls (and calls with a
- * call_id, whose reply is stored) on the writer lane; reads on a pooled
- * read-only connection, beside any writer and any git work.
+ * call_id, whose reply is stored) on the writer lane -- the writer thread
+ * when one runs; reads on a pooled read-only connection, beside any
+ * writer and any git work.
  */
 static int run_on_lane(orch_ctx *ctx, const orch_method *m, json_t *params, const char *call_id,
 		       const char *canon, int64_t session_id, char **reply)
@@ -462,10 +686,10 @@ static int run_on_lane(orch_ctx *ctx, const orch_method *m, json_t *params, cons
 	int rc;
 
 	if ((m->flags & ORCH_M_WRITE) || call_id) {
-		writer_enter(ctx);
-		rc = execute(ctx, m, params, call_id, canon, session_id, reply);
-		writer_leave(ctx);
-		return rc;
+		if (!ctx->env->lane_running)
+			return write_call(ctx, m, params, call_id, canon, session_id, reply);
+		orch_lane_job job = {NULL, ctx, m, params, call_id, canon, session_id, reply, 0, {{0}, NULL}, false};
+		return lane_run(ctx->env, &job);
 	}
 	if ((rc = orch_env_reader(ctx->env, &ctx->store)) != 0) {
 		*reply = orch_reply_error(call_id);

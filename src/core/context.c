@@ -79,6 +79,8 @@ int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 		goto fail;
 	pthread_mutex_init(&env->writer_mu, NULL);
 	pthread_mutex_init(&env->pool_mu, NULL);
+	pthread_mutex_init(&env->lane_mu, NULL);
+	pthread_cond_init(&env->lane_cond, NULL);
 	env->repo_path = repo;
 	env->state_dir = state;
 	env->db_path = db;
@@ -99,8 +101,11 @@ void orch_env_close(orch_env *env)
 	free(env->pool);
 	orch_store_close(env->writer);
 	orch_git_close(env->git);
+	orch_env_stop_writer(env);
 	pthread_mutex_destroy(&env->writer_mu);
 	pthread_mutex_destroy(&env->pool_mu);
+	pthread_mutex_destroy(&env->lane_mu);
+	pthread_cond_destroy(&env->lane_cond);
 	free(env->repo_path);
 	free(env->state_dir);
 	free(env->db_path);

@@ -229,10 +229,13 @@ static void drop_dentry(entry *e, uint64_t **list, size_t *n, size_t *listcap)
 		return;
 	e->dentry = false;
 	if (!list) {
-		list = &queue;
-		n = &qn;
-		listcap = &qcap;
+		if (qn == qcap) {
+			qcap = qcap ? qcap * 2 : 64;
+			queue = orch_xrealloc(queue, qcap * sizeof(*queue));
+		}
+		queue[qn++] = e->ino;
 		pthread_cond_signal(&qcond);
+		return;
 	}
 	if (*n == *listcap) {
 		*listcap = *listcap ? *listcap * 2 : 16;
@@ -431,14 +434,9 @@ void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 	free(list);
 }
 
-void fs_cache_sync(orch_ctx *ctx)
+/* Account for the database state (v, t): invalidate everything if it is not the one last accounted for. */
+static void account(int64_t v, int64_t t)
 {
-	int64_t v, t;
-
-	if (!orch_store_changed_elsewhere(ctx->store) || orch_meta_read(ctx->store, &v, &t) != 0) {
-		orch_error_clear();
-		return;
-	}
 	pthread_mutex_lock(&mu);
 	if (v != known_version || t != known_updated) {
 		invalidate_all(NULL, NULL, NULL);
@@ -446,6 +444,17 @@ void fs_cache_sync(orch_ctx *ctx)
 		known_updated = t;
 	}
 	pthread_mutex_unlock(&mu);
+}
+
+void fs_cache_sync(orch_ctx *ctx)
+{
+	int64_t v = 0, t = 0;
+
+	if (!orch_store_changed_elsewhere(ctx->store) || orch_meta_read(ctx->store, &v, &t) != 0) {
+		orch_error_clear();
+		return;
+	}
+	account(v, t);
 }
 
 int64_t fs_cache_db_mtime(void)

@@ -870,6 +870,11 @@ int fs_main(orch_env *env, const fs_options *o)
 	if (fuse_session_mount(se, o->mountpoint) != 0)
 		goto signals;
 	fs_cache_start(se, env);
+	/* Mutating calls run on a writer thread niced below the readers: checkouts yield to reads. */
+	if (!o->single_thread && orch_env_start_writer(env, 5) != 0) {
+		orch_log("%s; writes run on the FUSE threads", orch_error_last()->message);
+		orch_error_clear();
+	}
 	if (o->on_mounted)
 		o->on_mounted(o->arg);
 	if (o->single_thread) {
@@ -888,6 +893,7 @@ int fs_main(orch_env *env, const fs_options *o)
 		fuse_loop_cfg_destroy(cfg);
 	}
 	fuse_session_unmount(se);
+	orch_env_stop_writer(env);
 	fs_cache_stop();
 signals:
 	fuse_remove_signal_handlers(se);
