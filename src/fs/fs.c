@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "fs.h"
@@ -470,6 +471,29 @@ static void fs_readlink_op(fuse_req_t req, fuse_ino_t ino)
 	free(target);
 }
 
+/*
+ * The kernel's reply to an open (struct fuse_open_out and FOPEN_* of
+ * linux/fuse.h).  libfuse 3.14 has no field for FOPEN_PARALLEL_DIRECT_WRITES:
+ * without it the kernel holds the inode's lock through every direct write,
+ * so all agents writing ctl/task.create would run one at a time, each
+ * waiting for the other's commit.  Kernels older than 6.2 ignore the flag.
+ */
+struct open_out {
+	uint64_t fh;
+	uint32_t open_flags;
+	uint32_t padding;
+};
+#define OPEN_DIRECT_IO (1u << 0)
+#define OPEN_PARALLEL_DIRECT_WRITES (1u << 6)
+
+static void reply_open_parallel(fuse_req_t req, uint64_t fh)
+{
+	struct open_out out = {fh, OPEN_DIRECT_IO | OPEN_PARALLEL_DIRECT_WRITES, 0};
+	struct iovec iov = {&out, sizeof(out)};
+
+	fuse_reply_iov(req, &iov, 1);
+}
+
 /* Open a ctl transaction file. */
 static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 {
@@ -496,10 +520,8 @@ static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 	track(&h->link);
 	h->node = n;
 	h->ctl = fs_ctl_new(m, sid);
-	fi->fh = (uintptr_t)h;
-	fi->direct_io = 1;
-	fi->keep_cache = 0;
-	fuse_reply_open(req, fi);
+	(void)fi;
+	reply_open_parallel(req, (uintptr_t)h);
 }
 
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
