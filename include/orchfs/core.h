@@ -66,6 +66,18 @@ typedef struct orch_env {
 	 * Set before any thread starts; NULL when nobody listens.
 	 */
 	void (*committed)(void *arg, const orch_change *changes, size_t n);
+	/*
+	 * Then, after writer_mu is released and still before the calls reply:
+	 * make what `committed` found visible (the fs layer drops the kernel's
+	 * dentries, which can wait for a lookup, so never under writer_mu).
+	 */
+	void (*publish)(void *arg);
+	/*
+	 * Just before a writer's COMMIT: the db_version and updated_at it is
+	 * committing, so that a reader who sees them before `committed` runs
+	 * does not take this daemon's own commit for another process's.
+	 */
+	void (*committing)(void *arg, int64_t db_version, int64_t updated_at);
 	void *committed_arg;
 
 	/*

@@ -423,6 +423,15 @@ fail:
 	return rc;
 }
 
+/* Announce the state about to be committed on the writer's connection (see orch_env.committing). */
+static void announce(orch_env *env)
+{
+	int64_t v = 0, t = 0;
+
+	if (env->committing && orch_meta_read(env->writer, &v, &t) == 0)
+		env->committing(env->committed_arg, v, t);
+}
+
 /* A call failed and its transaction (or savepoint) is rolled back: undo its git effects, the error reply. */
 static void failed(orch_ctx *ctx, const char *call_id, char **reply)
 {
@@ -456,9 +465,13 @@ static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const ch
 	}
 	if (rc) {
 		orch_store_rollback(ctx->store);
-	} else if ((rc = orch_store_commit(ctx->store)) == 0) {
-		orch_undo_clear(ctx);
-		return 0;
+	} else {
+		if (write)
+			announce(ctx->env);
+		if ((rc = orch_store_commit(ctx->store)) == 0) {
+			orch_undo_clear(ctx);
+			return 0;
+		}
 	}
 	failed(ctx, call_id, reply);
 	if (call_id && !taken)
@@ -488,6 +501,8 @@ static void writer_leave(orch_ctx *ctx)
 		env->committed(env->committed_arg, changes, n);
 	orch_store_changes_clear(env->writer);
 	pthread_mutex_unlock(&env->writer_mu);
+	if (n && env->publish)
+		env->publish(env->committed_arg);
 }
 
 /* A mutating call handed to the writer thread; the caller waits for `done`. */
@@ -577,6 +592,8 @@ static void execute_batch(orch_env *env, orch_lane_job **jobs, size_t n)
 		}
 		job_end(j, rc);
 	}
+	if (txn)
+		announce(env);
 	if (txn && (rc = orch_store_commit(env->writer)) != 0) {
 		/* Nothing of the batch happened: every call that had succeeded fails now. */
 		saved_error saved = error_save();

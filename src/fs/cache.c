@@ -59,6 +59,8 @@ typedef struct {
 	bool rendered;      /* hash, len and mtime are set */
 	bool valid;         /* no change since the rendering could have touched it */
 	bool dentry;        /* the kernel may hold a dentry naming the current version */
+	bool drop_queued;   /* its drop is queued for the notifier, not done yet */
+	bool exhausted;     /* no free version to move to: served with direct I/O until one is */
 	unsigned version;   /* the current version, < VERSIONS */
 	uint64_t generation; /* FUSE generation of the current version: bumped with it, never reused */
 	uint64_t nlookup;   /* lookups of the current version the kernel holds */
@@ -70,6 +72,14 @@ typedef struct retired {
 	size_t len;
 	int64_t mtime;
 	uint64_t nlookup;
+	/*
+	 * Its rendering, when this daemon's writer retired it: an open that
+	 * walked the old name while the write was in flight is concurrent
+	 * with it and gets this version whole.  NULL when another process's
+	 * change retired it (that open must see the change: ESTALE, and the
+	 * kernel looks the name up again) or over the budget.
+	 */
+	fs_snap *snap;
 } retired;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -77,9 +87,13 @@ static entry *tab;
 static size_t cap, used;
 static size_t snap_bytes;      /* bytes of snapshots referenced by tab */
 static retired *graveyard[RETIRED_BUCKETS];
+static size_t retired_bytes;   /* of retired snapshots, at most SNAP_BUDGET */
 static uint64_t seq;           /* bumped by every invalidation */
 static int64_t known_version;  /* mirror_meta as this daemon last accounted for it */
 static int64_t known_updated;
+static int64_t coming_version; /* what this daemon's writer is committing right now */
+static int64_t coming_updated;
+static bool committing;        /* between its announcement and fs_cache_committed */
 static bool check_mode;        /* ORCHFS_CACHE_CHECK: verify every hit (tests) */
 
 /* Dentries to drop (version-less inode numbers of the files), and the thread that drops them. */
@@ -90,6 +104,13 @@ static bool stopping;
 static pthread_t notifier;
 static bool notifier_started;
 static struct fuse_session *session; /* set before the loop starts */
+static bool sync_notify;             /* the writer's drops are done before its calls reply (not -s) */
+
+/* Drops found by the writer lane, published after writer_mu is released (under mu). */
+static uint64_t *pending;
+static size_t npending, cappending;
+/* One publisher at a time: a call returns only once every drop found up to its commit is done. */
+static pthread_mutex_t publish_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* The watcher: notices other processes' commits even when no request comes to ask. */
 static pthread_t watcher;
@@ -218,17 +239,19 @@ static void set_snap(entry *e, fs_snap *s)
 	}
 }
 
-static void bump(entry *e);
+static bool bump(entry *e, bool keep_snap);
 
 /* ---- dropping dentries ---- */
 
 /* Queue the entry's dentry for the notifier (list NULL) or for the caller to drop. */
 static void drop_dentry(entry *e, uint64_t **list, size_t *n, size_t *listcap)
 {
-	if (!e->dentry)
+	/* A drop the notifier has not done yet is done by the writer too: its call must not return first. */
+	if (!e->dentry && !(list && e->drop_queued))
 		return;
 	e->dentry = false;
 	if (!list) {
+		e->drop_queued = true;
 		if (qn == qcap) {
 			qcap = qcap ? qcap * 2 : 64;
 			queue = orch_xrealloc(queue, qcap * sizeof(*queue));
@@ -252,8 +275,9 @@ static void drop_dentry(entry *e, uint64_t **list, size_t *n, size_t *listcap)
 static void invalidate(entry *e, uint64_t **list, size_t *n, size_t *listcap)
 {
 	e->valid = false;
-	if (e->nlookup)
-		bump(e);
+	/* The writer's drops (list) are done before its calls reply: keep the old rendering for opens in flight. */
+	if (e->nlookup && bump(e, list != NULL))
+		e->dentry = true; /* the name must move even if no lookup was counted yet */
 	drop_dentry(e, list, n, listcap);
 }
 
@@ -274,6 +298,13 @@ static void notify(const uint64_t *bases, size_t n)
 		if (fs_node_parent_name(fs_node_of(bases[i]), &parent, name, sizeof(name)))
 			fuse_lowlevel_notify_inval_entry(session, fs_ino(parent), name, strlen(name));
 	}
+	pthread_mutex_lock(&mu);
+	for (size_t i = 0; i < n; i++) {
+		entry *e = find(bases[i], false);
+		if (e && !e->dentry)
+			e->drop_queued = false;
+	}
+	pthread_mutex_unlock(&mu);
 }
 
 /*
@@ -343,12 +374,13 @@ static void *watcher_main(void *arg)
 	return NULL;
 }
 
-void fs_cache_start(struct fuse_session *se, orch_env *env)
+void fs_cache_start(struct fuse_session *se, orch_env *env, bool drop_synchronously)
 {
 	const char *check = getenv("ORCHFS_CACHE_CHECK");
 
 	check_mode = check && *check && strcmp(check, "0") != 0;
 	session = se;
+	sync_notify = drop_synchronously;
 	if (pthread_create(&notifier, NULL, notifier_main, NULL) == 0)
 		notifier_started = true;
 	watch_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -386,42 +418,49 @@ void fs_cache_stop(void)
 		while (graveyard[b]) {
 			retired *r = graveyard[b];
 			graveyard[b] = r->next;
+			fs_snap_unref(r->snap);
 			free(r);
 		}
 	}
 	free(tab);
 	free(queue);
+	free(pending);
 	tab = NULL;
 	queue = NULL;
-	cap = used = qn = qcap = snap_bytes = 0;
+	pending = NULL;
+	cap = used = qn = qcap = snap_bytes = npending = cappending = retired_bytes = 0;
 	stopping = false;
 }
 
 /* ---- change detection ---- */
 
-/* Writer lane, after a commit and before the call replies (see orch_env.committed). */
+/*
+ * Writer lane, under writer_mu, after a commit: invalidate what the rows
+ * show; the dentries to drop wait in `pending` for fs_cache_publish.
+ */
 void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 {
 	orch_env *env = arg;
-	uint64_t *list = NULL;
-	size_t nlist = 0, listcap = 0;
-	bool elsewhere = orch_store_changed_elsewhere(env->writer);
 	int64_t v = 0, t = 0;
 
+	/* The row first: a commit of another process after it is then seen as elsewhere. */
 	orch_meta_read(env->writer, &v, &t);
+	bool elsewhere = orch_store_changed_elsewhere(env->writer);
+	orch_error_clear();
 	pthread_mutex_lock(&mu);
 	if (elsewhere) {
 		/* Another process committed too since the last look: no telling what. */
-		invalidate_all(&list, &nlist, &listcap);
+		invalidate_all(&pending, &npending, &cappending);
 	} else {
 		seq++;
 		for (size_t i = 0; i < cap; i++) {
-			if (!tab[i].ino || (!tab[i].valid && !tab[i].dentry && !tab[i].nlookup))
+			entry *e = &tab[i];
+			if (!e->ino || (!e->valid && !e->dentry && !e->nlookup && !e->drop_queued))
 				continue;
-			fs_node node = fs_node_of(tab[i].ino);
+			fs_node node = fs_node_of(e->ino);
 			for (size_t c = 0; c < n; c++) {
 				if (fs_node_depends(node, changes[c].table, changes[c].rowid)) {
-					invalidate(&tab[i], &list, &nlist, &listcap);
+					invalidate(e, &pending, &npending, &cappending);
 					break;
 				}
 			}
@@ -429,16 +468,63 @@ void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 	}
 	known_version = v;
 	known_updated = t;
+	committing = false;
 	pthread_mutex_unlock(&mu);
-	notify(list, nlist);
+}
+
+void fs_cache_committing(void *arg, int64_t v, int64_t t)
+{
+	(void)arg;
+	pthread_mutex_lock(&mu);
+	coming_version = v;
+	coming_updated = t;
+	committing = true;
+	pthread_mutex_unlock(&mu);
+}
+
+/*
+ * After writer_mu is released, before the calls reply: drop the dentries.
+ * The kernel takes the directory's lock for it, which a lookup in flight
+ * holds while it waits for a daemon thread: so never under writer_mu, and
+ * with one thread (-s) by the notifier instead (a write then returns
+ * before its names have moved; -s is for debugging).
+ */
+void fs_cache_publish(void *arg)
+{
+	uint64_t *list;
+	size_t n;
+
+	(void)arg;
+	pthread_mutex_lock(&publish_mu);
+	pthread_mutex_lock(&mu);
+	list = pending;
+	n = npending;
+	pending = NULL;
+	npending = cappending = 0;
+	if (!sync_notify && n) {
+		for (size_t i = 0; i < n; i++) {
+			entry *e = find(list[i], false);
+			if (e) {
+				e->dentry = true;
+				drop_dentry(e, NULL, NULL, NULL);
+			}
+		}
+		free(list);
+		list = NULL;
+		n = 0;
+	}
+	pthread_mutex_unlock(&mu);
+	notify(list, n);
 	free(list);
+	pthread_mutex_unlock(&publish_mu);
 }
 
 /* Account for the database state (v, t): invalidate everything if it is not the one last accounted for. */
 static void account(int64_t v, int64_t t)
 {
 	pthread_mutex_lock(&mu);
-	if (v != known_version || t != known_updated) {
+	/* This daemon's own commit, seen before its writer got to fs_cache_committed, is no news. */
+	if ((v != known_version || t != known_updated) && (v != coming_version || t != coming_updated)) {
 		invalidate_all(NULL, NULL, NULL);
 		known_version = v;
 		known_updated = t;
@@ -467,30 +553,41 @@ int64_t fs_cache_db_mtime(void)
 
 /* ---- versions ---- */
 
-/* Move the name of `e` to a new version; the current one is retired while the kernel holds it. */
-static void bump(entry *e)
+/*
+ * Move the name of `e` to a new version; the current one is retired while
+ * the kernel holds it.  False when every version is still held (then the
+ * file is served with direct I/O until one is free).
+ */
+static bool bump(entry *e, bool keep_snap)
 {
 	uint64_t old = with_version(e->ino, e->version);
+	unsigned next = e->version;
 
-	if (e->nlookup) {
-		retired *r = orch_xrealloc(NULL, sizeof(*r));
-		*r = (retired){NULL, old, e->len, e->mtime, e->nlookup};
-		retired **at = grave(old);
-		if (*at) {
-			(*at)->nlookup += r->nlookup; /* cannot happen: a retired version is never current again */
-			free(r);
-		} else {
-			*at = r;
+	/* Skip versions the kernel still holds as retired. */
+	for (unsigned i = 1; i < VERSIONS; i++) {
+		unsigned v = (e->version + i) % VERSIONS;
+		if (!*grave(with_version(e->ino, v))) {
+			next = v;
+			break;
 		}
 	}
-	/* Skip versions the kernel still holds as retired; the generation tells a reused one apart anyway. */
-	for (unsigned i = 0; i < VERSIONS; i++) {
-		e->version = (e->version + 1) % VERSIONS;
-		if (!*grave(with_version(e->ino, e->version)))
-			break;
+	if (next == e->version) {
+		e->exhausted = true;
+		return false;
 	}
+	if (e->nlookup) {
+		retired *r = orch_xrealloc(NULL, sizeof(*r));
+		bool keep = keep_snap && e->snap && e->snap->hash == e->hash && retired_bytes + e->len <= SNAP_BUDGET;
+		*r = (retired){*grave(old), old, e->len, e->mtime, e->nlookup, keep ? fs_snap_ref(e->snap) : NULL};
+		if (keep)
+			retired_bytes += e->len;
+		*grave(old) = r;
+	}
+	e->version = next;
 	e->generation++;
 	e->nlookup = 0;
+	e->exhausted = false;
+	return true;
 }
 
 uint64_t fs_cache_ino(fs_node n, uint64_t *generation)
@@ -536,25 +633,47 @@ int fs_cache_version(uint64_t ino, size_t *len, int64_t *mtime)
 	return rc;
 }
 
-void fs_cache_looked_up(uint64_t ino, size_t len, int64_t mtime)
+fs_snap *fs_cache_retired_snap(uint64_t ino)
 {
+	pthread_mutex_lock(&mu);
+	retired *r = *grave(ino);
+	fs_snap *s = r && r->snap ? fs_snap_ref(r->snap) : NULL;
+	pthread_mutex_unlock(&mu);
+	return s;
+}
+
+bool fs_cache_looked_up(uint64_t ino, size_t len, int64_t mtime, bool force)
+{
+	bool ok = true;
+
 	if (!fs_node_cached(fs_node_of(ino)))
-		return;
+		return true;
 	pthread_mutex_lock(&mu);
 	entry *e = find(base_of(ino), true);
 	if (with_version(e->ino, e->version) == ino) {
-		e->nlookup++;
-		e->dentry = true;
-	} else {
+		/*
+		 * A change committed while this lookup rendered: its attributes
+		 * would sit in the kernel under the current version.  Render
+		 * again (the caller) rather than register them.
+		 */
+		ok = force || (e->valid && e->len == len && e->mtime == mtime);
+		if (ok) {
+			e->nlookup++;
+			e->dentry = true;
+		}
+	} else if (force) {
 		/* The name moved on while this lookup was answered: the kernel holds a retired version. */
 		retired **at = grave(ino);
 		if (!*at) {
 			*at = orch_xrealloc(NULL, sizeof(**at));
-			**at = (retired){NULL, ino, len, mtime, 0};
+			**at = (retired){NULL, ino, len, mtime, 0, NULL};
 		}
 		(*at)->nlookup++;
+	} else {
+		ok = false;
 	}
 	pthread_mutex_unlock(&mu);
+	return ok;
 }
 
 void fs_cache_forget(uint64_t ino, uint64_t nlookup)
@@ -569,6 +688,9 @@ void fs_cache_forget(uint64_t ino, uint64_t nlookup)
 		retired **at = grave(ino), *r = *at;
 		if (r && (r->nlookup = r->nlookup > nlookup ? r->nlookup - nlookup : 0) == 0) {
 			*at = r->next;
+			if (r->snap)
+				retired_bytes -= r->snap->len;
+			fs_snap_unref(r->snap);
 			free(r);
 		}
 	}
@@ -590,22 +712,21 @@ static int64_t next_mtime(const entry *e, bool fresh, int64_t stamp, int64_t sna
 
 /*
  * Check mode: a hit must equal a fresh rendering of the same database
- * state; report it loudly otherwise (the tests fail on "WARNING").
+ * state; report it loudly otherwise (the tests fail on "WARNING").  Only
+ * when nothing moved: no invalidation since the hit (s0), and no commit of
+ * this daemon between its COMMIT and its invalidation (`committing`:
+ * serving the old rendering then is right, the write has not returned).
  */
-static void verify(orch_ctx *ctx, fs_node n, const fs_snap *s)
+static void verify(orch_ctx *ctx, fs_node n, const fs_snap *s, uint64_t s0)
 {
 	fs_rendering r;
-	uint64_t s0;
 
-	pthread_mutex_lock(&mu);
-	s0 = seq;
-	pthread_mutex_unlock(&mu);
 	if (fs_render(ctx, n, &r) != 0) {
 		orch_error_clear();
 		return;
 	}
 	pthread_mutex_lock(&mu);
-	bool same_state = s0 == seq;
+	bool same_state = s0 == seq && !committing;
 	pthread_mutex_unlock(&mu);
 	if (same_state && !orch_store_changed_elsewhere(ctx->store) &&
 	    (r.len != s->len || memcmp(r.data, s->data, r.len) != 0))
@@ -614,7 +735,7 @@ static void verify(orch_ctx *ctx, fs_node n, const fs_snap *s)
 	free(r.data);
 }
 
-int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino)
+int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino, uint64_t *generation, bool *direct)
 {
 	uint64_t base, s0;
 	fs_rendering r;
@@ -628,11 +749,15 @@ int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino)
 	pthread_mutex_lock(&mu);
 	e = find(base, false);
 	if (e && e->valid && e->snap) {
+		bool quiet = !committing;
 		*out = fs_snap_ref(e->snap);
 		*ino = with_version(base, e->version);
+		*generation = e->generation;
+		*direct = e->exhausted;
+		s0 = seq;
 		pthread_mutex_unlock(&mu);
-		if (check_mode)
-			verify(ctx, n, *out);
+		if (check_mode && quiet)
+			verify(ctx, n, *out, s0);
 		return 0;
 	}
 	s0 = seq;
@@ -649,9 +774,14 @@ int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino)
 	int64_t mtime = changed ? next_mtime(e, fresh, r.stamp, r.snapshot_at) : e->mtime;
 	fs_snap *s = fs_snap_new(r.data, r.len, mtime);
 
-	if (changed && e->nlookup)
-		bump(e); /* the name moves on; the kernel keeps the old inode as it was */
+	if (changed && e->nlookup && bump(e, false)) {
+		/* The name moves on (the kernel keeps the old inode as it was): drop it, even mid-lookup. */
+		e->dentry = true;
+		drop_dentry(e, NULL, NULL, NULL);
+	}
 	*ino = with_version(base, e->version);
+	*generation = e->generation;
+	*direct = e->exhausted;
 	if (seq == s0 || fresh || changed) {
 		/*
 		 * A rendering made while nothing was invalidated is the entry's

@@ -184,11 +184,12 @@ static void file_stat(struct stat *st, fs_type t, size_t len, int64_t mtime)
  * links show the database's last change.  A state file's inode number is
  * its current version's.
  */
-static int node_stat(orch_ctx *ctx, fs_node n, struct stat *st, double *timeout)
+static int node_stat(orch_ctx *ctx, fs_node n, struct stat *st, double *timeout, uint64_t *generation)
 {
 	stat_init(st, fs_ino(n));
 	set_time(st, fs_cache_db_mtime());
 	*timeout = 0;
+	*generation = 0;
 	switch (fs_node_type(n)) {
 	case T_DIR: {
 		fs_node primary;
@@ -229,13 +230,14 @@ static int node_stat(orch_ctx *ctx, fs_node n, struct stat *st, double *timeout)
 		if (fs_node_cached(n)) {
 			fs_snap *s;
 			uint64_t ino;
-			int rc = fs_cache_get(ctx, n, &s, &ino);
+			bool direct;
+			int rc = fs_cache_get(ctx, n, &s, &ino, generation, &direct);
 			if (rc)
 				return rc;
 			st->st_ino = ino;
 			file_stat(st, fs_node_type(n), s->len, s->mtime);
 			fs_snap_unref(s);
-			*timeout = ATTR_IMMUTABLE;
+			*timeout = direct ? 0 : ATTR_IMMUTABLE;
 		} else {
 			fs_rendering r;
 			int rc = fs_render(ctx, n, &r);
@@ -269,17 +271,22 @@ static void fs_lookup_op(fuse_req_t req, fuse_ino_t parent, const char *name)
 		rc = fs_lookup(&ctx, fs_node_of(parent), name, &child);
 		orch_ctx_read_end(&ctx);
 	}
-	if (rc == 0)
-		rc = node_stat(&ctx, child, &e.attr, &e.attr_timeout);
+	/* A change committed while it rendered makes it render again (a few times at most). */
+	for (int tries = 0; rc == 0; tries++) {
+		rc = node_stat(&ctx, child, &e.attr, &e.attr_timeout, &e.generation);
+		if (rc || fs_cache_looked_up(e.attr.st_ino, (size_t)e.attr.st_size,
+					     (int64_t)e.attr.st_mtim.tv_sec * 1000 + e.attr.st_mtim.tv_nsec / 1000000,
+					     tries == 3))
+			break;
+	}
 	reader_done(&ctx);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
 	e.ino = e.attr.st_ino;
-	fs_cache_ino(child, &e.generation);
-	fs_cache_looked_up(e.ino, (size_t)e.attr.st_size, (int64_t)e.attr.st_mtim.tv_sec * 1000 +
-			   e.attr.st_mtim.tv_nsec / 1000000);
+	if (!e.generation)
+		fs_cache_ino(child, &e.generation);
 	/*
 	 * A name never comes to mean another node (ids are not reused), so the
 	 * kernel may keep the dentry; getattr and open still check that the
@@ -307,6 +314,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	fs_node n = fs_node_of(ino);
 	double timeout = 0;
+	uint64_t generation;
 	struct stat st;
 	size_t len;
 	int64_t mtime;
@@ -335,20 +343,22 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if ((fs_node_type(n) == T_DIR || fs_node_type(n) == T_CTL) && !exists_now(&ctx, n))
 		rc = -ENOENT;
 	else
-		rc = node_stat(&ctx, n, &st, &timeout);
+		rc = node_stat(&ctx, n, &st, &timeout, &generation);
 	reader_done(&ctx);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	if (st.st_ino != ino) {
+	if (st.st_ino != ino && fs_cache_version(ino, &len, &mtime) == FS_VERSION_RETIRED) {
 		/*
-		 * The file changed under another process's commit, noticed just
-		 * now: answer for the name (a stat right after `orchfs call`), and
-		 * let the kernel keep nothing of it.
+		 * The file changed (another process's commit, noticed just now):
+		 * this inode keeps its own rendering's attributes, and the name,
+		 * whose dentry is being dropped, moves to the new inode.
 		 */
+		stat_init(&st, ino);
+		file_stat(&st, fs_node_type(n), len, mtime);
+	} else {
 		st.st_ino = ino;
-		timeout = 0;
 	}
 	fuse_reply_attr(req, &st, timeout);
 }
@@ -442,8 +452,9 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	if (t == T_HEARTBEAT && (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
 					    FUSE_SET_ATTR_MTIME_NOW)))
 		rc = heartbeat_file(ENV(req), n.id);
+	uint64_t generation;
 	if (!rc && (rc = reader(ENV(req), &ctx)) == 0) {
-		rc = node_stat(&ctx, n, &st, &timeout);
+		rc = node_stat(&ctx, n, &st, &timeout, &generation);
 		reader_done(&ctx);
 	}
 	if (rc) {
@@ -524,6 +535,29 @@ static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 	reply_open_parallel(req, (uintptr_t)h);
 }
 
+/* Open inode `ino` of `n`, a version the name has moved away from (see fs_open). */
+static void open_retired(fuse_req_t req, fs_node n, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	fs_snap *s = fs_cache_retired_snap(ino);
+	fs_handle *h;
+
+	if (!s) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	h = calloc(1, sizeof(*h));
+	h->refs = 1;
+	track(&h->link);
+	h->node = n;
+	h->node.sub = 0;
+	h->snap = s;
+	fi->fh = (uintptr_t)h;
+	fi->direct_io = 0;
+	fi->keep_cache = 1; /* the inode is this rendering */
+	fi->noflush = 1;
+	fuse_reply_open(req, fi);
+}
+
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	fs_node n = fs_node_of(ino);
@@ -557,9 +591,14 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	size_t len;
 	int64_t mtime;
-	int version = fs_cache_version(ino, &len, &mtime);
-	if (version == FS_VERSION_GONE) {
-		fuse_reply_err(req, ESTALE);
+	/*
+	 * An inode the name has moved away from: opened whole as it was when
+	 * this daemon's writer moved the name (the open walked the name while
+	 * that write was in flight); else ESTALE, and the kernel looks the
+	 * name up again and opens the new one, whose attributes match it.
+	 */
+	if (fs_node_cached(n) && fs_cache_version(ino, &len, &mtime) != FS_VERSION_CURRENT) {
+		open_retired(req, n, ino, fi);
 		return;
 	}
 	if ((rc = reader(ENV(req), &ctx)) != 0) {
@@ -573,9 +612,17 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	h->node.sub = 0;
 	bool cached = false;
 	if (fs_node_cached(n)) {
-		uint64_t cur;
-		rc = fs_cache_get(&ctx, h->node, &h->snap, &cur);
-		cached = !rc && version == FS_VERSION_CURRENT && cur == ino;
+		uint64_t cur, generation;
+		bool direct;
+		rc = fs_cache_get(&ctx, h->node, &h->snap, &cur, &generation, &direct);
+		if (!rc && cur != ino) {
+			/* It moved during this open. */
+			reader_done(&ctx);
+			handle_free(h);
+			open_retired(req, n, ino, fi);
+			return;
+		}
+		cached = !rc && !direct;
 	} else {
 		fs_rendering r;
 		if ((rc = fs_render(&ctx, h->node, &r)) == 0)
@@ -883,6 +930,8 @@ int fs_main(orch_env *env, const fs_options *o)
 	/* jansson's hash seed is set once here, before any thread could race to set it. */
 	json_object_seed(0);
 	env->committed = fs_cache_committed;
+	env->publish = fs_cache_publish;
+	env->committing = fs_cache_committing;
 	env->committed_arg = env;
 	se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), env);
 	if (!se)
@@ -891,7 +940,7 @@ int fs_main(orch_env *env, const fs_options *o)
 		goto destroy;
 	if (fuse_session_mount(se, o->mountpoint) != 0)
 		goto signals;
-	fs_cache_start(se, env);
+	fs_cache_start(se, env, !o->single_thread);
 	/* Mutating calls run on a writer thread niced below the readers: checkouts yield to reads. */
 	if (!o->single_thread && orch_env_start_writer(env, 5) != 0) {
 		orch_log("%s; writes run on the FUSE threads", orch_error_last()->message);
@@ -910,7 +959,12 @@ int fs_main(orch_env *env, const fs_options *o)
 		cfg = fuse_loop_cfg_create();
 		fuse_loop_cfg_set_clone_fd(cfg, 0);
 		fuse_loop_cfg_set_idle_threads(cfg, 16);
-		fuse_loop_cfg_set_max_threads(cfg, 64);
+		/*
+		 * Threads are made as requests need them: a lookup must always
+		 * find one, since a writer dropping a dentry waits for the
+		 * lookups in that directory.
+		 */
+		fuse_loop_cfg_set_max_threads(cfg, 1024);
 		rc = fuse_session_loop_mt(se, cfg) < 0 ? 1 : 0;
 		fuse_loop_cfg_destroy(cfg);
 	}
@@ -923,6 +977,8 @@ destroy:
 	fuse_session_destroy(se);
 out:
 	env->committed = NULL;
+	env->publish = NULL;
+	env->committing = NULL;
 	fuse_opt_free_args(&args);
 	free_all_open();
 	fs_ctl_forget_all();

@@ -144,20 +144,24 @@ fs_snap *fs_snap_ref(fs_snap *s);
 void fs_snap_unref(fs_snap *s);
 
 struct fuse_session;
-void fs_cache_start(struct fuse_session *se, orch_env *env);
+/* drop_synchronously: the writer drops dentries before its calls reply (false with one thread). */
+void fs_cache_start(struct fuse_session *se, orch_env *env, bool drop_synchronously);
 void fs_cache_stop(void);
 
-/* orch_env.committed: the writer lane committed these rows. */
+/* orch_env.committed and .publish: the writer lane committed these rows; make it visible. */
 void fs_cache_committed(void *env, const orch_change *changes, size_t n);
+void fs_cache_publish(void *env);
+void fs_cache_committing(void *env, int64_t db_version, int64_t updated_at);
 
 /* Notice commits of other processes (cheap when there were none); ctx: a reader. */
 void fs_cache_sync(orch_ctx *ctx);
 
 /*
- * The current rendering of cacheable file `n` and the inode number of its
- * version (ctx: a reader).  0 or -errno.
+ * The current rendering of cacheable file `n`, the inode number and FUSE
+ * generation of its version, and whether it must be served with direct
+ * I/O (no version free to move to) (ctx: a reader).  0 or -errno.
  */
-int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino);
+int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino, uint64_t *generation, bool *direct);
 
 /* The inode number (and FUSE generation) of a node's current version; fs_ino for other nodes. */
 uint64_t fs_cache_ino(fs_node n, uint64_t *generation);
@@ -166,8 +170,16 @@ enum { FS_VERSION_CURRENT, FS_VERSION_RETIRED, FS_VERSION_GONE };
 /* What inode `ino` is now: the current version, a retired one (its size and mtime), or unknown. */
 int fs_cache_version(uint64_t ino, size_t *len, int64_t *mtime);
 
-/* The kernel took a reference (a lookup reply) to `ino`, or dropped `nlookup` of them (forget). */
-void fs_cache_looked_up(uint64_t ino, size_t len, int64_t mtime);
+/* The rendering of retired version `ino` when this daemon's writer retired it (else NULL). */
+fs_snap *fs_cache_retired_snap(uint64_t ino);
+
+/*
+ * A lookup is about to reply `ino` with this size and mtime: register the
+ * kernel's reference, unless the file changed meanwhile (false: render
+ * again; `force` registers whatever happened).
+ */
+bool fs_cache_looked_up(uint64_t ino, size_t len, int64_t mtime, bool force);
+/* The kernel dropped `nlookup` references to `ino` (forget). */
 void fs_cache_forget(uint64_t ino, uint64_t nlookup);
 
 /* The mtime the cache knows for `n` (0: none), and the database's last change. */

@@ -579,3 +579,40 @@ def test_concurrent_readers_and_writers(mount):
     assert len(mount.ok('task.list', {})) == total
     assert len(os.listdir(mount.p('tasks'))) == total
     assert os.listdir(mount.p('locks')) == []
+
+
+# ---- h. one thread (-s): a write that changes a file never waits for a lookup it blocks ----
+
+def test_single_thread_mount_does_not_deadlock(repo, tmp_path):
+    """With one thread, dropping a dentry while a lookup in the same directory waits for
+    that thread would hang both: -s drops them from the notifier instead."""
+    from conftest import Mount
+    mp = tmp_path / 'mnt1'
+    mp.mkdir()
+    m = Mount(repo, mp, tmp_path / 'state1', str(tmp_path / 'orchfs1.log'))
+    proc = subprocess.Popen([ORCHFS, 'mount', '-f', '-s', '--repo', str(repo), '--state', m.state, m.path],
+                            stdout=subprocess.DEVNULL, stderr=open(m.log, 'ab'))
+    m.proc = proc
+    try:
+        deadline = time.time() + 20
+        while not os.path.ismount(m.path):
+            assert proc.poll() is None and time.time() < deadline, open(m.log).read()
+            time.sleep(0.02)
+        m.ok('session.open', {})
+        os.stat(m.p('sessions', '1', 'session.json'))    # the kernel holds its dentry
+        stop = time.time() + 3
+        # stat of names in sessions/1 (lookups holding the directory) beside heartbeats that change session.json
+        script = (f'end=$((SECONDS+3)); while [ $SECONDS -lt $end ]; do stat {m.p("sessions", "1", "nx")} '
+                  f'{m.p("sessions", "1", "session.json")} >/dev/null 2>&1; done')
+        statter = subprocess.Popen(['bash', '-c', script])
+        n = 0
+        while time.time() < stop:
+            m.ok('session.heartbeat', {'session_id': 1})
+            n += 1
+        assert statter.wait(timeout=30) is not None
+        assert n > 10
+        assert json.loads(open(m.p('sessions', '1', 'session.json')).read())['status'] == 'active_new'
+    finally:
+        m.stop()
+    log = open(m.log).read()
+    assert not [line for line in log.splitlines() if 'WARNING' in line or 'Sanitizer' in line], log
