@@ -50,6 +50,8 @@ int orch_store_begin(orch_store *st, bool write);
 int orch_store_commit(orch_store *st);
 void orch_store_rollback(orch_store *st);
 bool orch_store_in_txn(orch_store *st);
+/* Whether the transaction begun is still open (SQLite rolls it back itself on I/O errors, a full disk, ...). */
+bool orch_store_txn_alive(orch_store *st);
 
 /*
  * A cached prepared statement for `sql`, reset and with bindings cleared.

@@ -536,9 +536,28 @@ static int write_call(orch_ctx *ctx, const orch_method *m, json_t *params, const
 /* Finish a job of a batch: hand its error slot to its caller. */
 static void job_end(orch_lane_job *job, int rc)
 {
+	json_decref(job->error.details); /* a reply replayed, then failed with its batch */
 	job->rc = rc;
 	job->error = error_save();
 	orch_error_clear();
+}
+
+/*
+ * Fail the calls [from, to) of a batch that had succeeded in a transaction
+ * that did not commit, newest first (their git effects are undone in the
+ * reverse order they were made); `why` is the error they all get.
+ */
+static void fail_pending(orch_lane_job **jobs, bool *pending, size_t from, size_t to, saved_error *why)
+{
+	for (size_t i = to; i-- > from;) {
+		if (!pending[i])
+			continue;
+		pending[i] = false;
+		error_restore(why);
+		*why = error_save();
+		failed(jobs[i]->ctx, jobs[i]->call_id, jobs[i]->reply);
+		job_end(jobs[i], orch_error_last()->code ? orch_error_last()->code : ORCH_EINTERNAL);
+	}
 }
 
 /*
@@ -546,12 +565,18 @@ static void job_end(orch_lane_job *job, int rc)
  * written run in one BEGIN IMMEDIATE transaction, each in a savepoint of
  * its own (a failed call rolls back to it, undoes its git effects and
  * changes nothing else), and are committed with one fsync; then every
- * call's after-commit work runs and every caller gets its reply.  A
- * reply is still sent only once its call is durable.
+ * call's after-commit work runs and every caller gets its reply.  A reply
+ * is sent only once its call is durable: a success, or a reply replayed
+ * from a call_id (which may have been stored by an earlier call of this
+ * very batch), is pending until the COMMIT.  If SQLite gives up the whole
+ * transaction (I/O error, full disk), the calls pending in it fail and the
+ * rest go on in a new one.
  */
 static void execute_batch(orch_env *env, orch_lane_job **jobs, size_t n)
 {
-	bool ok[BATCH_MAX] = {false}, txn;
+	bool pending[BATCH_MAX] = {false}, replayed_ok[BATCH_MAX] = {false};
+	size_t first = 0; /* the first job of the current transaction */
+	saved_error why;
 	int rc;
 
 	pthread_mutex_lock(&env->writer_mu);
@@ -559,58 +584,74 @@ static void execute_batch(orch_env *env, orch_lane_job **jobs, size_t n)
 		jobs[i]->ctx->store = env->writer;
 		jobs[i]->ctx->git = env->git;
 	}
-	txn = orch_store_begin(env->writer, true) == 0;
 	for (size_t i = 0; i < n; i++) {
 		orch_lane_job *j = jobs[i];
-		bool replayed, taken = false;
-		if (!txn) {
-			failed(j->ctx, j->call_id, j->reply);
-			job_end(j, orch_error_last()->code ? orch_error_last()->code : ORCH_EINTERNAL);
-			continue;
+		bool replayed = false, taken = false;
+
+		if (!orch_store_in_txn(env->writer)) {
+			first = i;
+			if ((rc = orch_store_begin(env->writer, true)) != 0) {
+				failed(j->ctx, j->call_id, j->reply);
+				job_end(j, rc);
+				continue;
+			}
 		}
 		orch_error_clear();
 		if ((rc = orch_sql_exec(j->ctx, "SAVEPOINT call", "")) == 0)
 			rc = run_body(j->ctx, j->m, j->params, j->call_id, j->canon, j->session_id, j->reply, &replayed,
 				      &taken);
-		if (rc == 0 && !replayed) {
-			orch_sql_exec(j->ctx, "RELEASE call", "");
-			ok[i] = true;
+		if (rc == 0 && !replayed && orch_sql_exec(j->ctx, "RELEASE call", "") == 0) {
+			pending[i] = true;
 			continue;
 		}
-		/* A replayed reply changed nothing; a failure rolls back to its savepoint. */
-		saved_error saved = error_save();
-		orch_sql_exec(j->ctx, "ROLLBACK TO call", "");
-		orch_sql_exec(j->ctx, "RELEASE call", "");
-		error_restore(&saved);
-		if (!replayed) {
+		if (replayed) {
+			/* A replayed reply changed nothing, and stands only if its row commits. */
+			saved_error saved = error_save();
+			orch_sql_exec(j->ctx, "ROLLBACK TO call", "");
+			orch_sql_exec(j->ctx, "RELEASE call", "");
+			error_restore(&saved);
+			j->rc = rc;
+			j->error = error_save();
+			orch_error_clear();
+			pending[i] = replayed_ok[i] = true;
+		} else {
+			if (!rc)
+				rc = ORCH_EINTERNAL; /* RELEASE failed: the slot says why */
+			saved_error saved = error_save();
+			orch_sql_exec(j->ctx, "ROLLBACK TO call", "");
+			orch_sql_exec(j->ctx, "RELEASE call", "");
+			error_restore(&saved);
 			failed(j->ctx, j->call_id, j->reply);
-			if (j->call_id && !taken) {
+			if (j->call_id && !taken && orch_store_txn_alive(env->writer)) {
 				saved = error_save();
 				store_error_reply_here(j->ctx, j->call_id, j->m->name, j->canon, *j->reply);
 				error_restore(&saved);
 			}
+			job_end(j, rc);
 		}
-		job_end(j, rc);
+		if (!orch_store_txn_alive(env->writer)) {
+			/* SQLite rolled the whole transaction back: what was pending in it is gone. */
+			orch_error_set(ORCH_EINTERNAL, "the database gave up the transaction of a group of calls; "
+				       "retry (with the same call_id)");
+			why = error_save();
+			orch_store_rollback(env->writer);
+			fail_pending(jobs, pending, first, i + 1, &why);
+			json_decref(why.details);
+		}
 	}
-	if (txn)
+	if (orch_store_in_txn(env->writer)) {
 		announce(env);
-	if (txn && (rc = orch_store_commit(env->writer)) != 0) {
-		/* Nothing of the batch happened: every call that had succeeded fails now. */
-		saved_error saved = error_save();
-		for (size_t i = 0; i < n; i++) {
-			if (!ok[i])
-				continue;
-			error_restore(&saved);
-			saved = error_save();
-			failed(jobs[i]->ctx, jobs[i]->call_id, jobs[i]->reply);
-			ok[i] = false;
-			job_end(jobs[i], rc);
+		if ((rc = orch_store_commit(env->writer)) != 0) {
+			why = error_save();
+			fail_pending(jobs, pending, first, n, &why);
+			json_decref(why.details);
 		}
-		json_decref(saved.details);
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (!ok[i])
+		if (!pending[i])
 			continue;
+		if (replayed_ok[i])
+			continue; /* committed: its replayed rc and error stand */
 		orch_error_clear();
 		orch_undo_clear(jobs[i]->ctx);
 		job_end(jobs[i], 0);

@@ -523,8 +523,14 @@ void fs_cache_publish(void *arg)
 static void account(int64_t v, int64_t t)
 {
 	pthread_mutex_lock(&mu);
-	/* This daemon's own commit, seen before its writer got to fs_cache_committed, is no news. */
-	if ((v != known_version || t != known_updated) && (v != coming_version || t != coming_updated)) {
+	/*
+	 * News is a state past the last one accounted for (db_version and
+	 * updated_at only grow; a state read before this daemon's last commit
+	 * is not news), and not this daemon's own commit seen before its
+	 * writer got to fs_cache_committed.
+	 */
+	bool newer = v > known_version || (v == known_version && t > known_updated);
+	if (newer && (v != coming_version || t != coming_updated)) {
 		invalidate_all(NULL, NULL, NULL);
 		known_version = v;
 		known_updated = t;

@@ -308,6 +308,11 @@ bool orch_store_in_txn(orch_store *st)
 	return st->in_txn;
 }
 
+bool orch_store_txn_alive(orch_store *st)
+{
+	return st->in_txn && !sqlite3_get_autocommit(st->db);
+}
+
 sqlite3_stmt *orch_store_stmt(orch_store *st, const char *sql)
 {
 	size_t h = ((uintptr_t)sql >> 3) % STMT_SLOTS;
