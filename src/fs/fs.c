@@ -87,6 +87,23 @@ static fs_handle *hold(struct fuse_file_info *fi)
 	return h;
 }
 
+/* A new open file of node `n` (its `sub` cleared for state files), tracked, with the open's reference. */
+static fs_handle *handle_new(fs_node n)
+{
+	fs_handle *h = calloc(1, sizeof(*h));
+
+	if (!h) {
+		orch_log("out of memory");
+		abort();
+	}
+	h->refs = 1;
+	h->node = n;
+	if (fs_node_type(n) != T_CTL)
+		h->node.sub = 0;
+	track(&h->link);
+	return h;
+}
+
 static void put(fs_handle *h)
 {
 	pthread_mutex_lock(&open_mu);
@@ -526,10 +543,7 @@ static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	h = calloc(1, sizeof(*h));
-	h->refs = 1;
-	track(&h->link);
-	h->node = n;
+	h = handle_new(n);
 	h->ctl = fs_ctl_new(m, sid);
 	(void)fi;
 	reply_open_parallel(req, (uintptr_t)h);
@@ -545,11 +559,7 @@ static void open_retired(fuse_req_t req, fs_node n, fuse_ino_t ino, struct fuse_
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
-	h = calloc(1, sizeof(*h));
-	h->refs = 1;
-	track(&h->link);
-	h->node = n;
-	h->node.sub = 0;
+	h = handle_new(n);
 	h->snap = s;
 	fi->fh = (uintptr_t)h;
 	fi->direct_io = 0;
@@ -605,11 +615,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	h = calloc(1, sizeof(*h));
-	h->refs = 1;
-	track(&h->link);
-	h->node = n;
-	h->node.sub = 0;
+	h = handle_new(n);
 	bool cached = false;
 	if (fs_node_cached(n)) {
 		uint64_t cur, generation;
