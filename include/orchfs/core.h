@@ -187,20 +187,13 @@ typedef struct orch_method {
 	const char *errors;       /* the typed errors it can return */
 } orch_method;
 
-/* Method groups, one per src/core/<group>.c, each NULL-name terminated. */
-extern const orch_method orch_session_methods[];
-extern const orch_method orch_task_methods[];
-extern const orch_method orch_mirror_methods[];
-
-/* case lifecycle */
-extern const orch_method orch_case_methods[];
+/*
+ * Views the method groups share (the groups themselves are in
+ * src/core/groups.h, for the method table only).
+ */
 int orch_task_steps_json(orch_ctx *ctx, int64_t task_id, json_t **out);
 int orch_task_checkpoints_json(orch_ctx *ctx, int64_t task_id, json_t **out);
 
-/* isolation */
-extern const orch_method orch_scheduler_methods[];
-extern const orch_method orch_worktree_methods[];
-extern const orch_method orch_lock_methods[];
 /* A lock as clients see it (an active lock past its lease shows "expired"; uses ctx->now). */
 int orch_lock_json(orch_ctx *ctx, int64_t id, json_t **out);
 /* The lock conflict rule: scope a (type "file"|"prefix", normalised path) vs scope b. */
@@ -208,9 +201,6 @@ bool orch_lock_overlaps(const char *type_a, const char *path_a, const char *type
 /* Start-up: reconcile worktree records with the disk; *log gets one string per finding. */
 int orch_worktree_reconcile(orch_ctx *ctx, json_t **log);
 
-/* planning graph */
-extern const orch_method orch_graph_methods[];
-extern const orch_method orch_plan_methods[];
 /* Read views of graph/nodes/<id>/{node,checklist,snapshots,edges}.json. */
 int orch_node_json(orch_ctx *ctx, int64_t id, json_t **out);
 int orch_node_checklist_json(orch_ctx *ctx, int64_t id, json_t **out); /* by facet, order_no */

@@ -48,9 +48,6 @@ void orch_git_effect_free(void *fx);
 int orch_git_open(orch_git **out, const char *repo_path);
 void orch_git_close(orch_git *g);
 
-/* The libgit2 repository handle (for method groups with their own git work). */
-struct git_repository *orch_git_repo(orch_git *g);
-
 /* Find the top of the working tree containing `dir` (caller frees). */
 int orch_git_discover(const char *dir, char **workdir);
 

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "orchfs/core.h"
+#include "groups.h"
 
 #define REF_SELECT                                                                                 \
 	"SELECT id, session_id, node_type, node_id, checkpoint_id, mode, status, next_action, "      \

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "graph.h"
+#include "groups.h"
 
 #define ORDER_NO_MAX 1000000000LL
 

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "orchfs/core.h"
+#include "groups.h"
 
 #define DEFAULT_TTL_S 600
 #define MAX_TTL_S (366LL * 24 * 3600)

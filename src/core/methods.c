@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "orchfs/core.h"
+#include "groups.h"
 
 static const orch_method *const groups[] = {
 	orch_session_methods,

@@ -3,6 +3,7 @@
  * mirror is behind the database.
  */
 #include "orchfs/core.h"
+#include "groups.h"
 
 static int mirror_status(orch_ctx *ctx, json_t *p, json_t **result)
 {

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "graph.h"
+#include "groups.h"
 
 /* The children of ?1: nodes whose parent it is, or that it contains by an edge. */
 #define CHILDREN_WHERE                                                                             \

@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "orchfs/core.h"
+#include "groups.h"
 
 #define WORKTREE_THRESHOLD 12
 

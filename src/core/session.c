@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "orchfs/core.h"
+#include "groups.h"
 #include "orchfs/git.h"
 #include "gitfx.h"
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "orchfs/core.h"
+#include "groups.h"
 
 #define TASK_SELECT                                                                                \
 	"SELECT id, level, parent_id, title, status, priority, assignee_session, "                   \

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "orchfs/core.h"
+#include "groups.h"
 #include "orchfs/git.h"
 #include "gitfx.h"
 

@@ -65,11 +65,6 @@ void orch_git_close(orch_git *g)
 	git_libgit2_shutdown();
 }
 
-git_repository *orch_git_repo(orch_git *g)
-{
-	return g->repo;
-}
-
 /*
  * The main working tree of the repository containing `dir`.  From inside a
  * linked worktree (a session root, say) this is still the main checkout, so
