@@ -616,3 +616,55 @@ def test_single_thread_mount_does_not_deadlock(repo, tmp_path):
         m.stop()
     log = open(m.log).read()
     assert not [line for line in log.splitlines() if 'WARNING' in line or 'Sanitizer' in line], log
+
+
+# ---- i. group commit: calls committed together stay independent ----
+
+def test_batched_calls_fail_and_succeed_independently(mount):
+    """Sixteen agents write at once, so the writer commits their calls in batches; a call
+    that fails inside a batch (a lock conflict, a bad parent, a taken call_id) must change
+    nothing, and every success must count exactly once in db_version."""
+    mount.ok('task.create', {'level': 'epic', 'title': 'root'})
+    mount.ok('lock.acquire', {'scope_type': 'prefix', 'scope_path': 'held', 'owner_session': 'owner'})
+    mount.ok('task.create', {'level': 'case', 'title': 'taken', 'call_id': 'taken-id'})
+    v0 = mount.ok('mirror.status')['db_version']
+    results = []
+    lock = threading.Lock()
+
+    def agent(i):
+        for k in range(25):
+            kind = (i + k) % 4
+            if kind == 0:
+                req = ('task.create', {'level': 'case', 'title': f'a{i}-{k}', 'parent_id': 1})
+            elif kind == 1:
+                req = ('lock.acquire', {'scope_type': 'file', 'scope_path': f'held/f{i}-{k}.c',
+                                        'owner_session': f'o{i}'})       # conflict with "held"
+            elif kind == 2:
+                req = ('task.create', {'level': 'case', 'title': 'orphan', 'parent_id': 999999})
+            else:
+                req = ('task.create', {'level': 'case', 'title': 'other', 'call_id': 'taken-id'})
+            err, reply = mount.call(*req)
+            with lock:
+                results.append((kind, err, reply))
+
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    by_kind = {k: [r for r in results if r[0] == k] for k in range(4)}
+    assert all(err == 0 and 'result' in reply for _, err, reply in by_kind[0]), by_kind[0][:3]
+    assert all(reply['error']['code'] == 'conflict' for _, _, reply in by_kind[1])
+    assert all(reply['error']['code'] == 'not_found' for _, _, reply in by_kind[2])
+    assert all(reply['error']['code'] == 'exists' for _, _, reply in by_kind[3])
+    created = len(by_kind[0])
+    assert created == 100
+    # Exactly the successes moved db_version, and exactly their tasks exist.
+    assert mount.ok('mirror.status')['db_version'] == v0 + created
+    tasks = mount.ok('task.list', {})
+    assert len(tasks) == 2 + created
+    assert sorted(t['title'] for t in tasks if t['title'].startswith('a')) == \
+        sorted(f'a{i}-{k}' for i in range(16) for k in range(25) if (i + k) % 4 == 0)
+    assert not [t for t in tasks if t['title'] in ('orphan', 'other')]
+    assert [x['scope_path'] for x in map(json.loads, (open(mount.p('locks', n)).read()
+                                                      for n in os.listdir(mount.p('locks'))))] == ['held']
