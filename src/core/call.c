@@ -283,6 +283,15 @@ static int store_reply(orch_ctx *ctx, const char *call_id, const char *method, c
 }
 
 /* Store an error reply in its own transaction (the method's was rolled back). */
+/* Announce the state about to be committed on the writer's connection (see orch_env.committing). */
+static void announce(orch_env *env)
+{
+	int64_t v = 0, t = 0;
+
+	if (env->committing && orch_meta_read(env->writer, &v, &t) == 0)
+		env->committing(env->committed_arg, v, t);
+}
+
 /*
  * Store an error reply inside the open transaction, unless a stored reply
  * must be kept (anything but a transient error this attempt replaces).
@@ -308,10 +317,12 @@ static void store_error_reply(orch_ctx *ctx, const char *call_id, const char *me
 	saved_error saved = error_save();
 
 	if (orch_store_begin(ctx->store, true) == 0) {
-		if (store_error_reply_here(ctx, call_id, method, canon, reply) == 0)
+		if (store_error_reply_here(ctx, call_id, method, canon, reply) == 0) {
+			announce(ctx->env);
 			orch_store_commit(ctx->store);
-		else
+		} else {
 			orch_store_rollback(ctx->store);
+		}
 	}
 	error_restore(&saved);
 }
@@ -423,14 +434,6 @@ fail:
 	return rc;
 }
 
-/* Announce the state about to be committed on the writer's connection (see orch_env.committing). */
-static void announce(orch_env *env)
-{
-	int64_t v = 0, t = 0;
-
-	if (env->committing && orch_meta_read(env->writer, &v, &t) == 0)
-		env->committing(env->committed_arg, v, t);
-}
 
 /* A call failed and its transaction (or savepoint) is rolled back: undo its git effects, the error reply. */
 static void failed(orch_ctx *ctx, const char *call_id, char **reply)
@@ -497,11 +500,12 @@ static void writer_leave(orch_ctx *ctx)
 	size_t n;
 	const orch_change *changes = orch_store_changes(env->writer, &n);
 
-	if (n && env->committed)
+	/* Even with no row changed: a COMMIT that failed after its announcement must be accounted for. */
+	if (env->committed)
 		env->committed(env->committed_arg, changes, n);
 	orch_store_changes_clear(env->writer);
 	pthread_mutex_unlock(&env->writer_mu);
-	if (n && env->publish)
+	if (env->publish)
 		env->publish(env->committed_arg);
 }
 

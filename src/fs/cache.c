@@ -451,7 +451,7 @@ void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 	if (elsewhere) {
 		/* Another process committed too since the last look: no telling what. */
 		invalidate_all(&pending, &npending, &cappending);
-	} else {
+	} else if (n) {
 		seq++;
 		for (size_t i = 0; i < cap; i++) {
 			entry *e = &tab[i];
