@@ -75,9 +75,10 @@ int64_t orch_coll_find(orch_ctx *ctx, orch_coll c, const char *name)
 	return id;
 }
 
-int orch_reply_json(orch_ctx *ctx, int64_t id, json_t **out)
+/* The text of the first column of `sql`'s row for `id` (caller frees); not_found as `nf_fmt` says. */
+static int one_text(orch_ctx *ctx, char **out, const char *nf_fmt, int64_t id, const char *sql)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT reply FROM replies WHERE id = ?", "i", id);
+	sqlite3_stmt *st = orch_sql(ctx, sql, "i", id);
 	int rc;
 
 	*out = NULL;
@@ -85,11 +86,24 @@ int orch_reply_json(orch_ctx *ctx, int64_t id, json_t **out)
 		return ORCH_EINTERNAL;
 	rc = orch_sql_step(ctx, st);
 	if (rc == SQLITE_ROW)
-		*out = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+		*out = strdup((const char *)sqlite3_column_text(st, 0));
 	sqlite3_reset(st);
 	if (rc == SQLITE_DONE)
-		return orch_error_set(ORCH_ENOTFOUND, "reply %lld not found", (long long)id);
+		return orch_error_set(ORCH_ENOTFOUND, nf_fmt, (long long)id);
 	return *out ? 0 : ORCH_EINTERNAL;
+}
+
+int orch_reply_json(orch_ctx *ctx, int64_t id, json_t **out)
+{
+	char *text;
+	int rc = one_text(ctx, &text, "reply %lld not found", id, "SELECT reply FROM replies WHERE id = ?");
+
+	*out = NULL;
+	if (rc)
+		return rc;
+	*out = json_loads(text, 0, NULL);
+	free(text);
+	return *out ? 0 : orch_error_set(ORCH_EINTERNAL, "stored reply %lld is not JSON", (long long)id);
 }
 
 int orch_heartbeat_text(orch_ctx *ctx, int64_t id, char **buf)
@@ -123,19 +137,7 @@ done:
 
 int orch_session_root_path(orch_ctx *ctx, int64_t id, char **path)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT w.path " ROOT_LINK_FROM, "i", id);
-	int rc;
-
-	*path = NULL;
-	if (!st)
-		return ORCH_EINTERNAL;
-	rc = orch_sql_step(ctx, st);
-	if (rc == SQLITE_ROW)
-		*path = strdup((const char *)sqlite3_column_text(st, 0));
-	sqlite3_reset(st);
-	if (rc == SQLITE_DONE)
-		return orch_error_set(ORCH_ENOTFOUND, "session %lld has no root worktree", (long long)id);
-	return rc == SQLITE_ROW ? 0 : ORCH_EINTERNAL;
+	return one_text(ctx, path, "session %lld has no root worktree", id, "SELECT w.path " ROOT_LINK_FROM);
 }
 
 int orch_ctx_read_begin(orch_ctx *ctx)

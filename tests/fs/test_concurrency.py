@@ -19,19 +19,6 @@ import pytest
 from conftest import ORCHFS, git
 
 
-def read_bytes(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = b''
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return data
-            data += chunk
-    finally:
-        os.close(fd)
-
-
 def read_fd_all(fd):
     data = b''
     while True:
@@ -39,6 +26,14 @@ def read_fd_all(fd):
         if not chunk:
             return data
         data += chunk
+
+
+def read_bytes(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_fd_all(fd)
+    finally:
+        os.close(fd)
 
 
 def make_big_repo(path, dirs=20, subdirs=20, files=50):
