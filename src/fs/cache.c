@@ -434,6 +434,62 @@ void fs_cache_stop(void)
 
 /* ---- change detection ---- */
 
+/* Invalidate the entry of node (kind, id) if there is one. */
+static void invalidate_node(fs_kind kind, int64_t id)
+{
+	entry *e = find(fs_ino((fs_node){kind, 0, id}), false);
+
+	if (e)
+		invalidate(e, &pending, &npending, &cappending);
+}
+
+/*
+ * Invalidate what the committed rows show (under mu).  The table's rows
+ * say which kinds show which tables (fs_kind_depends): a kind that shows
+ * one row per node is found by its id; only a kind that shows any row of
+ * a changed table makes the whole table be walked, and then only its
+ * entries are looked at.
+ */
+static void invalidate_changed(const orch_change *changes, size_t n)
+{
+	/* Which kinds show a table, worked out once per table of the batch (names are interned). */
+	struct {
+		const char *table;
+		uint64_t any, row;
+	} deps[32];
+	size_t ndeps = 0;
+	uint64_t walk = 0; /* kinds to walk */
+
+	for (size_t c = 0; c < n; c++) {
+		size_t t = 0;
+		while (t < ndeps && deps[t].table != changes[c].table)
+			t++;
+		if (t == ndeps) {
+			if (ndeps == sizeof(deps) / sizeof(deps[0])) {
+				walk = ~0ULL; /* more tables than expected: look at everything */
+				break;
+			}
+			deps[t].table = changes[c].table;
+			deps[t].any = deps[t].row = 0;
+			for (int k = 1; k < K_KIND_COUNT; k++) {
+				fs_dep d = fs_kind_depends((fs_kind)k, changes[c].table);
+				if (d == FS_DEP_ANY)
+					deps[t].any |= 1ULL << k;
+				else if (d == FS_DEP_ROW)
+					deps[t].row |= 1ULL << k;
+			}
+			walk |= deps[t].any;
+			ndeps++;
+		}
+		for (int k = 1; deps[t].row && k < K_KIND_COUNT; k++)
+			if (deps[t].row & (1ULL << k))
+				invalidate_node((fs_kind)k, changes[c].rowid);
+	}
+	for (size_t i = 0; walk && i < cap; i++)
+		if (tab[i].ino && (walk & (1ULL << fs_node_of(tab[i].ino).kind)))
+			invalidate(&tab[i], &pending, &npending, &cappending);
+}
+
 /*
  * Writer lane, under writer_mu, after a commit: invalidate what the rows
  * show; the dentries to drop wait in `pending` for fs_cache_publish.
@@ -453,18 +509,7 @@ void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 		invalidate_all(&pending, &npending, &cappending);
 	} else if (n) {
 		seq++;
-		for (size_t i = 0; i < cap; i++) {
-			entry *e = &tab[i];
-			if (!e->ino || (!e->valid && !e->dentry && !e->nlookup && !e->drop_queued))
-				continue;
-			fs_node node = fs_node_of(e->ino);
-			for (size_t c = 0; c < n; c++) {
-				if (fs_node_depends(node, changes[c].table, changes[c].rowid)) {
-					invalidate(e, &pending, &npending, &cappending);
-					break;
-				}
-			}
-		}
+		invalidate_changed(changes, n);
 	}
 	known_version = v;
 	known_updated = t;
@@ -751,7 +796,6 @@ int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino, uint64_
 	n.sub = 0;
 	base = fs_ino(n);
 	*out = NULL;
-	fs_cache_sync(ctx);
 	pthread_mutex_lock(&mu);
 	e = find(base, false);
 	if (e && e->valid && e->snap) {

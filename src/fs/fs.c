@@ -302,8 +302,6 @@ static void fs_lookup_op(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	e.ino = e.attr.st_ino;
-	if (!e.generation)
-		fs_cache_ino(child, &e.generation);
 	/*
 	 * A name never comes to mean another node (ids are not reused), so the
 	 * kernel may keep the dentry; getattr and open still check that the
@@ -615,6 +613,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -rc);
 		return;
 	}
+	fs_cache_sync(&ctx);
 	h = handle_new(n);
 	bool cached = false;
 	if (fs_node_cached(n)) {

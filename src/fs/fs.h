@@ -117,7 +117,12 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r);
 
 /* Whether a file is served through the page cache (see cache.c), and what invalidates it. */
 bool fs_node_cached(fs_node n);
-bool fs_node_depends(fs_node n, const char *table, int64_t rowid);
+typedef enum {
+	FS_DEP_NONE, /* the kind shows no row of the table */
+	FS_DEP_ROW,  /* the row whose id is the node's id ("table#") */
+	FS_DEP_ANY,  /* any row of it */
+} fs_dep;
+fs_dep fs_kind_depends(fs_kind k, const char *table);
 
 /* Target of a symlink node (caller frees).  0 or -errno. */
 int fs_readlink(orch_ctx *ctx, fs_node n, char **target);
@@ -159,7 +164,8 @@ void fs_cache_sync(orch_ctx *ctx);
 /*
  * The current rendering of cacheable file `n`, the inode number and FUSE
  * generation of its version, and whether it must be served with direct
- * I/O (no version free to move to) (ctx: a reader).  0 or -errno.
+ * I/O (no version free to move to) (ctx: a reader; the caller ran
+ * fs_cache_sync on it for this request).  0 or -errno.
  */
 int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino, uint64_t *generation, bool *direct);
 

@@ -173,23 +173,23 @@ bool fs_node_cached(fs_node n)
 	return specs[n.kind].deps != NULL;
 }
 
-bool fs_node_depends(fs_node n, const char *table, int64_t rowid)
+fs_dep fs_kind_depends(fs_kind k, const char *table)
 {
-	const char *d = specs[n.kind].deps;
+	const char *d = specs[k].deps;
 	size_t tl = strlen(table);
 
 	if (!d)
-		return false;
+		return FS_DEP_NONE;
 	if (strcmp(table, "*") == 0)
-		return true;
+		return FS_DEP_ANY;
 	for (const char *p = d; (p = strstr(p, table)) != NULL; p += tl) {
 		bool starts = p == d || p[-1] == ' ';
 		char end = p[tl];
 		if (!starts || (end != '\0' && end != ' ' && end != '#'))
 			continue;
-		return end != '#' || rowid == n.id;
+		return end == '#' ? FS_DEP_ROW : FS_DEP_ANY;
 	}
-	return false;
+	return FS_DEP_NONE;
 }
 
 fs_type fs_node_type(fs_node n)
