@@ -29,7 +29,9 @@
  * notifier thread.  An invalid entry is rendered again at its next use; only
  * a rendering that differs moves the name to a new version.
  *
- * All state below is under `mu`, except the snapshots' reference counts.
+ * All state below is under `mu`, except the snapshots' reference counts
+ * (atomic), publish_mu's turn and what fs_cache_start sets before the FUSE
+ * threads start (marked as such).
  */
 #define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 14)
 #include <errno.h>
@@ -94,13 +96,14 @@ static int64_t known_updated;
 static int64_t coming_version; /* what this daemon's writer is committing right now */
 static int64_t coming_updated;
 static bool committing;        /* between its announcement and fs_cache_committed */
-static bool check_mode;        /* ORCHFS_CACHE_CHECK: verify every hit (tests) */
+static bool check_mode;        /* ORCHFS_CACHE_CHECK: verify every hit (tests); set before the threads */
 
 /* Dentries to drop (version-less inode numbers of the files), and the thread that drops them. */
 static pthread_cond_t qcond = PTHREAD_COND_INITIALIZER;
 static uint64_t *queue;
 static size_t qn, qcap;
 static bool stopping;
+/* Thread handles: written by fs_cache_start before the FUSE loop and by fs_cache_stop after it. */
 static pthread_t notifier;
 static bool notifier_started;
 static struct fuse_session *session; /* set before the loop starts */
@@ -112,7 +115,12 @@ static size_t npending, cappending;
 /* One publisher at a time: a call returns only once every drop found up to its commit is done. */
 static pthread_mutex_t publish_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* The watcher: notices other processes' commits even when no request comes to ask. */
+/*
+ * The watcher: notices other processes' commits even when no request comes
+ * to ask.  Set up by fs_cache_start before the loop; only the watcher
+ * thread reads watch_fd and wake_pipe[0]; fs_cache_stop closes them after
+ * joining it.
+ */
 static pthread_t watcher;
 static bool watcher_started;
 static int watch_fd = -1;   /* inotify on the state directory */
