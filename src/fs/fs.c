@@ -613,11 +613,11 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	fs_cache_sync(&ctx);
 	h = handle_new(n);
 	bool cached = false;
 	if (fs_node_cached(n)) {
 		uint64_t cur, generation;
+		fs_cache_sync(&ctx);
 		bool direct;
 		rc = fs_cache_get(&ctx, h->node, &h->snap, &cur, &generation, &direct);
 		if (!rc && cur != ino) {
@@ -641,9 +641,9 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	/*
 	 * Cached: this inode is this rendering, so the kernel's pages are too.
-	 * Direct: an inode the name has moved away from (the content is the
-	 * name's current one), or a file that is not cached: every read is
-	 * served from this open's snapshot.
+	 * Direct: a file that is not cached (rendered at every open), or one
+	 * with no version free to move to: every read is served from this
+	 * open's snapshot.
 	 */
 	fi->fh = (uintptr_t)h;
 	fi->direct_io = !cached;
