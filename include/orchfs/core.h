@@ -223,6 +223,14 @@ int orch_params_validate(const orch_method *m, json_t *params);
 /* Usage text of a method (caller frees). */
 char *orch_method_usage(const orch_method *m, bool session_scoped);
 
+/*
+ * The JSON Schema of a method's input object, from its parameter table:
+ * each key's JSON type and limits, its doc line as description, required
+ * keys, no other keys (plus the reserved call_id), and the method's
+ * example under "examples".  Valid as draft-07 and as 2020-12.
+ */
+json_t *orch_method_schema(const orch_method *m);
+
 /* ---- calls ---- */
 
 #define ORCH_INCOMPLETE 1 /* orch_request_parse: buffer is a prefix of a JSON value */
