@@ -43,9 +43,16 @@ static bool blank(const char *s, size_t n)
 static char *with_id(json_t *id, const char *reply)
 {
 	char *id_text = json_dumps(id ? id : json_null(), JSON_COMPACT | JSON_ENCODE_ANY), *line = NULL;
+	size_t n = id_text ? strlen(id_text) : 0, m = strlen(reply);
 
-	if (reply[0] != '{' || asprintf(&line, "{\"id\":%s,%s", id_text ? id_text : "null", reply + 1) < 0)
-		line = NULL;
+	if (id_text && reply[0] == '{') {
+		/* {"id":<id>,<the reply after its "{"> */
+		line = orch_xrealloc(NULL, 6 + n + 1 + m);
+		memcpy(line, "{\"id\":", 6);
+		memcpy(line + 6, id_text, n);
+		line[6 + n] = ',';
+		memcpy(line + 7 + n, reply + 1, m); /* with its NUL */
+	}
 	free(id_text);
 	return line;
 }

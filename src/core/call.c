@@ -803,7 +803,9 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 		goto fail;
 	/* Keys, limits and types first, so a typo is named even under a used call_id. */
 	rc = orch_params_validate(m, params);
-	canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
+	/* The canonical params identify the call behind a call_id; without one nothing needs them. */
+	if (call_id)
+		canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
 	if (rc)
 		goto fail;
 	rc = run_on_lane(ctx, m, params, call_id, canon, session_id, reply);
