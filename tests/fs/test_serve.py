@@ -229,6 +229,19 @@ def test_pipelined_requests_reply_in_order(serve):
     assert [r['result']['title'] for r in got if r['id'] % 3 == 0] == [f't{i}' for i in range(0, n, 3)]
 
 
+def test_lines_across_read_chunks(serve):
+    # About 5 MB of requests written at once: lines of 60 B to 20 KB cross the reader's 64 KiB
+    # chunks at every kind of offset; each reply carries its request's (long) id back.
+    ids = [f'{i}:' + 'x' * ((i * 7919) % 20000) for i in range(500)]
+    lines = ''.join(json.dumps({'id': id_, 'method': 'mirror.status'}) + '\n' for id_ in ids)
+    writer = threading.Thread(target=serve.send, args=(lines,))
+    writer.start()
+    got = [serve.reply() for _ in ids]
+    writer.join()
+    assert [r['id'] for r in got] == ids
+    assert all(r['result']['db_version'] == 0 for r in got)
+
+
 def test_last_line_without_newline_and_eof(mount):
     s = Serve(mount.repo, mount.state)
     out, err = s.proc.communicate(b'{"id": 1, "method": "task.create", "params": {"level": "epic", "title": "z"}}',
