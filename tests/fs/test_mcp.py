@@ -41,7 +41,7 @@ def node_modules():
     stamp = os.path.join(NODE_DIR, 'node_modules', '.package-lock.json')
     lock = os.path.join(NODE_DIR, 'package-lock.json')
     if not os.path.exists(stamp) or os.path.getmtime(stamp) < os.path.getmtime(lock):
-        r = subprocess.run([npm, 'ci', '--no-audit', '--no-fund', '--loglevel=error'], cwd=NODE_DIR,
+        r = subprocess.run([npm, 'ci', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error'], cwd=NODE_DIR,
                            capture_output=True, text=True)
         assert r.returncode == 0, 'npm ci in tests/node failed:\n' + r.stdout + r.stderr
     return node
