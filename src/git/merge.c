@@ -204,12 +204,39 @@ static bool checkout_holds_tree(const char *workdir, const git_oid *tree_id)
 }
 
 /*
+ * Whether the regular file `full` holds a proper prefix of blob `id`: a
+ * file whose write was cut by a kill (a checkout writes files in place).
+ */
+static bool cut_write_of(git_repository *repo, const git_oid *id, const char *full, off_t size)
+{
+	git_blob *blob = NULL;
+	bool yes = false;
+	FILE *f;
+
+	if (git_blob_lookup(&blob, repo, id) < 0)
+		return false;
+	if ((git_object_size_t)size < git_blob_rawsize(blob) && (f = fopen(full, "rb")) != NULL) {
+		char *buf = malloc((size_t)size + 1);
+		yes = buf && fread(buf, 1, (size_t)size, f) == (size_t)size &&
+		      memcmp(buf, git_blob_rawcontent(blob), (size_t)size) == 0;
+		free(buf);
+		fclose(f);
+	}
+	git_blob_free(blob);
+	return yes;
+}
+
+/*
  * Whether every path in `paths` (relative to `workdir`) holds exactly what
- * `tree` has there, or is absent from both: the trace of a checkout to
- * `tree` killed part-way.  Finishing that checkout loses nothing.
+ * `tree` has there, or is absent from both, except at most one file cut
+ * short (the one being written when the kill came): the trace of a
+ * checkout to `tree` killed part-way.  Finishing that checkout loses
+ * nothing.
  */
 static bool partial_checkout_of(git_tree *tree, const char *workdir, json_t *paths)
 {
+	git_repository *repo = git_tree_owner(tree);
+	int cut = 0;
 	json_t *p;
 	size_t i;
 
@@ -225,6 +252,8 @@ static bool partial_checkout_of(git_tree *tree, const char *workdir, json_t *pat
 		if (in_tree && on_disk && S_ISREG(sb.st_mode)) {
 			git_oid h;
 			same = git_odb_hashfile(&h, full, GIT_OBJECT_BLOB) == 0 && git_oid_equal(&h, git_tree_entry_id(e));
+			if (!same && cut == 0 && cut_write_of(repo, git_tree_entry_id(e), full, sb.st_size))
+				same = ++cut == 1;
 		} else {
 			same = !in_tree && !on_disk;
 		}
@@ -438,11 +467,30 @@ static int merge_update_checkout(struct merge *m)
  * Move the parent's branch to the merge, only if it still points where the
  * merge started (ORCH_ECONFLICT otherwise).  On failure the checkout is put back.
  */
-static int merge_move_branch(struct merge *m)
+/*
+ * Move ref `refname` from `from` to `to` (compare-and-swap), named in an
+ * inflight marker meanwhile: a kill between git taking the ref's lock and
+ * renaming it over the ref leaves <ref>.lock, which the next merge or
+ * start-up removes (orch_git_clear_dead_inflight).  libgit2's code.
+ */
+static int move_ref(orch_git *g, const char *refname, const git_oid *to, const git_oid *from, const char *msg)
 {
 	git_reference *moved = NULL;
-	int err = git_reference_create_matching(&moved, m->g->repo, m->refname, &m->merged, 1, &m->ptip,
-						m->reflog ? m->reflog : m->msg);
+	char *lock = NULL, *marker = NULL;
+	int err;
+
+	if (asprintf(&lock, "%s%s.lock", git_repository_commondir(g->repo), refname) >= 0)
+		marker = orch_git__inflight_begin_lock(g, lock);
+	err = git_reference_create_matching(&moved, g->repo, refname, to, 1, from, msg);
+	orch_git__inflight_end(marker);
+	free(lock);
+	git_reference_free(moved);
+	return err;
+}
+
+static int merge_move_branch(struct merge *m)
+{
+	int err = move_ref(m->g, m->refname, &m->merged, &m->ptip, m->reflog ? m->reflog : m->msg);
 	int rc = 0;
 
 	if (err == GIT_EMODIFIED)
@@ -452,7 +500,6 @@ static int merge_move_branch(struct merge *m)
 		rc = orch_git__fail("update branch");
 	if (rc && m->checkout)
 		checkout_commit(m->workdir, &m->ptip, &m->merged, GIT_CHECKOUT_FORCE, NULL);
-	git_reference_free(moved);
 	return rc;
 }
 
@@ -468,16 +515,13 @@ struct merge_undo {
 static void merge_undo_run(orch_git_effect *fx)
 {
 	struct merge_undo *u = (struct merge_undo *)fx;
-	git_reference *ref = NULL;
 
 	if (u->workdir) {
 		char *marker = orch_git__inflight_begin(fx->g, u->workdir);
 		checkout_commit(u->workdir, &u->old_tip, &u->new_tip, GIT_CHECKOUT_FORCE, NULL);
 		orch_git__inflight_end(marker);
 	}
-	if (git_reference_create_matching(&ref, fx->g->repo, u->refname, &u->old_tip, 1, &u->new_tip,
-					  "orchfs: undo merge") == 0)
-		git_reference_free(ref);
+	move_ref(fx->g, u->refname, &u->old_tip, &u->new_tip, "orchfs: undo merge");
 }
 
 static void merge_undo_release(orch_git_effect *fx)
