@@ -503,3 +503,44 @@ def test_kill_during_run_leaves_main_before_or_after_and_retry_finishes(repo, tm
     assert 'AddressSanitizer' not in log and 'runtime error:' not in log, log
     print('outcomes', outcomes, 'seed', seed)
 
+
+
+def test_retry_records_a_merge_whose_ref_moved_before_the_kill(repo, tmp_path):
+    """The narrowest window, made by hand: the killed call had updated main's checkout and moved the
+    ref (with its reflog mark, as merge.main.run writes it) but had not committed.  The retry records
+    the merge without merging again."""
+    from conftest import Mount
+    mp = tmp_path / 'mnt'
+    mp.mkdir()
+    mount = Mount(repo, mp, tmp_path / 'state', str(tmp_path / 'orchfs.log'))
+    mount.start()
+    try:
+        sid, root = open_session(mount)
+        commit(root['path'], 'r.txt', 'r\n')
+        commit(mount.repo, 'm.txt', 'm\n')
+        q = mount.ok('merge.main.request', {'from_worktree_id': root['id']}, session=sid)
+        mount.ok('merge.main.acquire_lock', {}, session=sid)
+        mount.kill()
+        src = tip(mount.repo, root['branch'])
+        old = tip(mount.repo, 'main')
+        # The merge commit the call made, the checkout, then the ref with its mark.
+        tree = git(mount.repo, 'merge-tree', '--write-tree', 'main', root['branch']).stdout.split()
+        merged = git(mount.repo, '-c', 'user.name=t', '-c', 'user.email=t@e', 'commit-tree', tree[0], '-p', old,
+                     '-p', src, '-m', 'merge').stdout.strip()
+        git(mount.repo, 'read-tree', '-u', '-m', old, merged)
+        git(mount.repo, 'update-ref', '-m', f"orchfs merge.main.run #{q['id']} ({root['branch']} at {src})",
+            'refs/heads/main', merged, old)
+        mount.start()
+        assert mount.ok('merge.main.status', {'request_id': q['id']})['state'] == 'queued'
+        r = mount.ok('merge.main.run', {}, session=sid)
+        assert r['state'] == 'merged' and r['merged_commit'] == merged == tip(mount.repo, 'main')
+        assert status(mount.repo) == ''
+        # Without the mark, a branch already in main is nothing to merge: the item stays queued.
+        commit(root['path'], 'r2.txt', 'r2\n')
+        q2 = mount.ok('merge.main.request', {'from_worktree_id': root['id']}, session=sid)
+        git(mount.repo, 'merge', '-q', '--no-edit', root['branch'])  # the human merged it by hand
+        e = mount.fails('merge.main.run', {}, 'invalid_state', errno.EINVAL, session=sid)
+        assert e['details']['state'] == 'nothing_to_merge'
+        assert mount.ok('merge.main.status', {'request_id': q2['id']})['state'] == 'queued'
+    finally:
+        mount.stop()
