@@ -29,6 +29,7 @@
  * A transaction that fails after the git work (e.g. its COMMIT) undoes the
  * ref and the checkout through the effect registered with orch_txn_git.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,11 +134,11 @@ static int merge_request(orch_ctx *ctx, json_t *p, json_t **result)
 		return rc;
 	if (reviewer) {
 		/* Trimmed; blank means none, as in the reference. */
-		while (*reviewer == ' ' || *reviewer == '\t' || *reviewer == '\n')
+		while (isspace((unsigned char)*reviewer))
 			reviewer++;
 		rev = strdup(reviewer);
 		size_t n = strlen(rev);
-		while (n > 0 && (rev[n - 1] == ' ' || rev[n - 1] == '\t' || rev[n - 1] == '\n'))
+		while (n > 0 && isspace((unsigned char)rev[n - 1]))
 			rev[--n] = '\0';
 	}
 	rc = orch_sql_exec(ctx, "INSERT INTO merge_requests (feature_task_id, status, reviewer_session, notes_json, "
@@ -527,23 +528,31 @@ static int not_queued(json_t *item, const char *verb)
 	return ORCH_EINVALID_STATE;
 }
 
+/*
+ * forbidden unless item `item` is the caller's: the session that queued
+ * it, or the one that owns its worktree now (after taking it over).
+ */
+static int check_item_owner(orch_ctx *ctx, json_t *item, int64_t sid, const char *hint)
+{
+	int64_t owner = 0;
+	int rc = orch_sql_int(ctx, &owner, NULL, "SELECT coalesce(owner_session_id, 0) FROM worktrees WHERE id = ?",
+			      "i", jint(item, "from_worktree_id"));
+
+	if (rc || jint(item, "session_id") == sid || owner == sid)
+		return rc;
+	return orch_error_set(ORCH_EFORBIDDEN, "main-merge request %lld belongs to session %lld, not %lld%s",
+			      (long long)jint(item, "id"), (long long)jint(item, "session_id"), (long long)sid, hint);
+}
+
 static int main_cancel(orch_ctx *ctx, json_t *p, json_t **result)
 {
-	int64_t sid = orch_param_int(p, "session_id", 0), id = orch_param_int(p, "request_id", 0), owner = 0;
+	int64_t sid = orch_param_int(p, "session_id", 0), id = orch_param_int(p, "request_id", 0);
 	json_t *item = NULL;
 	int rc;
 
-	if ((rc = orch_session_require_open(ctx, sid)) != 0 || (rc = orch_main_item_json(ctx, id, &item)) != 0)
+	if ((rc = orch_session_require_open(ctx, sid)) != 0 || (rc = orch_main_item_json(ctx, id, &item)) != 0 ||
+	    (rc = check_item_owner(ctx, item, sid, "")) != 0)
 		goto done;
-	/* The session that queued it, or the one that now owns its worktree (after taking it over). */
-	if ((rc = orch_sql_int(ctx, &owner, NULL, "SELECT coalesce(owner_session_id, 0) FROM worktrees WHERE id = ?",
-			       "i", jint(item, "from_worktree_id"))) != 0)
-		goto done;
-	if (jint(item, "session_id") != sid && owner != sid) {
-		rc = orch_error_set(ORCH_EFORBIDDEN, "main-merge request %lld belongs to session %lld, not %lld",
-				    (long long)id, (long long)jint(item, "session_id"), (long long)sid);
-		goto done;
-	}
 	if (strcmp(jstr(item, "state"), "queued") != 0) {
 		rc = not_queued(item, "cancelled");
 		goto done;
@@ -649,6 +658,11 @@ static int main_run(orch_ctx *ctx, json_t *p, json_t **result)
 	if ((rc = orch_session_require_open(ctx, sid)) != 0 || (rc = check_lock_holder(ctx, sid)) != 0 ||
 	    (rc = item_to_run(ctx, p, &item)) != 0)
 		goto done;
+	/* Each session runs its own items, in queue order unless it names one (SPEC 6.7). */
+	if ((rc = check_item_owner(ctx, item, sid, orch_param_has(p, "request_id") ? "" :
+				   " (it is the oldest queued: its session runs it first, or name one of yours with "
+				   "request_id)")) != 0)
+		goto done;
 	if (strcmp(jstr(item, "state"), "queued") != 0) {
 		rc = not_queued(item, "run");
 		goto done;
@@ -735,7 +749,8 @@ static const orch_param sid_params[] = {
 	{NULL, 0, 0, NULL, NULL},
 };
 static const orch_param run_params[] = {
-	{"session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session holding the main merge lock.", NULL},
+	{"session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session holding the main merge lock, whose request it is.",
+	 NULL},
 	{"request_id", ORCH_P_ID, 0, "The queued request to run (default: the oldest queued).", NULL},
 	{NULL, 0, 0, NULL, NULL},
 };
@@ -796,11 +811,12 @@ const orch_method orch_merge_methods[] = {
 	 "Merge a queued request's branch into its target (the oldest queued unless request_id): computed in memory, "
 	 "fast-forward when possible else a merge commit; the target ref moves only if it still points where the "
 	 "merge started; if the target is checked out in the main worktree, that checkout is updated, only when "
-	 "clean. The caller must hold the main merge lock.",
+	 "clean. The caller must hold the main merge lock, and the request must be its own.",
 	 "the queue item, state merged, merged_commit, with fast_forward and uncommitted (the source worktree's "
 	 "uncommitted paths, which were not merged)",
 	 "{\"session_id\": 1}",
-	 "forbidden (EPERM: the caller does not hold the main merge lock), conflict (EBUSY: the merge conflicts, "
+	 "forbidden (EPERM: the caller does not hold the main merge lock, or the request is another session's), "
+	 "conflict (EBUSY: the merge conflicts, "
 	 "details.paths; the request becomes failed and the message says how to resolve; or the target moved "
 	 "meanwhile: run again), invalid_state (EINVAL: not queued (details.state), main checkout dirty "
 	 "(details.state dirty, details.paths; nothing moves, it stays queued), nothing to merge), not_found "

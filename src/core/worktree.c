@@ -938,18 +938,20 @@ const orch_method orch_worktree_methods[] = {
 	 "task/<session_id>/<worktree_id> from the parent's branch, checked out under <state>/worktrees/.",
 	 "the child worktree", "{\"session_id\": 1, \"parent_worktree_id\": 2}",
 	 "not_found (ENOENT: session, parent, task or base_ref), forbidden (EPERM: the parent belongs to "
-	 "another session), invalid_state (EINVAL: session closed, parent merged or abandoned), exists (EEXIST: "
+	 "another session, or is the main worktree: main is reached only through merge.main.request), invalid_state (EINVAL: session closed, parent merged or abandoned), exists (EEXIST: "
 	 "branch or path taken), invalid_params (EINVAL: bad branch name or path, or one reserved for orchfs)."},
 	{"worktree.merge_to_parent", worktree_merge, ORCH_M_WRITE, child_params,
 	 "Merge the child's branch into its parent's branch with a merge commit (two parents), computed in "
 	 "memory first; the parent's checkout is updated when it has that branch checked out. The child "
 	 "becomes closed / merged_to_parent; its directory and branch are kept.",
-	 "{child_worktree, parent_worktree, result: \"merged_to_parent\", merge_commit}",
+	 "{child_worktree (keeps merge_commit), parent_worktree, result: \"merged_to_parent\", merge_commit, "
+	 "uncommitted: the child's uncommitted paths, not merged}",
 	 "{\"session_id\": 1, \"worktree_id\": 3}",
-	 "conflict (EBUSY: the merge conflicts; details.paths; nothing changed), invalid_state (EINVAL: "
-	 "already merged or nothing new, parent checkout dirty (details.paths), child planned or abandoned, "
-	 "no parent, unmerged children (details.children)), forbidden (EPERM: another session's worktree), "
-	 "not_found (ENOENT)."},
+	 "conflict (EBUSY: the merge conflicts; details.paths; nothing changed; the message says how to "
+	 "resolve), invalid_state (EINVAL: already merged, nothing new (details.state nothing_to_merge), parent "
+	 "checkout dirty (details.paths), child planned or abandoned, no parent, unmerged children "
+	 "(details.children)), forbidden (EPERM: another session's worktree, or the parent is the main worktree: "
+	 "use merge.main.request), not_found (ENOENT). Errors of the merge carry details.uncommitted."},
 	{"worktree.abandon", worktree_abandon, ORCH_M_WRITE, child_params,
 	 "Give up a child worktree so it no longer blocks its parent: a planned, missing, or clean active "
 	 "child gets status abandoned; its checkout and git metadata are removed, its branch is kept.",

@@ -218,13 +218,23 @@ def test_order_oldest_first_unless_named(mount):
     for i, (sid, root) in enumerate(sessions):
         commit(root['path'], f'f{i}.txt', f'{i}\n')
         items.append(mount.ok('merge.main.request', {'from_worktree_id': root['id']}, session=sid)['id'])
-    runner = sessions[0][0]
-    mount.ok('merge.main.acquire_lock', {}, session=runner)
-    # The lock holder runs the queue: a named item first, then the rest oldest first.
-    assert mount.ok('merge.main.run', {'request_id': items[2]}, session=runner)['id'] == items[2]
+    (s0, _), (s1, _), (s2, _) = sessions
+    # The third session holds the lock: it may run its own item by name, ahead of the queue.
+    mount.ok('merge.main.acquire_lock', {}, session=s2)
+    assert mount.ok('merge.main.run', {'request_id': items[2]}, session=s2)['id'] == items[2]
     assert [i['id'] for i in mount.read_json('merge', 'main', 'queue.json')] == items[:2]
-    assert mount.ok('merge.main.run', {}, session=runner)['id'] == items[0]
-    assert mount.ok('merge.main.run', {}, session=runner)['id'] == items[1]
+    # Unnamed, it is the oldest queued: another session's, so not for it to run.
+    v = mount.db_version()
+    e = mount.fails('merge.main.run', {}, 'forbidden', errno.EPERM, session=s2)
+    assert f'request {items[0]}' in e['message']
+    mount.fails('merge.main.run', {'request_id': items[1]}, 'forbidden', errno.EPERM, session=s2)
+    assert mount.db_version() == v
+    mount.ok('merge.main.release_lock', {}, session=s2)
+    for sid, item in ((s0, items[0]), (s1, items[1])):
+        mount.ok('merge.main.acquire_lock', {}, session=sid)
+        assert mount.ok('merge.main.next')['id'] == item
+        assert mount.ok('merge.main.run', {}, session=sid)['id'] == item
+        mount.ok('merge.main.release_lock', {}, session=sid)
     for i in range(3):
         assert os.path.exists(os.path.join(mount.repo, f'f{i}.txt'))
     assert status(mount.repo) == ''
@@ -243,6 +253,8 @@ def test_lock_expiry_and_takeover(mount):
     mount.fails('merge.main.acquire_lock', {}, 'conflict', errno.EBUSY, session=b)
     mount.fails('merge.main.release_lock', {}, 'forbidden', errno.EPERM, session=b)
     assert mount.read_json('merge', 'main', 'lock.json')['holder_session_id'] == a
+    with open(mount.p('merge', 'main', 'lock.json'), 'rb') as f:
+        assert os.fstat(f.fileno()).st_size == len(f.read())
     v = mount.db_version()
     time.sleep(2.3)
     # Expiry is real time: lock.json shows it with no write in between.
