@@ -695,7 +695,8 @@ static int main_run(orch_ctx *ctx, json_t *p, json_t **result)
 		if (rc == ORCH_ECONFLICT)
 			conflict_fails_item(ctx, item, wt, branch);
 		if (rc) {
-			orch_error_detail_add("uncommitted", json_incref(uncommitted));
+			if (json_array_size(uncommitted))
+				orch_error_detail_add("uncommitted", json_incref(uncommitted));
 			goto done;
 		}
 		orch_txn_git(ctx, fx);

@@ -169,10 +169,13 @@ def test_dirty_main_checkout_blocks_and_nothing_moves(mount):
     mount.ok('merge.main.acquire_lock', {}, session=sid)
     with open(os.path.join(mount.repo, 'README'), 'a') as f:
         f.write('unsaved human edit\n')
+    with open(os.path.join(root['path'], 'wip.txt'), 'w') as f:
+        f.write('agent scratch\n')
     before = main_state(mount.repo)
     v = mount.db_version()
     e = mount.fails('merge.main.run', {}, 'invalid_state', errno.EINVAL, session=sid)
     assert e['details']['state'] == 'dirty' and e['details']['paths'] == ['README']
+    assert e['details']['uncommitted'] == ['wip.txt']  # the source's, told with any error
     assert main_state(mount.repo) == before
     assert mount.db_version() == v
     assert mount.ok('merge.main.status', {'request_id': q['id']})['state'] == 'queued'
@@ -325,6 +328,7 @@ def test_every_rule_typed_error_changes_nothing(mount):
     e = mount.fails('merge.main.request', {'from_worktree_id': ra['id']}, 'invalid_state', errno.EINVAL, session=a)
     assert e['details']['state'] == 'dirty' and e['details']['paths'] == ['a.txt']
     assert sorted(e['details']['uncommitted']) == ['a.txt', 'scratch.txt']
+    assert mount.db_version() == v and main_state(mount.repo) == before
     git(ra['path'], 'checkout', '-q', 'a.txt')
     # A live child blocks.
     child = mount.ok('worktree.spawn', {'parent_worktree_id': ra['id'], 'create_on_disk': False}, session=a)
