@@ -31,8 +31,9 @@ static atomic_ullong inflight_seq;
  * <state>/inflight/<pid>-<seq>: if the process is killed there, git's
  * index.lock in that checkout is its own, and orch_git_clear_dead_inflight()
  * can remove it without guessing.  The marker is fsynced before git starts.
+ * A marker holds the checkout's path, or LOCK_PREFIX and the path of a lock
+ * file the operation may leave (a ref's <refname>.lock).
  */
-/* A marker naming `what`: a checkout, or LOCK_PREFIX and a lock file. */
 static char *inflight_write(orch_git *g, const char *prefix, const char *what)
 {
 	unsigned long long seq = atomic_fetch_add(&inflight_seq, 1);
