@@ -694,6 +694,12 @@ static int main_run(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = orch_git_merge_branch(ctx->git, target, ctx->repo_path, branch, &opts, hex, &ff, &fx);
 		if (rc == ORCH_ECONFLICT)
 			conflict_fails_item(ctx, item, wt, branch);
+		if (rc == ORCH_EINVALID_STATE &&
+		    strcmp(jstr(orch_error_last()->details, "state"), "nothing_to_merge") == 0) {
+			orch_error_set(rc, "\"%s\" already contains all of \"%s\": request %lld has nothing to merge; "
+				       "cancel it with merge.main.cancel", target, branch, (long long)jint(item, "id"));
+			orch_error_detail("state", json_string("nothing_to_merge"));
+		}
 		if (rc) {
 			if (json_array_size(uncommitted))
 				orch_error_detail_add("uncommitted", json_incref(uncommitted));
