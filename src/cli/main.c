@@ -20,7 +20,7 @@ static void usage(FILE *f)
 	fputs("usage:\n"
 	      "  orchfs mount [--repo DIR] [--state DIR] [-f] [-d] [-s] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
-	      "  orchfs call [--repo DIR] [--state DIR] METHOD [JSON]\n"
+	      "  orchfs call [--repo DIR] [--state DIR] [--session ID] METHOD [JSON]\n"
 	      "  orchfs methods [--json]\n",
 	      f);
 }
@@ -28,6 +28,7 @@ static void usage(FILE *f)
 typedef struct {
 	const char *repo;
 	const char *state;
+	long long session; /* call: as through sessions/<id>/ctl/ (0: ctl/) */
 	bool foreground;
 	bool debug;
 	bool single_thread;
@@ -44,7 +45,14 @@ static int parse(int argc, char **argv, cli_args *a)
 			a->repo = argv[++i];
 		else if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
 			a->state = argv[++i];
-		else if (strcmp(argv[i], "-f") == 0)
+		else if (strcmp(argv[i], "--session") == 0 && i + 1 < argc) {
+			char *end;
+			a->session = strtoll(argv[++i], &end, 10);
+			if (*end || a->session <= 0) {
+				fprintf(stderr, "orchfs: --session takes a session id, got %s\n", argv[i]);
+				return -1;
+			}
+		} else if (strcmp(argv[i], "-f") == 0)
 			a->foreground = true;
 		else if (strcmp(argv[i], "-d") == 0)
 			a->debug = a->foreground = true;
@@ -79,7 +87,15 @@ static int cmd_call(cli_args *a)
 		return 1;
 	}
 	const char *body = a->argc == 2 ? a->argv[1] : "{}";
-	rc = orch_call_text(&ctx, a->argv[0], body, strlen(body), 0, &reply);
+	const orch_method *m = orch_method_find(a->argv[0]);
+	if (a->session && m && !orch_method_takes_session(m)) {
+		fprintf(stderr, "orchfs: %s takes no session: call it without --session\n", m->name);
+		orch_ctx_close(&ctx);
+		return 2;
+	}
+	/* --session: the call sessions/<id>/ctl/<method> would make, and its reply is remembered there. */
+	ctx.remember = a->session > 0;
+	rc = orch_call_text(&ctx, a->argv[0], body, strlen(body), (int64_t)a->session, &reply);
 	fputs(reply, stdout);
 	if (rc)
 		fprintf(stderr, "orchfs: %s: %s\n", orch_error_name(rc), orch_error_last()->message);

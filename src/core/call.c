@@ -158,7 +158,9 @@ static int apply_implied(const orch_method *m, json_t *params, int64_t session_i
 			continue;
 		json_t *want = i == 2 ? json_sprintf("%lld", (long long)session_id) : json_integer(session_id);
 		json_t *have = json_object_get(params, names[i]);
-		if (have && !json_equal(have, want)) {
+		/* owner_session may be given as the session's id, a JSON integer. */
+		bool same_id = i == 2 && json_is_integer(have) && json_integer_value(have) == session_id;
+		if (have && !same_id && !json_equal(have, want)) {
 			char *h = json_dumps(have, JSON_ENCODE_ANY);
 			orch_error_set(ORCH_EINVALID_PARAMS,
 				       "%s is implied by sessions/%lld/ctl/ and must be %s%lld%s, got %s", names[i],
@@ -280,6 +282,14 @@ static int store_reply(orch_ctx *ctx, const char *call_id, const char *method, c
 
 	return rc ? rc : orch_sql_exec(ctx, "UPDATE mirror_meta SET updated_at = max(updated_at, ?) WHERE id = 1",
 				       "i", ctx->now);
+}
+
+/* Remember a session ctl file's reply inside the open transaction (see orch_remember_reply). */
+static int remember_here(orch_ctx *ctx, int64_t session_id, const char *method, const char *reply)
+{
+	return orch_sql_exec(ctx, "INSERT INTO ctl_replies (session_id, method, reply, updated_at) VALUES "
+			     "(?1, ?2, ?3, ?4) ON CONFLICT (session_id, method) DO UPDATE SET reply = ?3, "
+			     "updated_at = ?4", "issi", session_id, method, reply, ctx->now);
 }
 
 /* Store an error reply in its own transaction (the method's was rolled back). */
@@ -426,6 +436,12 @@ static int run_body(orch_ctx *ctx, const orch_method *m, json_t *params, const c
 	}
 	if (call_id && (rc = store_reply(ctx, call_id, m->name, canon, *reply)) != 0)
 		goto fail;
+	/* A success and its remembered copy commit together. */
+	if (ctx->remember && session_id > 0 && (m->flags & ORCH_M_WRITE)) {
+		if ((rc = remember_here(ctx, session_id, m->name, *reply)) != 0)
+			goto fail;
+		ctx->remembered = true;
+	}
 	return 0;
 fail:
 	json_decref(result);
@@ -438,6 +454,7 @@ fail:
 /* A call failed and its transaction (or savepoint) is rolled back: undo its git effects, the error reply. */
 static void failed(orch_ctx *ctx, const char *call_id, char **reply)
 {
+	ctx->remembered = false; /* rolled back with the call */
 	if (ctx->undo) {
 		/* Undoing may itself record errors; the reply is about the call's. */
 		saved_error saved = error_save();
@@ -776,6 +793,7 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 	orch_error_clear();
 	*reply = NULL;
 	ctx->now = orch_now_ms();
+	ctx->remembered = false;
 	m = orch_method_find(name);
 	if (!m) {
 		rc = orch_error_set(ORCH_ENOTFOUND, "unknown method \"%s\" (the methods: ls ctl/, or orchfs methods)",
@@ -823,9 +841,57 @@ fail:
 		ctx->git = git;
 	}
 done:
+	/* Failures, replays and reads: the remembered reply is a write of its own. */
+	if (ctx->remember && session_id > 0 && m && !ctx->remembered && *reply)
+		orch_remember_reply(ctx->env, session_id, m->name, *reply);
 	json_decref(params);
 	free(canon);
 	return rc;
+}
+
+/* The internal method behind orch_remember_reply: one upsert, no db_version bump. */
+static int remember_fn(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	(void)result;
+	ctx->unchanged = true;
+	return remember_here(ctx, orch_param_int(p, "session_id", 0), orch_param_str(p, "method", ""),
+			     orch_param_str(p, "reply", ""));
+}
+
+static const orch_method remember_method = {"(remember reply)", remember_fn, ORCH_M_WRITE, NULL, NULL, NULL,
+					    NULL, NULL};
+
+void orch_remember_reply(orch_env *env, int64_t session_id, const char *method, const char *reply)
+{
+	saved_error saved = error_save();
+	json_t *p = json_pack("{s:I, s:s, s:s}", "session_id", (json_int_t)session_id, "method", method, "reply",
+			      reply);
+	char *ignored = NULL;
+	orch_ctx ctx;
+
+	orch_ctx_init(&ctx, env, NULL, NULL);
+	if (run_on_lane(&ctx, &remember_method, p, NULL, NULL, 0, &ignored) != 0)
+		orch_log("could not remember the reply of %s for session %lld: %s", method, (long long)session_id,
+			 orch_error_last()->message);
+	free(ignored);
+	json_decref(p);
+	error_restore(&saved);
+}
+
+char *orch_remembered_reply(orch_ctx *ctx, int64_t session_id, const char *method)
+{
+	sqlite3_stmt *st = orch_sql(ctx, "SELECT reply FROM ctl_replies WHERE session_id = ? AND method = ?", "is",
+				    session_id, method);
+	char *out = NULL;
+
+	if (!st) {
+		orch_error_clear();
+		return NULL;
+	}
+	if (sqlite3_step(st) == SQLITE_ROW)
+		out = strdup((const char *)sqlite3_column_text(st, 0));
+	sqlite3_reset(st);
+	return out;
 }
 
 int orch_call_text(orch_ctx *ctx, const char *method, const char *text, size_t len, int64_t session_id,
@@ -844,6 +910,8 @@ int orch_call_text(orch_ctx *ctx, const char *method, const char *text, size_t l
 	}
 	if (rc) {
 		*reply = orch_reply_error(NULL);
+		if (ctx->remember && session_id > 0 && orch_method_find(method))
+			orch_remember_reply(ctx->env, session_id, method, *reply);
 		return rc;
 	}
 	rc = orch_call(ctx, method, req, session_id, reply);

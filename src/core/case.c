@@ -466,17 +466,20 @@ static int requester_is_free(orch_ctx *ctx, int64_t req)
 static int not_a_candidate(orch_ctx *ctx, json_t *tsess, int64_t timeout)
 {
 	const char *status = json_string_value(json_object_get(tsess, "status"));
-	int64_t id = json_integer_value(json_object_get(tsess, "id")), seen = 0, ref;
-	bool has_ref;
+	int64_t id = json_integer_value(json_object_get(tsess, "id")), seen = 0, ref, own;
+	bool has_ref, live = false;
 
+	own = json_integer_value(json_object_get(tsess, "heartbeat_timeout_seconds"));
+	if (own <= 0)
+		own = ORCH_HEARTBEAT_WINDOW;
 	if (strcmp(status, "active_new") && strcmp(status, "active_resume") && strcmp(status, "handoff_attached")) {
 		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: its status is %s",
 			       (long long)id, status);
-	} else if (orch_sql_int(ctx, &seen, NULL, "SELECT ? - last_seen_at FROM sessions WHERE id = ?", "ii",
-				ctx->now, id) == 0 && seen <= timeout * 1000) {
-		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: its last heartbeat is "
-			       "%.1fs old, not older than %llds", (long long)id, (double)seen / 1000.0,
-			       (long long)timeout);
+	} else if (orch_session_live(ctx, id, timeout, &live, NULL, &seen) == 0 && live) {
+		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: it is live (last heard "
+			       "from %.1fs ago, within its heartbeat window of %llds%s)", (long long)id,
+			       (double)seen / 1000.0, (long long)(timeout > own ? timeout : own),
+			       timeout > own ? ", as lengthened by the requester" : "");
 	} else if (orch_sql_int(ctx, &ref, &has_ref, "SELECT id FROM current_refs WHERE session_id = ? AND "
 				"status = 'active'", "i", id) == 0 && !has_ref) {
 		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: it has no active "
@@ -499,7 +502,7 @@ static int candidates_attach(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t req = orch_param_int(p, "requester_session_id", 0);
 	int64_t target = orch_param_int(p, "target_session_id", 0);
-	int64_t timeout, stored, prior;
+	int64_t timeout, prior;
 	json_t *tsess = NULL, *cands = NULL, *ref = NULL;
 	bool found, candidate = false;
 	char req_owner[32], target_owner[32];
@@ -530,19 +533,13 @@ static int candidates_attach(orch_ctx *ctx, json_t *p, json_t **result)
 				    (long long)target, (long long)prior);
 		goto done;
 	}
-	if (timeout <= 0) {
-		if ((rc = orch_sql_int(ctx, &stored, NULL, "SELECT coalesce(heartbeat_timeout_seconds, 0) FROM "
-				       "sessions WHERE id = ?", "i", req)) != 0)
-			goto done;
-		timeout = stored;
-	}
 	if ((rc = orch_resume_candidates(ctx, req, timeout, &cands)) != 0)
 		goto done;
 	for (size_t i = 0; i < json_array_size(cands); i++)
 		candidate |= json_integer_value(json_object_get(json_object_get(json_array_get(cands, i),
 										"session"), "id")) == target;
 	if (!candidate) {
-		rc = not_a_candidate(ctx, tsess, timeout > 0 ? timeout : 60);
+		rc = not_a_candidate(ctx, tsess, timeout);
 		goto done;
 	}
 	if ((rc = orch_current_ref_json(ctx, target, &ref)) != 0)
@@ -626,8 +623,8 @@ static const orch_param ack_params[] = {
 static const orch_param attach_params[] = {
 	{"requester_session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session taking over.", NULL},
 	{"target_session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The suspended session.", NULL},
-	{"heartbeat_timeout_seconds", ORCH_P_INT, 0, "Heartbeat age that makes the target a candidate "
-	 "(default: the requester's session.open value, else 60).", NULL},
+	{"heartbeat_timeout_seconds", ORCH_P_INT, 0, "Lengthen the target's own heartbeat window to this "
+	 "many seconds (never shortens it; default: the target's own window).", NULL},
 	{NULL, 0, 0, NULL, NULL},
 };
 

@@ -1,0 +1,270 @@
+"""Agents that cannot be misled (issue 11): liveness the session controls,
+lock ownership without an owner key, replies that belong to their request,
+ctl_errors "reply", ENOENT for names that are no method, the task lifecycle,
+sessions without a checkout and their clean-up."""
+import errno
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import git
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def sh(cmd, cwd=None, env=None):
+    return subprocess.run(['bash', '-c', cmd], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def session(mount, **params):
+    params.setdefault('agent_role', 'implementer')
+    params.setdefault('owner', 'alice')
+    return mount.ok('session.open', params)['session_context']['session']['id']
+
+
+def hold_a_case(mount, sid):
+    case = mount.ok('task.create', {'level': 'case', 'title': 'c'})['id']
+    mount.ok('case.begin', {'case_id': case}, session=sid)
+    return case
+
+
+def candidate_ids(mount, requester, **params):
+    return [c['session']['id'] for c in
+            mount.ok('resume.candidates.list', dict(params, requester_session_id=requester))]
+
+
+# ---- 1. liveness belongs to the session ----
+
+def test_live_session_with_long_window_is_never_a_candidate(mount):
+    a = session(mount, heartbeat_timeout_seconds=600)
+    hold_a_case(mount, a)
+    b = mount.ok('session.open', {'intent': 'resume_work', 'heartbeat_timeout_seconds': 1})['session']['id']
+    time.sleep(2)
+    # Whatever the requester asks, a's own 600 s window decides.
+    assert a not in candidate_ids(mount, b)
+    assert a not in candidate_ids(mount, b, heartbeat_timeout_seconds=1)
+    e = mount.fails('resume.candidates.attach', {'requester_session_id': b, 'target_session_id': a,
+                                                 'heartbeat_timeout_seconds': 1}, 'invalid_state', errno.EINVAL)
+    assert '600' in e['message'], e
+    s = mount.read_json('sessions', str(a), 'session.json')
+    assert s['heartbeat_timeout_seconds'] == 600 and s['stale'] is False
+    assert s['heartbeat_age_seconds'] >= 2
+
+
+def test_short_window_makes_a_candidate_and_a_requester_can_only_lengthen(mount):
+    a = session(mount, heartbeat_timeout_seconds=1)
+    hold_a_case(mount, a)
+    b = mount.ok('session.open', {'intent': 'resume_work'})['session']['id']
+    time.sleep(1.6)
+    assert mount.read_json('sessions', str(a), 'session.json')['stale'] is True
+    assert a in candidate_ids(mount, b)
+    # A requester that wants to wait longer may.
+    assert a not in candidate_ids(mount, b, heartbeat_timeout_seconds=600)
+    # Reads are no heartbeat; a heartbeat is.
+    mount.read_json('sessions', str(a), 'context.json')
+    mount.ok('session.context', {}, session=a)
+    assert a in candidate_ids(mount, b)
+    assert sh(f'touch {mount.p("sessions", str(a), "heartbeat")}').returncode == 0
+    assert a not in candidate_ids(mount, b)
+    assert mount.read_json('sessions', str(a), 'session.json')['stale'] is False
+
+
+def test_default_window_is_120_and_documented(mount):
+    a = session(mount)
+    assert mount.read_json('sessions', str(a), 'session.json')['heartbeat_timeout_seconds'] == 120
+    usage = open(mount.p('ctl', 'session.open')).read()
+    assert 'default 120' in usage and 'reads do not count' in usage
+    readme = open(mount.p('README.md')).read()
+    assert 'Reads do not count as heartbeats' in ' '.join(readme.split())
+
+
+# ---- 2. lock ownership ----
+
+def test_anonymous_global_release_and_heartbeat_refused(mount):
+    a = session(mount)
+    lock = mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'a.txt'}, session=a)
+    for method in ('lock.release', 'lock.heartbeat'):
+        e = mount.fails(method, {'lock_id': lock['id']}, 'invalid_params', errno.EINVAL)
+        assert 'owner_session' in e['message'] and 'sessions/<id>/ctl/' in e['message']
+    assert mount.read_json('locks', f'{lock["id"]}.json')['state'] == 'active'
+    # A wrong owner is forbidden, and the lock is still active.
+    b = session(mount, owner='bob')
+    mount.fails('lock.release', {'lock_id': lock['id']}, 'forbidden', errno.EPERM, session=b)
+    mount.fails('lock.release', {'lock_id': lock['id'], 'owner_session': str(b)}, 'forbidden', errno.EPERM)
+    mount.fails('lock.heartbeat', {'lock_id': lock['id'], 'owner_session': b}, 'forbidden', errno.EPERM)
+    assert mount.read_json('locks', f'{lock["id"]}.json')['state'] == 'active'
+    # owner_session as a JSON integer is the session.
+    assert mount.ok('lock.heartbeat', {'lock_id': lock['id'], 'owner_session': a})['owner_session'] == str(a)
+    assert mount.ok('lock.release', {'lock_id': lock['id'], 'owner_session': a})['state'] == 'released'
+
+
+def test_conflict_names_the_holder_in_words(mount):
+    a = session(mount)
+    b = session(mount, owner='bob')
+    mount.ok('lock.acquire', {'scope_type': 'prefix', 'scope_path': 'src'}, session=a)
+    e = mount.fails('lock.acquire', {'scope_type': 'file', 'scope_path': 'src/x.c'}, 'conflict', errno.EBUSY,
+                    session=b)
+    assert f'held by session {a} (implementer, alice) until' in e['message'], e
+    assert 'held by "' not in e['message']
+
+
+def test_forced_release_of_a_dead_owners_lock_is_recorded(mount):
+    a = session(mount, heartbeat_timeout_seconds=600)
+    b = session(mount, owner='bob')
+    lock = mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'a.txt'}, session=a)['id']
+    # a is live: force is refused, and force needs a reason.
+    mount.fails('lock.release', {'lock_id': lock, 'force': True}, 'invalid_params', errno.EINVAL, session=b)
+    e = mount.fails('lock.release', {'lock_id': lock, 'force': True, 'reason': 'stuck'}, 'forbidden', errno.EPERM,
+                    session=b)
+    assert 'live' in e['message']
+    assert mount.read_json('locks', f'{lock}.json')['state'] == 'active'
+    # Taken over or closed: not live.  (Closing would release it; a taken-over session keeps nothing,
+    # so make the owner silent past its own window instead.)
+    c = session(mount, heartbeat_timeout_seconds=1, owner='carol')
+    lock2 = mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'b.txt', 'ttl_seconds': 3600},
+                     session=c)['id']
+    time.sleep(1.5)
+    assert mount.read_json('sessions', str(c), 'session.json')['stale'] is True
+    r = mount.ok('lock.release', {'lock_id': lock2, 'force': True, 'reason': 'carol went silent'}, session=b)
+    assert r['state'] == 'released' and r['released_by'] == str(b) and r['release_forced'] is True
+    assert r['release_reason'] == 'carol went silent' and 'released_at' in r
+    assert not os.path.exists(mount.p('locks', f'{lock2}.json'))
+    # The owner coming back is told who freed it and why.
+    e = mount.fails('lock.heartbeat', {'lock_id': lock2}, 'not_found', errno.ENOENT, session=c)
+    assert f'by force by session {b} (implementer, bob)' in e['message'] and 'carol went silent' in e['message']
+    # A free-text owner is no session whose liveness is known.
+    lock3 = mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'c.txt', 'owner_session': 'ci'})['id']
+    mount.fails('lock.release', {'lock_id': lock3, 'force': True, 'reason': 'x'}, 'forbidden', errno.EPERM,
+                session=b)
+
+
+# ---- 3. a reply belongs to its request ----
+
+def write_raw(path, data):
+    """One open, one write, one close; errors of write and close returned, not raised."""
+    fd = os.open(path, os.O_WRONLY)
+    errs = []
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        errs.append(e.errno)
+    try:
+        os.close(fd)
+    except OSError as e:
+        errs.append(e.errno)
+    return errs
+
+
+def test_truncated_write_never_reads_back_an_older_reply(mount):
+    a = session(mount)
+    ctl = mount.p('sessions', str(a), 'ctl', 'lock.acquire')
+    assert write_raw(ctl, b'{"scope_type": "file", "scope_path": "one.txt"}') == []
+    first = json.loads(open(ctl).read())
+    assert first['result']['scope_path'] == 'one.txt'
+    # Truncated: the close fails, and the file reads back this request's error, not one.txt's lock.
+    assert write_raw(ctl, b'{"scope_type": "file", "scope_pa') == [errno.EINVAL]
+    back = json.loads(open(ctl).read())
+    assert back['error']['code'] == 'invalid_json' and 'incomplete request' in back['error']['message'], back
+    # White space only: a note that nothing was run.
+    assert write_raw(ctl, b'\n') == []
+    back = json.loads(open(ctl).read())
+    assert 'nothing was run' in back['note'] and 'result' not in back and 'error' not in back
+    # Malformed JSON and a failed call replace it too.
+    write_raw(ctl, b'{"scope_type": }')
+    assert json.loads(open(ctl).read())['error']['code'] == 'invalid_json'
+    write_raw(ctl, b'{"scope_type": "file"}')
+    assert json.loads(open(ctl).read())['error']['code'] == 'invalid_params'
+    # stat's size is what a read returns.
+    assert os.stat(ctl).st_size == len(open(ctl, 'rb').read())
+    # The global ctl/ file has no memory: its usage.
+    assert open(mount.p('ctl', 'lock.acquire')).read().startswith('lock.acquire')
+
+
+def test_remembered_replies_live_in_the_database(mount, tmp_path):
+    a = session(mount)
+    mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'kept.txt'}, session=a)
+    ctl = mount.p('sessions', str(a), 'ctl', 'lock.acquire')
+    assert json.loads(open(ctl).read())['result']['scope_path'] == 'kept.txt'
+    # A second daemon on the same state shows the same remembered reply.
+    from conftest import Mount
+    mp2 = tmp_path / 'mnt2'
+    mp2.mkdir()
+    m2 = Mount(mount.repo, mp2, mount.state, str(tmp_path / 'orchfs2.log'))
+    m2.start()
+    try:
+        assert json.loads(open(m2.p('sessions', str(a), 'ctl', 'lock.acquire')).read())['result'][
+            'scope_path'] == 'kept.txt'
+        # A read method through the session ctl is remembered too.
+        m2.ok('session.context', {}, session=a)
+        assert json.loads(open(mount.p('sessions', str(a), 'ctl', 'session.context')).read())['result'][
+            'session']['id'] == a
+    finally:
+        m2.stop()
+    # `orchfs call --session` is the same path.
+    r = mount.orchfs_call('lock.acquire', {'scope_type': 'file', 'scope_path': 'cli.txt'}, session=a)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(open(ctl).read())['result']['scope_path'] == 'cli.txt'
+    r = mount.orchfs_call('lock.acquire', '{"scope_type": ', session=a)
+    assert r.returncode == 1
+    assert json.loads(open(ctl).read())['error']['code'] == 'invalid_json'
+    assert mount.orchfs_call('task.create', {'level': 'x', 'title': 'y'}, session=a).returncode == 2
+
+
+# ---- 4. ctl_errors: "reply" ----
+
+def test_ctl_errors_reply_python_and_node(mount, tmp_path):
+    a = session(mount, ctl_errors='reply')
+    ctl = pathlib.Path(mount.p('sessions', str(a), 'ctl', 'case.begin'))
+    # not_found would be ENOENT ("No such file or directory"): here the write succeeds.
+    ctl.write_text('{"case_id": 99}')
+    back = json.loads(ctl.read_text())
+    assert back['error']['code'] == 'not_found' and '99' in back['error']['message']
+    node = tmp_path / 'w.js'
+    node.write_text(f'''
+const fs = require('fs');
+fs.writeFileSync({json.dumps(str(ctl))}, '{{"case_id": 77}}');
+process.stdout.write(fs.readFileSync({json.dumps(str(ctl))}, 'utf8'));
+''')
+    r = subprocess.run(['node', str(node)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)['error']['code'] == 'not_found' and '77' in r.stdout
+    # Under sh, no "I/O error": the write succeeds and the reply says what went wrong.
+    r = sh(f"echo '{{\"case_id\": 5}}' > {ctl} && cat {ctl}")
+    assert r.returncode == 0 and json.loads(r.stdout)['error']['code'] == 'not_found'
+    # The default stays errno, and ctl/ is always errno.
+    b = session(mount)
+    with pytest.raises(FileNotFoundError):
+        pathlib.Path(mount.p('sessions', str(b), 'ctl', 'case.begin')).write_text('{"case_id": 99}')
+    with pytest.raises(FileNotFoundError):
+        pathlib.Path(mount.p('ctl', 'task.get')).write_text('{"task_id": 99}')
+    mount.fails('session.open', {'ctl_errors': 'never'}, 'invalid_params', errno.EINVAL)
+
+
+# ---- 5. names that do not exist ----
+
+def test_names_that_are_no_method_are_enoent(mount):
+    a = session(mount)
+    for d in (mount.p('ctl'), mount.p('sessions', str(a), 'ctl')):
+        with pytest.raises(FileNotFoundError):
+            os.open(os.path.join(d, 'task.creat'), os.O_WRONLY | os.O_CREAT, 0o644)
+        with pytest.raises(FileNotFoundError):
+            open(os.path.join(d, 'task.creat'), 'w')
+        with pytest.raises(FileNotFoundError):
+            os.open(os.path.join(d, 'task.creat'), os.O_RDONLY)
+    # Elsewhere the tree stays read-only.
+    with pytest.raises(OSError) as e:
+        open(mount.p('tasks', 'x.json'), 'w')
+    assert e.value.errno == errno.EROFS
+
+
+def test_orchctl_help_and_unknown_method(mount):
+    orchctl = os.path.join(ROOT, 'scripts', 'orchctl')
+    r = subprocess.run([orchctl, '--help'], capture_output=True, text=True)
+    assert r.returncode == 0 and 'usage: orchctl' in r.stdout
+    r = subprocess.run([orchctl, '--mount', mount.path, 'task.creat', '{}'], capture_output=True, text=True)
+    assert r.returncode != 0 and f'unknown method task.creat; ls {mount.path}/ctl' in r.stderr
