@@ -310,7 +310,7 @@ static const char *ptype_name(orch_ptype t)
 	static const char *const names[] = {
 		[ORCH_P_ID] = "id", [ORCH_P_INT] = "int", [ORCH_P_STR] = "string", [ORCH_P_BOOL] = "bool",
 		[ORCH_P_JSON] = "json", [ORCH_P_STRS] = "strings", [ORCH_P_PATHS] = "paths",
-		[ORCH_P_PATH] = "path", [ORCH_P_OBJS] = "objects",
+		[ORCH_P_PATH] = "path", [ORCH_P_OBJS] = "objects", [ORCH_P_OWNER] = "owner",
 	};
 	return names[t];
 }
