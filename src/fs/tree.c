@@ -62,7 +62,9 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_TASKS_DIR] = {K_TASKS_DIR, K_ROOT, "tasks", NULL, T_DIR},
 	[K_TASK_DIR] = {K_TASK_DIR, K_TASKS_DIR, NULL, "", T_DIR,
 			.coll = ORCH_COLL_TASKS},
-	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json, .doc = "the task", .deps = "tasks#"},
+	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json,
+			 .doc = "the task (held_by: the session holding the case; last_checkpoint_id)",
+			 .deps = "tasks# current_refs checkpoints"},
 
 	/* case lifecycle */
 	[K_STEPS_JSON] = {K_STEPS_JSON, K_TASK_DIR, "steps.json", NULL, T_FILE,

@@ -268,3 +268,67 @@ def test_orchctl_help_and_unknown_method(mount):
     assert r.returncode == 0 and 'usage: orchctl' in r.stdout
     r = subprocess.run([orchctl, '--mount', mount.path, 'task.creat', '{}'], capture_output=True, text=True)
     assert r.returncode != 0 and f'unknown method task.creat; ls {mount.path}/ctl' in r.stderr
+
+
+# ---- 6. task lifecycle ----
+
+def test_assigned_case_is_not_handed_to_another_session(mount):
+    a = session(mount)
+    b = session(mount, owner='bob')
+    mine = mount.ok('task.create', {'level': ' Case ', 'title': 'for a', 'assignee_session': a,
+                                    'priority': 5})['id']
+    assert mount.ok('task.get', {'task_id': mine})['level'] == 'case'
+    theirs = mount.ok('task.create', {'level': 'case', 'title': 'for b', 'assignee_session': str(b)})['id']
+    # b never gets a's case, even though it has the higher priority.
+    r = mount.ok('work.current_ref', {}, session=b)
+    assert r['current_ref']['node_id'] == theirs
+    # With b's case taken, b gets nothing more: a's case stays a's.
+    mount.ok('task.update', {'task_id': theirs, 'status': 'done'}, session=b)
+    assert mount.ok('resume.next', {}, session=b) == {}
+    assert mount.ok('work.current_ref', {}, session=b)['source'] == 'none'
+    r = mount.ok('resume.next', {}, session=a)
+    assert r['task']['id'] == mine
+    # An unassigned case is anyone's; the caller's own assigned case comes first.
+    anyone = mount.ok('task.create', {'level': 'case', 'title': 'anyone', 'priority': 9})['id']
+    c = session(mount, owner='carol')
+    mount.ok('task.create', {'level': 'case', 'title': 'for c', 'assignee_session': c})
+    assert mount.ok('work.current_ref', {}, session=c)['task']['title'] == 'for c'
+    assert mount.ok('work.current_ref', {}, session=b)['current_ref']['node_id'] == anyone
+
+
+def test_task_update_and_holding(mount):
+    a = session(mount)
+    b = session(mount, owner='bob')
+    case = hold_a_case(mount, a)
+    t = mount.read_json('tasks', str(case), 'task.json')
+    assert t['held_by'] == a and t['status'] == 'in_progress'
+    assert t['last_checkpoint_id'] == mount.read_json('tasks', str(case), 'checkpoints.json')[-1]['id']
+    assert mount.read_json('tasks', str(case), 'checkpoints.json')[-1]['session_id'] == a
+    # Another session, or none, cannot change a held case.
+    v = mount.db_version()
+    e = mount.fails('task.update', {'task_id': case, 'status': 'done'}, 'conflict', errno.EBUSY, session=b)
+    assert f'held by session {a}' in e['message']
+    mount.fails('task.update', {'task_id': case, 'priority': 3}, 'conflict', errno.EBUSY)
+    mount.fails('task.update', {'task_id': case, 'status': 'paused'}, 'invalid_params', errno.EINVAL, session=a)
+    mount.fails('task.update', {'task_id': case}, 'invalid_params', errno.EINVAL, session=a)
+    mount.fails('task.update', {'task_id': 99, 'status': 'done'}, 'not_found', errno.ENOENT, session=a)
+    assert mount.db_version() == v
+    assert [x['id'] for x in mount.ok('task.list', {'ready': True})] == []
+    # The holder blocks it: it lets go.
+    t = mount.ok('task.update', {'task_id': case, 'status': 'blocked', 'title': 'waits for API'}, session=a)
+    assert t['status'] == 'blocked' and t['title'] == 'waits for API' and 'held_by' not in t
+    assert mount.read_json('sessions', str(a), 'current_ref.json') is None
+    assert 'held_by' not in mount.read_json('tasks', str(case), 'task.json')
+    assert mount.ok('task.list', {'ready': True}) == []
+    # Back to todo by anyone: ready again.
+    mount.ok('task.update', {'task_id': case, 'status': 'todo', 'priority': 2})
+    assert [x['id'] for x in mount.ok('task.list', {'ready': True, 'level': 'CASE'})] == [case]
+
+
+def test_failed_step_is_stored_as_failed(mount):
+    a = session(mount)
+    case = hold_a_case(mount, a)
+    mount.ok('step.check', {'case_id': case, 'step_title': 'unit', 'result': 'fail: 2 tests'}, session=a)
+    mount.ok('step.check', {'case_id': case, 'step_title': 'unit again', 'result': 'pass'}, session=a)
+    steps = mount.read_json('tasks', str(case), 'steps.json')
+    assert [s['status'] for s in steps] == ['failed', 'done']
