@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "orchfs/core.h"
 #include "groups.h"
@@ -343,6 +344,117 @@ static int session_heartbeat(orch_ctx *ctx, json_t *p, json_t **result)
 	return rc ? rc : orch_session_json(ctx, id, result);
 }
 
+/* The ids of worktree `id`'s children that are neither merged nor abandoned, as a JSON array. */
+static int live_children(orch_ctx *ctx, int64_t id, json_t **out)
+{
+	return orch_sql_rows(ctx, out, "SELECT id FROM worktrees WHERE parent_worktree_id = ? AND status NOT IN "
+			     "('closed', 'abandoned') ORDER BY id", "i", id);
+}
+
+/*
+ * Whether everything on the session root's branch is in the main
+ * worktree's branch, or in a branch a main-merge of this worktree went
+ * into: then removing the checkout loses nothing.
+ */
+static int root_merged(orch_ctx *ctx, json_t *wt, int64_t main_id, bool *merged)
+{
+	const char *branch = json_string_value(json_object_get(wt, "branch"));
+	json_t *main_wt = NULL, *targets = NULL;
+	int rc;
+
+	*merged = false;
+	if ((rc = orch_worktree_json(ctx, main_id, &main_wt)) != 0 ||
+	    (rc = orch_git_branch_contains(ctx->git, json_string_value(json_object_get(main_wt, "branch")), branch,
+					   merged)) != 0 ||
+	    (rc = orch_sql_rows(ctx, &targets, "SELECT DISTINCT target_branch FROM merge_main_queue WHERE "
+				"from_worktree_id = ? AND state = 'merged'", "i",
+				json_integer_value(json_object_get(wt, "id")))) != 0)
+		goto done;
+	for (size_t i = 0; i < json_array_size(targets) && !*merged; i++) {
+		const char *t = json_string_value(json_object_get(json_array_get(targets, i), "target_branch"));
+		if (orch_git_branch_contains(ctx->git, t, branch, merged) != 0)
+			orch_error_clear(); /* a target branch deleted since: not a place the work is */
+	}
+done:
+	json_decref(main_wt);
+	json_decref(targets);
+	return rc;
+}
+
+/*
+ * session.close {remove_worktree: true}: remove the checkout of the
+ * session root the session owns (the branch stays, the record becomes
+ * closed, sessions/<id>/root goes) -- only when nothing would be lost: no
+ * child worktree left unmerged, no uncommitted change, and every commit of
+ * the branch merged (or none made).  invalid_state naming why otherwise.
+ * A session without a checkout has nothing to remove.
+ */
+static int remove_root(orch_ctx *ctx, int64_t sid)
+{
+	json_t *wt = NULL, *kids = NULL, *dirty = NULL;
+	int64_t root = 0, main_id = 0;
+	orch_git_effect *fx = NULL;
+	bool found, merged;
+	int rc;
+
+	if ((rc = orch_sql_int(ctx, &root, &found, "SELECT w.id FROM sessions s JOIN worktrees w ON w.id = "
+			       "s.session_root_worktree_id WHERE s.id = ? AND w.owner_session_id = s.id AND "
+			       "w.status IN ('active', 'missing')", "i", sid)) != 0 || !found)
+		return rc;
+	if ((rc = orch_sql_int(ctx, &main_id, NULL, "SELECT coalesce(main_worktree_id, 0) FROM sessions WHERE "
+			       "id = ?", "i", sid)) != 0 ||
+	    (rc = orch_worktree_json(ctx, root, &wt)) != 0 || (rc = live_children(ctx, root, &kids)) != 0)
+		goto done;
+	const char *path = json_string_value(json_object_get(wt, "path"));
+	if (json_array_size(kids)) {
+		json_t *ids = json_array();
+		for (size_t i = 0; i < json_array_size(kids); i++)
+			json_array_append(ids, json_object_get(json_array_get(kids, i), "id"));
+		char *list = json_dumps(ids, JSON_COMPACT);
+		rc = orch_error_set(ORCH_EINVALID_STATE, "remove_worktree: session root worktree %lld has child "
+				    "worktrees %s that are neither merged nor abandoned", (long long)root, list);
+		free(list);
+		orch_error_detail("children", ids);
+		goto done;
+	}
+	bool on_disk = strcmp(json_string_value(json_object_get(wt, "status")), "active") == 0 &&
+		       access(path, F_OK) == 0;
+	if (on_disk) {
+		if ((rc = orch_git_dirty_paths(path, true, &dirty)) != 0)
+			goto done;
+		if (json_array_size(dirty)) {
+			char *list = json_dumps(dirty, JSON_COMPACT);
+			rc = orch_error_set(ORCH_EINVALID_STATE, "remove_worktree: session root worktree %lld at %s has "
+					    "uncommitted changes: %s; commit (and merge) or discard them", (long long)root,
+					    path, list);
+			free(list);
+			orch_error_details(json_pack("{s:s, s:O}", "state", "dirty", "paths", dirty));
+			goto done;
+		}
+	}
+	if ((rc = root_merged(ctx, wt, main_id, &merged)) != 0)
+		goto done;
+	if (!merged) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "remove_worktree: branch %s of session root worktree %lld "
+				    "has commits that are not merged; queue it with merge.main.request (or close "
+				    "without remove_worktree)", json_string_value(json_object_get(wt, "branch")),
+				    (long long)root);
+		orch_error_detail("state", json_string("unmerged"));
+		goto done;
+	}
+	rc = on_disk ? orch_git_worktree_retire(ctx->git, path, &fx) : orch_git_retire_after_commit(ctx->git, path, &fx);
+	if (rc)
+		goto done;
+	orch_txn_git(ctx, fx);
+	rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'closed', merge_state = 'removed' WHERE id = ?", "i",
+			   root);
+done:
+	json_decref(wt);
+	json_decref(kids);
+	json_decref(dirty);
+	return rc;
+}
+
 /*
  * Close a session.  Its leases go with it: file/prefix locks it owns, the
  * main merge lock if it holds it (SPEC 6.7), and its active current ref
@@ -355,6 +467,8 @@ static int session_close(orch_ctx *ctx, json_t *p, json_t **result)
 	int rc = require_active(ctx, id, true);
 
 	if (rc)
+		return rc;
+	if (orch_param_bool(p, "remove_worktree", false) && (rc = remove_root(ctx, id)) != 0)
 		return rc;
 	snprintf(owner, sizeof(owner), "%lld", (long long)id);
 	if ((rc = orch_sql_exec(ctx, "UPDATE sessions SET status = 'closed', last_seen_at = ? WHERE id = ?", "ii",
@@ -462,6 +576,13 @@ static const orch_param sid_params[] = {
 	{"session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session.", NULL},
 	{NULL, 0, 0, NULL, NULL},
 };
+static const orch_param close_params[] = {
+	{"session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session.", NULL},
+	{"remove_worktree", ORCH_P_BOOL, 0, "true: also remove the session root's checkout (its branch stays), "
+	 "only when it is clean, has no unmerged child, and its commits are merged (or there are none).",
+	 NULL},
+	{NULL, 0, 0, NULL, NULL},
+};
 static const orch_param cand_params[] = {
 	{"requester_session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session asking (never listed itself).", NULL},
 	{"heartbeat_timeout_seconds", ORCH_P_INT, 0,
@@ -484,10 +605,13 @@ const orch_method orch_session_methods[] = {
 	 "sessions/<id>/heartbeat does the same.",
 	 "the session", "{\"session_id\": 1}",
 	 "not_found (ENOENT), invalid_state (EINVAL: the session is closed)."},
-	{"session.close", session_close, ORCH_M_WRITE | ORCH_M_CLOSED_OK, sid_params,
-	 "Close the session; releases its locks, the main merge lock if it holds it, and its current ref.",
+	{"session.close", session_close, ORCH_M_WRITE | ORCH_M_CLOSED_OK, close_params,
+	 "Close the session; releases its locks, the main merge lock if it holds it, and its current ref. "
+	 "With remove_worktree, its session-root checkout is removed too (nothing unmerged is lost).",
 	 "the session",
-	 "{\"session_id\": 1}", "not_found (ENOENT), invalid_state (EINVAL: already closed)."},
+	 "{\"session_id\": 1, \"remove_worktree\": true}", "not_found (ENOENT), invalid_state (EINVAL: already "
+	 "closed; remove_worktree: uncommitted changes (details.paths), unmerged children (details.children) "
+	 "or unmerged commits)."},
 	{"session.context", session_context, 0, sid_params,
 	 "The session with its main and session-root worktrees and active current ref.",
 	 "{session, main_worktree?, session_root_worktree?, current_ref?}", "{\"session_id\": 1}",

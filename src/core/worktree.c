@@ -607,8 +607,9 @@ static int worktree_abandon(orch_ctx *ctx, json_t *p, json_t **result)
 		goto done;
 	if ((rc = check_owner(wt, parent, sid)) != 0)
 		goto done;
-	if (strcmp(wt_str(wt, "kind"), "task_branch") != 0 || !wt_int(wt, "parent_worktree_id")) {
-		rc = orch_error_set(ORCH_EINVALID_STATE, "worktree %lld is a %s worktree, not a child task worktree; "
+	/* A task worktree: a spawned child, or one worktree.create made (no owner: anyone may abandon it). */
+	if (strcmp(wt_str(wt, "kind"), "task_branch") != 0) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "worktree %lld is a %s worktree, not a task worktree; "
 				    "only those can be abandoned", (long long)id,
 				    *wt_str(wt, "kind") ? wt_str(wt, "kind") : "parentless");
 		orch_error_detail("state", json_string(wt_str(wt, "status")));

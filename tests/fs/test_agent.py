@@ -332,3 +332,62 @@ def test_failed_step_is_stored_as_failed(mount):
     mount.ok('step.check', {'case_id': case, 'step_title': 'unit again', 'result': 'pass'}, session=a)
     steps = mount.read_json('tasks', str(case), 'steps.json')
     assert [s['status'] for s in steps] == ['failed', 'done']
+
+
+# ---- 7. sessions without a checkout, and clean-up ----
+
+def test_session_without_worktree(mount):
+    r = mount.ok('session.open', {'agent_role': 'reviewer', 'worktree': False})['session_context']
+    sid = r['session']['id']
+    assert 'session_root_worktree' not in r and 'session_root_worktree_id' not in r['session']
+    assert not os.path.lexists(mount.p('sessions', str(sid), 'root'))
+    assert 'session/1' not in git(mount.repo, 'branch', '--list').stdout
+    # It still works: tasks, locks, and it closes (remove_worktree has nothing to remove).
+    mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'x'}, session=sid)
+    assert mount.ok('session.close', {'remove_worktree': True}, session=sid)['status'] == 'closed'
+
+
+def test_close_remove_worktree(mount):
+    ctx = mount.ok('session.open')['session_context']
+    sid, root = ctx['session']['id'], ctx['session_root_worktree']
+    # Nothing new on the branch and clean: removed, the branch stays.
+    assert mount.ok('session.close', {'remove_worktree': True}, session=sid)['status'] == 'closed'
+    assert not os.path.exists(root['path'])
+    assert 'session/1' in git(mount.repo, 'branch', '--list').stdout
+    assert mount.read_json('worktrees', f'{root["id"]}.json')['status'] == 'closed'
+    assert not os.path.lexists(mount.p('sessions', str(sid), 'root'))
+    assert root['path'] not in git(mount.repo, 'worktree', 'list').stdout
+
+    # Dirty: refused, naming the paths; nothing changed.
+    ctx = mount.ok('session.open')['session_context']
+    sid, root = ctx['session']['id'], ctx['session_root_worktree']
+    pathlib.Path(root['path'], 'new.txt').write_text('x\n')
+    v = mount.db_version()
+    e = mount.fails('session.close', {'remove_worktree': True}, 'invalid_state', errno.EINVAL, session=sid)
+    assert 'uncommitted' in e['message'] and e['details']['paths'] == ['new.txt']
+    assert mount.db_version() == v and os.path.exists(root['path'])
+    # Committed but not merged: refused.
+    git(root['path'], 'add', 'new.txt')
+    git(root['path'], 'commit', '-q', '-m', 'new')
+    e = mount.fails('session.close', {'remove_worktree': True}, 'invalid_state', errno.EINVAL, session=sid)
+    assert 'not merged' in e['message']
+    assert mount.read_json('sessions', str(sid), 'session.json')['status'] != 'closed'
+    # An unmerged child: refused, naming it.
+    child = mount.ok('worktree.spawn', {'parent_worktree_id': root['id']}, session=sid)['id']
+    e = mount.fails('session.close', {'remove_worktree': True}, 'invalid_state', errno.EINVAL, session=sid)
+    assert e['details']['children'] == [child]
+    mount.ok('worktree.abandon', {'worktree_id': child}, session=sid)
+    # Merged into main (as the main-merge queue would): removed.
+    git(mount.repo, 'merge', '-q', '--ff-only', f'session/{sid}')
+    assert mount.ok('session.close', {'remove_worktree': True}, session=sid)['status'] == 'closed'
+    assert not os.path.exists(root['path'])
+
+
+def test_created_worktree_can_be_abandoned_by_any_session(mount):
+    a = session(mount)
+    w = mount.ok('worktree.create', {'branch': 'feature/x', 'create_on_disk': True})
+    assert os.path.isdir(w['path'])
+    r = mount.ok('worktree.abandon', {'worktree_id': w['id']}, session=a)
+    assert r['status'] == 'abandoned' and not os.path.exists(w['path'])
+    # A session root is not a task worktree.
+    mount.fails('worktree.abandon', {'worktree_id': 2}, 'invalid_state', errno.EINVAL, session=a)
