@@ -202,6 +202,7 @@ static int cmd_mount(cli_args *a)
 {
 	char mp[PATH_MAX], *log_path = NULL;
 	struct stat sb;
+	bool created = false; /* made here: removed again if the mount is refused */
 	orch_env env;
 	int rc;
 
@@ -216,9 +217,10 @@ static int cmd_mount(cli_args *a)
 				"  fusermount3 -u %s\n", mount_arg, mount_arg);
 			return 1;
 		}
-		if (errno == ENOENT && mkdir(mount_arg, 0755) == 0)
+		if (errno == ENOENT && mkdir(mount_arg, 0755) == 0) {
+			created = true;
 			stat(mount_arg, &sb);
-		else {
+		} else {
 			fprintf(stderr, "orchfs: mount point %s: %s\n", mount_arg, strerror(errno));
 			return 1;
 		}
@@ -266,6 +268,8 @@ static int cmd_mount(cli_args *a)
 	/* Everything is opened in the process that serves, never across a fork. */
 	if (orch_env_open(&env, a->repo, a->state) != 0) {
 		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
+		if (created)
+			rmdir(mp);
 		return 1;
 	}
 	/*
@@ -277,6 +281,8 @@ static int cmd_mount(cli_args *a)
 		fprintf(stderr, "orchfs: the mount point %s must be outside the repository %s and its state %s "
 			"(try /tmp/orchfs/<name>)\n", mp, env.repo_path, env.state_dir);
 		orch_env_close(&env);
+		if (created)
+			rmdir(mp);
 		return 1;
 	}
 	if (asprintf(&log_path, "%s/orchfs.log", env.state_dir) < 0)
@@ -341,9 +347,10 @@ static int cmd_methods(cli_args *a)
 			printf("%s\n", m->name);
 			continue;
 		}
-		json_array_append_new(all, json_pack("{s:s, s:b, s:b, s:o}", "name", m->name, "write",
+		json_array_append_new(all, json_pack("{s:s, s:b, s:b, s:o, s:s}", "name", m->name, "write",
 						     (m->flags & ORCH_M_WRITE) != 0, "session",
-						     orch_method_takes_session(m), "params", params_json(m->params)));
+						     orch_method_takes_session(m), "params", params_json(m->params),
+						     "example", m->example));
 	}
 	if (as_json)
 		json_dumpf(all, stdout, JSON_INDENT(2));

@@ -239,8 +239,13 @@ static int stored_reply(orch_ctx *ctx, const char *call_id, const char *method, 
 	}
 	if (strcmp((const char *)sqlite3_column_text(st, 0), method) != 0 ||
 	    strcmp((const char *)sqlite3_column_text(st, 1), canon) != 0) {
-		rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for %s with other params; "
-				    "use a new call_id", call_id, (const char *)sqlite3_column_text(st, 0));
+		const char *was = (const char *)sqlite3_column_text(st, 0);
+		if (strcmp(was, method) != 0)
+			rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for another method (%s, not "
+					    "%s); use a new call_id", call_id, was, method);
+		else
+			rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for %s with other params; "
+					    "use a new call_id", call_id, was);
 		sqlite3_reset(st);
 		return rc;
 	}

@@ -656,19 +656,19 @@ const orch_method orch_case_methods[] = {
 	{"case.begin", case_begin, ORCH_M_WRITE, begin_params,
 	 "Start (or restart) a case: status in_progress, a case.begin checkpoint, and with session_id the "
 	 "session's current ref points at it.",
-	 "the case task", "{\"case_id\": 3, \"session_id\": 1, \"input_contract\": {\"cmd\": \"make test\"}, "
+	 "the case task", "{\"case_id\": 1, \"session_id\": 1, \"input_contract\": {\"cmd\": \"make test\"}, "
 	 "\"fixtures\": [\"users.json\"]}",
 	 "not_found (ENOENT), invalid_state (EINVAL: not a case, or done), conflict (EBUSY: another "
 	 "session's ref holds the case)."},
 	{"step.check", step_check, ORCH_M_WRITE, step_params,
 	 "Record a checked step of an in_progress case (order_no 1, 2, 3 ...) and a checkpoint.",
 	 "{id, task_id, title, status, evidence: {artifacts, result}, order_no, recorded_at}",
-	 "{\"case_id\": 3, \"session_id\": 1, \"step_title\": \"unit tests\", \"result\": \"pass\", "
+	 "{\"case_id\": 1, \"session_id\": 1, \"step_title\": \"unit tests\", \"result\": \"pass\", "
 	 "\"artifacts\": [\"build/test.log\"]}",
 	 "not_found (ENOENT), invalid_state (EINVAL: not a case, or not in_progress), conflict (EBUSY)."},
 	{"case.complete", case_complete, ORCH_M_WRITE, complete_params,
 	 "Finish an in_progress case: status done, a case.complete checkpoint, the session's ref completed.",
-	 "the case task", "{\"case_id\": 3, \"session_id\": 1, \"summary\": \"all green\", "
+	 "the case task", "{\"case_id\": 1, \"session_id\": 1, \"summary\": \"all green\", "
 	 "\"next_action\": \"request review\"}",
 	 "not_found (ENOENT), invalid_state (EINVAL: not a case, or not in_progress), conflict (EBUSY)."},
 	{"resume.next", resume_next, ORCH_M_WRITE, next_params,
@@ -685,10 +685,12 @@ const orch_method orch_case_methods[] = {
 	 "not_found (ENOENT), invalid_state (EINVAL: session closed)."},
 	{"work.current_ref.ack", current_ref_ack, ORCH_M_WRITE, ack_params,
 	 "Acknowledge a ref of the session (acked_at = now, version + 1).", "the ref",
-	 "{\"session_id\": 1, \"ref_id\": 4}", "not_found (ENOENT: no such ref of that session)."},
+	 "{\"session_id\": 1, \"ref_id\": 1}", "not_found (ENOENT: no such ref of that session)."},
 	{"resume.candidates.attach", candidates_attach, ORCH_M_WRITE, attach_params,
 	 "Take over a suspended session: its worktrees, locks and current ref (mode resume) move to the "
-	 "requester; the target becomes handoff_attached.",
+	 "requester; the target becomes handoff_attached. The target must hold a case and have been "
+	 "silent past its own heartbeat window; the requester is a session opened with intent "
+	 "resume_work.",
 	 "the requester's context {session, main_worktree, session_root_worktree, current_ref}",
 	 "{\"requester_session_id\": 2, \"target_session_id\": 1}",
 	 "not_found (ENOENT), invalid_params (EINVAL: self), invalid_state (EINVAL: not a candidate, "

@@ -233,7 +233,7 @@ const orch_method orch_task_methods[] = {
 	 "trimmed and lower-cased (\"Case\" is a case).",
 	 "the task {id, level, parent_id?, title, status, priority, assignee_session?, held_by?, "
 	 "last_checkpoint_id?, created_at, updated_at}",
-	 "{\"level\": \"case\", \"title\": \"login rejects bad password\", \"parent_id\": 1}",
+	 "{\"level\": \"case\", \"title\": \"login rejects bad password\", \"priority\": 1}",
 	 "not_found (ENOENT: parent_id does not exist)."},
 	{"task.list", task_list, 0, list_params, "List tasks, priority first, then oldest update, then id.",
 	 "[task, ...]", "{\"level\": \"case\", \"status\": \"todo\", \"limit\": 100}",

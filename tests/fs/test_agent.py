@@ -391,3 +391,42 @@ def test_created_worktree_can_be_abandoned_by_any_session(mount):
     assert r['status'] == 'abandoned' and not os.path.exists(w['path'])
     # A session root is not a task worktree.
     mount.fails('worktree.abandon', {'worktree_id': 2}, 'invalid_state', errno.EINVAL, session=a)
+
+
+# ---- 9. fewer keys, decisions that say who made them ----
+
+def test_spawn_defaults_to_the_session_root_and_decisions_record_the_session(mount):
+    ctx = mount.ok('session.open')['session_context']
+    sid, root = ctx['session']['id'], ctx['session_root_worktree']['id']
+    child = mount.ok('worktree.spawn', {}, session=sid)
+    assert child['parent_worktree_id'] == root and child['owner_session_id'] == sid
+    planner = mount.ok('session.open', {'agent_role': 'planner', 'worktree': False})['session_context']
+    e = mount.fails('worktree.spawn', {}, 'invalid_params', errno.EINVAL, session=planner['session']['id'])
+    assert 'give parent_worktree_id' in e['message']
+    mount.ok('plan.bootstrap', {'initiative_title': 'I', 'plan_title': 'P'})
+    mount.ok('plan.rollup.submit', {'node_id': 2})
+    n = mount.ok('plan.rollup.reject', {'node_id': 2, 'reason': 'tests missing'}, session=sid)
+    assert n['decided_by_session'] == sid and n['decision_reason'] == 'tests missing'
+    n = mount.ok('plan.rollup.submit', {'node_id': 2})['node']
+    assert 'decided_by_session' not in n and 'decision_reason' not in n
+    n = mount.ok('plan.rollup.approve', {'node_id': 2})
+    assert n['approval_state'] == 'approved' and 'decided_by_session' not in n
+
+
+# ---- 10. small things ----
+
+def test_call_id_reused_for_another_method_says_so(mount):
+    mount.ok('task.create', {'level': 'case', 'title': 'x', 'call_id': 'c1'})
+    e = mount.fails('task.list', {'call_id': 'c1'}, 'exists', errno.EEXIST)
+    assert 'for another method (task.create, not task.list)' in e['message']
+    e = mount.fails('task.create', {'level': 'case', 'title': 'y', 'call_id': 'c1'}, 'exists', errno.EEXIST)
+    assert 'with other params' in e['message']
+
+
+def test_refused_mount_leaves_no_directory(repo, tmp_path):
+    inside = repo / 'mnt-inside'
+    r = subprocess.run([os.environ.get('ORCHFS_BIN', os.path.join(ROOT, 'build-test', 'orchfs')), 'mount', '-f',
+                        '--repo', str(repo), '--state', str(tmp_path / 'state'), str(inside)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and 'outside the repository' in r.stderr
+    assert not inside.exists()
