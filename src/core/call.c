@@ -77,6 +77,38 @@ static bool tail_incomplete(const char *buf, size_t len)
 	return strchr("-+.eE", t[n - 1]) != NULL && (isdigit((unsigned char)t[0]) || t[0] == '-');
 }
 
+/*
+ * Where a JSON error starts, 1-based, counting characters (not bytes):
+ * jansson places it at the last byte it read, the end of the token it
+ * names ("near 'tru'"), so a message would point past its start.
+ */
+static void error_place(const char *buf, const json_error_t *err, int *line, int *column)
+{
+	const char *near = strstr(err->text, "near '");
+	size_t end = (size_t)err->position, tok = 0;
+
+	*line = err->line;
+	*column = err->column;
+	if (!near)
+		return;
+	near += strlen("near '");
+	tok = strlen(near);
+	if (tok && near[tok - 1] == '\'')
+		tok--;
+	if (tok == 0 || tok > end || memcmp(buf + end - tok, near, tok) != 0)
+		return; /* not the bytes just read (a truncated or escaped token text): keep jansson's place */
+	*line = 1;
+	*column = 1;
+	for (size_t i = 0; i < end - tok; i++) {
+		if (buf[i] == '\n') {
+			(*line)++;
+			*column = 1;
+		} else if (((unsigned char)buf[i] & 0xc0) != 0x80) {
+			(*column)++;
+		}
+	}
+}
+
 int orch_request_parse(const char *buf, size_t len, json_t **out)
 {
 	json_error_t err;
@@ -100,8 +132,10 @@ int orch_request_parse(const char *buf, size_t len, json_t **out)
 	if (json_error_code(&err) == json_error_premature_end_of_input ||
 	    ((size_t)err.position + 8 >= len && tail_incomplete(buf, len)))
 		return ORCH_INCOMPLETE;
+	int line, column;
+	error_place(buf, &err, &line, &column);
 	return orch_error_set(ORCH_EINVALID_JSON, "request is not valid JSON: %s (line %d, column %d)",
-			      err.text, err.line, err.column);
+			      err.text, line, column);
 }
 
 static bool call_id_valid(const char *s)

@@ -430,3 +430,24 @@ def test_refused_mount_leaves_no_directory(repo, tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and 'outside the repository' in r.stderr
     assert not inside.exists()
+
+
+def test_ctl_errors_reply_vim_writes_a_request_and_reads_the_error(mount):
+    a = session(mount, ctl_errors='reply')
+    ctl = mount.p('sessions', str(a), 'ctl', 'case.begin')
+    vim = shutil.which('vim') or shutil.which('vim.tiny')
+    # vim edits the file (it shows the usage), replaces it with a request and writes it back.
+    r = subprocess.run([vim, '-Es', '-n', '-c', '%d', '-c', 'call setline(1, \'{"case_id": 42}\')', '-c', 'w',
+                        '-c', 'qa!', ctl], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    back = json.loads(open(ctl).read())
+    assert back['error']['code'] == 'not_found' and '42' in back['error']['message']
+
+
+def test_invalid_json_points_at_the_start_of_the_bad_token(mount):
+    for body, place in [('{"level": "case",\n "title": tru }', 'line 2, column 11'),
+                        ('{"é": nul}', 'line 1, column 7'),
+                        ('{"a": "x\\q"}', 'line 1, column 7'),
+                        ('{"a": }', 'line 1, column 7')]:
+        e = mount.fails('task.create', body, 'invalid_json', errno.EINVAL)
+        assert place in e['message'], (body, e)
