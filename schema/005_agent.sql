@@ -30,6 +30,11 @@ CREATE TABLE ctl_replies (
   PRIMARY KEY (session_id, method)
 ) WITHOUT ROWID;
 
--- Decisions on rollups record who made them and why.
+-- Decisions on rollups record who made them and why: on the node (the last
+-- decision) and in the rollup snapshot, beside the preview that was submitted.
 ALTER TABLE graph_nodes ADD COLUMN decided_by_session INTEGER;
 ALTER TABLE graph_nodes ADD COLUMN decision_reason TEXT;
+ALTER TABLE node_snapshots ADD COLUMN preview_json TEXT;
+ALTER TABLE node_snapshots ADD COLUMN decision TEXT;
+ALTER TABLE node_snapshots ADD COLUMN decided_by_session INTEGER;
+ALTER TABLE node_snapshots ADD COLUMN decision_reason TEXT;

@@ -296,6 +296,11 @@ static int rollup_submit(orch_ctx *ctx, json_t *p, json_t **result)
 	node = NULL;
 	if ((rc = orch_node_json(ctx, id, &node)) != 0 || (rc = preview(ctx, id, &prev)) != 0)
 		goto done;
+	/* The preview the decision will be about is kept with the rollup. */
+	if ((rc = orch_sql_exec(ctx, "UPDATE node_snapshots SET preview_json = ? WHERE id = ?", "ji", prev,
+				json_integer_value(json_object_get(snap, "id")))) != 0)
+		goto done;
+	json_object_set(snap, "preview", prev);
 	*result = json_pack("{sOsOsO}", "snapshot", snap, "node", node, "preview", prev);
 done:
 	json_decref(node);
@@ -308,7 +313,8 @@ done:
 /*
  * Approve or reject a pending node: approval_state and status become the
  * given pair; the deciding session (session_id, checked open) and the
- * reason are kept on the node (decided_by_session, decision_reason).
+ * reason are kept on the node (decided_by_session, decision_reason) and in
+ * the rollup snapshot that was submitted (decision, beside its preview).
  */
 static int decide(orch_ctx *ctx, json_t *p, const char *method, const char *approval, const char *status,
 		  json_t **result)
@@ -326,6 +332,11 @@ static int decide(orch_ctx *ctx, json_t *p, const char *method, const char *appr
 	rc = orch_sql_exec(ctx, "UPDATE graph_nodes SET approval_state = ?, status = ?, decided_by_session = ?, "
 			   "decision_reason = ?, updated_at = ? WHERE id = ?", "ssIsii", approval, status, sid,
 			   orch_graph_text(p, "reason"), ctx->now, id);
+	/* And in the rollup snapshot that was submitted, beside its preview. */
+	if (!rc)
+		rc = orch_sql_exec(ctx, "UPDATE node_snapshots SET decision = ?, decided_by_session = ?, "
+				   "decision_reason = ? WHERE id = (SELECT max(id) FROM node_snapshots WHERE node_id = ? "
+				   "AND snapshot_type = 'rollup')", "sIsi", approval, sid, orch_graph_text(p, "reason"), id);
 	if (!rc)
 		rc = orch_node_json(ctx, id, result);
 done:

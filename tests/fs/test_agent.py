@@ -407,8 +407,15 @@ def test_spawn_defaults_to_the_session_root_and_decisions_record_the_session(mou
     mount.ok('plan.rollup.submit', {'node_id': 2})
     n = mount.ok('plan.rollup.reject', {'node_id': 2, 'reason': 'tests missing'}, session=sid)
     assert n['decided_by_session'] == sid and n['decision_reason'] == 'tests missing'
-    n = mount.ok('plan.rollup.submit', {'node_id': 2})['node']
+    snaps = mount.read_json('graph', 'nodes', '2', 'snapshots.json')
+    assert snaps[-1]['snapshot_type'] == 'rollup' and snaps[-1]['decision'] == 'rejected'
+    assert snaps[-1]['decided_by_session'] == sid and snaps[-1]['decision_reason'] == 'tests missing'
+    assert snaps[-1]['preview']['parent_node_id'] == 2
+    r = mount.ok('plan.rollup.submit', {'node_id': 2})
+    n = r['node']
     assert 'decided_by_session' not in n and 'decision_reason' not in n
+    assert r['snapshot']['preview'] == r['preview'] == mount.read_json('graph', 'nodes', '2', 'snapshots.json')[-1][
+        'preview']
     n = mount.ok('plan.rollup.approve', {'node_id': 2})
     assert n['approval_state'] == 'approved' and 'decided_by_session' not in n
 
