@@ -127,6 +127,8 @@ typedef struct orch_ctx {
 	char *result_text;      /* a method's result as compact JSON text, instead of *result (long lists) */
 	int (*fail_fn)(struct orch_ctx *ctx, json_t *arg); /* see orch_txn_on_failure */
 	json_t *fail_arg;
+	bool remember;          /* set by the caller: the call came through sessions/<id>/ctl/, its reply is remembered */
+	bool remembered;        /* the reply was remembered inside the call's own transaction */
 	orch_env *own_env;      /* the environment orch_ctx_open made (freed by orch_ctx_close) */
 } orch_ctx;
 
@@ -161,6 +163,7 @@ typedef enum {
 	ORCH_P_PATHS,  /* array of repository-relative paths (normalised in place) */
 	ORCH_P_PATH,   /* one repository-relative path (normalised in place) */
 	ORCH_P_OBJS,   /* array of objects, each checked against `items` */
+	ORCH_P_OWNER,  /* a session as a string ("1", free text) or a positive integer (made "1") */
 } orch_ptype;
 
 #define ORCH_P_REQUIRED 0x1u
@@ -268,6 +271,20 @@ int orch_call(orch_ctx *ctx, const char *method, json_t *req, int64_t session_id
 /* Same from raw request text (the `orchfs call` path). */
 int orch_call_text(orch_ctx *ctx, const char *method, const char *text, size_t len,
 		   int64_t session_id, char **reply);
+
+/*
+ * Remember `reply` as session `session_id`'s last reply for `method` through
+ * sessions/<id>/ctl/ (a small write on the writer lane; the error slot is
+ * kept).  orch_call does it itself when ctx->remember is set; the fs layer
+ * calls it for writes that run no call (malformed, incomplete, empty).
+ */
+void orch_remember_reply(orch_env *env, int64_t session_id, const char *method, const char *reply);
+
+/* The remembered reply (caller frees), or NULL when none; ctx: any connection. */
+char *orch_remembered_reply(orch_ctx *ctx, int64_t session_id, const char *method);
+
+/* Whether session `id` chose ctl_errors "reply" (false when it does not exist). */
+bool orch_session_ctl_errors_reply(orch_ctx *ctx, int64_t id);
 
 /* Build an error reply text from the current error slot. */
 char *orch_reply_error(const char *call_id);
@@ -401,5 +418,21 @@ int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, 
 
 /* Check that session `id` exists and is not closed (invalid_state otherwise). */
 int orch_session_require_open(orch_ctx *ctx, int64_t id);
+
+/* A session's heartbeat window when session.open was given none (seconds). */
+#define ORCH_HEARTBEAT_WINDOW 120
+
+/*
+ * Liveness, defined once (session.c): open (not closed, not taken over) and
+ * heard from within its own heartbeat window, lengthened to `min_window_s`
+ * when larger.  *open and *age_ms may be NULL.  not_found for no session.
+ */
+int orch_session_live(orch_ctx *ctx, int64_t id, int64_t min_window_s, bool *live, bool *open, int64_t *age_ms);
+
+/* sessions/<id>/session.json: the session plus heartbeat_age_seconds and stale (depends on the time). */
+int orch_session_file_json(orch_ctx *ctx, int64_t id, json_t **out);
+
+/* "session 1 (implementer, alice)" for an owner string naming a session, else "owner \"x\"" (caller frees). */
+char *orch_owner_words(orch_ctx *ctx, const char *owner);
 
 #endif

@@ -68,6 +68,13 @@ bool orch_git_branch_exists(orch_git *g, const char *branch);
  */
 int orch_git_resolve_commit(orch_git *g, const char *revspec, char *hex);
 
+/*
+ * Whether local branch `branch` contains branch `other`'s tip (the same
+ * commit, or a descendant of it): nothing of `other` is left to merge.
+ * ORCH_EGIT when either branch cannot be resolved.
+ */
+int orch_git_branch_contains(orch_git *g, const char *branch, const char *other, bool *yes);
+
 /* Names of all local branches: *out is a new array of strings. */
 int orch_git_branches(orch_git *g, json_t **out);
 

@@ -21,7 +21,7 @@ static void usage(FILE *f)
 	fputs("usage:\n"
 	      "  orchfs mount [--repo DIR] [--state DIR] [-f] [-d] [-s] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
-	      "  orchfs call [--repo DIR] [--state DIR] METHOD [JSON]\n"
+	      "  orchfs call [--repo DIR] [--state DIR] [--session ID] METHOD [JSON]\n"
 	      "  orchfs serve [--repo DIR] [--state DIR]\n"
 	      "  orchfs mcp [--repo DIR] [--state DIR]\n"
 	      "  orchfs methods [--json]\n"
@@ -32,6 +32,7 @@ static void usage(FILE *f)
 typedef struct {
 	const char *repo;
 	const char *state;
+	long long session; /* call: as through sessions/<id>/ctl/ (0: ctl/) */
 	bool foreground;
 	bool debug;
 	bool single_thread;
@@ -48,7 +49,14 @@ static int parse(int argc, char **argv, cli_args *a)
 			a->repo = argv[++i];
 		else if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
 			a->state = argv[++i];
-		else if (strcmp(argv[i], "-f") == 0)
+		else if (strcmp(argv[i], "--session") == 0 && i + 1 < argc) {
+			char *end;
+			a->session = strtoll(argv[++i], &end, 10);
+			if (*end || a->session <= 0) {
+				fprintf(stderr, "orchfs: --session takes a session id, got %s\n", argv[i]);
+				return -1;
+			}
+		} else if (strcmp(argv[i], "-f") == 0)
 			a->foreground = true;
 		else if (strcmp(argv[i], "-d") == 0)
 			a->debug = a->foreground = true;
@@ -83,7 +91,15 @@ static int cmd_call(cli_args *a)
 		return 1;
 	}
 	const char *body = a->argc == 2 ? a->argv[1] : "{}";
-	rc = orch_call_text(&ctx, a->argv[0], body, strlen(body), 0, &reply);
+	const orch_method *m = orch_method_find(a->argv[0]);
+	if (a->session && m && !orch_method_takes_session(m)) {
+		fprintf(stderr, "orchfs: %s takes no session: call it without --session\n", m->name);
+		orch_ctx_close(&ctx);
+		return 2;
+	}
+	/* --session: the call sessions/<id>/ctl/<method> would make, and its reply is remembered there. */
+	ctx.remember = a->session > 0;
+	rc = orch_call_text(&ctx, a->argv[0], body, strlen(body), (int64_t)a->session, &reply);
 	fputs(reply, stdout);
 	if (rc)
 		fprintf(stderr, "orchfs: %s: %s\n", orch_error_name(rc), orch_error_last()->message);
@@ -190,6 +206,7 @@ static int cmd_mount(cli_args *a)
 {
 	char mp[PATH_MAX], *log_path = NULL;
 	struct stat sb;
+	bool created = false; /* made here: removed again if the mount is refused */
 	orch_env env;
 	int rc;
 
@@ -204,9 +221,10 @@ static int cmd_mount(cli_args *a)
 				"  fusermount3 -u %s\n", mount_arg, mount_arg);
 			return 1;
 		}
-		if (errno == ENOENT && mkdir(mount_arg, 0755) == 0)
+		if (errno == ENOENT && mkdir(mount_arg, 0755) == 0) {
+			created = true;
 			stat(mount_arg, &sb);
-		else {
+		} else {
 			fprintf(stderr, "orchfs: mount point %s: %s\n", mount_arg, strerror(errno));
 			return 1;
 		}
@@ -254,6 +272,8 @@ static int cmd_mount(cli_args *a)
 	/* Everything is opened in the process that serves, never across a fork. */
 	if (orch_env_open(&env, a->repo, a->state) != 0) {
 		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
+		if (created)
+			rmdir(mp);
 		return 1;
 	}
 	/*
@@ -265,6 +285,8 @@ static int cmd_mount(cli_args *a)
 		fprintf(stderr, "orchfs: the mount point %s must be outside the repository %s and its state %s "
 			"(try /tmp/orchfs/<name>)\n", mp, env.repo_path, env.state_dir);
 		orch_env_close(&env);
+		if (created)
+			rmdir(mp);
 		return 1;
 	}
 	if (asprintf(&log_path, "%s/orchfs.log", env.state_dir) < 0)
@@ -298,7 +320,7 @@ static const char *ptype_name(orch_ptype t)
 	static const char *const names[] = {
 		[ORCH_P_ID] = "id", [ORCH_P_INT] = "int", [ORCH_P_STR] = "string", [ORCH_P_BOOL] = "bool",
 		[ORCH_P_JSON] = "json", [ORCH_P_STRS] = "strings", [ORCH_P_PATHS] = "paths",
-		[ORCH_P_PATH] = "path", [ORCH_P_OBJS] = "objects",
+		[ORCH_P_PATH] = "path", [ORCH_P_OBJS] = "objects", [ORCH_P_OWNER] = "owner",
 	};
 	return names[t];
 }

@@ -77,6 +77,38 @@ static bool tail_incomplete(const char *buf, size_t len)
 	return strchr("-+.eE", t[n - 1]) != NULL && (isdigit((unsigned char)t[0]) || t[0] == '-');
 }
 
+/*
+ * Where a JSON error starts, 1-based, counting characters (not bytes):
+ * jansson places it at the last byte it read, the end of the token it
+ * names ("near 'tru'"), so a message would point past its start.
+ */
+static void error_place(const char *buf, const json_error_t *err, int *line, int *column)
+{
+	const char *near = strstr(err->text, "near '");
+	size_t end = (size_t)err->position, tok = 0;
+
+	*line = err->line;
+	*column = err->column;
+	if (!near)
+		return;
+	near += strlen("near '");
+	tok = strlen(near);
+	if (tok && near[tok - 1] == '\'')
+		tok--;
+	if (tok == 0 || tok > end || memcmp(buf + end - tok, near, tok) != 0)
+		return; /* not the bytes just read (a truncated or escaped token text): keep jansson's place */
+	*line = 1;
+	*column = 1;
+	for (size_t i = 0; i < end - tok; i++) {
+		if (buf[i] == '\n') {
+			(*line)++;
+			*column = 1;
+		} else if (((unsigned char)buf[i] & 0xc0) != 0x80) {
+			(*column)++;
+		}
+	}
+}
+
 int orch_request_parse(const char *buf, size_t len, json_t **out)
 {
 	json_error_t err;
@@ -100,8 +132,10 @@ int orch_request_parse(const char *buf, size_t len, json_t **out)
 	if (json_error_code(&err) == json_error_premature_end_of_input ||
 	    ((size_t)err.position + 8 >= len && tail_incomplete(buf, len)))
 		return ORCH_INCOMPLETE;
+	int line, column;
+	error_place(buf, &err, &line, &column);
 	return orch_error_set(ORCH_EINVALID_JSON, "request is not valid JSON: %s (line %d, column %d)",
-			      err.text, err.line, err.column);
+			      err.text, line, column);
 }
 
 static bool call_id_valid(const char *s)
@@ -158,7 +192,9 @@ static int apply_implied(const orch_method *m, json_t *params, int64_t session_i
 			continue;
 		json_t *want = i == 2 ? json_sprintf("%lld", (long long)session_id) : json_integer(session_id);
 		json_t *have = json_object_get(params, names[i]);
-		if (have && !json_equal(have, want)) {
+		/* owner_session may be given as the session's id, a JSON integer. */
+		bool same_id = i == 2 && json_is_integer(have) && json_integer_value(have) == session_id;
+		if (have && !same_id && !json_equal(have, want)) {
 			char *h = json_dumps(have, JSON_ENCODE_ANY);
 			orch_error_set(ORCH_EINVALID_PARAMS,
 				       "%s is implied by sessions/%lld/ctl/ and must be %s%lld%s, got %s", names[i],
@@ -237,8 +273,13 @@ static int stored_reply(orch_ctx *ctx, const char *call_id, const char *method, 
 	}
 	if (strcmp((const char *)sqlite3_column_text(st, 0), method) != 0 ||
 	    strcmp((const char *)sqlite3_column_text(st, 1), canon) != 0) {
-		rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for %s with other params; "
-				    "use a new call_id", call_id, (const char *)sqlite3_column_text(st, 0));
+		const char *was = (const char *)sqlite3_column_text(st, 0);
+		if (strcmp(was, method) != 0)
+			rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for another method (%s, not "
+					    "%s); use a new call_id", call_id, was, method);
+		else
+			rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for %s with other params; "
+					    "use a new call_id", call_id, was);
 		sqlite3_reset(st);
 		return rc;
 	}
@@ -280,6 +321,14 @@ static int store_reply(orch_ctx *ctx, const char *call_id, const char *method, c
 
 	return rc ? rc : orch_sql_exec(ctx, "UPDATE mirror_meta SET updated_at = max(updated_at, ?) WHERE id = 1",
 				       "i", ctx->now);
+}
+
+/* Remember a session ctl file's reply inside the open transaction (see orch_remember_reply). */
+static int remember_here(orch_ctx *ctx, int64_t session_id, const char *method, const char *reply)
+{
+	return orch_sql_exec(ctx, "INSERT INTO ctl_replies (session_id, method, reply, updated_at) VALUES "
+			     "(?1, ?2, ?3, ?4) ON CONFLICT (session_id, method) DO UPDATE SET reply = ?3, "
+			     "updated_at = ?4", "issi", session_id, method, reply, ctx->now);
 }
 
 /* Store an error reply in its own transaction (the method's was rolled back). */
@@ -477,6 +526,12 @@ static int run_body(orch_ctx *ctx, const orch_method *m, json_t *params, const c
 	if (call_id && (rc = store_reply(ctx, call_id, m->name, canon, *reply)) != 0)
 		goto fail;
 	orch_txn_on_failure(ctx, NULL, NULL); /* it succeeded: no failure to record */
+	/* A success and its remembered copy commit together. */
+	if (ctx->remember && session_id > 0 && (m->flags & ORCH_M_WRITE)) {
+		if ((rc = remember_here(ctx, session_id, m->name, *reply)) != 0)
+			goto fail;
+		ctx->remembered = true;
+	}
 	return 0;
 fail:
 	json_decref(result);
@@ -489,6 +544,7 @@ fail:
 /* A call failed and its transaction (or savepoint) is rolled back: undo its git effects, the error reply. */
 static void failed(orch_ctx *ctx, const char *call_id, char **reply)
 {
+	ctx->remembered = false; /* rolled back with the call */
 	if (ctx->undo) {
 		/* Undoing may itself record errors; the reply is about the call's. */
 		saved_error saved = error_save();
@@ -833,6 +889,7 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 	orch_error_clear();
 	*reply = NULL;
 	ctx->now = orch_now_ms();
+	ctx->remembered = false;
 	m = orch_method_find(name);
 	if (!m) {
 		rc = orch_error_set(ORCH_ENOTFOUND, "unknown method \"%s\" (the methods: ls ctl/, or orchfs methods)",
@@ -882,9 +939,57 @@ fail:
 		ctx->git = git;
 	}
 done:
+	/* Failures, replays and reads: the remembered reply is a write of its own. */
+	if (ctx->remember && session_id > 0 && m && !ctx->remembered && *reply)
+		orch_remember_reply(ctx->env, session_id, m->name, *reply);
 	json_decref(params);
 	free(canon);
 	return rc;
+}
+
+/* The internal method behind orch_remember_reply: one upsert, no db_version bump. */
+static int remember_fn(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	(void)result;
+	ctx->unchanged = true;
+	return remember_here(ctx, orch_param_int(p, "session_id", 0), orch_param_str(p, "method", ""),
+			     orch_param_str(p, "reply", ""));
+}
+
+static const orch_method remember_method = {"(remember reply)", remember_fn, ORCH_M_WRITE, NULL, NULL, NULL,
+					    NULL, NULL};
+
+void orch_remember_reply(orch_env *env, int64_t session_id, const char *method, const char *reply)
+{
+	saved_error saved = error_save();
+	json_t *p = json_pack("{s:I, s:s, s:s}", "session_id", (json_int_t)session_id, "method", method, "reply",
+			      reply);
+	char *ignored = NULL;
+	orch_ctx ctx;
+
+	orch_ctx_init(&ctx, env, NULL, NULL);
+	if (run_on_lane(&ctx, &remember_method, p, NULL, NULL, 0, &ignored) != 0)
+		orch_log("could not remember the reply of %s for session %lld: %s", method, (long long)session_id,
+			 orch_error_last()->message);
+	free(ignored);
+	json_decref(p);
+	error_restore(&saved);
+}
+
+char *orch_remembered_reply(orch_ctx *ctx, int64_t session_id, const char *method)
+{
+	sqlite3_stmt *st = orch_sql(ctx, "SELECT reply FROM ctl_replies WHERE session_id = ? AND method = ?", "is",
+				    session_id, method);
+	char *out = NULL;
+
+	if (!st) {
+		orch_error_clear();
+		return NULL;
+	}
+	if (sqlite3_step(st) == SQLITE_ROW)
+		out = strdup((const char *)sqlite3_column_text(st, 0));
+	sqlite3_reset(st);
+	return out;
 }
 
 int orch_call_text(orch_ctx *ctx, const char *method, const char *text, size_t len, int64_t session_id,
@@ -903,6 +1008,8 @@ int orch_call_text(orch_ctx *ctx, const char *method, const char *text, size_t l
 	}
 	if (rc) {
 		*reply = orch_reply_error(NULL);
+		if (ctx->remember && session_id > 0 && orch_method_find(method))
+			orch_remember_reply(ctx->env, session_id, method, *reply);
 		return rc;
 	}
 	rc = orch_call(ctx, method, req, session_id, reply);

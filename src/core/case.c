@@ -4,9 +4,11 @@
  * suspended session.  A case is handed to at most one session at a time: a
  * session "holds" a case while its active current ref points at it.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "orchfs/core.h"
 #include "groups.h"
@@ -19,12 +21,13 @@
 	"SELECT id, task_id, title, status, evidence_json, order_no, created_at AS recorded_at FROM steps "
 
 #define CHECKPOINT_SELECT                                                                          \
-	"SELECT id, task_id, step_title, snapshot_json, created_at AS recorded_at FROM checkpoints "
+	"SELECT id, task_id, step_title, session_id, snapshot_json, created_at AS recorded_at FROM checkpoints "
 
 /* Status order for handing out cases: in_progress, then blocked, then todo. */
-#define CASE_ORDER                                                                                 \
-	"ORDER BY CASE status WHEN 'in_progress' THEN 0 WHEN 'blocked' THEN 1 ELSE 2 END, "          \
+#define CASE_RANK                                                                                  \
+	"CASE status WHEN 'in_progress' THEN 0 WHEN 'blocked' THEN 1 ELSE 2 END, "                   \
 	"priority DESC, updated_at, id"
+#define CASE_ORDER "ORDER BY " CASE_RANK
 
 int orch_current_ref_json(orch_ctx *ctx, int64_t session_id, json_t **out)
 {
@@ -159,10 +162,12 @@ static int ref_upsert(orch_ctx *ctx, int64_t session_id, const ref_fields *f, in
 	return rc;
 }
 
-static int add_checkpoint(orch_ctx *ctx, int64_t task_id, const char *title, json_t *snapshot, int64_t *id)
+/* A checkpoint of the case, recording the session that wrote it (sid 0: none). */
+static int add_checkpoint(orch_ctx *ctx, int64_t task_id, int64_t sid, const char *title, json_t *snapshot,
+			  int64_t *id)
 {
-	int rc = orch_sql_exec(ctx, "INSERT INTO checkpoints (task_id, step_title, snapshot_json, created_at) "
-			       "VALUES (?, ?, ?, ?)", "isji", task_id, title, snapshot, ctx->now);
+	int rc = orch_sql_exec(ctx, "INSERT INTO checkpoints (task_id, step_title, session_id, snapshot_json, "
+			       "created_at) VALUES (?, ?, ?, ?, ?)", "isIji", task_id, title, sid, snapshot, ctx->now);
 
 	*id = orch_last_id(ctx);
 	json_decref(snapshot);
@@ -199,7 +204,7 @@ static int case_begin(orch_ctx *ctx, json_t *p, json_t **result)
 	rc = orch_sql_exec(ctx, "UPDATE tasks SET status = 'in_progress', input_contract = ?, fixtures = ?, "
 			   "updated_at = ? WHERE id = ?", "jjii", c, f, ctx->now, id);
 	if (!rc)
-		rc = add_checkpoint(ctx, id, "case.begin",
+		rc = add_checkpoint(ctx, id, sid, "case.begin",
 				    json_pack("{s:s, s:O, s:O}", "event", "case.begin", "fixtures", f,
 					      "input_contract", c), &cp);
 	json_decref(c);
@@ -210,6 +215,14 @@ static int case_begin(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = ref_upsert(ctx, sid, &rf, NULL);
 	}
 	return rc ? rc : orch_task_json(ctx, id, result);
+}
+
+/* A result that starts with "fail" (fail, failed, FAIL: reason), after white space, is a failed step. */
+static bool step_failed(const char *result)
+{
+	while (isspace((unsigned char)*result))
+		result++;
+	return strncasecmp(result, "fail", 4) == 0;
 }
 
 static int step_check(orch_ctx *ctx, json_t *p, json_t **result)
@@ -232,11 +245,12 @@ static int step_check(orch_ctx *ctx, json_t *p, json_t **result)
 	a = artifacts ? json_incref(artifacts) : json_array();
 	json_t *evidence = json_pack("{s:O, s:s}", "artifacts", a, "result", res);
 	rc = orch_sql_exec(ctx, "INSERT INTO steps (task_id, title, status, evidence_json, order_no, created_at) "
-			   "VALUES (?, ?, 'done', ?, ?, ?)", "isjii", id, title, evidence, order, ctx->now);
+			   "VALUES (?, ?, ?, ?, ?, ?)", "issjii", id, title, step_failed(res) ? "failed" : "done",
+			   evidence, order, ctx->now);
 	int64_t step_id = orch_last_id(ctx);
 	json_decref(evidence);
 	if (!rc)
-		rc = add_checkpoint(ctx, id, title,
+		rc = add_checkpoint(ctx, id, sid, title,
 				    json_pack("{s:O, s:s, s:s, s:s}", "artifacts", a, "event", "step.check",
 					      "result", res, "step_title", title), &cp);
 	json_decref(a);
@@ -269,7 +283,7 @@ static int case_complete(orch_ctx *ctx, json_t *p, json_t **result)
 	rc = orch_sql_exec(ctx, "UPDATE tasks SET status = 'done', next_action = ?, updated_at = ? WHERE id = ?",
 			   "sii", *next ? next : NULL, ctx->now, id);
 	if (!rc)
-		rc = add_checkpoint(ctx, id, "case.complete",
+		rc = add_checkpoint(ctx, id, sid, "case.complete",
 				    json_pack("{s:s, s:s, s:s}", "event", "case.complete", "next_action", next,
 					      "summary", summary), &cp);
 	if (!rc && sid) {
@@ -287,14 +301,23 @@ static int case_complete(orch_ctx *ctx, json_t *p, json_t **result)
  */
 static int next_case(orch_ctx *ctx, int64_t session_id, int64_t *case_id)
 {
+	char me[32];
 	bool found;
 	int rc;
 
+	/*
+	 * With a session: cases another session holds are skipped, and so are
+	 * cases assigned (assignee_session) to another session; the caller's
+	 * own assigned cases come first.
+	 */
+	snprintf(me, sizeof(me), "%lld", (long long)session_id);
 	if (session_id)
 		rc = orch_sql_int(ctx, case_id, &found, "SELECT id FROM tasks t WHERE level = 'case' AND status IN "
 				  "('in_progress', 'blocked', 'todo') AND NOT EXISTS (SELECT 1 FROM current_refs r "
 				  "WHERE r.node_type = 'case' AND r.node_id = t.id AND r.status = 'active' AND "
-				  "r.session_id <> ?) " CASE_ORDER " LIMIT 1", "i", session_id);
+				  "r.session_id <> ?1) AND (coalesce(assignee_session, '') = '' OR assignee_session = ?2) "
+				  "ORDER BY coalesce(assignee_session = ?2, 0) DESC, " CASE_RANK " LIMIT 1", "is",
+				  session_id, me);
 	else
 		rc = orch_sql_int(ctx, case_id, &found, "SELECT id FROM tasks WHERE level = 'case' AND status IN "
 				  "('in_progress', 'blocked', 'todo') " CASE_ORDER " LIMIT 1", "");
@@ -466,17 +489,20 @@ static int requester_is_free(orch_ctx *ctx, int64_t req)
 static int not_a_candidate(orch_ctx *ctx, json_t *tsess, int64_t timeout)
 {
 	const char *status = json_string_value(json_object_get(tsess, "status"));
-	int64_t id = json_integer_value(json_object_get(tsess, "id")), seen = 0, ref;
-	bool has_ref;
+	int64_t id = json_integer_value(json_object_get(tsess, "id")), seen = 0, ref, own;
+	bool has_ref, live = false;
 
+	own = json_integer_value(json_object_get(tsess, "heartbeat_timeout_seconds"));
+	if (own <= 0)
+		own = ORCH_HEARTBEAT_WINDOW;
 	if (strcmp(status, "active_new") && strcmp(status, "active_resume") && strcmp(status, "handoff_attached")) {
 		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: its status is %s",
 			       (long long)id, status);
-	} else if (orch_sql_int(ctx, &seen, NULL, "SELECT ? - last_seen_at FROM sessions WHERE id = ?", "ii",
-				ctx->now, id) == 0 && seen <= timeout * 1000) {
-		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: its last heartbeat is "
-			       "%.1fs old, not older than %llds", (long long)id, (double)seen / 1000.0,
-			       (long long)timeout);
+	} else if (orch_session_live(ctx, id, timeout, &live, NULL, &seen) == 0 && live) {
+		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: it is live (last heard "
+			       "from %.1fs ago, within its heartbeat window of %llds%s)", (long long)id,
+			       (double)seen / 1000.0, (long long)(timeout > own ? timeout : own),
+			       timeout > own ? ", as lengthened by the requester" : "");
 	} else if (orch_sql_int(ctx, &ref, &has_ref, "SELECT id FROM current_refs WHERE session_id = ? AND "
 				"status = 'active'", "i", id) == 0 && !has_ref) {
 		orch_error_set(ORCH_EINVALID_STATE, "session %lld is not a resume candidate: it has no active "
@@ -499,7 +525,7 @@ static int candidates_attach(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t req = orch_param_int(p, "requester_session_id", 0);
 	int64_t target = orch_param_int(p, "target_session_id", 0);
-	int64_t timeout, stored, prior;
+	int64_t timeout, prior;
 	json_t *tsess = NULL, *cands = NULL, *ref = NULL;
 	bool found, candidate = false;
 	char req_owner[32], target_owner[32];
@@ -530,19 +556,13 @@ static int candidates_attach(orch_ctx *ctx, json_t *p, json_t **result)
 				    (long long)target, (long long)prior);
 		goto done;
 	}
-	if (timeout <= 0) {
-		if ((rc = orch_sql_int(ctx, &stored, NULL, "SELECT coalesce(heartbeat_timeout_seconds, 0) FROM "
-				       "sessions WHERE id = ?", "i", req)) != 0)
-			goto done;
-		timeout = stored;
-	}
 	if ((rc = orch_resume_candidates(ctx, req, timeout, &cands)) != 0)
 		goto done;
 	for (size_t i = 0; i < json_array_size(cands); i++)
 		candidate |= json_integer_value(json_object_get(json_object_get(json_array_get(cands, i),
 										"session"), "id")) == target;
 	if (!candidate) {
-		rc = not_a_candidate(ctx, tsess, timeout > 0 ? timeout : 60);
+		rc = not_a_candidate(ctx, tsess, timeout);
 		goto done;
 	}
 	if ((rc = orch_current_ref_json(ctx, target, &ref)) != 0)
@@ -598,7 +618,8 @@ static const orch_param step_params[] = {
 	{"case_id", ORCH_P_ID, ORCH_P_REQUIRED, "The case (in_progress).", NULL},
 	{"session_id", ORCH_P_ID, 0, "The session doing it.", NULL},
 	{"step_title", ORCH_P_STR, ORCH_P_REQUIRED, "What was checked.", NULL},
-	{"result", ORCH_P_STR, ORCH_P_REQUIRED, "The outcome (free text, e.g. pass / fail: reason).", NULL},
+	{"result", ORCH_P_STR, ORCH_P_REQUIRED, "The outcome (free text, e.g. pass / fail: reason); one "
+	 "starting with \"fail\" records the step as failed, else done.", NULL},
 	{"artifacts", ORCH_P_STRS, 0, "Evidence: paths, commit ids, log names (default []).", NULL},
 	{"required_files", ORCH_P_PATHS, 0, "Files an agent must read to resume.", NULL},
 	{NULL, 0, 0, NULL, NULL},
@@ -631,8 +652,8 @@ static const orch_param ack_params[] = {
 static const orch_param attach_params[] = {
 	{"requester_session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session taking over.", NULL},
 	{"target_session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The suspended session.", NULL},
-	{"heartbeat_timeout_seconds", ORCH_P_INT, 0, "Heartbeat age that makes the target a candidate "
-	 "(default: the requester's session.open value, else 60).", NULL},
+	{"heartbeat_timeout_seconds", ORCH_P_INT, 0, "Lengthen the target's own heartbeat window to this "
+	 "many seconds (never shortens it; default: the target's own window).", NULL},
 	{NULL, 0, 0, NULL, NULL},
 };
 
@@ -640,37 +661,41 @@ const orch_method orch_case_methods[] = {
 	{"case.begin", case_begin, ORCH_M_WRITE, begin_params,
 	 "Start (or restart) a case: status in_progress, a case.begin checkpoint, and with session_id the "
 	 "session's current ref points at it.",
-	 "the case task", "{\"case_id\": 3, \"session_id\": 1, \"input_contract\": {\"cmd\": \"make test\"}, "
+	 "the case task", "{\"case_id\": 1, \"session_id\": 1, \"input_contract\": {\"cmd\": \"make test\"}, "
 	 "\"fixtures\": [\"users.json\"]}",
 	 "not_found (ENOENT), invalid_state (EINVAL: not a case, or done), conflict (EBUSY: another "
 	 "session's ref holds the case)."},
 	{"step.check", step_check, ORCH_M_WRITE, step_params,
 	 "Record a checked step of an in_progress case (order_no 1, 2, 3 ...) and a checkpoint.",
 	 "{id, task_id, title, status, evidence: {artifacts, result}, order_no, recorded_at}",
-	 "{\"case_id\": 3, \"session_id\": 1, \"step_title\": \"unit tests\", \"result\": \"pass\", "
+	 "{\"case_id\": 1, \"session_id\": 1, \"step_title\": \"unit tests\", \"result\": \"pass\", "
 	 "\"artifacts\": [\"build/test.log\"]}",
 	 "not_found (ENOENT), invalid_state (EINVAL: not a case, or not in_progress), conflict (EBUSY)."},
 	{"case.complete", case_complete, ORCH_M_WRITE, complete_params,
 	 "Finish an in_progress case: status done, a case.complete checkpoint, the session's ref completed.",
-	 "the case task", "{\"case_id\": 3, \"session_id\": 1, \"summary\": \"all green\", "
+	 "the case task", "{\"case_id\": 1, \"session_id\": 1, \"summary\": \"all green\", "
 	 "\"next_action\": \"request review\"}",
 	 "not_found (ENOENT), invalid_state (EINVAL: not a case, or not in_progress), conflict (EBUSY)."},
 	{"resume.next", resume_next, ORCH_M_WRITE, next_params,
 	 "The next case: in_progress, then blocked, then todo; higher priority first; least recently "
-	 "updated first. With session_id the case is handed to that session.",
+	 "updated first. With session_id the case is handed to that session: cases assigned to it "
+	 "(assignee_session) first, never one assigned to or held by another session.",
 	 "{task, checkpoint?} or {} when no case is open", "{\"session_id\": 1}",
 	 "not_found (ENOENT: session), invalid_state (EINVAL: session closed)."},
 	{"work.current_ref", current_ref, ORCH_M_WRITE, ref_params,
-	 "Where the session is: its active ref, else the next case nobody holds becomes its ref.",
+	 "Where the session is: its active ref, else the next case nobody holds and nobody else is "
+	 "assigned (its own assigned cases first) becomes its ref.",
 	 "{source: \"current_refs\" | \"resume.next\" | \"none\", current_ref, task?, checkpoint?}",
 	 "{\"session_id\": 1, \"mode\": \"compact\"}",
 	 "not_found (ENOENT), invalid_state (EINVAL: session closed)."},
 	{"work.current_ref.ack", current_ref_ack, ORCH_M_WRITE, ack_params,
 	 "Acknowledge a ref of the session (acked_at = now, version + 1).", "the ref",
-	 "{\"session_id\": 1, \"ref_id\": 4}", "not_found (ENOENT: no such ref of that session)."},
+	 "{\"session_id\": 1, \"ref_id\": 1}", "not_found (ENOENT: no such ref of that session)."},
 	{"resume.candidates.attach", candidates_attach, ORCH_M_WRITE, attach_params,
 	 "Take over a suspended session: its worktrees, locks and current ref (mode resume) move to the "
-	 "requester; the target becomes handoff_attached.",
+	 "requester; the target becomes handoff_attached. The target must hold a case and have been "
+	 "silent past its own heartbeat window; the requester is a session opened with intent "
+	 "resume_work.",
 	 "the requester's context {session, main_worktree, session_root_worktree, current_ref}",
 	 "{\"requester_session_id\": 2, \"target_session_id\": 1}",
 	 "not_found (ENOENT), invalid_params (EINVAL: self), invalid_state (EINVAL: not a candidate, "

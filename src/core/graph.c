@@ -20,8 +20,8 @@
 	"SELECT id, node_id, item_text, status, order_no, facet, created_at, updated_at "           \
 	"FROM node_checklists "
 #define SNAPSHOT_SELECT                                                                            \
-	"SELECT id, node_id, snapshot_type, summary, affected_files_json, next_action, created_at " \
-	"FROM node_snapshots "
+	"SELECT id, node_id, snapshot_type, summary, affected_files_json, next_action, preview_json, " \
+	"decision, decided_by_session, decision_reason, created_at FROM node_snapshots "
 
 /* ---- read views (also rendered under graph/nodes/<id>/) ---- */
 

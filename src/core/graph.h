@@ -15,7 +15,7 @@
 #define ORCH_NODE_SELECT                                                                           \
 	"SELECT id, node_type, facet, title, status, priority, parent_id, worktree_id, "            \
 	"owner_session_id, summary, risk_level, token_estimate, affected_files_json, "              \
-	"approval_state, created_at, updated_at FROM graph_nodes "
+	"approval_state, decided_by_session, decision_reason, created_at, updated_at FROM graph_nodes "
 
 /* A node to insert.  Zero ids and token_estimate mean NULL. */
 typedef struct {

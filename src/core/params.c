@@ -22,6 +22,7 @@ static const char *type_name(orch_ptype t)
 	case ORCH_P_PATHS: return "array of repository-relative paths";
 	case ORCH_P_PATH: return "repository-relative path";
 	case ORCH_P_OBJS: return "array of objects";
+	case ORCH_P_OWNER: return "string or session id";
 	}
 	return "?";
 }
@@ -201,6 +202,16 @@ static int check_value(const orch_param *p, json_t *obj, const char *name, json_
 			json_array_set_new(v, i, json_string(norm));
 			free(norm);
 		}
+		return 0;
+	case ORCH_P_OWNER:
+		if (json_is_integer(v) && json_integer_value(v) > 0) {
+			json_object_set_new(obj, p->name, json_sprintf("%lld", (long long)json_integer_value(v)));
+			return 0;
+		}
+		if (!json_is_string(v))
+			return type_error(name, p, v);
+		if ((p->flags & ORCH_P_REQUIRED) && blank(json_string_value(v)))
+			return orch_error_set(ORCH_EINVALID_PARAMS, "%s must not be blank", name);
 		return 0;
 	case ORCH_P_OBJS:
 		if (!json_is_array(v))
@@ -382,6 +393,13 @@ char *orch_method_usage(const orch_method *m, bool session_scoped)
 	       "with the errno):\n  %s\n  invalid_json (EINVAL), invalid_params (EINVAL: unknown key, "
 	       "wrong type, missing key), too_large (EFBIG: request over 1 MiB).\n",
 	       m->errors ? m->errors : "");
+	append(&buf, &len, "  ENOENT from a write is a method's not_found, not a missing file: read the reply.\n");
+	if (session_scoped)
+		append(&buf, &len, "\nIn this directory: reading this file without writing shows the last reply this "
+		       "session got here. A session opened with {\"ctl_errors\": \"reply\"} gets no errno from a "
+		       "complete request: the error is only in the reply. Writes here count as heartbeats, reads "
+		       "do not: while you think, touch ../heartbeat at least every heartbeat_timeout_seconds/2 "
+		       "(default window 120 s), or another session may take yours over.\n");
 	return buf;
 }
 
@@ -409,6 +427,12 @@ static json_t *param_schema(const orch_param *p)
 		break;
 	case ORCH_P_BOOL:
 		s = json_pack("{s:s}", "type", "boolean");
+		break;
+	case ORCH_P_OWNER:
+		s = json_pack("{s:[{s:s}, {s:s, s:i}]}", "anyOf", "type", "string", "type", "integer", "minimum", 1);
+		if (p->flags & ORCH_P_REQUIRED)
+			json_object_set_new(json_array_get(json_object_get(s, "anyOf"), 0), "minLength",
+					    json_integer(1));
 		break;
 	case ORCH_P_STRS:
 	case ORCH_P_PATHS:

@@ -288,13 +288,19 @@ static int rollup_submit(orch_ctx *ctx, json_t *p, json_t **result)
 	if (rc)
 		goto done;
 	rc = orch_sql_exec(ctx, "UPDATE graph_nodes SET approval_state = 'pending', status = 'in_review', "
-			   "updated_at = ? WHERE id = ?", "ii", ctx->now, id);
+			   "decided_by_session = NULL, decision_reason = NULL, updated_at = ? WHERE id = ?", "ii",
+			   ctx->now, id);
 	if (rc)
 		goto done;
 	json_decref(node);
 	node = NULL;
 	if ((rc = orch_node_json(ctx, id, &node)) != 0 || (rc = preview(ctx, id, &prev)) != 0)
 		goto done;
+	/* The preview the decision will be about is kept with the rollup. */
+	if ((rc = orch_sql_exec(ctx, "UPDATE node_snapshots SET preview_json = ? WHERE id = ?", "ji", prev,
+				json_integer_value(json_object_get(snap, "id")))) != 0)
+		goto done;
+	json_object_set(snap, "preview", prev);
 	*result = json_pack("{sOsOsO}", "snapshot", snap, "node", node, "preview", prev);
 done:
 	json_decref(node);
@@ -304,20 +310,33 @@ done:
 	return rc;
 }
 
-/* Approve or reject a pending node: approval_state and status become the given pair. */
+/*
+ * Approve or reject a pending node: approval_state and status become the
+ * given pair; the deciding session (session_id, checked open) and the
+ * reason are kept on the node (decided_by_session, decision_reason) and in
+ * the rollup snapshot that was submitted (decision, beside its preview).
+ */
 static int decide(orch_ctx *ctx, json_t *p, const char *method, const char *approval, const char *status,
 		  json_t **result)
 {
 	static const char *const from[] = {"pending", NULL};
-	int64_t id = orch_param_int(p, "node_id", 0);
+	int64_t id = orch_param_int(p, "node_id", 0), sid = orch_param_int(p, "session_id", 0);
 	json_t *node = NULL;
 	int rc;
 
+	if (sid && (rc = orch_session_require_open(ctx, sid)) != 0)
+		return rc;
 	if ((rc = orch_graph_node_find(ctx, "node_id", id, &node)) != 0 ||
 	    (rc = require_approval(node, method, from)) != 0)
 		goto done;
-	rc = orch_sql_exec(ctx, "UPDATE graph_nodes SET approval_state = ?, status = ?, updated_at = ? WHERE id = ?",
-			   "ssii", approval, status, ctx->now, id);
+	rc = orch_sql_exec(ctx, "UPDATE graph_nodes SET approval_state = ?, status = ?, decided_by_session = ?, "
+			   "decision_reason = ?, updated_at = ? WHERE id = ?", "ssIsii", approval, status, sid,
+			   orch_graph_text(p, "reason"), ctx->now, id);
+	/* And in the rollup snapshot that was submitted, beside its preview. */
+	if (!rc)
+		rc = orch_sql_exec(ctx, "UPDATE node_snapshots SET decision = ?, decided_by_session = ?, "
+				   "decision_reason = ? WHERE id = (SELECT max(id) FROM node_snapshots WHERE node_id = ? "
+				   "AND snapshot_type = 'rollup')", "sIsi", approval, sid, orch_graph_text(p, "reason"), id);
 	if (!rc)
 		rc = orch_node_json(ctx, id, result);
 done:
@@ -377,6 +396,9 @@ static const orch_param submit_params[] = {
 };
 static const orch_param decide_params[] = {
 	{"node_id", ORCH_P_ID, ORCH_P_REQUIRED, "The node (approval_state pending).", NULL},
+	{"session_id", ORCH_P_ID, 0, "The deciding session (implied under sessions/<id>/ctl/): kept as "
+	 "decided_by_session.", NULL},
+	{"reason", ORCH_P_STR, 0, "Why (kept on the node as decision_reason).", NULL},
 	{NULL, 0, 0, NULL, NULL},
 };
 
@@ -411,11 +433,14 @@ const orch_method orch_plan_methods[] = {
 	 "not_found (ENOENT: node_id); invalid_state (EINVAL: approval_state is pending or approved; "
 	 "details.state)."},
 	{"plan.rollup.approve", rollup_approve, ORCH_M_WRITE, decide_params,
-	 "Approve a pending node: approval_state approved, status done.", "the node", "{\"node_id\": 2}",
+	 "Approve a pending node: approval_state approved, status done; the deciding session and reason "
+	 "are kept (decided_by_session, decision_reason).", "the node",
+	 "{\"node_id\": 2, \"session_id\": 1, \"reason\": \"all slices merged\"}",
 	 "not_found (ENOENT: node_id); invalid_state (EINVAL: not pending; details.state)."},
 	{"plan.rollup.reject", rollup_reject, ORCH_M_WRITE, decide_params,
-	 "Reject a pending node: approval_state rejected, status blocked; it may be submitted again.",
-	 "the node", "{\"node_id\": 2}",
+	 "Reject a pending node: approval_state rejected, status blocked; it may be submitted again. The "
+	 "deciding session and reason are kept.",
+	 "the node", "{\"node_id\": 2, \"session_id\": 1, \"reason\": \"tests missing\"}",
 	 "not_found (ENOENT: node_id); invalid_state (EINVAL: not pending; details.state)."},
 	{NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL},
 };

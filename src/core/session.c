@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "orchfs/core.h"
 #include "groups.h"
@@ -13,7 +14,8 @@
 
 #define SESSION_COLS                                                                               \
 	"SELECT id, agent_role, owner, repo_path, terminal_fingerprint, intent, main_worktree_id, "  \
-	"session_root_worktree_id, started_at, last_seen_at, status FROM sessions WHERE id = ?"
+	"session_root_worktree_id, heartbeat_timeout_seconds, ctl_errors, started_at, last_seen_at, status "  \
+	"FROM sessions WHERE id = ?"
 
 #define WORKTREE_COLS                                                                              \
 	"SELECT id, nullif(task_id, 0) AS task_id, path, branch, status, kind, parent_worktree_id, owner_session_id, "     \
@@ -22,6 +24,104 @@
 int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out)
 {
 	return orch_sql_row(ctx, out, "session %lld not found", id, SESSION_COLS, "i", id);
+}
+
+/*
+ * The one definition of liveness.  A session is live when it may still act
+ * (not closed, not taken over) and was heard from within its heartbeat
+ * window: the heartbeat_timeout_seconds it gave session.open (default
+ * ORCH_HEARTBEAT_WINDOW), lengthened to `min_window_s` when a requester asks
+ * for longer -- never shortened.  Reads are no sign of life: only writes
+ * (a heartbeat, a mutating call through sessions/<id>/ctl/) move
+ * last_seen_at.  Resume candidates, attach, forced lock release and
+ * session.json's `stale` all ask here, so a new sign of life (a held-open
+ * handle) is added in this one place.  *open (may be NULL) says whether the
+ * session may still act; *age_ms (may be NULL) is the heartbeat's age.
+ */
+int orch_session_live(orch_ctx *ctx, int64_t id, int64_t min_window_s, bool *live, bool *open, int64_t *age_ms)
+{
+	sqlite3_stmt *st = orch_sql(ctx, "SELECT status, last_seen_at, heartbeat_timeout_seconds FROM sessions "
+				    "WHERE id = ?", "i", id);
+	int rc;
+
+	if (!st)
+		return ORCH_EINTERNAL;
+	rc = orch_sql_step(ctx, st);
+	if (rc != SQLITE_ROW) {
+		sqlite3_reset(st);
+		return rc == SQLITE_DONE ? orch_error_set(ORCH_ENOTFOUND, "session %lld not found", (long long)id)
+					 : ORCH_EINTERNAL;
+	}
+	const char *status = (const char *)sqlite3_column_text(st, 0);
+	bool acting = strcmp(status, "closed") != 0 && strcmp(status, "handoff_attached") != 0;
+	int64_t age = ctx->now - sqlite3_column_int64(st, 1);
+	int64_t window = sqlite3_column_int64(st, 2);
+
+	sqlite3_reset(st);
+	if (window <= 0)
+		window = ORCH_HEARTBEAT_WINDOW;
+	if (min_window_s > window)
+		window = min_window_s;
+	*live = acting && age <= window * 1000;
+	if (open)
+		*open = acting;
+	if (age_ms)
+		*age_ms = age;
+	return 0;
+}
+
+bool orch_session_ctl_errors_reply(orch_ctx *ctx, int64_t id)
+{
+	sqlite3_stmt *st = orch_sql(ctx, "SELECT ctl_errors = 'reply' FROM sessions WHERE id = ?", "i", id);
+	bool reply = false;
+
+	if (!st) {
+		orch_error_clear();
+		return false;
+	}
+	if (sqlite3_step(st) == SQLITE_ROW)
+		reply = sqlite3_column_int(st, 0) != 0;
+	sqlite3_reset(st);
+	return reply;
+}
+
+char *orch_owner_words(orch_ctx *ctx, const char *owner)
+{
+	char *end, *out = NULL;
+	long long id = strtoll(owner, &end, 10);
+
+	if (*owner >= '1' && *owner <= '9' && *end == '\0' && id > 0) {
+		sqlite3_stmt *st = orch_sql(ctx, "SELECT agent_role, owner FROM sessions WHERE id = ?", "i",
+					    (int64_t)id);
+		if (st && sqlite3_step(st) == SQLITE_ROW &&
+		    asprintf(&out, "session %lld (%s, %s)", id, (const char *)sqlite3_column_text(st, 0),
+			     (const char *)sqlite3_column_text(st, 1)) < 0)
+			out = NULL;
+		if (st)
+			sqlite3_reset(st);
+	}
+	if (!out && asprintf(&out, "owner \"%s\"", owner) < 0)
+		out = strdup("?");
+	return out;
+}
+
+/* sessions/<id>/session.json: the session with its heartbeat's age and whether it is stale (time-dependent). */
+int orch_session_file_json(orch_ctx *ctx, int64_t id, json_t **out)
+{
+	bool live, open;
+	int64_t age;
+	int rc = orch_session_json(ctx, id, out);
+
+	if (rc)
+		return rc;
+	if ((rc = orch_session_live(ctx, id, 0, &live, &open, &age)) != 0) {
+		json_decref(*out);
+		*out = NULL;
+		return rc;
+	}
+	json_object_set_new(*out, "heartbeat_age_seconds", json_integer(age / 1000));
+	json_object_set_new(*out, "stale", json_boolean(open && !live));
+	return 0;
 }
 
 int orch_worktree_json(orch_ctx *ctx, int64_t id, json_t **out)
@@ -178,6 +278,7 @@ int orch_param_timeout(json_t *p, const char *name, int64_t *out)
 static int session_open(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	const char *intent = orch_param_str(p, "intent", "auto");
+	const char *ctl_errors = orch_param_str(p, "ctl_errors", "errno");
 	int64_t timeout, sid, main_id, root_id = 0;
 	json_t *ctxj = NULL, *cands = NULL;
 	int rc;
@@ -185,22 +286,28 @@ static int session_open(orch_ctx *ctx, json_t *p, json_t **result)
 	if (strcmp(intent, "new_work") && strcmp(intent, "resume_work") && strcmp(intent, "auto"))
 		return orch_error_set(ORCH_EINVALID_PARAMS,
 				      "intent must be one of new_work, resume_work, auto; got \"%s\"", intent);
+	if (strcmp(ctl_errors, "errno") && strcmp(ctl_errors, "reply"))
+		return orch_error_set(ORCH_EINVALID_PARAMS, "ctl_errors must be errno or reply; got \"%s\"",
+				      ctl_errors);
 	if ((rc = orch_param_timeout(p, "heartbeat_timeout_seconds", &timeout)) != 0)
 		return rc;
+	if (timeout == 0)
+		timeout = ORCH_HEARTBEAT_WINDOW;
 	bool resume = strcmp(intent, "resume_work") == 0;
+	bool checkout = orch_param_bool(p, "worktree", true) && !resume;
 	const char *fp = orch_param_str(p, "terminal_fingerprint", NULL);
 	rc = orch_sql_exec(ctx, "INSERT INTO sessions (agent_role, owner, repo_path, terminal_fingerprint, intent, "
-			   "heartbeat_timeout_seconds, started_at, last_seen_at, status) "
-			   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'opened')", "sssssIii",
+			   "heartbeat_timeout_seconds, ctl_errors, started_at, last_seen_at, status) "
+			   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'opened')", "sssssisii",
 			   orch_param_str(p, "agent_role", "codex"), orch_param_str(p, "owner", "unknown"),
 			   ctx->repo_path, fp && *fp ? fp : NULL, resume ? "resume_work" : "new_work",
-			   resume ? timeout : 0, ctx->now, ctx->now);
+			   timeout, ctl_errors, ctx->now, ctx->now);
 	if (rc)
 		return rc;
 	sid = orch_last_id(ctx);
 	if ((rc = main_worktree(ctx, &main_id)) != 0)
 		return rc;
-	if (!resume && (rc = session_root(ctx, sid, main_id, &root_id)) != 0)
+	if (checkout && (rc = session_root(ctx, sid, main_id, &root_id)) != 0)
 		return rc;
 	rc = orch_sql_exec(ctx, "UPDATE sessions SET main_worktree_id = ?, session_root_worktree_id = ?, "
 			   "status = ? WHERE id = ?", "iIsi", main_id, root_id,
@@ -213,7 +320,8 @@ static int session_open(orch_ctx *ctx, json_t *p, json_t **result)
 		*result = json_pack("{s:o}", "session_context", ctxj);
 		return 0;
 	}
-	if ((rc = orch_resume_candidates(ctx, sid, timeout, &cands)) != 0) {
+	/* The candidates are stale past their own windows (the new session's window is its own). */
+	if ((rc = orch_resume_candidates(ctx, sid, 0, &cands)) != 0) {
 		json_decref(ctxj);
 		return rc;
 	}
@@ -236,6 +344,117 @@ static int session_heartbeat(orch_ctx *ctx, json_t *p, json_t **result)
 	return rc ? rc : orch_session_json(ctx, id, result);
 }
 
+/* The ids of worktree `id`'s children that are neither merged nor abandoned, as a JSON array. */
+static int live_children(orch_ctx *ctx, int64_t id, json_t **out)
+{
+	return orch_sql_rows(ctx, out, "SELECT id FROM worktrees WHERE parent_worktree_id = ? AND status NOT IN "
+			     "('closed', 'abandoned') ORDER BY id", "i", id);
+}
+
+/*
+ * Whether everything on the session root's branch is in the main
+ * worktree's branch, or in a branch a main-merge of this worktree went
+ * into: then removing the checkout loses nothing.
+ */
+static int root_merged(orch_ctx *ctx, json_t *wt, int64_t main_id, bool *merged)
+{
+	const char *branch = json_string_value(json_object_get(wt, "branch"));
+	json_t *main_wt = NULL, *targets = NULL;
+	int rc;
+
+	*merged = false;
+	if ((rc = orch_worktree_json(ctx, main_id, &main_wt)) != 0 ||
+	    (rc = orch_git_branch_contains(ctx->git, json_string_value(json_object_get(main_wt, "branch")), branch,
+					   merged)) != 0 ||
+	    (rc = orch_sql_rows(ctx, &targets, "SELECT DISTINCT target_branch FROM merge_main_queue WHERE "
+				"from_worktree_id = ? AND state = 'merged'", "i",
+				json_integer_value(json_object_get(wt, "id")))) != 0)
+		goto done;
+	for (size_t i = 0; i < json_array_size(targets) && !*merged; i++) {
+		const char *t = json_string_value(json_object_get(json_array_get(targets, i), "target_branch"));
+		if (orch_git_branch_contains(ctx->git, t, branch, merged) != 0)
+			orch_error_clear(); /* a target branch deleted since: not a place the work is */
+	}
+done:
+	json_decref(main_wt);
+	json_decref(targets);
+	return rc;
+}
+
+/*
+ * session.close {remove_worktree: true}: remove the checkout of the
+ * session root the session owns (the branch stays, the record becomes
+ * closed, sessions/<id>/root goes) -- only when nothing would be lost: no
+ * child worktree left unmerged, no uncommitted change, and every commit of
+ * the branch merged (or none made).  invalid_state naming why otherwise.
+ * A session without a checkout has nothing to remove.
+ */
+static int remove_root(orch_ctx *ctx, int64_t sid)
+{
+	json_t *wt = NULL, *kids = NULL, *dirty = NULL;
+	int64_t root = 0, main_id = 0;
+	orch_git_effect *fx = NULL;
+	bool found, merged;
+	int rc;
+
+	if ((rc = orch_sql_int(ctx, &root, &found, "SELECT w.id FROM sessions s JOIN worktrees w ON w.id = "
+			       "s.session_root_worktree_id WHERE s.id = ? AND w.owner_session_id = s.id AND "
+			       "w.status IN ('active', 'missing')", "i", sid)) != 0 || !found)
+		return rc;
+	if ((rc = orch_sql_int(ctx, &main_id, NULL, "SELECT coalesce(main_worktree_id, 0) FROM sessions WHERE "
+			       "id = ?", "i", sid)) != 0 ||
+	    (rc = orch_worktree_json(ctx, root, &wt)) != 0 || (rc = live_children(ctx, root, &kids)) != 0)
+		goto done;
+	const char *path = json_string_value(json_object_get(wt, "path"));
+	if (json_array_size(kids)) {
+		json_t *ids = json_array();
+		for (size_t i = 0; i < json_array_size(kids); i++)
+			json_array_append(ids, json_object_get(json_array_get(kids, i), "id"));
+		char *list = json_dumps(ids, JSON_COMPACT);
+		rc = orch_error_set(ORCH_EINVALID_STATE, "remove_worktree: session root worktree %lld has child "
+				    "worktrees %s that are neither merged nor abandoned", (long long)root, list);
+		free(list);
+		orch_error_detail("children", ids);
+		goto done;
+	}
+	bool on_disk = strcmp(json_string_value(json_object_get(wt, "status")), "active") == 0 &&
+		       access(path, F_OK) == 0;
+	if (on_disk) {
+		if ((rc = orch_git_dirty_paths(path, true, &dirty)) != 0)
+			goto done;
+		if (json_array_size(dirty)) {
+			char *list = json_dumps(dirty, JSON_COMPACT);
+			rc = orch_error_set(ORCH_EINVALID_STATE, "remove_worktree: session root worktree %lld at %s has "
+					    "uncommitted changes: %s; commit (and merge) or discard them", (long long)root,
+					    path, list);
+			free(list);
+			orch_error_details(json_pack("{s:s, s:O}", "state", "dirty", "paths", dirty));
+			goto done;
+		}
+	}
+	if ((rc = root_merged(ctx, wt, main_id, &merged)) != 0)
+		goto done;
+	if (!merged) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "remove_worktree: branch %s of session root worktree %lld "
+				    "has commits that are not merged; queue it with merge.main.request (or close "
+				    "without remove_worktree)", json_string_value(json_object_get(wt, "branch")),
+				    (long long)root);
+		orch_error_detail("state", json_string("unmerged"));
+		goto done;
+	}
+	rc = on_disk ? orch_git_worktree_retire(ctx->git, path, &fx) : orch_git_retire_after_commit(ctx->git, path, &fx);
+	if (rc)
+		goto done;
+	orch_txn_git(ctx, fx);
+	rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'closed', merge_state = 'removed' WHERE id = ?", "i",
+			   root);
+done:
+	json_decref(wt);
+	json_decref(kids);
+	json_decref(dirty);
+	return rc;
+}
+
 /*
  * Close a session.  Its leases go with it: file/prefix locks it owns, the
  * main merge lock if it holds it (SPEC 6.7), and its active current ref
@@ -249,10 +468,13 @@ static int session_close(orch_ctx *ctx, json_t *p, json_t **result)
 
 	if (rc)
 		return rc;
+	if (orch_param_bool(p, "remove_worktree", false) && (rc = remove_root(ctx, id)) != 0)
+		return rc;
 	snprintf(owner, sizeof(owner), "%lld", (long long)id);
 	if ((rc = orch_sql_exec(ctx, "UPDATE sessions SET status = 'closed', last_seen_at = ? WHERE id = ?", "ii",
 				ctx->now, id)) ||
-	    (rc = orch_sql_exec(ctx, "UPDATE locks SET state = 'released', heartbeat_at = ?1, lease_until = ?1 "
+	    (rc = orch_sql_exec(ctx, "UPDATE locks SET state = 'released', heartbeat_at = ?1, lease_until = ?1, "
+				"released_at = ?1, released_by = ?2, release_reason = 'session.close' "
 				"WHERE owner_session = ?2 AND state = 'active'", "is", ctx->now, owner)) ||
 	    (rc = orch_sql_exec(ctx, "UPDATE current_refs SET status = 'released', version = version + 1, "
 				"updated_at = ? WHERE session_id = ? AND status = 'active'", "ii", ctx->now, id)) ||
@@ -270,21 +492,19 @@ static int session_context(orch_ctx *ctx, json_t *p, json_t **result)
 
 /*
  * Suspended sessions another agent may take over: same repository, not the
- * requester, in an active status, heartbeat older than the timeout, and
- * holding an active current ref.  Stalest first.
+ * requester, in an active status, holding an active current ref, and not
+ * live (orch_session_live) with the window lengthened to `timeout_s`.
+ * Stalest first.
  */
 int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, json_t **out)
 {
 	sqlite3_stmt *st;
 	int rc;
 
-	if (timeout_s <= 0)
-		timeout_s = 60;
 	st = orch_sql(ctx, "SELECT s.id FROM sessions s WHERE s.repo_path = ? AND s.id <> ? "
-		      "AND s.status IN ('active_new', 'active_resume', 'handoff_attached') AND s.last_seen_at < ? "
+		      "AND s.status IN ('active_new', 'active_resume', 'handoff_attached') "
 		      "AND EXISTS (SELECT 1 FROM current_refs r WHERE r.session_id = s.id AND r.status = 'active') "
-		      "ORDER BY s.last_seen_at, s.id", "sii", ctx->repo_path, requester,
-		      ctx->now - timeout_s * 1000);
+		      "ORDER BY s.last_seen_at, s.id", "si", ctx->repo_path, requester);
 	if (!st)
 		return ORCH_EINTERNAL;
 	int64_t *ids = NULL;
@@ -305,13 +525,19 @@ int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, 
 	*out = json_array();
 	for (size_t i = 0; i < n; i++) {
 		json_t *c;
-		if ((rc = orch_session_context(ctx, ids[i], &c)) != 0) {
-			json_decref(*out);
-			*out = NULL;
+		bool live;
+		if ((rc = orch_session_live(ctx, ids[i], timeout_s, &live, NULL, NULL)) != 0)
 			break;
-		}
+		if (live)
+			continue;
+		if ((rc = orch_session_context(ctx, ids[i], &c)) != 0)
+			break;
 		json_object_del(c, "main_worktree");
 		json_array_append_new(*out, c);
+	}
+	if (rc) {
+		json_decref(*out);
+		*out = NULL;
 	}
 	free(ids);
 	return rc;
@@ -320,21 +546,13 @@ int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, 
 static int candidates_list(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t req = orch_param_int(p, "requester_session_id", 0);
-	int64_t timeout, stored;
-	bool found;
+	int64_t timeout;
+	json_t *s;
 	int rc = orch_param_timeout(p, "heartbeat_timeout_seconds", &timeout);
 
-	if (rc)
+	if (rc || (rc = orch_session_json(ctx, req, &s)) != 0)
 		return rc;
-	rc = orch_sql_int(ctx, &stored, &found, "SELECT coalesce(heartbeat_timeout_seconds, 0) "
-			      "FROM sessions WHERE id = ?", "i", req);
-
-	if (rc)
-		return rc;
-	if (!found)
-		return orch_error_set(ORCH_ENOTFOUND, "session %lld not found", (long long)req);
-	if (timeout <= 0)
-		timeout = stored;
+	json_decref(s);
 	return orch_resume_candidates(ctx, req, timeout, result);
 }
 
@@ -344,18 +562,32 @@ static const orch_param open_params[] = {
 	{"terminal_fingerprint", ORCH_P_STR, 0, "Identifies the terminal; blank means none.", NULL},
 	{"intent", ORCH_P_STR, 0, "new_work | resume_work | auto (default auto = new_work).", NULL},
 	{"heartbeat_timeout_seconds", ORCH_P_INT, 0,
-	 "resume_work: heartbeat age that makes a session a candidate (default 60).", NULL},
+	 "This session's heartbeat window in seconds (default 120): silent longer than this (no heartbeat, "
+	 "no write through sessions/<id>/ctl/; reads do not count), it may be taken over. Others can "
+	 "lengthen it, never shorten it.", NULL},
+	{"worktree", ORCH_P_BOOL, 0, "false: no session-root checkout (a planner or reviewer; default true).",
+	 NULL},
+	{"ctl_errors", ORCH_P_STR, 0, "errno | reply (default errno): with reply, a complete request written "
+	 "to sessions/<id>/ctl/<method> never fails the write; the error is only in the reply read back "
+	 "(for file tools that take ENOENT for a missing file).", NULL},
 	{NULL, 0, 0, NULL, NULL},
 };
 static const orch_param sid_params[] = {
 	{"session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session.", NULL},
 	{NULL, 0, 0, NULL, NULL},
 };
+static const orch_param close_params[] = {
+	{"session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session.", NULL},
+	{"remove_worktree", ORCH_P_BOOL, 0, "true: also remove the session root's checkout (its branch stays), "
+	 "only when it is clean, has no unmerged child, and its commits are merged (or there are none).",
+	 NULL},
+	{NULL, 0, 0, NULL, NULL},
+};
 static const orch_param cand_params[] = {
 	{"requester_session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session asking (never listed itself).", NULL},
 	{"heartbeat_timeout_seconds", ORCH_P_INT, 0,
-	 "Heartbeat age in seconds beyond which a session is suspended (default: the one given to "
-	 "session.open, else 60).", NULL},
+	 "Lengthen every session's own heartbeat window to this many seconds (never shortens it; "
+	 "default: each session's own window, given at its session.open).", NULL},
 	{NULL, 0, 0, NULL, NULL},
 };
 
@@ -373,10 +605,13 @@ const orch_method orch_session_methods[] = {
 	 "sessions/<id>/heartbeat does the same.",
 	 "the session", "{\"session_id\": 1}",
 	 "not_found (ENOENT), invalid_state (EINVAL: the session is closed)."},
-	{"session.close", session_close, ORCH_M_WRITE | ORCH_M_CLOSED_OK, sid_params,
-	 "Close the session; releases its locks, the main merge lock if it holds it, and its current ref.",
+	{"session.close", session_close, ORCH_M_WRITE | ORCH_M_CLOSED_OK, close_params,
+	 "Close the session; releases its locks, the main merge lock if it holds it, and its current ref. "
+	 "With remove_worktree, its session-root checkout is removed too (nothing unmerged is lost).",
 	 "the session",
-	 "{\"session_id\": 1}", "not_found (ENOENT), invalid_state (EINVAL: already closed)."},
+	 "{\"session_id\": 1, \"remove_worktree\": true}", "not_found (ENOENT), invalid_state (EINVAL: already "
+	 "closed; remove_worktree: uncommitted changes (details.paths), unmerged children (details.children) "
+	 "or unmerged commits)."},
 	{"session.context", session_context, 0, sid_params,
 	 "The session with its main and session-root worktrees and active current ref.",
 	 "{session, main_worktree?, session_root_worktree?, current_ref?}", "{\"session_id\": 1}",

@@ -12,7 +12,7 @@
 /* A session's root link: its session-root worktree, while the session owns it. */
 #define ROOT_LINK_FROM                                                                             \
 	"FROM sessions s JOIN worktrees w ON w.id = s.session_root_worktree_id "                      \
-	"WHERE s.id = ?1 AND w.owner_session_id = s.id"
+	"WHERE s.id = ?1 AND w.owner_session_id = s.id AND w.status <> 'closed'"
 
 /* Per collection: its members in id order ([, name]), one member's existence, a member by name. */
 static const struct {
@@ -36,7 +36,8 @@ static const struct {
 	[ORCH_COLL_NODES] = {"SELECT id FROM graph_nodes WHERE ?1 IS NOT NULL ORDER BY id",
 			     "SELECT 1 FROM graph_nodes WHERE id = ?1 AND ?2 IS NOT NULL", NULL},
 	[ORCH_COLL_SESSION_ROOTS] = {"SELECT s.id FROM sessions s JOIN worktrees w ON w.id = s.session_root_worktree_id "
-				     "WHERE w.owner_session_id = s.id AND ?1 IS NOT NULL ORDER BY s.id",
+				     "WHERE w.owner_session_id = s.id AND w.status <> 'closed' AND ?1 IS NOT NULL "
+				     "ORDER BY s.id",
 				     "SELECT 1 " ROOT_LINK_FROM " AND ?2 IS NOT NULL", NULL},
 	[ORCH_COLL_MERGE_REQUESTS] = {"SELECT id FROM merge_requests WHERE ?1 IS NOT NULL ORDER BY id",
 				      "SELECT 1 FROM merge_requests WHERE id = ?1 AND ?2 IS NOT NULL", NULL},

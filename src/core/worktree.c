@@ -457,6 +457,19 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 
 	if ((rc = orch_session_require_open(ctx, sid)) != 0)
 		goto done;
+	/* No parent given: the session's own root (one key less to repeat). */
+	if (!pid) {
+		bool found;
+		if ((rc = orch_sql_int(ctx, &pid, &found, "SELECT w.id FROM sessions s JOIN worktrees w ON w.id = "
+				       "s.session_root_worktree_id WHERE s.id = ? AND w.owner_session_id = s.id", "i",
+				       sid)) != 0)
+			goto done;
+		if (!found) {
+			rc = orch_error_set(ORCH_EINVALID_PARAMS, "session %lld has no session root of its own: give "
+					    "parent_worktree_id", (long long)sid);
+			goto done;
+		}
+	}
 	rc = orch_worktree_json(ctx, pid, &parent);
 	/* No such row, said of the parameter the client gave; any other fault keeps its code and message. */
 	if (rc == ORCH_ENOTFOUND)
@@ -656,8 +669,9 @@ static int worktree_abandon(orch_ctx *ctx, json_t *p, json_t **result)
 		goto done;
 	if ((rc = check_owner(wt, parent, sid)) != 0)
 		goto done;
-	if (strcmp(wt_str(wt, "kind"), "task_branch") != 0 || !wt_int(wt, "parent_worktree_id")) {
-		rc = orch_error_set(ORCH_EINVALID_STATE, "worktree %lld is a %s worktree, not a child task worktree; "
+	/* A task worktree: a spawned child, or one worktree.create made (no owner: anyone may abandon it). */
+	if (strcmp(wt_str(wt, "kind"), "task_branch") != 0) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "worktree %lld is a %s worktree, not a task worktree; "
 				    "only those can be abandoned", (long long)id,
 				    *wt_str(wt, "kind") ? wt_str(wt, "kind") : "parentless");
 		orch_error_detail("state", json_string(wt_str(wt, "status")));
@@ -906,8 +920,8 @@ static const orch_param create_params[] = {
 };
 static const orch_param spawn_params[] = {
 	{"session_id", ORCH_P_ID, ORCH_P_REQUIRED, "The session that will own the child.", NULL},
-	{"parent_worktree_id", ORCH_P_ID, ORCH_P_REQUIRED, "The parent (the session's own, or one without owner).",
-	 NULL},
+	{"parent_worktree_id", ORCH_P_ID, 0, "The parent (the session's own, or one without owner; default: "
+	 "the session's own session root).", NULL},
 	{"task_id", ORCH_P_ID, 0, "The task the worktree is for (must exist).", NULL},
 	{"branch", ORCH_P_STR, 0, "New branch (default task/<session_id>/<worktree_id>).", NULL},
 	{"path", ORCH_P_PATH, 0, "Directory relative to <state>/worktrees/ (default: the branch with / and "
@@ -943,7 +957,8 @@ const orch_method orch_worktree_methods[] = {
 	{"worktree.merge_to_parent", worktree_merge, ORCH_M_WRITE, child_params,
 	 "Merge the child's branch into its parent's branch with a merge commit (two parents), computed in "
 	 "memory first; the parent's checkout is updated when it has that branch checked out. The child "
-	 "becomes closed / merged_to_parent; its directory and branch are kept.",
+	 "becomes closed / merged_to_parent; its directory and branch are kept. Only commits are merged: "
+	 "commit in the child's checkout (its path) first.",
 	 "{child_worktree (keeps merge_commit), parent_worktree, result: \"merged_to_parent\", merge_commit, "
 	 "uncommitted: the child's uncommitted paths, not merged}",
 	 "{\"session_id\": 1, \"worktree_id\": 3}",
@@ -955,7 +970,7 @@ const orch_method orch_worktree_methods[] = {
 	{"worktree.abandon", worktree_abandon, ORCH_M_WRITE, child_params,
 	 "Give up a child worktree so it no longer blocks its parent: a planned, missing, or clean active "
 	 "child gets status abandoned; its checkout and git metadata are removed, its branch is kept.",
-	 "the worktree, status abandoned", "{\"session_id\": 1, \"worktree_id\": 3}",
+	 "the worktree, status abandoned", "{\"session_id\": 1, \"worktree_id\": 4}",
 	 "invalid_state (EINVAL: uncommitted changes (details.paths), already merged or abandoned, not a child "
 	 "task worktree, unmerged children), forbidden (EPERM: another session's worktree), not_found (ENOENT)."},
 	{NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL},

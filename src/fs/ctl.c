@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,8 +23,12 @@ typedef enum {
  */
 struct fs_ctl {
 	pthread_mutex_t mu;
+	orch_env *env;
 	const orch_method *m;
 	int64_t session_id;
+	bool reply_errors; /* the session chose ctl_errors "reply": a delivered request's write never fails */
+	bool wrote;        /* a write reached this descriptor */
+	bool settled;      /* what a flush remembers for an empty or incomplete request is remembered */
 	ctl_state state;
 	char *req;
 	size_t req_len;
@@ -36,73 +41,44 @@ struct fs_ctl {
 	size_t usage_len;
 };
 
-/* Last reply per (session, method) through sessions/<id>/ctl/, in memory, under last_mu. */
-typedef struct {
-	int64_t session_id;
-	const orch_method *m;
-	char *reply;
-} last_reply;
-
-static pthread_mutex_t last_mu = PTHREAD_MUTEX_INITIALIZER;
-static last_reply *last;
-static size_t nlast, caplast;
-
-static void remember(int64_t session_id, const orch_method *m, const char *reply)
+/*
+ * What a read without a write shows: under sessions/<id>/ctl/ the reply the
+ * session last got for the method (remembered in the database, so every
+ * daemon and `orchfs call` agree), else the usage.  ctx: a reader.
+ */
+char *fs_ctl_idle_text(orch_ctx *ctx, const orch_method *m, int64_t session_id)
 {
-	pthread_mutex_lock(&last_mu);
-	for (size_t i = 0; i < nlast; i++) {
-		if (last[i].session_id == session_id && last[i].m == m) {
-			free(last[i].reply);
-			last[i].reply = strdup(reply);
-			goto done;
-		}
-	}
-	if (nlast == caplast) {
-		caplast = caplast ? caplast * 2 : 64;
-		last = orch_xrealloc(last, caplast * sizeof(*last));
-	}
-	last[nlast++] = (last_reply){session_id, m, strdup(reply)};
-done:
-	pthread_mutex_unlock(&last_mu);
-}
-
-/* A copy of the last reply a session got for a method through sessions/<id>/ctl/, or NULL. */
-static char *last_reply_copy(int64_t session_id, const orch_method *m)
-{
-	char *out = NULL;
-
-	pthread_mutex_lock(&last_mu);
-	for (size_t i = 0; i < nlast && !out; i++)
-		if (last[i].session_id == session_id && last[i].m == m)
-			out = strdup(last[i].reply);
-	pthread_mutex_unlock(&last_mu);
-	return out;
-}
-
-char *fs_ctl_idle_text(const orch_method *m, int64_t session_id)
-{
-	char *lr = session_id > 0 ? last_reply_copy(session_id, m) : NULL;
+	char *lr = session_id > 0 ? orch_remembered_reply(ctx, session_id, m->name) : NULL;
 
 	return lr ? lr : orch_method_usage(m, session_id > 0);
 }
 
-/* After the loop ended: no other thread is left. */
-void fs_ctl_forget_all(void)
+/* The idle text on a connection of the pool (a read with nothing written). */
+static char *idle_text(fs_ctl *c)
 {
-	for (size_t i = 0; i < nlast; i++)
-		free(last[i].reply);
-	free(last);
-	last = NULL;
-	nlast = caplast = 0;
+	orch_store *st;
+	orch_ctx ctx;
+	char *text;
+
+	if (c->session_id <= 0 || orch_env_reader(c->env, &st) != 0) {
+		orch_error_clear();
+		return orch_method_usage(c->m, c->session_id > 0);
+	}
+	orch_ctx_init(&ctx, c->env, st, NULL);
+	text = fs_ctl_idle_text(&ctx, c->m, c->session_id);
+	orch_env_reader_put(c->env, st);
+	return text;
 }
 
-fs_ctl *fs_ctl_new(const orch_method *m, int64_t session_id)
+fs_ctl *fs_ctl_new(orch_env *env, const orch_method *m, int64_t session_id, bool reply_errors)
 {
 	fs_ctl *c = calloc(1, sizeof(*c));
 
 	pthread_mutex_init(&c->mu, NULL);
+	c->env = env;
 	c->m = m;
 	c->session_id = session_id;
+	c->reply_errors = reply_errors;
 	return c;
 }
 
@@ -126,13 +102,20 @@ static bool all_space(const char *p, size_t len)
 	return true;
 }
 
-static void set_reply(fs_ctl *c, char *reply)
+/* The descriptor's reply; `remember`: also the session ctl file's (a reply no call remembered). */
+static void set_reply(fs_ctl *c, char *reply, bool remember)
 {
 	free(c->reply);
 	c->reply = reply;
 	c->reply_len = strlen(reply);
-	if (c->session_id > 0)
-		remember(c->session_id, c->m, reply);
+	if (remember && c->session_id > 0)
+		orch_remember_reply(c->env, c->session_id, c->m->name, reply);
+}
+
+/* The errno of a delivered request's write: none when the session reads its errors from the reply. */
+static int delivered(fs_ctl *c, int rc)
+{
+	return rc && !c->reply_errors ? -fs_errno(rc) : 0;
 }
 
 static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
@@ -141,6 +124,7 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
 	char *reply = NULL;
 	int rc;
 
+	c->wrote = true;
 	if (c->state == CTL_TOOLARGE)
 		return -EFBIG;
 	if (c->state == CTL_DONE) {
@@ -158,7 +142,7 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
 	if (c->req_len + len > ORCH_REQUEST_MAX) {
 		c->state = CTL_TOOLARGE;
 		orch_error_set(ORCH_ETOOLARGE, "request is larger than %d bytes", ORCH_REQUEST_MAX);
-		set_reply(c, orch_reply_error(NULL));
+		set_reply(c, orch_reply_error(NULL), true);
 		return -EFBIG;
 	}
 	c->req = orch_xrealloc(c->req, c->req_len + len + 1);
@@ -173,15 +157,16 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
 	}
 	c->state = CTL_DONE;
 	if (rc) {
-		set_reply(c, orch_reply_error(NULL));
-		return -fs_errno(rc);
+		set_reply(c, orch_reply_error(NULL), true);
+		return delivered(c, rc);
 	}
 	orch_ctx ctx;
 	orch_ctx_init(&ctx, env, NULL, NULL);
+	ctx.remember = c->session_id > 0; /* orch_call remembers it, with the call when it can */
 	rc = orch_call(&ctx, c->m->name, req, c->session_id, &reply);
 	json_decref(req);
-	set_reply(c, reply);
-	return rc ? -fs_errno(rc) : 0;
+	set_reply(c, reply, false);
+	return delivered(c, rc);
 }
 
 static int ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
@@ -209,7 +194,7 @@ static int ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t 
 	case CTL_EMPTY:
 	default:
 		if (!c->usage) {
-			c->usage = fs_ctl_idle_text(c->m, c->session_id);
+			c->usage = idle_text(c);
 			c->usage_len = strlen(c->usage);
 		}
 		buf = c->usage;
@@ -243,10 +228,38 @@ int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
 	return rc;
 }
 
+/*
+ * A close with nothing executed: under sessions/<id>/ctl/ the file's
+ * remembered reply must not go on answering for an earlier request.  An
+ * incomplete request leaves an invalid_json reply, a write of white space
+ * only a note that nothing was run.  Once per descriptor.
+ */
+static void settle(fs_ctl *c)
+{
+	char *text = NULL;
+
+	if (c->session_id <= 0 || c->settled || !c->wrote || (c->state != CTL_PARTIAL && c->state != CTL_EMPTY))
+		return;
+	c->settled = true;
+	if (c->state == CTL_PARTIAL) {
+		orch_error_set(ORCH_EINVALID_JSON, "incomplete request: the descriptor was closed after %zu bytes "
+			       "that are not a whole JSON value; nothing was run", c->req_len);
+		text = orch_reply_error(NULL);
+		orch_error_clear();
+	} else if (asprintf(&text, "{\"note\": \"nothing was run: the request written to "
+			    "sessions/%lld/ctl/%s was empty (white space only); write the params, {} for none\"}\n",
+			    (long long)c->session_id, c->m->name) < 0) {
+		return;
+	}
+	orch_remember_reply(c->env, c->session_id, c->m->name, text);
+	free(text);
+}
+
 int fs_ctl_flush(fs_ctl *c)
 {
 	pthread_mutex_lock(&c->mu);
 	int rc = c->state == CTL_PARTIAL ? -EINVAL : 0;
+	settle(c);
 	pthread_mutex_unlock(&c->mu);
 	return rc;
 }

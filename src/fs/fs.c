@@ -222,7 +222,7 @@ static int node_stat(orch_ctx *ctx, fs_node n, struct stat *st, double *timeout,
 	case T_CTL: {
 		int64_t sid;
 		const orch_method *m = fs_ctl_method(n, &sid);
-		char *idle = m ? fs_ctl_idle_text(m, sid) : NULL;
+		char *idle = m ? fs_ctl_idle_text(ctx, m, sid) : NULL;
 		st->st_mode = S_IFREG | 0660;
 		st->st_nlink = 1;
 		st->st_size = idle ? (off_t)strlen(idle) : 0;
@@ -527,7 +527,7 @@ static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 	const orch_method *m = fs_ctl_method(n, &sid);
 	orch_ctx ctx;
 	fs_handle *h;
-	bool found = m != NULL;
+	bool found = m != NULL, reply_errors = false;
 
 	if (found && sid) {
 		if (reader(ENV(req), &ctx) != 0) {
@@ -535,6 +535,7 @@ static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 			return;
 		}
 		found = exists_now(&ctx, n);
+		reply_errors = found && orch_session_ctl_errors_reply(&ctx, sid);
 		reader_done(&ctx);
 	}
 	if (!found) {
@@ -542,7 +543,7 @@ static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 		return;
 	}
 	h = handle_new(n);
-	h->ctl = fs_ctl_new(m, sid);
+	h->ctl = fs_ctl_new(ENV(req), m, sid, reply_errors);
 	(void)fi;
 	reply_open_parallel(req, (uintptr_t)h);
 }
@@ -812,11 +813,23 @@ static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	fuse_reply_err(req, 0);
 }
 
-/* Everything that would add, remove or rename a node: the tree is not the user's to shape. */
+/*
+ * Everything that would add, remove or rename a node: the tree is not the
+ * user's to shape (EROFS).  Except that a name created in a ctl directory
+ * is a method that does not exist (lookup found none): ENOENT, so an agent
+ * with a typo in the method name is not told the mount is read-only.
+ */
+static int create_errno(fuse_ino_t parent)
+{
+	fs_kind k = fs_node_of(parent).kind;
+
+	return k == K_CTL_DIR || k == K_SCTL_DIR ? ENOENT : EROFS;
+}
+
 static void fs_mknod(fuse_req_t req, fuse_ino_t p, const char *name, mode_t mode, dev_t rdev)
 {
-	(void)p, (void)name, (void)mode, (void)rdev;
-	fuse_reply_err(req, EROFS);
+	(void)name, (void)mode, (void)rdev;
+	fuse_reply_err(req, create_errno(p));
 }
 
 static void fs_mkdir(fuse_req_t req, fuse_ino_t p, const char *name, mode_t mode)
@@ -852,8 +865,8 @@ static void fs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t np, const char *n
 
 static void fs_create(fuse_req_t req, fuse_ino_t p, const char *name, mode_t mode, struct fuse_file_info *fi)
 {
-	(void)p, (void)name, (void)mode, (void)fi;
-	fuse_reply_err(req, EROFS);
+	(void)name, (void)mode, (void)fi;
+	fuse_reply_err(req, create_errno(p));
 }
 
 static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
@@ -986,6 +999,5 @@ out:
 	env->committing = NULL;
 	fuse_opt_free_args(&args);
 	free_all_open();
-	fs_ctl_forget_all();
 	return rc;
 }

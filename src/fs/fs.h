@@ -205,7 +205,8 @@ int64_t fs_cache_db_mtime(void);
 
 typedef struct fs_ctl fs_ctl;
 
-fs_ctl *fs_ctl_new(const orch_method *m, int64_t session_id);
+/* A ctl transaction; `reply_errors`: the session's ctl_errors is "reply" (see fs_ctl_write). */
+fs_ctl *fs_ctl_new(orch_env *env, const orch_method *m, int64_t session_id, bool reply_errors);
 void fs_ctl_free(fs_ctl *c);
 
 /* Append request bytes; executes once the buffer is a complete JSON value.  0 or -errno. */
@@ -221,8 +222,7 @@ int fs_ctl_flush(fs_ctl *c);
  * What a read without a write returns (caller frees): the usage, or under
  * sessions/<id>/ctl/ the session's last reply for the method.  stat reports its size.
  */
-char *fs_ctl_idle_text(const orch_method *m, int64_t session_id);
+char *fs_ctl_idle_text(orch_ctx *ctx, const orch_method *m, int64_t session_id);
 
-void fs_ctl_forget_all(void);
 
 #endif

@@ -46,7 +46,8 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_SESSION_DIR] = {K_SESSION_DIR, K_SESSIONS_DIR, NULL, "", T_DIR,
 			   .coll = ORCH_COLL_SESSIONS},
 	[K_SESSION_JSON] = {K_SESSION_JSON, K_SESSION_DIR, "session.json", NULL, T_FILE,
-			    .render = orch_session_json, .doc = "the session", .deps = "sessions#"},
+			    .render = orch_session_file_json,
+			    .doc = "the session, with heartbeat_age_seconds and stale (rendered at every open: it ages)"},
 	[K_CONTEXT_JSON] = {K_CONTEXT_JSON, K_SESSION_DIR, "context.json", NULL, T_FILE,
 			    .render = orch_session_context, .doc = "session.context: session, worktrees, current ref",
 			    .deps = "sessions# worktrees current_refs"},
@@ -61,7 +62,9 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_TASKS_DIR] = {K_TASKS_DIR, K_ROOT, "tasks", NULL, T_DIR},
 	[K_TASK_DIR] = {K_TASK_DIR, K_TASKS_DIR, NULL, "", T_DIR,
 			.coll = ORCH_COLL_TASKS},
-	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json, .doc = "the task", .deps = "tasks#"},
+	[K_TASK_JSON] = {K_TASK_JSON, K_TASK_DIR, "task.json", NULL, T_FILE, .render = orch_task_json,
+			 .doc = "the task (held_by: the session holding the case; last_checkpoint_id)",
+			 .deps = "tasks# current_refs checkpoints"},
 
 	/* case lifecycle */
 	[K_STEPS_JSON] = {K_STEPS_JSON, K_TASK_DIR, "steps.json", NULL, T_FILE,
@@ -488,11 +491,46 @@ static const char readme_head[] =
 	"    echo '{\"level\": \"case\", \"title\": \"parse dates\"}' >&3\n"
 	"    cat <&3        # {\"result\": {...}} or {\"error\": {\"code\", \"message\"}}\n"
 	"\n"
-	"A failed call also fails the write with an errno (EINVAL bad input or state,\n"
-	"ENOENT not found, EBUSY conflict, EEXIST exists, EPERM forbidden, EFBIG too\n"
-	"large, EIO git or internal), so `echo '{...}' > ctl/x` exits non-zero.\n"
-	"Add \"call_id\": \"<id>\" to make a call idempotent and keep its reply at\n"
-	"replies/<id>.json.  Reading ctl/<method> without writing shows its usage.\n"
+	"## Quick start for an agent\n"
+	"\n"
+	"    M=<this directory>; S=$M/sessions/<your session id>/ctl\n"
+	"    1. open:     exec 3<>$M/ctl/session.open; echo '{\"agent_role\": \"implementer\", \"owner\": \"alice\"}' >&3; cat <&3\n"
+	"                 -> result.session_context.session.id is your session id; sessions/<id>/root is your checkout\n"
+	"    2. where:    cat $M/sessions/<id>/context.json\n"
+	"    3. work:     exec 3<>$S/work.current_ref; echo '{}' >&3; cat <&3    (a case is handed to you, or none)\n"
+	"    4. hold it:  exec 3<>$S/case.begin; echo '{\"case_id\": <case id>}' >&3; cat <&3\n"
+	"    5. branch:   exec 3<>$S/worktree.spawn; echo '{}' >&3; cat <&3    (a child of your session root)\n"
+	"    6. commit in that worktree's path with git, as usual (only commits are merged, never uncommitted files)\n"
+	"    7. merge:    exec 3<>$S/worktree.merge_to_parent; echo '{\"worktree_id\": <child id>}' >&3; cat <&3\n"
+	"    8. record:   step.check {case_id, step_title, result}; then case.complete {case_id, summary}\n"
+	"    9. close:    exec 3<>$S/session.close; echo '{}' >&3; cat <&3\n"
+	"                 (your root reaches main through the main-merge queue, merge.main.*; then\n"
+	"                 {\"remove_worktree\": true} removes its checkout)\n"
+	"\n"
+	"Holding a case: case.begin (or work.current_ref / resume.next handing you one) makes\n"
+	"your current ref point at it; no other session is handed it or may change it until\n"
+	"you complete it, set it blocked (task.update) or close.  Locks (lock.acquire) are\n"
+	"advisory: they stop other lock.acquire calls on overlapping paths, not git or editors.\n"
+	"\n"
+	"Liveness: a session is live while it is heard from within its own heartbeat window\n"
+	"(heartbeat_timeout_seconds at session.open, default 120).  Reads do not count as\n"
+	"heartbeats: only `touch sessions/<id>/heartbeat`, session.heartbeat and writes through\n"
+	"sessions/<id>/ctl/ do.  Touch it at least every window/2 seconds while you think.\n"
+	"A silent session holding a case may be taken over: another session opens with\n"
+	"{\"intent\": \"resume_work\"}, reads resume_candidates, and writes\n"
+	"{\"target_session_id\": <id>} to its resume.candidates.attach.\n"
+	"\n"
+	"Errors: a failed call also fails the write with an errno, so `echo '{...}' > ctl/x`\n"
+	"exits non-zero: EINVAL invalid_json, invalid_params or invalid_state; ENOENT\n"
+	"not_found (a method's error, not a missing file: read the reply); EBUSY conflict;\n"
+	"EEXIST exists; EPERM forbidden; EFBIG too_large; EIO git or internal.  The reply\n"
+	"says what was wrong.  Read it on the same descriptor, or afterwards by reading\n"
+	"sessions/<id>/ctl/<method> without writing (the last reply you got there), or\n"
+	"replies/<call_id>.json when the request carried a \"call_id\".  File tools that take\n"
+	"ENOENT for a missing file should open with {\"ctl_errors\": \"reply\"}: through that\n"
+	"session's ctl/ a complete request's write always succeeds and the error is only in\n"
+	"the reply.  A name under ctl/ that is no method is ENOENT: `ls ctl/` lists them.\n"
+	"Reading ctl/<method> without writing shows its usage.\n"
 	"\n"
 	"## Tree\n"
 	"\n";

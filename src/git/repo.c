@@ -248,3 +248,19 @@ int orch_git_exclude(orch_git *g, const char *pattern)
 	free(path);
 	return 0;
 }
+
+int orch_git_branch_contains(orch_git *g, const char *branch, const char *other, bool *yes)
+{
+	git_oid tip, otip;
+	char ref[512];
+
+	*yes = false;
+	snprintf(ref, sizeof(ref), "refs/heads/%s", branch);
+	if (git_reference_name_to_id(&tip, g->repo, ref) != 0)
+		return orch_git__fail(branch);
+	snprintf(ref, sizeof(ref), "refs/heads/%s", other);
+	if (git_reference_name_to_id(&otip, g->repo, ref) != 0)
+		return orch_git__fail(other);
+	*yes = git_oid_equal(&tip, &otip) || git_graph_descendant_of(g->repo, &tip, &otip) == 1;
+	return 0;
+}

@@ -125,9 +125,12 @@ class Mount:
     def db_version(self):
         return self.ok('mirror.status')['db_version']
 
-    def orchfs_call(self, method, params=None):
-        """`orchfs call` against the same state, without the mount."""
-        args = [ORCHFS, 'call', '--repo', str(self.repo), '--state', self.state, method]
+    def orchfs_call(self, method, params=None, session=None):
+        """`orchfs call` against the same state, without the mount (--session: as sessions/<id>/ctl/)."""
+        args = [ORCHFS, 'call', '--repo', str(self.repo), '--state', self.state]
+        if session:
+            args += ['--session', str(session)]
+        args.append(method)
         if params is not None:
             args.append(params if isinstance(params, str) else json.dumps(params))
         return subprocess.run(args, capture_output=True, text=True)

@@ -33,7 +33,9 @@ def make_cases(mount, n, priority=0):
 def test_agent_killed_mid_case_is_replaced(mount):
     c1, c2 = make_cases(mount, 2)
     # Agent A: open, ask where to work, begin, three steps -- all with file writes and reads.
-    write(mount.p('ctl', 'session.open'), {'agent_role': 'implementer', 'call_id': 'open-a'})
+    # A's own heartbeat window is 1 s: silent longer, it may be taken over.
+    write(mount.p('ctl', 'session.open'), {'agent_role': 'implementer', 'heartbeat_timeout_seconds': 1,
+                                           'call_id': 'open-a'})
     a = read_json(mount.p('replies', 'open-a.json'))['result']['session_context']['session']['id']
     sctl = mount.p('sessions', str(a), 'ctl')
     write(os.path.join(sctl, 'work.current_ref'), {'mode': 'compact'})
@@ -51,7 +53,7 @@ def test_agent_killed_mid_case_is_replaced(mount):
     root_a = os.readlink(mount.p('sessions', str(a), 'root'))
     with open(os.path.join(root_a, 'work.txt'), 'w') as f:
         f.write('half done\n')
-    # A dies: no more heartbeats.  B comes with intent resume_work and a 1 s timeout.
+    # A dies: no more heartbeats.  B comes with intent resume_work.
     write(mount.p('ctl', 'session.open'), {'intent': 'resume_work', 'heartbeat_timeout_seconds': 1,
                                            'call_id': 'open-b'})
     b = read_json(mount.p('replies', 'open-b.json'))['result']['session']['id']
@@ -193,7 +195,7 @@ def test_guards_and_bad_input(mount):
 
 def test_attach_rules(mount):
     make_cases(mount, 2)
-    a = mount.ok('session.open')['session_context']['session']['id']
+    a = mount.ok('session.open', {'heartbeat_timeout_seconds': 1})['session_context']['session']['id']
     mount.ok('work.current_ref', {}, session=a)
     b = mount.ok('session.open', {'intent': 'resume_work', 'heartbeat_timeout_seconds': 1})['session']['id']
     c = mount.ok('session.open', {'intent': 'resume_work', 'heartbeat_timeout_seconds': 1})['session']['id']
@@ -206,7 +208,7 @@ def test_attach_rules(mount):
     assert f'already attached by session {b}' in e['message']
     assert mount.db_version() == v
     # A closed session is never a candidate.
-    d = mount.ok('session.open')['session_context']['session']['id']
+    d = mount.ok('session.open', {'heartbeat_timeout_seconds': 1})['session_context']['session']['id']
     mount.ok('work.current_ref', {}, session=d)
     mount.ok('session.close', {}, session=d)
     time.sleep(1.1)
@@ -216,7 +218,7 @@ def test_attach_rules(mount):
 
 def test_taken_over_session_is_told_and_stopped(mount):
     make_cases(mount, 2)
-    a = mount.ok('session.open')['session_context']['session']['id']
+    a = mount.ok('session.open', {'heartbeat_timeout_seconds': 1})['session_context']['session']['id']
     mount.ok('work.current_ref', {}, session=a)
     b = mount.ok('session.open', {'intent': 'resume_work', 'heartbeat_timeout_seconds': 1})['session']['id']
     time.sleep(1.2)
@@ -269,7 +271,7 @@ def test_session_usage_example_omits_implied_keys(mount):
 
 def test_taken_over_session_cannot_lease_or_drive_cases(mount):
     (case,) = make_cases(mount, 1)
-    a = mount.ok('session.open')['session_context']['session']['id']
+    a = mount.ok('session.open', {'heartbeat_timeout_seconds': 1})['session_context']['session']['id']
     mount.ok('case.begin', {'case_id': case}, session=a)
     b = mount.ok('session.open', {'intent': 'resume_work', 'heartbeat_timeout_seconds': 1})['session']['id']
     time.sleep(1.2)
@@ -295,8 +297,11 @@ def test_attach_needs_a_free_requester_and_says_why_not(mount):
     assert 'has its own session root' in e['message']
     r = mount.ok('session.open', {'intent': 'resume_work', 'heartbeat_timeout_seconds': 30})['session']['id']
     e = mount.fails('resume.candidates.attach', {'target_session_id': a}, 'invalid_state', errno.EINVAL, session=r)
-    assert 'last heartbeat is' in e['message'] and 'not older than 30s' in e['message']
+    assert 'it is live' in e['message'] and 'heartbeat window of 120s' in e['message']
+    e = mount.fails('resume.candidates.attach', {'target_session_id': a, 'heartbeat_timeout_seconds': 300},
+                    'invalid_state', errno.EINVAL, session=r)
+    assert 'window of 300s, as lengthened by the requester' in e['message']
     idle = mount.ok('session.open')['session_context']['session']['id']
     e = mount.fails('resume.candidates.attach', {'target_session_id': idle, 'heartbeat_timeout_seconds': 1},
                     'invalid_state', errno.EINVAL, session=r)
-    assert 'last heartbeat' in e['message'] or 'no active current ref' in e['message']
+    assert 'it is live' in e['message'] or 'no active current ref' in e['message']

@@ -13,7 +13,7 @@ METHODS = json.loads(subprocess.run([ORCHFS, 'methods', '--json'], capture_outpu
                                     check=True).stdout)
 
 GOOD = {'id': 1, 'int': 1, 'string': 'x', 'bool': True, 'json': {}, 'strings': ['a'], 'paths': ['a'],
-        'path': 'a', 'objects': []}
+        'path': 'a', 'objects': [], 'owner': 'x'}
 BAD = {
     'id': ['1', 0, -1, 1.5, True, [1]],
     'int': ['1', 1.5, {}, False],
@@ -24,6 +24,7 @@ BAD = {
     'paths': ['a', [1], ['/etc'], ['../x'], [''], ['a/../../b']],
     'path': [1, '/etc', '../x', '', ['a']],
     'objects': ['x', [1], {}],
+    'owner': [0, -1, 1.5, True, [], {}],
 }
 
 

@@ -169,7 +169,12 @@ TEST(attach_takes_over)
 	json_decref(fails(env, ORCH_ENOTFOUND, "resume.candidates.attach", "{\"requester_session_id\": 2, \"target_session_id\": 8}"));
 	CHECK_EQ_INT(db_version(env), v);
 	age(env, 1, 31);
+	/* Past the requester's 30 s, but a session's own window (default 120 s) decides. */
 	json_t *l = ok(env, "resume.candidates.list", "{\"requester_session_id\": 2}");
+	CHECK_EQ_INT(json_array_size(l), 0);
+	json_decref(l);
+	age(env, 1, 121);
+	l = ok(env, "resume.candidates.list", "{\"requester_session_id\": 2}");
 	CHECK_EQ_INT(json_array_size(l), 1);
 	CHECK_EQ_INT(jint(l, "0.session.id"), 1);
 	CHECK_EQ_INT(jint(l, "0.current_ref.node_id"), 2);

@@ -210,14 +210,18 @@ TEST(lock_bad_input_changes_nothing)
 		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner_session\": \"a\", \"ttl_seconds\": 1.5}",
 		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner_session\": \"a\", \"ttl_seconds\": "
 		"9223372036854775807}",
-		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner_session\": 1}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner_session\": 0}",
+		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner_session\": 1.5}",
 		"{\"scope_type\": \"file\", \"scope_path\": \"x\", \"owner\": \"a\"}",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		json_decref(fails(env, ORCH_EINVALID_PARAMS, "lock.acquire", "%s", bad[i]));
-	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1}"));
-	json_decref(fails(env, ORCH_ENOTFOUND, "lock.heartbeat", "{\"lock_id\": 1}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1, \"owner_session\": \"a\"}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.heartbeat", "{\"lock_id\": 1, \"owner_session\": \"a\"}"));
 	json_decref(fails(env, ORCH_EINVALID_PARAMS, "lock.release", "{\"lock_id\": 0}"));
+	/* Without owner_session nobody's lock can be renewed or freed through ctl/. */
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "lock.release", "{\"lock_id\": 1}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "lock.heartbeat", "{\"lock_id\": 1}"));
 	CHECK_EQ_INT(db_version(env), 0);
 }
 
@@ -237,10 +241,10 @@ TEST(lock_expiry_is_real_time)
 	expire(env, 1);
 	int64_t v = db_version(env);
 	/* An expired lease never conflicts and cannot be revived. */
-	json_t *e = fails(env, ORCH_EINVALID_STATE, "lock.heartbeat", "{\"lock_id\": 1}");
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "lock.heartbeat", "{\"lock_id\": 1, \"owner_session\": \"a\"}");
 	CHECK_EQ_STR(jstr(e, "details.state"), "expired");
 	json_decref(e);
-	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1, \"owner_session\": \"a\"}"));
 	CHECK_EQ_INT(db_version(env), v);
 	json_t *l = ok(env, "lock.acquire", "{\"scope_type\": \"prefix\", \"scope_path\": \".\", \"owner_session\": "
 		       "\"b\"}");
@@ -271,12 +275,13 @@ TEST(lock_heartbeat_release_and_owner_checks)
 	CHECK(strcmp(jstr(l, "lease_until"), first) > 0);
 	CHECK_EQ_STR(jstr(l, "state"), "active");
 	json_decref(l);
-	l = ok(env, "lock.release", "{\"lock_id\": 1}");
+	l = ok(env, "lock.release", "{\"lock_id\": 1, \"owner_session\": \"a\"}");
 	CHECK_EQ_STR(jstr(l, "state"), "released");
 	CHECK_EQ_STR(jstr(l, "lease_until"), jstr(l, "heartbeat_at"));
+	CHECK_EQ_STR(jstr(l, "released_by"), "a");
 	json_decref(l);
-	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1}"));
-	json_decref(fails(env, ORCH_ENOTFOUND, "lock.heartbeat", "{\"lock_id\": 1}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1, \"owner_session\": \"a\"}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.heartbeat", "{\"lock_id\": 1, \"owner_session\": \"a\"}"));
 	CHECK_EQ_INT(db_version(env), v + 2);
 	/* Released: another owner may take it. */
 	json_decref(ok(env, "lock.acquire", "{\"scope_type\": \"file\", \"scope_path\": \"a.c\", \"owner_session\": "
@@ -299,7 +304,7 @@ TEST(lock_session_ctl_implies_owner)
 	free(reply);
 	/* session.close releases the session's locks. */
 	json_decref(ok(env, "session.close", "{\"session_id\": 1}"));
-	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "lock.release", "{\"lock_id\": 1, \"owner_session\": \"1\"}"));
 }
 
 /* ---- worktrees ---- */
