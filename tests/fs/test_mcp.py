@@ -260,7 +260,8 @@ def raw_error(code):
 # ---------------------------------------------------------------- one table, four faces
 
 JSON_TYPES = {'id': 'integer', 'int': 'integer', 'string': 'string', 'bool': 'boolean', 'json': None,
-              'strings': 'array', 'paths': 'array', 'path': 'string', 'objects': 'array'}
+              'strings': 'array', 'paths': 'array', 'path': 'string', 'objects': 'array',
+              'owner': None}
 USAGE_PARAM = re.compile(r'^( +)(\S+) +(.+?), (required|optional)\. ?(.*)$')
 
 
@@ -349,6 +350,8 @@ def check_params(method, params, usage, schema, readme, where):
         assert s.get('type') == JSON_TYPES[p['type']], at
         if p['type'] == 'id':
             assert s['minimum'] == 1, at
+        if p['type'] == 'owner':  # a session as its id's string or the id itself
+            assert [a['type'] for a in s['anyOf']] == ['string', 'integer'], at
         if p['type'] in ('strings', 'paths'):
             assert s['items'] == {'type': 'string'}, at
         if p['type'] == 'objects':

@@ -385,15 +385,16 @@ def test_merge_to_parent_keeps_commit_reports_uncommitted_and_nothing_to_merge(m
 
 
 def test_attach_reports_uncommitted_of_the_root(mount):
-    sid, root = open_session(mount)
+    ctx = mount.ok('session.open', {'heartbeat_timeout_seconds': 1})['session_context']
+    sid, root = ctx['session']['id'], ctx['session_root_worktree']
     case = mount.ok('task.create', {'level': 'case', 'title': 'c'})
     mount.ok('case.begin', {'case_id': case['id']}, session=sid)
     with open(os.path.join(root['path'], 'half.txt'), 'w') as f:
         f.write('half done\n')
     with open(os.path.join(root['path'], 'README'), 'a') as f:
         f.write('edited\n')
-    b = mount.ok('session.open', {'intent': 'resume_work', 'heartbeat_timeout_seconds': 1})['session']['id']
-    time.sleep(1.2)
+    b = mount.ok('session.open', {'intent': 'resume_work'})['session']['id']
+    time.sleep(1.2)  # past the target's own window of 1 s
     r = mount.ok('resume.candidates.attach', {'target_session_id': sid}, session=b)
     assert sorted(r['uncommitted']) == ['README', 'half.txt']
 
