@@ -56,6 +56,11 @@ typedef enum {
 	K_NODE_SNAPSHOTS_JSON,
 	K_NODE_EDGES_JSON,
 
+	/* markdown mirror (mirror/) */
+	K_MIRROR_DIR,
+	K_MIRROR_STATUS,
+	K_MIRROR_MD,
+
 	K_KIND_COUNT
 } fs_kind;
 

@@ -20,6 +20,10 @@ typedef struct {
 	orch_coll coll;         /* id-named: the ids it lists; fixed names: the ids it exists for (NONE: all) */
 	int (*render)(orch_ctx *ctx, int64_t id, json_t **out);
 	int (*text)(orch_ctx *ctx, int64_t id, char **buf);
+	/* Bytes read as they are, with the time they last changed (its mtime). */
+	int (*file)(orch_ctx *ctx, int64_t id, char **buf, size_t *len, int64_t *mtime);
+	/* Nodes named from a fixed list by id (1-based; NULL past the last), existing as `coll` says. */
+	const char *(*names)(int64_t id);
 	int methods;            /* 1: one node per method; 2: per method that takes a session */
 	const char *doc;        /* one line for the generated README.md */
 	/*
@@ -98,6 +102,15 @@ static const node_spec specs[K_KIND_COUNT] = {
 				.render = orch_node_edges_json, .doc = "every edge from or to it, by id",
 				.deps = "graph_nodes# graph_edges"},
 
+	/* markdown mirror */
+	[K_MIRROR_DIR] = {K_MIRROR_DIR, K_ROOT, "mirror", NULL, T_DIR},
+	[K_MIRROR_STATUS] = {K_MIRROR_STATUS, K_MIRROR_DIR, "status.json", NULL, T_FILE,
+			     .render = orch_mirror_status_json, .doc = "what mirror.status returns", .deps = "mirror_meta"},
+	[K_MIRROR_MD] = {K_MIRROR_MD, K_MIRROR_DIR, NULL, NULL, T_FILE, .coll = ORCH_COLL_MIRROR,
+			 .file = orch_mirror_file, .names = orch_mirror_file_name,
+			 .doc = "the markdown mirror as of the last mirror.refresh (index.md first)",
+			 .deps = "mirror_files#"},
+
 };
 
 /*
@@ -159,6 +172,11 @@ bool fs_node_parent_name(fs_node n, fs_node *parent, char *name, size_t size)
 	if (s->name) {
 		*parent = (fs_node){s->parent, 0, specs[s->parent].name ? 0 : n.id};
 		snprintf(name, size, "%s", s->name);
+	} else if (s->names) {
+		if (!s->names(n.id))
+			return false;
+		*parent = (fs_node){s->parent, 0, 0};
+		snprintf(name, size, "%s", s->names(n.id));
 	} else {
 		*parent = (fs_node){s->parent, 0, 0};
 		snprintf(name, size, "%lld%s", (long long)n.id, s->suffix);
@@ -263,6 +281,13 @@ int fs_lookup(orch_ctx *ctx, fs_node dir, const char *name, fs_node *child)
 			if (i == orch_method_count())
 				continue;
 			c.sub = (unsigned)i;
+		} else if (s->names) {
+			int64_t id = 1;
+			while (s->names(id) && strcmp(s->names(id), name) != 0)
+				id++;
+			if (!s->names(id))
+				continue;
+			c.id = id;
 		} else {
 			size_t n = strlen(name), sl = strlen(s->suffix);
 			if (n <= sl || strcmp(name + n - sl, s->suffix) != 0)
@@ -340,6 +365,10 @@ int fs_list(orch_ctx *ctx, fs_node dir, fs_dirent **out, size_t *n)
 				c.sub = (unsigned)i;
 				add(out, n, &cap, strdup(m->name), c);
 			}
+		} else if (s->names) {
+			for (c.id = 1; s->names(c.id); c.id++)
+				if (fs_exists(ctx, c))
+					add(out, n, &cap, strdup(s->names(c.id)), c);
 		} else {
 			lister l = {out, n, &cap, s->suffix, c};
 			if (orch_coll_list(ctx, s->coll, list_one, &l) != 0) {
@@ -411,7 +440,7 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 	int rc;
 
 	memset(r, 0, sizeof(*r));
-	if (!s->render && !s->text)
+	if (!s->render && !s->text && !s->file)
 		return -EISDIR;
 	/* Views that depend on time (lock expiry) see the time of the open. */
 	if (orch_ctx_read_begin(ctx) != 0) {
@@ -422,7 +451,9 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 		orch_ctx_read_end(ctx);
 		return -ENOENT;
 	}
-	rc = s->render ? s->render(ctx, n.id, &j) : s->text(ctx, n.id, &r->data);
+	rc = s->render ? s->render(ctx, n.id, &j)
+	     : s->file ? s->file(ctx, n.id, &r->data, &r->len, &r->stamp)
+	     : s->text(ctx, n.id, &r->data);
 	if (!rc)
 		rc = orch_meta_read(ctx->store, NULL, &r->snapshot_at);
 	orch_ctx_read_end(ctx);
@@ -442,7 +473,8 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 	}
 	if (!r->data)
 		return -ENOMEM;
-	r->len = strlen(r->data);
+	if (!s->file)
+		r->len = strlen(r->data);
 	return 0;
 }
 
@@ -502,6 +534,8 @@ static void spec_path(fs_kind k, char *buf, size_t size)
 		snprintf(name, sizeof(name), "%s", s->name);
 	else if (s->methods)
 		snprintf(name, sizeof(name), "<method>");
+	else if (s->names)
+		snprintf(name, sizeof(name), "*.md");
 	else
 		snprintf(name, sizeof(name), "<%s>%s", orch_coll_named(s->coll) ? "call_id" : "id", s->suffix);
 	size_t n = strlen(buf);
