@@ -691,27 +691,22 @@ static int plan_mermaid(rd *r)
 	sqlite3_reset(st);
 	if (rc != SQLITE_DONE)
 		return ORCH_EINTERNAL;
-	/* Containment by parent; other edges dotted and named. */
-	st = orch_sql(ctx, "SELECT parent_id, id, NULL FROM graph_nodes WHERE parent_id IS NOT NULL AND id <= ?1 "
-		      "AND parent_id <= ?1 AND EXISTS (SELECT 1 FROM graph_nodes p WHERE p.id = parent_id) "
-		      "UNION ALL SELECT e.from_node_id, e.to_node_id, e.edge_type FROM graph_edges e "
-		      "WHERE e.from_node_id <= ?1 AND e.to_node_id <= ?1 AND NOT (e.edge_type = 'contains' AND "
-		      "EXISTS (SELECT 1 FROM graph_nodes n WHERE n.id = e.to_node_id AND n.parent_id = e.from_node_id)) "
-		      "ORDER BY 3 NULLS FIRST, 1, 2",
-		      "i", (int64_t)(1LL << 62));
-	if (!st)
-		return ORCH_EINTERNAL;
 	/* Only edges between drawn nodes (the first MERMAID_MAX by id). */
 	int64_t last = 0;
 	if ((rc = orch_sql_int(ctx, &last, NULL, "SELECT coalesce(max(id), 0) FROM (SELECT id FROM graph_nodes "
-			       "ORDER BY id LIMIT ?)", "i", (int64_t)MERMAID_MAX))) {
-		sqlite3_reset(st);
+			       "ORDER BY id LIMIT ?)", "i", (int64_t)MERMAID_MAX)))
 		return rc;
-	}
+	/* Containment by parent (solid); every other edge dotted and named. */
+	st = orch_sql(ctx, "SELECT g.parent_id, g.id, NULL FROM graph_nodes g WHERE g.id <= ?1 AND g.parent_id <= ?1 "
+		      "AND EXISTS (SELECT 1 FROM graph_nodes p WHERE p.id = g.parent_id) "
+		      "UNION ALL SELECT e.from_node_id, e.to_node_id, e.edge_type FROM graph_edges e "
+		      "WHERE e.from_node_id <= ?1 AND e.to_node_id <= ?1 AND NOT (e.edge_type = 'contains' AND "
+		      "EXISTS (SELECT 1 FROM graph_nodes n WHERE n.id = e.to_node_id AND n.parent_id = e.from_node_id)) "
+		      "ORDER BY 3 NULLS FIRST, 1, 2", "i", last);
+	if (!st)
+		return ORCH_EINTERNAL;
 	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
 		int64_t a = sqlite3_column_int64(st, 0), b = sqlite3_column_int64(st, 1);
-		if (a > last || b > last)
-			continue;
 		if (has(st, 2)) {
 			fprintf(r->f, "  n%lld -.->|", (long long)a);
 			mermaid_text(r->f, col(st, 2), 30);
