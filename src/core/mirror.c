@@ -333,7 +333,7 @@ static int count_row(rd *r, const char *label, const char *link, sqlite3_stmt *s
 /* ---- index.md ---- */
 
 /* Whether a session is live at the state's moment: open and within its own heartbeat window. */
-#define LIVE_SQL "(s.last_seen_at + coalesce(s.heartbeat_timeout_seconds, 120) * 1000 > ?1)"
+#define LIVE_SQL "(s.last_seen_at + coalesce(nullif(s.heartbeat_timeout_seconds, 0), 120) * 1000 > ?1)"
 
 static int index_counts(rd *r)
 {
@@ -863,7 +863,7 @@ static int render_sessions(rd *r)
 	sqlite3_stmt *st = orch_sql(ctx,
 		"SELECT s.id, s.agent_role, s.owner, s.status, s.last_seen_at, " LIVE_SQL ", "
 		"NOT " LIVE_SQL " AND r.id IS NOT NULL AND s.status NOT IN ('closed', 'handoff_attached'), " REF_COLS ", "
-		"s.intent, s.started_at, coalesce(s.heartbeat_timeout_seconds, 120), s.session_root_worktree_id, "
+		"s.intent, s.started_at, coalesce(nullif(s.heartbeat_timeout_seconds, 0), 120), s.session_root_worktree_id, "
 		"(SELECT to_session_id FROM session_handoffs WHERE from_session_id = s.id), r.mode "
 		"FROM sessions s " REF_JOIN "ORDER BY s.id", "i", r->at);
 	int rc;
