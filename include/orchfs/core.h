@@ -373,7 +373,13 @@ void orch_ctx_read_end(orch_ctx *ctx);
 
 /* mirror/status.json: what mirror.status returns. */
 int orch_mirror_status_json(orch_ctx *ctx, int64_t id, json_t **out);
-/* mirror/<name>.md, file `id` of the current rendering (read from disk): its bytes and mtime (ms). */
+/*
+ * mirror/<name>.md, file `id` of the current rendering: *buf maps the file
+ * read-only (munmap(*buf, *len)); the file is written once and never
+ * changed, so the mapping is that rendering for as long as it is held, even
+ * after a later refresh removed the file.  *mtime: when its content last
+ * changed (ms).
+ */
 int orch_mirror_file(orch_ctx *ctx, int64_t id, char **buf, size_t *len, int64_t *mtime);
 /* The name of mirror file `id` (1-based; NULL past the last), and how many there are. */
 const char *orch_mirror_file_name(int64_t id);

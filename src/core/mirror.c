@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -86,8 +87,10 @@ int orch_mirror_file(orch_ctx *ctx, int64_t id, char **buf, size_t *len, int64_t
 {
 	sqlite3_stmt *st = orch_sql(ctx, "SELECT dir, name, size, changed_at FROM mirror_files WHERE id = ?", "i", id);
 	char *path = NULL;
-	size_t size = 0;
-	int rc, fd = -1;
+	struct stat sb;
+	size_t size;
+	void *map;
+	int rc, fd;
 
 	*buf = NULL;
 	if (!st)
@@ -103,34 +106,23 @@ int orch_mirror_file(orch_ctx *ctx, int64_t id, char **buf, size_t *len, int64_t
 	size = (size_t)sqlite3_column_int64(st, 2);
 	*mtime = sqlite3_column_int64(st, 3);
 	sqlite3_reset(st);
-	rc = 0;
-	if (!path || !(*buf = malloc(size + 1))) {
-		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
-		goto out;
-	}
-	/* The directory is written once and never changed: the row's size is the file's. */
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+	if (!path)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	/* Mapped, not copied: the daemon's memory stays small and the pages are the page cache's. */
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, &sb) != 0) {
 		rc = orch_error_set(ORCH_EINTERNAL, "mirror file %s: %s", path, strerror(errno));
-		goto out;
+	} else if ((size_t)sb.st_size != size || size == 0) {
+		rc = orch_error_set(ORCH_EINTERNAL, "mirror file %s: %lld bytes, %zu recorded", path,
+				    (long long)sb.st_size, size);
+	} else if ((map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED) {
+		rc = orch_error_set(ORCH_EINTERNAL, "mirror file %s: %s", path, strerror(errno));
+	} else {
+		*buf = map;
+		*len = size;
+		rc = 0;
 	}
-	for (size_t got = 0; got < size;) {
-		ssize_t n = pread(fd, *buf + got, size - got, (off_t)got);
-		if (n <= 0) {
-			rc = orch_error_set(ORCH_EINTERNAL, "mirror file %s: %s", path,
-					    n < 0 ? strerror(errno) : "shorter than recorded");
-			goto out;
-		}
-		got += (size_t)n;
-	}
-	(*buf)[size] = '\0';
-	*len = size;
-out:
 	if (fd >= 0)
 		close(fd);
-	if (rc) {
-		free(*buf);
-		*buf = NULL;
-	}
 	free(path);
 	return rc;
 }

@@ -262,7 +262,7 @@ static int node_stat(orch_ctx *ctx, fs_node n, struct stat *st, double *timeout,
 			if (rc)
 				return rc;
 			file_stat(st, fs_node_type(n), r.len, r.stamp ? r.stamp : r.snapshot_at);
-			free(r.data);
+			fs_rendering_release(&r);
 		}
 		return 0;
 	}
@@ -632,7 +632,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else {
 		fs_rendering r;
 		if ((rc = fs_render(&ctx, h->node, &r)) == 0)
-			h->snap = fs_snap_new(r.data, r.len, r.stamp ? r.stamp : r.snapshot_at);
+			h->snap = fs_snap_new(r.data, r.len, r.stamp ? r.stamp : r.snapshot_at, r.mapped);
 	}
 	reader_done(&ctx);
 	if (rc) {

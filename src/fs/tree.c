@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "fs.h"
@@ -451,6 +452,7 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 		orch_ctx_read_end(ctx);
 		return -ENOENT;
 	}
+	r->mapped = s->file != NULL;
 	rc = s->render ? s->render(ctx, n.id, &j)
 	     : s->file ? s->file(ctx, n.id, &r->data, &r->len, &r->stamp)
 	     : s->text(ctx, n.id, &r->data);
@@ -459,8 +461,7 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 	orch_ctx_read_end(ctx);
 	if (rc) {
 		json_decref(j);
-		free(r->data);
-		r->data = NULL;
+		fs_rendering_release(r);
 		return errno_of(rc);
 	}
 	if (j) {
@@ -476,6 +477,15 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 	if (!s->file)
 		r->len = strlen(r->data);
 	return 0;
+}
+
+void fs_rendering_release(fs_rendering *r)
+{
+	if (r->mapped && r->data)
+		munmap(r->data, r->len);
+	else
+		free(r->data);
+	r->data = NULL;
 }
 
 int fs_readlink(orch_ctx *ctx, fs_node n, char **target)

@@ -4,6 +4,7 @@
  */
 #include <dirent.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,17 +44,21 @@ static int mirror_commits(test_env *env)
 	return n;
 }
 
-/* The text of mirror file `id` as the tree serves it. */
+/* The text of mirror file `id` as the tree serves it (caller frees). */
 static char *served(test_env *env, int64_t id)
 {
-	char *buf = NULL;
-	size_t len;
+	char *map = NULL, *text = NULL;
+	size_t len = 0;
 	int64_t mtime;
 
 	CHECK(orch_store_begin(env->ctx.store, false) == 0);
-	CHECK(orch_mirror_file(&env->ctx, id, &buf, &len, &mtime) == 0);
+	CHECK(orch_mirror_file(&env->ctx, id, &map, &len, &mtime) == 0);
 	orch_store_rollback(env->ctx.store);
-	return buf;
+	if (map) {
+		text = strndup(map, len);
+		munmap(map, len);
+	}
+	return text;
 }
 
 TEST(mirror_refresh_renders_and_commits_without_a_bump)
