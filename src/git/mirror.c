@@ -32,20 +32,27 @@ int orch_git_mirror_tree(const char *repo_path, const char *dir, const char *con
 {
 	git_repository *repo;
 	git_treebuilder *tb = NULL;
+	git_odb *odb = NULL;
 	git_oid oid;
 	int rc;
 
 	if ((rc = open_repo(&repo, repo_path)) != 0)
 		return rc;
-	if (git_treebuilder_new(&tb, repo, NULL) < 0) {
+	if (git_repository_odb(&odb, repo) < 0 || git_treebuilder_new(&tb, repo, NULL) < 0) {
 		rc = orch_git__fail("new tree");
 		goto out;
 	}
 	for (size_t i = 0; i < n; i++) {
 		char path[4096];
 		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
-		/* From a path outside the working tree: no filters, the bytes as they are, streamed. */
-		if (git_blob_create_from_disk(&oid, repo, path) < 0 ||
+		/*
+		 * Hashing is cheap, compressing is not: a file the repository
+		 * already has (an unchanged one) is not stored again.  From a path
+		 * outside the working tree: no filters, the bytes as they are,
+		 * streamed.
+		 */
+		if (git_odb_hashfile(&oid, path, GIT_OBJECT_BLOB) < 0 ||
+		    (!git_odb_exists(odb, &oid) && git_blob_create_from_disk(&oid, repo, path) < 0) ||
 		    git_treebuilder_insert(NULL, tb, names[i], &oid, GIT_FILEMODE_BLOB) < 0) {
 			rc = orch_git__fail("store mirror file");
 			goto out;
@@ -59,6 +66,7 @@ int orch_git_mirror_tree(const char *repo_path, const char *dir, const char *con
 	git_oid_tostr(tree, ORCH_GIT_HEX_SIZE, &oid);
 out:
 	git_treebuilder_free(tb);
+	git_odb_free(odb);
 	close_repo(repo);
 	return rc;
 }
