@@ -197,7 +197,9 @@ int orch_git_mirror_tree(const char *repo_path, const char *dir, const char *con
  * Commit `tree` (hex) on ORCH_GIT_MIRROR_REF with `message`: its parent is
  * the commit the ref names (none the first time), and the ref moves only
  * from there.  `commit` (ORCH_GIT_HEX_SIZE) receives the new id; *fx puts
- * the ref back where it was when undone.  Nothing else of the repository
+ * the ref back where it was when undone.  When the ref's commit already
+ * has this tree (a refresh killed between moving the ref and committing
+ * its transaction), that commit is the answer and *fx is NULL.  Nothing else of the repository
  * changes: the user's branches, HEAD, index and working tree stay as they
  * are.  Opens the repository itself: runs on any thread.
  */

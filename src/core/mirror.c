@@ -1579,7 +1579,8 @@ static int mirror_refresh(orch_ctx *ctx, json_t *p, json_t **result)
 		snprintf(msg, sizeof(msg), "mirror: db_version %lld\n\nchanged: %s\n", (long long)version, changed);
 		if ((rc = orch_git_mirror_commit(ctx->repo_path, tree, msg, commit, &fx)) != 0)
 			goto out;
-		orch_txn_git(ctx, fx);
+		if (fx)
+			orch_txn_git(ctx, fx);
 		dir_switch *s = calloc(1, sizeof(*s));
 		s->root = strdup(root);
 		s->dir = strdup(dir);

@@ -149,6 +149,15 @@ int orch_git_mirror_commit(const char *repo_path, const char *tree_hex, const ch
 		rc = orch_git__fail("read " ORCH_GIT_MIRROR_REF);
 		goto out;
 	}
+	/*
+	 * The ref already names a commit of this very tree: a refresh killed
+	 * after moving the ref and before its transaction committed.  That
+	 * commit stands for this one (no empty commit in the history).
+	 */
+	if (parent && git_oid_equal(git_commit_tree_id(parent), &tree_oid)) {
+		git_oid_tostr(commit, ORCH_GIT_HEX_SIZE, &m->before);
+		goto out;
+	}
 	if (git_signature_new(&sig, "orchfs", "orchfs@localhost", (git_time_t)time(NULL), 0) < 0 ||
 	    git_commit_create(&oid, repo, NULL, sig, sig, NULL, message, tree, parent ? 1 : 0,
 			      (const git_commit **)&parent) < 0) {

@@ -282,10 +282,23 @@ def test_open_reader_keeps_its_version(mount):
         assert new != old
         rest = f.read()
     assert head + rest == old
-    # A new open sees the new version, whole, with its own size.
+    # The same with mirror/index.md, opened by an editor.
+    with open(mount.p('mirror', 'index.md'), 'rb') as f:
+        before = read(mount, 'index.md')
+        head = f.read(100)
+        mount.ok('task.create', {'level': 'epic', 'title': 'another root'})
+        refresh(mount)
+        assert read(mount, 'index.md') != before
+        assert head + f.read() == before
+        f.seek(0)
+        assert f.read() == before and os.fstat(f.fileno()).st_size == len(before)
+    # A new open sees the latest version (as committed in git), whole, with its own size.
+    latest = subprocess.run(['git', '-C', str(mount.repo), 'show', 'refs/orchfs/mirror:tasks.md'],
+                            capture_output=True, check=True).stdout
+    assert latest != new and b'another root' in latest
     with open(mount.p('mirror', 'tasks.md'), 'rb') as f:
-        assert f.read() == new
-    assert os.stat(mount.p('mirror', 'tasks.md')).st_size == len(new)
+        assert f.read() == latest
+    assert os.stat(mount.p('mirror', 'tasks.md')).st_size == len(latest)
 
 
 def add_tasks(mount, n, suffix=''):

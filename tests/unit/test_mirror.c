@@ -122,3 +122,37 @@ TEST(mirror_older_rendering_is_dropped)
 	json_decref(res);
 	json_decref(p);
 }
+
+TEST(mirror_commit_of_a_killed_refresh_is_reused)
+{
+	const orch_method *m = orch_method_find("mirror.refresh");
+	json_t *p = json_pack("{s:s}", "requester_role", "doc-mirror-manager"), *prep = NULL, *res = NULL;
+	orch_ctx *c = &env->ctx;
+
+	json_decref(ok(env, "mirror.refresh", ROLE));
+	CHECK_EQ_INT(mirror_commits(env), 1);
+	json_decref(ok(env, "task.create", "{\"level\": \"case\", \"title\": \"one\"}"));
+	CHECK(orch_store_begin(c->store, false) == 0);
+	CHECK(m->prepare(c, p, &prep) == 0);
+	orch_store_rollback(c->store);
+	/* A refresh of this state was killed after moving the ref, before its transaction committed. */
+	CHECK(sh("cd %s && git update-ref refs/orchfs/mirror $(git commit-tree %s -p refs/orchfs/mirror -m killed)",
+		 env->repo, json_string_value(json_object_get(prep, "tree"))) == 0);
+	CHECK_EQ_INT(mirror_commits(env), 2);
+	c->prepared = prep;
+	CHECK(orch_store_begin(c->store, true) == 0);
+	CHECK(m->fn(c, p, &res) == 0);
+	CHECK(orch_store_commit(c->store) == 0);
+	orch_undo_clear(c);
+	c->prepared = NULL;
+	m->unprepare(prep);
+	/* Its commit stands for this refresh: no empty commit after it. */
+	CHECK_EQ_INT(mirror_commits(env), 2);
+	CHECK_EQ_INT(jint(res, "mirror_status.md_version"), 1);
+	char *tasks = served(env, 2);
+	CHECK(tasks && strstr(tasks, "case: one") != NULL);
+	free(tasks);
+	json_decref(prep);
+	json_decref(res);
+	json_decref(p);
+}
