@@ -1311,7 +1311,11 @@ static int render_all(orch_ctx *ctx, rd *r, const char *dir, json_t *sizes)
 		char path[4096];
 		struct stat sb;
 		snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
-		r->f = fopen(path, "we");
+		/* Private like the rest of the state directory. */
+		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		r->f = fd >= 0 ? fdopen(fd, "w") : NULL;
+		if (!r->f && fd >= 0)
+			close(fd);
 		if (!r->f)
 			return orch_error_set(ORCH_EINTERNAL, "mirror: cannot write %s: %s", path, strerror(errno));
 		setvbuf(r->f, NULL, _IOFBF, 1 << 16);

@@ -71,6 +71,12 @@ def test_role_rule(mount):
     assert out.returncode == 1 and '"forbidden"' in out.stdout
     mount.ok('task.create', {'level': 'case', 'title': 'x'})
     assert mount.read_json('mirror', 'status.json')['outdated'] is True
+    # A refresh by another process is served at once.
+    assert '<a id="task-1">' not in read(mount, 'tasks.md').decode()
+    out = mount.orchfs_call('mirror.refresh', ROLE)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert '<a id="task-1"></a>#1 case: x' in read(mount, 'tasks.md').decode()
+    assert mount.read_json('mirror', 'status.json')['outdated'] is False
 
 
 def scenario(mount):
