@@ -125,6 +125,8 @@ typedef struct orch_ctx {
 	orch_undo *undo;        /* transaction hooks (LIFO), see orch_txn_hook */
 	bool unchanged;         /* set by a write method that changed nothing: no db_version bump */
 	char *result_text;      /* a method's result as compact JSON text, instead of *result (long lists) */
+	int (*fail_fn)(struct orch_ctx *ctx, json_t *arg); /* see orch_txn_on_failure */
+	json_t *fail_arg;
 	json_t *prepared;       /* what the method's prepare step made (orch_prepare_fn), for its fn */
 	orch_env *own_env;      /* the environment orch_ctx_open made (freed by orch_ctx_close) */
 } orch_ctx;
@@ -214,6 +216,19 @@ bool orch_lock_overlaps(const char *type_a, const char *path_a, const char *type
 /* Start-up: reconcile worktree records with the disk; *log gets one string per finding. */
 int orch_worktree_reconcile(orch_ctx *ctx, json_t **log);
 
+/* The merge pipeline's views (merge/ in the tree). */
+int orch_merge_request_json(orch_ctx *ctx, int64_t id, json_t **out); /* merge/requests/<id>.json */
+int orch_main_item_json(orch_ctx *ctx, int64_t id, json_t **out);     /* merge/main/<id>.json */
+int orch_main_queue_json(orch_ctx *ctx, int64_t id, json_t **out);    /* queued items in order; id unused */
+/* merge/main/lock.json: the main merge lock while held and unexpired at ctx->now, else JSON null; id unused. */
+int orch_main_lock_json(orch_ctx *ctx, int64_t id, json_t **out);
+/*
+ * The uncommitted paths of the checkout at `path` (changes to tracked
+ * files and untracked files), [] when it is gone or unreadable: what a
+ * merge of its branch leaves behind.  Any thread.
+ */
+json_t *orch_uncommitted_paths(const char *path);
+
 /* Read views of graph/nodes/<id>/{node,checklist,snapshots,edges}.json. */
 int orch_node_json(orch_ctx *ctx, int64_t id, json_t **out);
 int orch_node_checklist_json(orch_ctx *ctx, int64_t id, json_t **out); /* by facet, order_no */
@@ -235,6 +250,14 @@ int orch_params_validate(const orch_method *m, json_t *params);
 
 /* Usage text of a method (caller frees). */
 char *orch_method_usage(const orch_method *m, bool session_scoped);
+
+/*
+ * The JSON Schema of a method's input object, from its parameter table:
+ * each key's JSON type and limits, its doc line as description, required
+ * keys, no other keys (plus the reserved call_id), and the method's
+ * example under "examples".  Valid as draft-07 and as 2020-12.
+ */
+json_t *orch_method_schema(const orch_method *m);
 
 /* ---- calls ---- */
 
@@ -327,6 +350,16 @@ int64_t orch_last_id(orch_ctx *ctx);
 void orch_txn_hook(orch_ctx *ctx, orch_hook_fn on_rollback, orch_hook_fn on_commit, orch_hook_fn free_arg,
 		   void *arg);
 void orch_undo_run(orch_ctx *ctx);   /* the call failed: run every on_rollback (LIFO), free, clear */
+
+/*
+ * What a failing call still records (merge.main.run marks an item whose
+ * merge conflicts `failed`): if the call fails, `fn(ctx, arg)` runs after
+ * the call's own changes were rolled back and its git effects undone, in
+ * the transaction that stores its error reply, and commits with it
+ * (db_version is bumped: the state changed).  The reply stays the call's
+ * error.  One per call (a later one replaces it); `arg` is taken.
+ */
+void orch_txn_on_failure(orch_ctx *ctx, int (*fn)(orch_ctx *ctx, json_t *arg), json_t *arg);
 void orch_undo_clear(orch_ctx *ctx); /* the call committed: run every on_commit (LIFO), free, clear */
 
 /* ---- read views shared by methods and the tree ---- */
@@ -352,6 +385,8 @@ typedef enum {
 	ORCH_COLL_LOCKS,         /* active and unexpired at ctx->now */
 	ORCH_COLL_NODES,
 	ORCH_COLL_SESSION_ROOTS, /* sessions that own their session-root worktree */
+	ORCH_COLL_MERGE_REQUESTS,
+	ORCH_COLL_MAIN_ITEMS,    /* main-merge queue items, every state */
 	ORCH_COLL_MIRROR,        /* the files of the mirror's current rendering */
 } orch_coll;
 

@@ -41,6 +41,9 @@ void orch_error_details(json_t *details);
 /* Shorthand: details = {key: value}, value reference stolen. */
 void orch_error_detail(const char *key, json_t *value);
 
+/* Add key: value (reference stolen) to the current error's details, keeping the keys it has. */
+void orch_error_detail_add(const char *key, json_t *value);
+
 const orch_error *orch_error_last(void);
 void orch_error_clear(void);
 

@@ -153,7 +153,7 @@ int orch_git_dirty_paths(const char *workdir, bool untracked, json_t **paths);
  * Merge branch `child` into branch `parent` with a merge commit (two
  * parents, even when a fast-forward would do), in memory first:
  *  - nothing new in `child` (its tip is the parent's or an ancestor of it):
- *    ORCH_EINVALID_STATE;
+ *    ORCH_EINVALID_STATE, details.state "nothing_to_merge";
  *  - conflicts: ORCH_ECONFLICT with details.paths, nothing changed;
  *  - when `workdir` is a checkout with `parent` checked out, that checkout
  *    is updated too, and must be clean first (no change to a tracked file,
@@ -169,6 +169,67 @@ int orch_git_dirty_paths(const char *workdir, bool untracked, json_t **paths);
  */
 int orch_git_merge_into(orch_git *g, const char *parent, const char *workdir, const char *child,
 			char *commit_hex, orch_git_effect **fx);
+
+/* Options of orch_git_merge_branch; initialise with ORCH_GIT_MERGE_OPTS_INIT. */
+typedef struct orch_git_merge_opts {
+	bool fast_forward;  /* when the target's tip is an ancestor of the source's, move it there (no commit) */
+	const char *reflog; /* the message of the target ref's reflog entry (NULL: the commit's message) */
+} orch_git_merge_opts;
+#define ORCH_GIT_MERGE_OPTS_INIT {false, NULL}
+
+/*
+ * Merge branch `source` into branch `target` (the main-merge queue's
+ * merge; orch_git_merge_into is this with the default options), in memory
+ * first (git_merge_commits):
+ *  - nothing new in `source`: ORCH_EINVALID_STATE, details.state
+ *    "nothing_to_merge";
+ *  - opts->fast_forward and `target`'s tip an ancestor of `source`'s: a
+ *    fast-forward (*fast_forward true, when given), no commit is made;
+ *    otherwise a merge commit with two parents (target's tip, source's tip);
+ *  - conflicts: ORCH_ECONFLICT with details.paths, nothing changed;
+ *  - when `workdir` (e.g. the user's main worktree) has `target` checked
+ *    out, it must be clean BEFORE anything moves: no staged or unstaged
+ *    change to a tracked file (ORCH_EINVALID_STATE, details.state "dirty",
+ *    details.paths), and a dry run of the checkout must find no untracked
+ *    or ignored file the merge would overwrite (the same error); then the
+ *    checkout is updated safely, and the ref moved after it;
+ *  - when another checkout has `target` checked out: ORCH_EINVALID_STATE
+ *    (details.state "checked_out_elsewhere").
+ * The target ref moves by compare-and-swap (git_reference_create_matching
+ * with the tip the merge started from), so it moves only if it still
+ * points there (else ORCH_ECONFLICT without details.paths, the checkout
+ * put back, nothing changed).  The move is the one atomic step: the branch
+ * is before or after the merge, never between.  A checkout found holding
+ * exactly this merge's result (wholly, or the part a killed checkout
+ * wrote) is a merge interrupted before its ref moved, and is finished.
+ * On success *fx is an effect whose undo restores the checkout and then
+ * the ref (only if it is still at the merge); it has nothing to finish.
+ * On any error *fx is NULL.  `commit_hex` (ORCH_GIT_HEX_SIZE bytes)
+ * receives the new tip.
+ */
+int orch_git_merge_branch(orch_git *g, const char *target, const char *workdir, const char *source,
+			  const orch_git_merge_opts *opts, char *commit_hex, bool *fast_forward, orch_git_effect **fx);
+
+/*
+ * Whether the newest reflog entry of branch `branch` whose message is
+ * exactly `message` moved it to a commit the branch still contains (its
+ * tip or an ancestor): a merge that moved the ref and whose caller died
+ * before its own commit.  `commit_hex` receives that entry's new id.
+ */
+bool orch_git_reflog_find(orch_git *g, const char *branch, const char *message, char *commit_hex);
+
+/* *ahead: whether branch `branch` has a commit that branch `base` lacks.  ORCH_ENOTFOUND when either is missing. */
+int orch_git_branch_ahead(orch_git *g, const char *branch, const char *base, bool *ahead);
+
+/*
+ * What branch `branch` would bring into branch `base`, for a reviewer; any
+ * thread (opens its own handle of the repository at `repo_dir`).  *out is
+ * {branch, head, base?, commits: [{id, subject}] (newest first, those base
+ * lacks), paths: [...] (changed since the merge base), truncated?}, or
+ * {branch, exists: false} when the branch does not exist.  At most 500
+ * commits and 5000 paths (then truncated: true).
+ */
+int orch_git_branch_summary(const char *repo_dir, const char *branch, const char *base, json_t **out);
 
 /*
  * Whether branch `parent`'s tip is a merge commit (two parents) whose

@@ -83,6 +83,15 @@ void orch_error_detail(const char *key, json_t *value)
 	orch_error_details(d);
 }
 
+void orch_error_detail_add(const char *key, json_t *value)
+{
+	if (!slot.details) {
+		orch_error_detail(key, value);
+		return;
+	}
+	json_object_set_new(slot.details, key, value);
+}
+
 const orch_error *orch_error_last(void)
 {
 	return &slot;

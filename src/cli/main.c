@@ -1,5 +1,5 @@
 /*
- * orchfs: mount | call | umount.
+ * orchfs: mount | umount | call | serve | mcp | methods.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +14,7 @@
 
 #include "orchfs/core.h"
 #include "orchfs/fs.h"
+#include "cli.h"
 
 static void usage(FILE *f)
 {
@@ -21,7 +22,10 @@ static void usage(FILE *f)
 	      "  orchfs mount [--repo DIR] [--state DIR] [--mirror-refresh SECONDS] [-f] [-d] [-s] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
 	      "  orchfs call [--repo DIR] [--state DIR] METHOD [JSON]\n"
-	      "  orchfs methods [--json]\n",
+	      "  orchfs serve [--repo DIR] [--state DIR]\n"
+	      "  orchfs mcp [--repo DIR] [--state DIR]\n"
+	      "  orchfs methods [--json]\n"
+	      "  orchfs --version\n",
 	      f);
 }
 
@@ -314,8 +318,8 @@ static json_t *params_json(const orch_param *ps)
 	json_t *a = json_array();
 
 	for (const orch_param *p = ps; p && p->name; p++) {
-		json_t *o = json_pack("{s:s, s:s, s:b}", "name", p->name, "type", ptype_name(p->type), "required",
-				      (p->flags & ORCH_P_REQUIRED) != 0);
+		json_t *o = json_pack("{s:s, s:s, s:b, s:s}", "name", p->name, "type", ptype_name(p->type), "required",
+				      (p->flags & ORCH_P_REQUIRED) != 0, "doc", p->doc ? p->doc : "");
 		if (p->type == ORCH_P_OBJS)
 			json_object_set_new(o, "items", params_json(p->items));
 		json_array_append_new(a, o);
@@ -323,7 +327,10 @@ static json_t *params_json(const orch_param *ps)
 	return a;
 }
 
-/* The method table: names, or with --json every method's parameters. */
+/*
+ * The method table: names, or with --json every method's entry (parameters
+ * with their types and doc lines, and the texts the usage shows).
+ */
 static int cmd_methods(cli_args *a)
 {
 	bool as_json = a->argc == 1 && strcmp(a->argv[0], "--json") == 0;
@@ -335,9 +342,13 @@ static int cmd_methods(cli_args *a)
 			printf("%s\n", m->name);
 			continue;
 		}
-		json_array_append_new(all, json_pack("{s:s, s:b, s:b, s:o}", "name", m->name, "write",
+		json_t *example = json_loads(m->example, 0, NULL);
+		json_array_append_new(all, json_pack("{s:s, s:b, s:b, s:o, s:s, s:s, s:o, s:s}", "name", m->name, "write",
 						     (m->flags & ORCH_M_WRITE) != 0, "session",
-						     orch_method_takes_session(m), "params", params_json(m->params)));
+						     orch_method_takes_session(m), "params", params_json(m->params),
+						     "summary", m->summary, "output", m->output, "example",
+						     example ? example : json_string(m->example), "errors",
+						     m->errors ? m->errors : ""));
 	}
 	if (as_json)
 		json_dumpf(all, stdout, JSON_INDENT(2));
@@ -366,6 +377,17 @@ int main(int argc, char **argv)
 		return cmd_call(&a);
 	if (strcmp(argv[1], "umount") == 0)
 		return cmd_umount(&a);
+	if (strcmp(argv[1], "serve") == 0 || strcmp(argv[1], "mcp") == 0) {
+		if (a.argc != 0) {
+			usage(stderr);
+			return 2;
+		}
+		return argv[1][0] == 's' ? cli_serve(a.repo, a.state) : cli_mcp(a.repo, a.state);
+	}
+	if (strcmp(argv[1], "--version") == 0) {
+		printf("orchfs %s\n", ORCHFS_VERSION);
+		return 0;
+	}
 	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
 		usage(stdout);
 		return 0;

@@ -335,6 +335,55 @@ static int bump_version(orch_ctx *ctx)
 }
 
 /*
+ * What a failed call still records (orch_txn_on_failure), inside the
+ * open transaction once the call's own changes were rolled back: in a
+ * savepoint of its own, with the db_version bump.  If it cannot be
+ * recorded it is logged; the call's error stays the reply either way.
+ */
+static void record_failure(orch_ctx *ctx)
+{
+	int (*fn)(orch_ctx *, json_t *) = ctx->fail_fn;
+	json_t *arg = ctx->fail_arg;
+
+	ctx->fail_fn = NULL;
+	ctx->fail_arg = NULL;
+	if (fn) {
+		saved_error saved = error_save();
+		if (orch_sql_exec(ctx, "SAVEPOINT failure", "") == 0) {
+			if (fn(ctx, arg) == 0 && bump_version(ctx) == 0) {
+				orch_sql_exec(ctx, "RELEASE failure", "");
+			} else {
+				orch_log("a failed call's record of its failure was not kept: %s",
+					 orch_error_last()->message);
+				orch_sql_exec(ctx, "ROLLBACK TO failure", "");
+				orch_sql_exec(ctx, "RELEASE failure", "");
+			}
+		}
+		error_restore(&saved);
+	}
+	json_decref(arg);
+}
+
+/* A failed call's record (record_failure) and its error reply (call_id), in a transaction of their own. */
+static void store_failure(orch_ctx *ctx, const char *call_id, const char *method, const char *canon,
+			  const char *reply)
+{
+	saved_error saved = error_save();
+
+	if (orch_store_begin(ctx->store, true) == 0) {
+		record_failure(ctx);
+		if (call_id)
+			store_error_reply_here(ctx, call_id, method, canon, reply);
+		announce(ctx->env);
+		if (orch_store_commit(ctx->store) != 0 && orch_store_in_txn(ctx->store))
+			orch_store_rollback(ctx->store);
+	} else {
+		orch_txn_on_failure(ctx, NULL, NULL);
+	}
+	error_restore(&saved);
+}
+
+/*
  * The reply around a result a method wrote as text (ctx->result_text,
  * taken): the same bytes reply_text would give, without a second copy
  * of a long list.
@@ -403,6 +452,7 @@ static int run_body(orch_ctx *ctx, const orch_method *m, json_t *params, const c
 	    (rc = orch_session_require_open(ctx, session_id)) != 0)
 		return rc;
 	ctx->unchanged = false;
+	orch_txn_on_failure(ctx, NULL, NULL);
 	if ((rc = m->fn(ctx, params, &result)) != 0)
 		goto fail;
 	if ((m->flags & ORCH_M_WRITE) && !ctx->unchanged && (rc = bump_version(ctx)) != 0)
@@ -427,6 +477,7 @@ static int run_body(orch_ctx *ctx, const orch_method *m, json_t *params, const c
 	}
 	if (call_id && (rc = store_reply(ctx, call_id, m->name, canon, *reply)) != 0)
 		goto fail;
+	orch_txn_on_failure(ctx, NULL, NULL); /* it succeeded: no failure to record */
 	return 0;
 fail:
 	json_decref(result);
@@ -478,7 +529,9 @@ static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const ch
 		}
 	}
 	failed(ctx, call_id, reply);
-	if (call_id && !taken)
+	if (ctx->fail_fn)
+		store_failure(ctx, call_id && !taken ? call_id : NULL, m->name, canon, *reply);
+	else if (call_id && !taken)
 		store_error_reply(ctx, call_id, m->name, canon, *reply);
 	return rc;
 }
@@ -627,6 +680,10 @@ static void execute_batch(orch_env *env, orch_lane_job **jobs, size_t n)
 			orch_sql_exec(j->ctx, "RELEASE call", "");
 			error_restore(&saved);
 			failed(j->ctx, j->call_id, j->reply);
+			if (orch_store_txn_alive(env->writer))
+				record_failure(j->ctx);
+			else
+				orch_txn_on_failure(j->ctx, NULL, NULL);
 			if (j->call_id && !taken && orch_store_txn_alive(env->writer)) {
 				saved = error_save();
 				store_error_reply_here(j->ctx, j->call_id, j->m->name, j->canon, *j->reply);
@@ -830,7 +887,9 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 		goto fail;
 	/* Keys, limits and types first, so a typo is named even under a used call_id. */
 	rc = orch_params_validate(m, params);
-	canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
+	/* The canonical params identify the call behind a call_id; without one nothing needs them. */
+	if (call_id)
+		canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
 	if (rc)
 		goto fail;
 	if (m->prepare && (rc = prepare(ctx, m, params)) != 0)

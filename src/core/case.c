@@ -573,7 +573,12 @@ static int candidates_attach(orch_ctx *ctx, json_t *p, json_t **result)
 			 json_string_value(json_object_get(ref, "summary")), json_object_get(ref, "required_files")};
 	if ((rc = ref_upsert(ctx, req, &rf, NULL)) != 0)
 		goto done;
-	rc = orch_session_context(ctx, req, result);
+	if ((rc = orch_session_context(ctx, req, result)) != 0)
+		goto done;
+	/* The work the target left uncommitted in the root it hands over: never taken over unseen. */
+	json_t *root = json_object_get(*result, "session_root_worktree");
+	json_object_set_new(*result, "uncommitted",
+			    orch_uncommitted_paths(json_string_value(json_object_get(root, "path"))));
 done:
 	json_decref(tsess);
 	json_decref(cands);

@@ -23,6 +23,9 @@ static const orch_method *const groups[] = {
 	orch_graph_methods,
 	orch_plan_methods,
 
+	/* merge pipeline */
+	orch_merge_methods,
+
 	orch_mirror_methods,
 };
 

@@ -934,8 +934,9 @@ static int render_worktrees(rd *r)
 	orch_ctx *ctx = r->ctx;
 	sqlite3_stmt *st = orch_sql(ctx,
 		"SELECT w.id, w.kind, w.branch, w.owner_session_id, w.parent_worktree_id, w.status, w.merge_state, "
-		"w.merged_at, (SELECT q.merged_commit FROM merge_main_queue q WHERE q.from_worktree_id = w.id AND "
-		"q.merged_commit IS NOT NULL ORDER BY q.id DESC LIMIT 1), w.path, w.task_id "
+		"w.merged_at, coalesce(w.merge_commit, (SELECT q.merged_commit FROM merge_main_queue q "
+		"WHERE q.from_worktree_id = w.id AND q.merged_commit IS NOT NULL ORDER BY q.id DESC LIMIT 1)), "
+		"w.path, w.task_id "
 		"FROM worktrees w ORDER BY w.id", "");
 	int rc;
 	bool any = false;

@@ -384,3 +384,81 @@ char *orch_method_usage(const orch_method *m, bool session_scoped)
 	       m->errors ? m->errors : "");
 	return buf;
 }
+
+/* ---- JSON Schema (the MCP tools' inputSchema) ---- */
+
+static json_t *object_schema(const orch_param *ps);
+
+/* The schema of one parameter's value: its type, limits, and its doc line as description. */
+static json_t *param_schema(const orch_param *p)
+{
+	json_t *s;
+
+	switch (p->type) {
+	case ORCH_P_ID:
+		s = json_pack("{s:s, s:i}", "type", "integer", "minimum", 1);
+		break;
+	case ORCH_P_INT:
+		s = json_pack("{s:s}", "type", "integer");
+		break;
+	case ORCH_P_STR:
+	case ORCH_P_PATH:
+		s = json_pack("{s:s}", "type", "string");
+		if (p->flags & ORCH_P_REQUIRED)
+			json_object_set_new(s, "minLength", json_integer(1));
+		break;
+	case ORCH_P_BOOL:
+		s = json_pack("{s:s}", "type", "boolean");
+		break;
+	case ORCH_P_STRS:
+	case ORCH_P_PATHS:
+		s = json_pack("{s:s, s:{s:s}, s:i}", "type", "array", "items", "type", "string", "maxItems",
+			      ORCH_ARRAY_MAX);
+		break;
+	case ORCH_P_OBJS:
+		s = json_pack("{s:s, s:o, s:i}", "type", "array", "items", object_schema(p->items), "maxItems",
+			      ORCH_ARRAY_MAX);
+		break;
+	case ORCH_P_JSON:
+	default:
+		s = json_object(); /* any JSON value */
+		break;
+	}
+	/* The type's name as the usage text says it (it means more than the JSON type), then the doc line. */
+	json_object_set_new(s, "description", p->doc && p->doc[0] ? json_sprintf("%s. %s", type_name(p->type), p->doc)
+							      : json_string(type_name(p->type)));
+	return s;
+}
+
+/* An object of exactly these keys (unknown keys are invalid_params, as everywhere). */
+static json_t *object_schema(const orch_param *ps)
+{
+	json_t *props = json_object(), *req = json_array();
+
+	for (const orch_param *p = ps; p && p->name; p++) {
+		json_object_set_new(props, p->name, param_schema(p));
+		if (p->flags & ORCH_P_REQUIRED)
+			json_array_append_new(req, json_string(p->name));
+	}
+	json_t *s = json_pack("{s:s, s:o}", "type", "object", "properties", props);
+	if (json_array_size(req))
+		json_object_set(s, "required", req);
+	json_decref(req);
+	json_object_set_new(s, "additionalProperties", json_false());
+	return s;
+}
+
+json_t *orch_method_schema(const orch_method *m)
+{
+	json_t *s = object_schema(m->params);
+	json_t *ex = m->example ? json_loads(m->example, 0, NULL) : NULL;
+
+	json_object_set_new(json_object_get(s, "properties"), "call_id",
+			    json_pack("{s:s, s:s, s:s}", "type", "string", "pattern", "^[A-Za-z0-9._:-]{1,64}$",
+				      "description", "Optional. Makes the call idempotent: a repeat with the same "
+				      "call_id returns the stored reply (kept at replies/<call_id>.json) without "
+				      "running again."));
+	if (ex)
+		json_object_set_new(s, "examples", json_pack("[o]", ex));
+	return s;
+}

@@ -17,7 +17,7 @@
 
 #define WORKTREE_COLS                                                                              \
 	"SELECT id, nullif(task_id, 0) AS task_id, path, branch, status, kind, parent_worktree_id, owner_session_id, "     \
-	"merge_state, created_at, merged_at FROM worktrees WHERE id = ?"
+	"merge_state, merge_commit, created_at, merged_at FROM worktrees WHERE id = ?"
 
 int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out)
 {

@@ -367,6 +367,13 @@ static void undo_drain(orch_ctx *ctx, bool committed)
 	}
 }
 
+void orch_txn_on_failure(orch_ctx *ctx, int (*fn)(orch_ctx *ctx, json_t *arg), json_t *arg)
+{
+	json_decref(ctx->fail_arg);
+	ctx->fail_fn = fn;
+	ctx->fail_arg = arg;
+}
+
 void orch_undo_run(orch_ctx *ctx)
 {
 	undo_drain(ctx, false);

@@ -38,6 +38,10 @@ static const struct {
 	[ORCH_COLL_SESSION_ROOTS] = {"SELECT s.id FROM sessions s JOIN worktrees w ON w.id = s.session_root_worktree_id "
 				     "WHERE w.owner_session_id = s.id AND ?1 IS NOT NULL ORDER BY s.id",
 				     "SELECT 1 " ROOT_LINK_FROM " AND ?2 IS NOT NULL", NULL},
+	[ORCH_COLL_MERGE_REQUESTS] = {"SELECT id FROM merge_requests WHERE ?1 IS NOT NULL ORDER BY id",
+				      "SELECT 1 FROM merge_requests WHERE id = ?1 AND ?2 IS NOT NULL", NULL},
+	[ORCH_COLL_MAIN_ITEMS] = {"SELECT id FROM merge_main_queue WHERE ?1 IS NOT NULL ORDER BY id",
+				  "SELECT 1 FROM merge_main_queue WHERE id = ?1 AND ?2 IS NOT NULL", NULL},
 	[ORCH_COLL_MIRROR] = {"SELECT id FROM mirror_files WHERE ?1 IS NOT NULL ORDER BY id",
 			      "SELECT 1 FROM mirror_files WHERE id = ?1 AND ?2 IS NOT NULL", NULL},
 };

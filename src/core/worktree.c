@@ -110,6 +110,29 @@ static int check_no_live_children(orch_ctx *ctx, json_t *wt, const char *verb)
 	return ORCH_EINVALID_STATE;
 }
 
+/*
+ * Main is reached only through the main-merge queue (SPEC 7.2): no child
+ * of the main worktree, and no merge into its branch, whatever record
+ * carries it.  forbidden, naming merge.main.request.
+ */
+static int check_not_main(orch_ctx *ctx, json_t *wt, const char *verb)
+{
+	int64_t main_id = 0;
+	bool found = false;
+	int rc;
+
+	if (strcmp(wt_str(wt, "kind"), "main") != 0) {
+		rc = orch_sql_int(ctx, &main_id, &found, "SELECT id FROM worktrees WHERE kind = 'main' AND branch = ? "
+				  "AND path = ?", "ss", wt_str(wt, "branch"), ctx->repo_path);
+		if (rc || !found)
+			return rc;
+	}
+	return orch_error_set(ORCH_EFORBIDDEN, "cannot %s worktree %lld: it is (or has the branch \"%s\" of) the main "
+			      "worktree, which is reached only through the main-merge queue: queue your session root "
+			      "with merge.main.request, then merge.main.acquire_lock and merge.main.run",
+			      verb, (long long)wt_int(wt, "id"), wt_str(wt, "branch"));
+}
+
 /* Whether s[0..n) is one or more ASCII digits. */
 static bool all_digits(const char *s, size_t n)
 {
@@ -440,6 +463,8 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = orch_error_set(ORCH_ENOTFOUND, "parent worktree %lld not found", (long long)pid);
 	if (rc)
 		goto done;
+	if ((rc = check_not_main(ctx, parent, "spawn a child of")) != 0)
+		goto done;
 	if (wt_int(parent, "owner_session_id") && wt_int(parent, "owner_session_id") != sid) {
 		rc = orch_error_set(ORCH_EFORBIDDEN, "parent worktree %lld belongs to session %lld, not %lld",
 				    (long long)pid, (long long)wt_int(parent, "owner_session_id"), (long long)sid);
@@ -518,6 +543,20 @@ static int child_and_parent(orch_ctx *ctx, int64_t id, json_t **wt, json_t **par
 	return rc;
 }
 
+/* A merge conflict's message, with how to resolve it (the details, paths, are kept). */
+static void conflict_hint(json_t *wt, json_t *parent)
+{
+	json_t *details = json_incref(orch_error_last()->details);
+	char *list = json_dumps(json_object_get(details, "paths"), JSON_COMPACT);
+
+	orch_error_set(ORCH_ECONFLICT, "merging \"%s\" into \"%s\" conflicts in %s; nothing was changed. To resolve: "
+		       "in the child's worktree at %s, merge \"%s\" into it (git merge %s), resolve the conflicts, "
+		       "commit, and call worktree.merge_to_parent again", wt_str(wt, "branch"), wt_str(parent, "branch"),
+		       list ? list : "", wt_str(wt, "path"), wt_str(parent, "branch"), wt_str(parent, "branch"));
+	free(list);
+	orch_error_details(details);
+}
+
 /*
  * Merge a child's branch into its parent's with a real merge commit, in
  * memory first (see orch_git_merge_into).  The child becomes closed /
@@ -526,7 +565,7 @@ static int child_and_parent(orch_ctx *ctx, int64_t id, json_t **wt, json_t **par
 static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t sid = orch_param_int(p, "session_id", 0), id = orch_param_int(p, "worktree_id", 0);
-	json_t *wt = NULL, *parent = NULL;
+	json_t *wt = NULL, *parent = NULL, *uncommitted = NULL;
 	char hex[ORCH_GIT_HEX_SIZE];
 	orch_git_effect *fx;
 	bool gone;
@@ -552,6 +591,8 @@ static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = bad_state(wt, "there is nothing to merge");
 		goto done;
 	}
+	if ((rc = check_not_main(ctx, parent, "merge into")) != 0)
+		goto done;
 	const char *pstatus = wt_str(parent, "status");
 	if (strcmp(pstatus, "active") != 0 && strcmp(pstatus, "missing") != 0) {
 		rc = bad_state(parent, "it cannot receive a merge");
@@ -565,15 +606,22 @@ static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 	 * left exactly this merge commit at the tip: record it, as the call
 	 * would have.  Anything else already in the parent is nothing new.
 	 */
+	/* What the merge leaves behind, told in the reply (or the error's details.uncommitted). */
+	uncommitted = orch_uncommitted_paths(wt_str(wt, "path"));
 	if (!orch_git_merged_at_tip(ctx->git, wt_str(parent, "branch"), wt_str(wt, "branch"), hex)) {
 		rc = orch_git_merge_into(ctx->git, wt_str(parent, "branch"), gone ? NULL : wt_str(parent, "path"),
 					 wt_str(wt, "branch"), hex, &fx);
-		if (rc)
+		if (rc == ORCH_ECONFLICT && json_object_get(orch_error_last()->details, "paths"))
+			conflict_hint(wt, parent);
+		if (rc) {
+			if (json_array_size(uncommitted))
+				orch_error_detail_add("uncommitted", json_incref(uncommitted));
 			goto done;
+		}
 		orch_txn_git(ctx, fx);
 	}
 	rc = orch_sql_exec(ctx, "UPDATE worktrees SET status = 'closed', merge_state = 'merged_to_parent', "
-			   "merged_at = ? WHERE id = ?", "ii", ctx->now, id);
+			   "merged_at = ?, merge_commit = ? WHERE id = ?", "isi", ctx->now, hex, id);
 	if (rc)
 		goto done;
 	json_decref(wt);
@@ -582,9 +630,10 @@ static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 	if ((rc = orch_worktree_json(ctx, id, &wt)) != 0 ||
 	    (rc = orch_worktree_json(ctx, wt_int(wt, "parent_worktree_id"), &parent)) != 0)
 		goto done;
-	*result = json_pack("{s:O, s:O, s:s, s:s}", "child_worktree", wt, "parent_worktree", parent, "result",
-			    "merged_to_parent", "merge_commit", hex);
+	*result = json_pack("{s:O, s:O, s:s, s:s, s:O}", "child_worktree", wt, "parent_worktree", parent, "result",
+			    "merged_to_parent", "merge_commit", hex, "uncommitted", uncommitted);
 done:
+	json_decref(uncommitted);
 	json_decref(wt);
 	json_decref(parent);
 	return rc;
@@ -889,18 +938,20 @@ const orch_method orch_worktree_methods[] = {
 	 "task/<session_id>/<worktree_id> from the parent's branch, checked out under <state>/worktrees/.",
 	 "the child worktree", "{\"session_id\": 1, \"parent_worktree_id\": 2}",
 	 "not_found (ENOENT: session, parent, task or base_ref), forbidden (EPERM: the parent belongs to "
-	 "another session), invalid_state (EINVAL: session closed, parent merged or abandoned), exists (EEXIST: "
+	 "another session, or is the main worktree: main is reached only through merge.main.request), invalid_state (EINVAL: session closed, parent merged or abandoned), exists (EEXIST: "
 	 "branch or path taken), invalid_params (EINVAL: bad branch name or path, or one reserved for orchfs)."},
 	{"worktree.merge_to_parent", worktree_merge, ORCH_M_WRITE, child_params,
 	 "Merge the child's branch into its parent's branch with a merge commit (two parents), computed in "
 	 "memory first; the parent's checkout is updated when it has that branch checked out. The child "
 	 "becomes closed / merged_to_parent; its directory and branch are kept.",
-	 "{child_worktree, parent_worktree, result: \"merged_to_parent\", merge_commit}",
+	 "{child_worktree (keeps merge_commit), parent_worktree, result: \"merged_to_parent\", merge_commit, "
+	 "uncommitted: the child's uncommitted paths, not merged}",
 	 "{\"session_id\": 1, \"worktree_id\": 3}",
-	 "conflict (EBUSY: the merge conflicts; details.paths; nothing changed), invalid_state (EINVAL: "
-	 "already merged or nothing new, parent checkout dirty (details.paths), child planned or abandoned, "
-	 "no parent, unmerged children (details.children)), forbidden (EPERM: another session's worktree), "
-	 "not_found (ENOENT)."},
+	 "conflict (EBUSY: the merge conflicts; details.paths; nothing changed; the message says how to "
+	 "resolve), invalid_state (EINVAL: already merged, nothing new (details.state nothing_to_merge), parent "
+	 "checkout dirty (details.paths), child planned or abandoned, no parent, unmerged children "
+	 "(details.children)), forbidden (EPERM: another session's worktree, or the parent is the main worktree: "
+	 "use merge.main.request), not_found (ENOENT). Errors of the merge carry details.uncommitted."},
 	{"worktree.abandon", worktree_abandon, ORCH_M_WRITE, child_params,
 	 "Give up a child worktree so it no longer blocks its parent: a planned, missing, or clean active "
 	 "child gets status abandoned; its checkout and git metadata are removed, its branch is kept.",

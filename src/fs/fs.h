@@ -56,6 +56,14 @@ typedef enum {
 	K_NODE_SNAPSHOTS_JSON,
 	K_NODE_EDGES_JSON,
 
+	/* merge pipeline (merge/requests/, merge/main/) */
+	K_MERGE_DIR,
+	K_MERGE_REQUESTS_DIR,
+	K_MERGE_REQUEST_JSON,
+	K_MAIN_DIR,
+	K_MAIN_QUEUE_JSON,
+	K_MAIN_LOCK_JSON,
+	K_MAIN_ITEM_JSON,
 	/* markdown mirror (mirror/) */
 	K_MIRROR_DIR,
 	K_MIRROR_STATUS,

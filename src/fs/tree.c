@@ -103,6 +103,22 @@ static const node_spec specs[K_KIND_COUNT] = {
 				.render = orch_node_edges_json, .doc = "every edge from or to it, by id",
 				.deps = "graph_nodes# graph_edges"},
 
+	/* merge pipeline */
+	[K_MERGE_DIR] = {K_MERGE_DIR, K_ROOT, "merge", NULL, T_DIR},
+	[K_MERGE_REQUESTS_DIR] = {K_MERGE_REQUESTS_DIR, K_MERGE_DIR, "requests", NULL, T_DIR},
+	[K_MERGE_REQUEST_JSON] = {K_MERGE_REQUEST_JSON, K_MERGE_REQUESTS_DIR, NULL, ".json", T_FILE,
+				  .coll = ORCH_COLL_MERGE_REQUESTS, .render = orch_merge_request_json,
+				  .doc = "feature merge requests", .deps = "merge_requests#"},
+	[K_MAIN_DIR] = {K_MAIN_DIR, K_MERGE_DIR, "main", NULL, T_DIR},
+	[K_MAIN_QUEUE_JSON] = {K_MAIN_QUEUE_JSON, K_MAIN_DIR, "queue.json", NULL, T_FILE,
+			       .render = orch_main_queue_json, .doc = "the queued main-merge requests, oldest first",
+			       .deps = "merge_main_queue"},
+	/* Not cached: a lease ends with time, not with a commit (as locks/ files). */
+	[K_MAIN_LOCK_JSON] = {K_MAIN_LOCK_JSON, K_MAIN_DIR, "lock.json", NULL, T_FILE,
+			      .render = orch_main_lock_json, .doc = "the main merge lock while held, else null"},
+	[K_MAIN_ITEM_JSON] = {K_MAIN_ITEM_JSON, K_MAIN_DIR, NULL, ".json", T_FILE,
+			      .coll = ORCH_COLL_MAIN_ITEMS, .render = orch_main_item_json,
+			      .doc = "main-merge requests (queue items), every state", .deps = "merge_main_queue#"},
 	/* markdown mirror */
 	[K_MIRROR_DIR] = {K_MIRROR_DIR, K_ROOT, "mirror", NULL, T_DIR},
 	[K_MIRROR_STATUS] = {K_MIRROR_STATUS, K_MIRROR_DIR, "status.json", NULL, T_FILE,

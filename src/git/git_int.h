@@ -53,6 +53,13 @@ void orch_git__rm_rf(const char *path);
  */
 char *orch_git__inflight_begin(orch_git *g, const char *workdir);
 
+/*
+ * The same for an operation that may leave the lock file `lockfile` (a
+ * ref's <refname>.lock): a process killed there leaves a lock that
+ * orch_git_clear_dead_inflight() removes.
+ */
+char *orch_git__inflight_begin_lock(orch_git *g, const char *lockfile);
+
 /* The operation is over: remove its marker and free the path (NULL is fine). */
 void orch_git__inflight_end(char *marker);
 

@@ -204,12 +204,39 @@ static bool checkout_holds_tree(const char *workdir, const git_oid *tree_id)
 }
 
 /*
+ * Whether the regular file `full` holds a proper prefix of blob `id`: a
+ * file whose write was cut by a kill (a checkout writes files in place).
+ */
+static bool cut_write_of(git_repository *repo, const git_oid *id, const char *full, off_t size)
+{
+	git_blob *blob = NULL;
+	bool yes = false;
+	FILE *f;
+
+	if (git_blob_lookup(&blob, repo, id) < 0)
+		return false;
+	if ((git_object_size_t)size < git_blob_rawsize(blob) && (f = fopen(full, "rb")) != NULL) {
+		char *buf = malloc((size_t)size + 1);
+		yes = buf && fread(buf, 1, (size_t)size, f) == (size_t)size &&
+		      memcmp(buf, git_blob_rawcontent(blob), (size_t)size) == 0;
+		free(buf);
+		fclose(f);
+	}
+	git_blob_free(blob);
+	return yes;
+}
+
+/*
  * Whether every path in `paths` (relative to `workdir`) holds exactly what
- * `tree` has there, or is absent from both: the trace of a checkout to
- * `tree` killed part-way.  Finishing that checkout loses nothing.
+ * `tree` has there, or is absent from both, except at most one file cut
+ * short (the one being written when the kill came): the trace of a
+ * checkout to `tree` killed part-way.  Finishing that checkout loses
+ * nothing.
  */
 static bool partial_checkout_of(git_tree *tree, const char *workdir, json_t *paths)
 {
+	git_repository *repo = git_tree_owner(tree);
+	int cut = 0;
 	json_t *p;
 	size_t i;
 
@@ -225,6 +252,8 @@ static bool partial_checkout_of(git_tree *tree, const char *workdir, json_t *pat
 		if (in_tree && on_disk && S_ISREG(sb.st_mode)) {
 			git_oid h;
 			same = git_odb_hashfile(&h, full, GIT_OBJECT_BLOB) == 0 && git_oid_equal(&h, git_tree_entry_id(e));
+			if (!same && cut == 0 && cut_write_of(repo, git_tree_entry_id(e), full, sb.st_size))
+				same = ++cut == 1;
 		} else {
 			same = !in_tree && !on_disk;
 		}
@@ -250,8 +279,11 @@ struct merge {
 	git_oid tree_id;
 	bool resumed;       /* the checkout already holds the result: a merge killed before moving the branch */
 	bool finish;        /* the checkout holds part of the result: a checkout killed half-way */
-	char *msg;          /* the merge commit's message, also the reflog's */
-	git_oid merged;     /* the merge commit */
+	bool ff_ok;         /* a fast-forward is allowed */
+	bool ff;            /* and this merge is one: `merged` is the child's tip, no commit is made */
+	const char *reflog; /* the reflog message asked for, or NULL */
+	char *msg;          /* the merge commit's message, also the reflog's unless `reflog` */
+	git_oid merged;     /* the merge commit (a fast-forward: the child's tip) */
 };
 
 static void merge_free(struct merge *m)
@@ -293,9 +325,10 @@ static int merge_start(struct merge *m)
 	if (git_oid_equal(&m->ptip, &m->ctip) || git_graph_descendant_of(repo, &m->ptip, &m->ctip) == 1) {
 		rc = orch_error_set(ORCH_EINVALID_STATE, "branch \"%s\" has nothing to merge into \"%s\" "
 				    "(its tip is already in it)", m->child, m->parent);
-		orch_error_detail("state", json_string("merged"));
+		orch_error_detail("state", json_string("nothing_to_merge"));
 		goto done;
 	}
+	m->ff = m->ff_ok && git_graph_descendant_of(repo, &m->ctip, &m->ptip) == 1;
 	m->checkout = m->workdir && stat(m->workdir, &sb) == 0 && has_checked_out(m->workdir, m->refname);
 	if (!m->checkout && (elsewhere = checked_out_elsewhere(repo, m->refname, m->workdir)) != NULL) {
 		rc = orch_error_set(ORCH_EINVALID_STATE, "branch \"%s\" is checked out at %s, not in the parent "
@@ -317,6 +350,14 @@ static int merge_in_memory(struct merge *m)
 	git_index *index = NULL;
 	int rc = 0;
 
+	if (m->ff) {
+		/* A fast-forward: the result is the child's tip itself. */
+		if (git_commit_lookup(&m->pc, repo, &m->ptip) < 0 || git_commit_lookup(&m->cc, repo, &m->ctip) < 0 ||
+		    git_commit_tree(&m->tree, m->cc) < 0)
+			return orch_git__fail("look up the branch tips");
+		git_oid_cpy(&m->tree_id, git_tree_id(m->tree));
+		return 0;
+	}
 	if (git_commit_lookup(&m->pc, repo, &m->ptip) < 0 || git_commit_lookup(&m->cc, repo, &m->ctip) < 0 ||
 	    git_merge_commits(&index, repo, m->pc, m->cc, NULL) < 0)
 		rc = orch_git__fail("merge");
@@ -365,6 +406,14 @@ static int merge_commit(struct merge *m)
 	const git_commit *parents[2] = {m->pc, m->cc};
 	int rc = 0;
 
+	if (m->ff) {
+		git_oid_cpy(&m->merged, &m->ctip);
+		if (asprintf(&m->msg, "Fast-forward %s to '%s'", m->parent, m->child) < 0) {
+			m->msg = NULL;
+			return orch_error_set(ORCH_EINTERNAL, "out of memory");
+		}
+		return 0;
+	}
 	if (git_signature_default(&sig, repo) < 0 && git_signature_now(&sig, "orchfs", "orchfs@localhost") < 0)
 		return orch_git__fail("signature");
 	if (asprintf(&m->msg, "Merge branch '%s' into %s\n", m->child, m->parent) < 0) {
@@ -418,10 +467,30 @@ static int merge_update_checkout(struct merge *m)
  * Move the parent's branch to the merge, only if it still points where the
  * merge started (ORCH_ECONFLICT otherwise).  On failure the checkout is put back.
  */
-static int merge_move_branch(struct merge *m)
+/*
+ * Move ref `refname` from `from` to `to` (compare-and-swap), named in an
+ * inflight marker meanwhile: a kill between git taking the ref's lock and
+ * renaming it over the ref leaves <ref>.lock, which the next merge or
+ * start-up removes (orch_git_clear_dead_inflight).  libgit2's code.
+ */
+static int move_ref(orch_git *g, const char *refname, const git_oid *to, const git_oid *from, const char *msg)
 {
 	git_reference *moved = NULL;
-	int err = git_reference_create_matching(&moved, m->g->repo, m->refname, &m->merged, 1, &m->ptip, m->msg);
+	char *lock = NULL, *marker = NULL;
+	int err;
+
+	if (asprintf(&lock, "%s%s.lock", git_repository_commondir(g->repo), refname) >= 0)
+		marker = orch_git__inflight_begin_lock(g, lock);
+	err = git_reference_create_matching(&moved, g->repo, refname, to, 1, from, msg);
+	orch_git__inflight_end(marker);
+	free(lock);
+	git_reference_free(moved);
+	return err;
+}
+
+static int merge_move_branch(struct merge *m)
+{
+	int err = move_ref(m->g, m->refname, &m->merged, &m->ptip, m->reflog ? m->reflog : m->msg);
 	int rc = 0;
 
 	if (err == GIT_EMODIFIED)
@@ -431,7 +500,6 @@ static int merge_move_branch(struct merge *m)
 		rc = orch_git__fail("update branch");
 	if (rc && m->checkout)
 		checkout_commit(m->workdir, &m->ptip, &m->merged, GIT_CHECKOUT_FORCE, NULL);
-	git_reference_free(moved);
 	return rc;
 }
 
@@ -447,16 +515,13 @@ struct merge_undo {
 static void merge_undo_run(orch_git_effect *fx)
 {
 	struct merge_undo *u = (struct merge_undo *)fx;
-	git_reference *ref = NULL;
 
 	if (u->workdir) {
 		char *marker = orch_git__inflight_begin(fx->g, u->workdir);
 		checkout_commit(u->workdir, &u->old_tip, &u->new_tip, GIT_CHECKOUT_FORCE, NULL);
 		orch_git__inflight_end(marker);
 	}
-	if (git_reference_create_matching(&ref, fx->g->repo, u->refname, &u->old_tip, 1, &u->new_tip,
-					  "orchfs: undo merge") == 0)
-		git_reference_free(ref);
+	move_ref(fx->g, u->refname, &u->old_tip, &u->new_tip, "orchfs: undo merge");
 }
 
 static void merge_undo_release(orch_git_effect *fx)
@@ -493,12 +558,23 @@ static struct merge_undo *merge_undo_new(const struct merge *m)
 int orch_git_merge_into(orch_git *g, const char *parent, const char *workdir, const char *child,
 			char *commit_hex, orch_git_effect **fx)
 {
-	struct merge m = {.g = g, .parent = parent, .child = child, .workdir = workdir};
+	orch_git_merge_opts opts = ORCH_GIT_MERGE_OPTS_INIT;
+
+	return orch_git_merge_branch(g, parent, workdir, child, &opts, commit_hex, NULL, fx);
+}
+
+int orch_git_merge_branch(orch_git *g, const char *parent, const char *workdir, const char *child,
+			  const orch_git_merge_opts *opts, char *commit_hex, bool *fast_forward, orch_git_effect **fx)
+{
+	struct merge m = {.g = g, .parent = parent, .child = child, .workdir = workdir, .ff_ok = opts->fast_forward,
+			  .reflog = opts->reflog};
 	struct merge_undo *u = NULL;
 	char *marker = NULL;
 	int rc;
 
 	*fx = NULL;
+	if (fast_forward)
+		*fast_forward = false;
 	/* A checkout left locked by a process killed while updating it is released first. */
 	orch_git_clear_dead_inflight(g, NULL);
 	/*
@@ -519,6 +595,8 @@ int orch_git_merge_into(orch_git *g, const char *parent, const char *workdir, co
 		goto done;
 	git_oid_cpy(&u->new_tip, &m.merged);
 	git_oid_tostr(commit_hex, ORCH_GIT_HEX_SIZE, &m.merged);
+	if (fast_forward)
+		*fast_forward = m.ff;
 	*fx = &u->fx;
 	u = NULL;
 done:
@@ -547,4 +625,158 @@ bool orch_git_merged_at_tip(orch_git *g, const char *parent, const char *child, 
 	git_reference_free(cref);
 	git_reference_free(pref);
 	return yes;
+}
+
+bool orch_git_reflog_find(orch_git *g, const char *branch, const char *message, char *commit_hex)
+{
+	git_reference *ref = NULL;
+	git_reflog *log = NULL;
+	bool yes = false;
+
+	if (git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) < 0 ||
+	    git_reflog_read(&log, g->repo, git_reference_name(ref)) < 0)
+		goto done;
+	/* Index 0 is the newest entry. */
+	for (size_t i = 0; i < git_reflog_entrycount(log) && !yes; i++) {
+		const git_reflog_entry *e = git_reflog_entry_byindex(log, i);
+		const char *msg = git_reflog_entry_message(e);
+		const git_oid *id = git_reflog_entry_id_new(e), *tip = git_reference_target(ref);
+		if (!msg || strcmp(msg, message) != 0)
+			continue;
+		if (git_oid_equal(id, tip) || git_graph_descendant_of(g->repo, tip, id) == 1) {
+			git_oid_tostr(commit_hex, ORCH_GIT_HEX_SIZE, id);
+			yes = true;
+		}
+		break; /* only the newest entry of that message counts */
+	}
+done:
+	git_reflog_free(log);
+	git_reference_free(ref);
+	return yes;
+}
+
+int orch_git_branch_ahead(orch_git *g, const char *branch, const char *base, bool *ahead)
+{
+	git_reference *b = NULL, *t = NULL;
+	int rc = 0;
+
+	*ahead = false;
+	if (git_branch_lookup(&b, g->repo, branch, GIT_BRANCH_LOCAL) < 0)
+		rc = orch_error_set(ORCH_ENOTFOUND, "branch \"%s\" does not exist", branch);
+	else if (git_branch_lookup(&t, g->repo, base, GIT_BRANCH_LOCAL) < 0)
+		rc = orch_error_set(ORCH_ENOTFOUND, "branch \"%s\" does not exist", base);
+	else
+		*ahead = !git_oid_equal(git_reference_target(b), git_reference_target(t)) &&
+			 git_graph_descendant_of(g->repo, git_reference_target(t), git_reference_target(b)) != 1;
+	git_reference_free(t);
+	git_reference_free(b);
+	return rc;
+}
+
+#define SUMMARY_MAX_COMMITS 500
+#define SUMMARY_MAX_PATHS 5000
+
+/* The commits of `tip` that `base` lacks, newest first: [{id, subject}] (at most SUMMARY_MAX_COMMITS). */
+static int summary_commits(git_repository *repo, const git_oid *tip, const git_oid *base, json_t *out, bool *more)
+{
+	git_revwalk *walk = NULL;
+	git_oid id;
+	int rc = 0;
+
+	*more = false;
+	if (git_revwalk_new(&walk, repo) < 0 || git_revwalk_push(walk, tip) < 0 ||
+	    (base && git_revwalk_hide(walk, base) < 0)) {
+		rc = orch_git__fail("walk commits");
+		goto done;
+	}
+	git_revwalk_sorting(walk, GIT_SORT_TOPOLOGICAL | GIT_SORT_TIME);
+	while (git_revwalk_next(&id, walk) == 0) {
+		git_commit *c = NULL;
+		char hex[ORCH_GIT_HEX_SIZE];
+		if (json_array_size(out) == SUMMARY_MAX_COMMITS) {
+			*more = true;
+			break;
+		}
+		if (git_commit_lookup(&c, repo, &id) < 0)
+			continue;
+		git_oid_tostr(hex, sizeof(hex), &id);
+		const char *subject = git_commit_summary(c);
+		json_array_append_new(out, json_pack("{s:s, s:s}", "id", hex, "subject", subject ? subject : ""));
+		git_commit_free(c);
+	}
+done:
+	git_revwalk_free(walk);
+	return rc;
+}
+
+/* The paths that differ between the trees of commits `from` (NULL: empty) and `to`. */
+static int summary_paths(git_repository *repo, const git_oid *from, const git_oid *to, json_t *out, bool *more)
+{
+	git_commit *fc = NULL, *tc = NULL;
+	git_tree *ft = NULL, *tt = NULL;
+	git_diff *diff = NULL;
+	int rc = 0;
+
+	*more = false;
+	if ((from && (git_commit_lookup(&fc, repo, from) < 0 || git_commit_tree(&ft, fc) < 0)) ||
+	    git_commit_lookup(&tc, repo, to) < 0 || git_commit_tree(&tt, tc) < 0 ||
+	    git_diff_tree_to_tree(&diff, repo, ft, tt, NULL) < 0) {
+		rc = orch_git__fail("diff");
+		goto done;
+	}
+	for (size_t i = 0; i < git_diff_num_deltas(diff); i++) {
+		const git_diff_delta *d = git_diff_get_delta(diff, i);
+		if (i == SUMMARY_MAX_PATHS) {
+			*more = true;
+			break;
+		}
+		json_array_append_new(out, json_string(d->new_file.path ? d->new_file.path : d->old_file.path));
+	}
+done:
+	git_diff_free(diff);
+	git_tree_free(tt);
+	git_tree_free(ft);
+	git_commit_free(tc);
+	git_commit_free(fc);
+	return rc;
+}
+
+int orch_git_branch_summary(const char *repo_dir, const char *branch, const char *base, json_t **out)
+{
+	git_repository *repo = NULL;
+	git_reference *b = NULL, *t = NULL;
+	git_oid mb;
+	bool has_base = false, more_c = false, more_p = false;
+	char hex[ORCH_GIT_HEX_SIZE];
+	json_t *commits = json_array(), *paths = json_array();
+	int rc = 0;
+
+	*out = NULL;
+	if (git_repository_open(&repo, repo_dir) < 0) {
+		rc = orch_git__fail("open repository");
+		goto done;
+	}
+	if (git_branch_lookup(&b, repo, branch, GIT_BRANCH_LOCAL) < 0) {
+		*out = json_pack("{s:s, s:b}", "branch", branch, "exists", 0);
+		goto done;
+	}
+	const git_oid *tip = git_reference_target(b);
+	if (base && git_branch_lookup(&t, repo, base, GIT_BRANCH_LOCAL) == 0 &&
+	    git_merge_base(&mb, repo, tip, git_reference_target(t)) == 0)
+		has_base = true;
+	if ((rc = summary_commits(repo, tip, t ? git_reference_target(t) : NULL, commits, &more_c)) != 0 ||
+	    (rc = summary_paths(repo, has_base ? &mb : NULL, tip, paths, &more_p)) != 0)
+		goto done;
+	git_oid_tostr(hex, sizeof(hex), tip);
+	*out = json_pack("{s:s, s:s, s:s?, s:O, s:O}", "branch", branch, "head", hex, "base", t ? base : NULL,
+			 "commits", commits, "paths", paths);
+	if (more_c || more_p)
+		json_object_set_new(*out, "truncated", json_true());
+done:
+	json_decref(commits);
+	json_decref(paths);
+	git_reference_free(t);
+	git_reference_free(b);
+	git_repository_free(repo);
+	return rc;
 }

@@ -31,8 +31,10 @@ static atomic_ullong inflight_seq;
  * <state>/inflight/<pid>-<seq>: if the process is killed there, git's
  * index.lock in that checkout is its own, and orch_git_clear_dead_inflight()
  * can remove it without guessing.  The marker is fsynced before git starts.
+ * A marker holds the checkout's path, or LOCK_PREFIX and the path of a lock
+ * file the operation may leave (a ref's <refname>.lock).
  */
-char *orch_git__inflight_begin(orch_git *g, const char *workdir)
+static char *inflight_write(orch_git *g, const char *prefix, const char *what)
 {
 	unsigned long long seq = atomic_fetch_add(&inflight_seq, 1);
 	char *marker = NULL;
@@ -44,11 +46,24 @@ char *orch_git__inflight_begin(orch_git *g, const char *workdir)
 		free(marker);
 		return NULL;
 	}
-	fputs(workdir, f);
+	fputs(prefix, f);
+	fputs(what, f);
 	fflush(f);
 	fsync(fileno(f));
 	fclose(f);
 	return marker;
+}
+
+#define LOCK_PREFIX "lock:"
+
+char *orch_git__inflight_begin(orch_git *g, const char *workdir)
+{
+	return inflight_write(g, "", workdir);
+}
+
+char *orch_git__inflight_begin_lock(orch_git *g, const char *lockfile)
+{
+	return inflight_write(g, LOCK_PREFIX, lockfile);
 }
 
 void orch_git__inflight_end(char *marker)
@@ -106,6 +121,14 @@ static void clear_lock_named_in(const char *marker, long pid, json_t *log)
 	n = fread(workdir, 1, sizeof(workdir) - 1, f);
 	workdir[n] = '\0';
 	fclose(f);
+	if (strncmp(workdir, LOCK_PREFIX, strlen(LOCK_PREFIX)) == 0) {
+		/* A ref's lock file, named before git took it. */
+		const char *path = workdir + strlen(LOCK_PREFIX);
+		if (unlink(path) == 0 && log)
+			json_array_append_new(log, json_sprintf("removed %s, left by process %ld killed while moving "
+								"that ref", path, pid));
+		return;
+	}
 	if (n && git_repository_open(&wrepo, workdir) == 0 &&
 	    asprintf(&lock, "%sindex.lock", git_repository_path(wrepo)) >= 0 && unlink(lock) == 0 && log)
 		json_array_append_new(log, json_sprintf("removed %s, left by process %ld killed while updating that "

@@ -3,6 +3,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import threading
@@ -14,7 +15,26 @@ from conftest import ORCHFS, ROOT, Mount, git
 
 ROLE = {'requester_role': 'doc-mirror-manager'}
 FILES = ['index.md', 'tasks.md', 'plan.md', 'sessions.md', 'worktrees.md', 'locks.md', 'merges.md']
-MMDC = os.path.join(ROOT, 'tests', 'node', 'node_modules', '.bin', 'mmdc')
+NODE_DIR = os.path.join(ROOT, 'tests', 'node')
+MMDC = os.path.join(NODE_DIR, 'node_modules', '.bin', 'mmdc')
+
+
+@pytest.fixture(scope='session')
+def mmdc():
+    """mermaid-cli as pinned by tests/node/package-lock.json (npm ci when missing or stale), and Debian's chromium.
+
+    Missing tools fail the test: the mermaid block must be shown to render."""
+    npm = shutil.which('npm')
+    assert npm and os.access('/usr/bin/chromium', os.X_OK), \
+        'the mermaid test needs npm and Debian\'s chromium (scripts/install-deps --test)'
+    stamp = os.path.join(NODE_DIR, 'node_modules', '.package-lock.json')
+    lock = os.path.join(NODE_DIR, 'package-lock.json')
+    if not os.path.exists(stamp) or os.path.getmtime(stamp) < os.path.getmtime(lock) or not os.path.exists(MMDC):
+        # puppeteer's own browser is never downloaded (tests/node/.puppeteerrc.cjs says so too).
+        r = subprocess.run([npm, 'ci', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error'], cwd=NODE_DIR,
+                           capture_output=True, text=True, env=dict(os.environ, PUPPETEER_SKIP_DOWNLOAD='1'))
+        assert r.returncode == 0, 'npm ci in tests/node failed:\n' + r.stdout + r.stderr
+    return MMDC
 
 
 def sh(cmd):
@@ -106,19 +126,14 @@ def scenario(mount):
     lock = mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'src/login.c', 'ttl_seconds': 3600},
                     session=coder)
     root_wt = mount.read_json('sessions', str(coder), 'session.json')['session_root_worktree_id']
-    # The merge methods are another group's; their tables are written here as those methods would.
-    db = sqlite3.connect(os.path.join(mount.state, 'state.db'), timeout=30)
-    now = int(time.time() * 1000)
-    with db:
-        db.execute("INSERT INTO merge_requests (feature_task_id, status, reviewer_session, notes_json, created_at, "
-                   "updated_at) VALUES (?, 'requested', 'rev-1', '{\"risk\": \"low\"}', ?, ?)", (feat, now, now))
-        db.execute("INSERT INTO merge_main_queue (session_id, from_worktree_id, target_branch, state, created_at, "
-                   "updated_at) VALUES (?, ?, 'main', 'queued', ?, ?)", (coder, root_wt, now, now))
-        db.execute("UPDATE merge_main_lock SET holder_session_id = ?, lease_until = ?, state = 'locked', "
-                   "updated_at = ? WHERE id = 1", (coder, now + 600000, now))
-        db.execute("UPDATE mirror_meta SET db_version = db_version + 1, version_at = ?, updated_at = ?",
-                   (now, now))
-    db.close()
+    mount.ok('merge.request', {'feature_task_id': feat, 'reviewer_session': 'rev-1', 'notes_json': {'risk': 'low'}})
+    root = os.readlink(mount.p('sessions', str(coder), 'root'))
+    with open(os.path.join(root, 'login.c'), 'w') as f:
+        f.write('int login;\n')
+    git(root, 'add', 'login.c')
+    git(root, '-c', 'user.name=t', '-c', 'user.email=t@example.com', 'commit', '-q', '-m', 'login')
+    mount.ok('merge.main.request', {'from_worktree_id': root_wt}, session=coder)
+    mount.ok('merge.main.acquire_lock', {'ttl_seconds': 600}, session=coder)
     return dict(coder=coder, gone=gone, epic=epic, feat=feat, case1=case1, case2=case2, plan=plan, s1=s1,
                 lock=lock['id'], root_wt=root_wt)
 
@@ -368,18 +383,17 @@ def test_target_path(mount, repo):
     assert refresh(mount)['path'] == 'mirror/index.md'
 
 
-def test_mermaid_renders(mount, tmp_path):
-    """The plan's flowchart renders: mermaid-cli (tests/node, installed by scripts/install-deps --test) with Debian's chromium."""
+def test_mermaid_renders(mount, tmp_path, mmdc):
+    """The plan's flowchart renders: mermaid-cli (tests/node) with Debian's chromium, as GitHub's and VS Code's previews would."""
     scenario(mount)
     mount.ok('graph.edge.create', {'from_node_id': 3, 'to_node_id': 4, 'edge_type': 'depends_on'})
     refresh(mount)
-    assert os.path.exists(MMDC), 'mermaid-cli is missing: run scripts/install-deps --test'
     src = tmp_path / 'plan.md'
     src.write_bytes(read(mount, 'plan.md'))
     cfg = tmp_path / 'puppeteer.json'
     cfg.write_text(json.dumps({'executablePath': '/usr/bin/chromium', 'args': ['--no-sandbox']}))
     out = tmp_path / 'plan.svg'
-    r = subprocess.run([MMDC, '-p', str(cfg), '-i', str(src), '-o', str(out)], capture_output=True, text=True,
+    r = subprocess.run([mmdc, '-p', str(cfg), '-i', str(src), '-o', str(out)], capture_output=True, text=True,
                        timeout=120, env=dict(os.environ, PUPPETEER_SKIP_DOWNLOAD='1'))
     assert r.returncode == 0, r.stdout + r.stderr
     svg = (tmp_path / 'plan-1.svg').read_text()

@@ -414,8 +414,14 @@ TEST(worktree_spawn_defaults_and_ownership)
 	json_decref(fails(env, ORCH_EEXISTS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, "
 			  "\"branch\": \"main\"}"));
 	check_nothing(env, v, "task/1/5", 3);
-	/* The main worktree has no owner: anyone may spawn from it.  Planned: nothing in git. */
-	w = ok(env, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": 1, \"create_on_disk\": false}");
+	/* Main is reached only through the queue: no child of the main worktree, even planned. */
+	e = fails(env, ORCH_EFORBIDDEN, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": 1, "
+		  "\"create_on_disk\": false}");
+	CHECK(strstr(jstr(e, "message"), "merge.main.request") != NULL);
+	json_decref(e);
+	check_nothing(env, v, "task/2/5", 3);
+	/* Planned: nothing in git. */
+	w = ok(env, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": 3, \"create_on_disk\": false}");
 	CHECK_EQ_STR(jstr(w, "status"), "planned");
 	CHECK_EQ_STR(jstr(w, "branch"), "task/2/5");
 	CHECK(!exists(jstr(w, "path")));
@@ -538,18 +544,22 @@ TEST(merge_dirty_parent_is_invalid_state)
 	free(same);
 }
 
-TEST(merge_into_main_updates_user_checkout)
+/* Main is reached only through the queue: a session root cannot be merged into it directly. */
+TEST(merge_into_main_is_forbidden)
 {
 	json_decref(ok(env, "session.open", "{}"));
-	json_t *w = ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1}");
-	CHECK_EQ_STR(jstr(w, "branch"), "task/1/3");
-	json_decref(w);
-	CHECK(commit_in(wt_path(env, "task-1-3"), "feature.txt", "feature") == 0);
-	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
-	CHECK_EQ_STR(out1("cat %s/feature.txt", env->repo), "feature");
-	CHECK_EQ_STR(out1("git -C %s status --porcelain", env->repo), "");
-	CHECK_EQ_STR(out1("git -C %s log -1 --format=%%s main", env->repo), "Merge branch 'task/1/3' into main");
-	CHECK_EQ_INT(atoi(out1("git -C %s rev-list --parents -n 1 main | wc -w", env->repo)), 3);
+	CHECK(commit_in(wt_path(env, "session-1"), "feature.txt", "feature") == 0);
+	char *before = tip(env, "main");
+	int64_t v = db_version(env);
+	json_t *e = fails(env, ORCH_EFORBIDDEN, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 2}");
+	CHECK(strstr(jstr(e, "message"), "merge.main.request") != NULL);
+	json_decref(e);
+	char *after = tip(env, "main");
+	CHECK_EQ_STR(after, before);
+	CHECK(sh("test ! -e %s/feature.txt", env->repo) == 0);
+	CHECK_EQ_INT(db_version(env), v);
+	free(before);
+	free(after);
 }
 
 /* The undo of a merge restores the branch and the checkout exactly. */
@@ -731,38 +741,6 @@ TEST(reconcile_finishes_interrupted_abandon)
 	CHECK(sh("git -C %s status >/dev/null 2>&1", wt_path(env, "task-1-3")) == 0);
 	CHECK(!exists(wt_path(env, "task-1-4.orchfs-removing")));
 	CHECK(sh("git -C %s worktree list | grep -q task-1-4", env->repo) != 0);
-}
-
-TEST(merge_into_branch_not_checked_out_moves_only_the_branch)
-{
-	json_decref(ok(env, "session.open", "{}"));
-	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1}"));
-	CHECK(commit_in(wt_path(env, "task-1-3"), "f.txt", "f") == 0);
-	/* The user switched the main checkout to another branch. */
-	CHECK(sh("git -C %s checkout -q -b dev", env->repo) == 0);
-	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}"));
-	CHECK(sh("test ! -e %s/f.txt", env->repo) == 0);
-	CHECK_EQ_STR(out1("git -C %s rev-parse --abbrev-ref HEAD", env->repo), "dev");
-	CHECK_EQ_STR(out1("git -C %s status --porcelain", env->repo), "");
-	CHECK_EQ_STR(out1("git -C %s show main:f.txt", env->repo), "f");
-}
-
-TEST(merge_refuses_branch_checked_out_elsewhere)
-{
-	json_decref(ok(env, "session.open", "{}"));
-	json_decref(ok(env, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 1}"));
-	CHECK(commit_in(wt_path(env, "task-1-3"), "f.txt", "f") == 0);
-	CHECK(sh("git -C %s checkout -q -b dev && git -C %s worktree add -q %s/other main", env->repo, env->repo,
-		 env->root) == 0);
-	char *before = tip(env, "main");
-	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 3}");
-	CHECK_EQ_STR(jstr(e, "details.state"), "checked_out_elsewhere");
-	CHECK(strstr(jstr(e, "message"), "/other") != NULL);
-	json_decref(e);
-	char *after = tip(env, "main");
-	CHECK_EQ_STR(after, before);
-	free(before);
-	free(after);
 }
 
 /* Git metadata names come from the last path component: abandoning a missing a/x must not prune b/x. */
@@ -1036,7 +1014,7 @@ TEST(merge_retry_completes_an_interrupted_merge)
 	CHECK(commit_in(wt_path(env, "task-1-5"), "five.txt", "5") == 0);
 	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 5}"));
 	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": 4}");
-	CHECK_EQ_STR(jstr(e, "details.state"), "merged");
+	CHECK_EQ_STR(jstr(e, "details.state"), "nothing_to_merge");
 	json_decref(e);
 }
 

@@ -1,0 +1,16 @@
+/*
+ * The subcommands of src/cli/ besides main.c's: the stdio front ends.
+ */
+#ifndef ORCHFS_CLI_H
+#define ORCHFS_CLI_H
+
+/*
+ * orchfs serve: the reference's newline-delimited JSON on stdin/stdout.
+ * Returns the exit status.
+ */
+int cli_serve(const char *repo, const char *state);
+
+/* orchfs mcp: an MCP server over stdio.  Returns the exit status. */
+int cli_mcp(const char *repo, const char *state);
+
+#endif
