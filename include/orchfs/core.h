@@ -129,6 +129,7 @@ typedef struct orch_ctx {
 	json_t *fail_arg;
 	bool remember;          /* set by the caller: the call came through sessions/<id>/ctl/, its reply is remembered */
 	bool remembered;        /* the reply was remembered inside the call's own transaction */
+	json_t *prepared;       /* what the method's prepare step made (orch_prepare_fn), for its fn */
 	orch_env *own_env;      /* the environment orch_ctx_open made (freed by orch_ctx_close) */
 } orch_ctx;
 
@@ -178,6 +179,16 @@ typedef struct orch_param {
 
 typedef int (*orch_method_fn)(orch_ctx *ctx, json_t *params, json_t **result);
 
+/*
+ * A method's long read-only work, done before its write and outside the
+ * writer lane: on a pooled read-only connection inside one read
+ * transaction (one snapshot; ctx->now is its time).  *prepared (a JSON
+ * value, or NULL) is in ctx->prepared while fn runs on the writer lane;
+ * `unprepare` gets it after the call whatever happened (fn may have
+ * claimed what it names, e.g. files it moved into place).
+ */
+typedef int (*orch_prepare_fn)(orch_ctx *ctx, json_t *params, json_t **prepared);
+
 #define ORCH_M_WRITE 0x1u     /* mutates state: one BEGIN IMMEDIATE transaction, bumps db_version */
 #define ORCH_M_CLOSED_OK 0x2u /* through sessions/<id>/ctl/, allowed for a closed or taken-over session */
 
@@ -190,6 +201,8 @@ typedef struct orch_method {
 	const char *output;       /* what the result holds */
 	const char *example;      /* an example request body */
 	const char *errors;       /* the typed errors it can return */
+	orch_prepare_fn prepare;  /* optional, see orch_prepare_fn */
+	void (*unprepare)(json_t *prepared);
 } orch_method;
 
 /*
@@ -391,6 +404,7 @@ typedef enum {
 	ORCH_COLL_SESSION_ROOTS, /* sessions that own their session-root worktree */
 	ORCH_COLL_MERGE_REQUESTS,
 	ORCH_COLL_MAIN_ITEMS,    /* main-merge queue items, every state */
+	ORCH_COLL_MIRROR,        /* the files of the mirror's current rendering */
 } orch_coll;
 
 bool orch_coll_has(orch_ctx *ctx, orch_coll c, int64_t id);
@@ -406,6 +420,21 @@ int orch_session_root_path(orch_ctx *ctx, int64_t id, char **path); /* sessions/
 /* One consistent snapshot for a read of the tree (ctx->now is its time). */
 int orch_ctx_read_begin(orch_ctx *ctx);
 void orch_ctx_read_end(orch_ctx *ctx);
+
+/* ---- the markdown mirror (mirror.c) ---- */
+
+/* mirror/status.json: what mirror.status returns. */
+int orch_mirror_status_json(orch_ctx *ctx, int64_t id, json_t **out);
+/*
+ * mirror/<name>.md, file `id` of the current rendering: *buf maps the file
+ * read-only (munmap(*buf, *len)); the file is written once and never
+ * changed, so the mapping is that rendering for as long as it is held, even
+ * after a later refresh removed the file.  *mtime: when its content last
+ * changed (ms).
+ */
+int orch_mirror_file(orch_ctx *ctx, int64_t id, char **buf, size_t *len, int64_t *mtime);
+/* The name of mirror file `id` (1-based; NULL past the last), and how many there are. */
+const char *orch_mirror_file_name(int64_t id);
 
 /* The database's db_version and last change (ms) from mirror_meta; either out may be NULL. */
 int orch_meta_read(orch_store *st, int64_t *db_version, int64_t *updated_at);

@@ -15,6 +15,7 @@ typedef struct {
 	bool foreground;
 	bool debug;
 	bool single_thread; /* -s: serve one request at a time (debugging) */
+	int mirror_refresh_s; /* --mirror-refresh: refresh an outdated mirror at most this often (0: never) */
 	void (*on_mounted)(void *arg); /* called once the mount is in place */
 	void *arg;
 } fs_options;

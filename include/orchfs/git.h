@@ -246,6 +246,34 @@ int orch_git_branch_summary(const char *repo_dir, const char *branch, const char
  */
 bool orch_git_merged_at_tip(orch_git *g, const char *parent, const char *child, char *commit_hex);
 
+/* ---- the markdown mirror's history (mirror.c) ---- */
+
+/* The ref that holds the mirror's history; no branch, never checked out. */
+#define ORCH_GIT_MIRROR_REF "refs/orchfs/mirror"
+
+/*
+ * Store the files <dir>/<names[i]> (i < n) as blobs, streamed from disk,
+ * and one tree holding exactly them under those names; blobs[i] and `tree`
+ * receive the hex ids.  Only objects are written: no ref, index or working
+ * tree is touched, so unreferenced objects are all a failure leaves.
+ * Opens the repository at `repo_path` itself: runs on any thread.
+ */
+int orch_git_mirror_tree(const char *repo_path, const char *dir, const char *const *names, size_t n,
+			 char (*blobs)[ORCH_GIT_HEX_SIZE], char *tree);
+
+/*
+ * Commit `tree` (hex) on ORCH_GIT_MIRROR_REF with `message`: its parent is
+ * the commit the ref names (none the first time), and the ref moves only
+ * from there.  `commit` (ORCH_GIT_HEX_SIZE) receives the new id; *fx puts
+ * the ref back where it was when undone.  When the ref's commit already
+ * has this tree (a refresh killed between moving the ref and committing
+ * its transaction), that commit is the answer and *fx is NULL.  Nothing else of the repository
+ * changes: the user's branches, HEAD, index and working tree stay as they
+ * are.  Opens the repository itself: runs on any thread.
+ */
+int orch_git_mirror_commit(const char *repo_path, const char *tree, const char *message, char *commit,
+			   orch_git_effect **fx);
+
 /* ---- recovery: what killed processes and calls left ---- */
 
 /*

@@ -19,7 +19,7 @@
 static void usage(FILE *f)
 {
 	fputs("usage:\n"
-	      "  orchfs mount [--repo DIR] [--state DIR] [-f] [-d] [-s] MOUNTPOINT\n"
+	      "  orchfs mount [--repo DIR] [--state DIR] [--mirror-refresh SECONDS] [-f] [-d] [-s] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
 	      "  orchfs call [--repo DIR] [--state DIR] [--session ID] METHOD [JSON]\n"
 	      "  orchfs serve [--repo DIR] [--state DIR]\n"
@@ -36,6 +36,7 @@ typedef struct {
 	bool foreground;
 	bool debug;
 	bool single_thread;
+	int mirror_refresh_s;
 	int argc;
 	char **argv;
 } cli_args;
@@ -62,6 +63,15 @@ static int parse(int argc, char **argv, cli_args *a)
 			a->debug = a->foreground = true;
 		else if (strcmp(argv[i], "-s") == 0)
 			a->single_thread = true;
+		else if (strcmp(argv[i], "--mirror-refresh") == 0 && i + 1 < argc) {
+			char *end;
+			long s = strtol(argv[++i], &end, 10);
+			if (*end || end == argv[i] || s < 1 || s > 86400) {
+				fprintf(stderr, "orchfs: --mirror-refresh takes whole seconds, 1 to 86400, got %s\n", argv[i]);
+				return -1;
+			}
+			a->mirror_refresh_s = (int)s;
+		}
 		else if (strcmp(argv[i], "--") == 0) {
 			i++;
 			break;
@@ -293,7 +303,7 @@ static int cmd_mount(cli_args *a)
 		log_path = NULL;
 	mount_info mi = {log_path, &env, mp, reconcile(&env)};
 	fs_options o = {.mountpoint = mp, .foreground = a->foreground, .debug = a->debug,
-			.single_thread = a->single_thread, .on_mounted = mounted, .arg = &mi};
+			.single_thread = a->single_thread, .mirror_refresh_s = a->mirror_refresh_s, .on_mounted = mounted, .arg = &mi};
 	rc = fs_main(&env, &o);
 	if (rc && ready_fd >= 0)
 		fprintf(stderr, "orchfs: cannot mount %s\n", mp);

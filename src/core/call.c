@@ -376,10 +376,11 @@ static void store_error_reply(orch_ctx *ctx, const char *call_id, const char *me
 	error_restore(&saved);
 }
 
+/* One more successful mutating call: db_version and the time it moved (version_at, the mirror's "now"). */
 static int bump_version(orch_ctx *ctx)
 {
-	return orch_sql_exec(ctx, "UPDATE mirror_meta SET db_version = db_version + 1, updated_at = ? WHERE id = 1",
-			     "i", ctx->now);
+	return orch_sql_exec(ctx, "UPDATE mirror_meta SET db_version = db_version + 1, updated_at = ?1, "
+			     "version_at = ?1 WHERE id = 1", "i", ctx->now);
 }
 
 /*
@@ -876,6 +877,32 @@ static int run_on_lane(orch_ctx *ctx, const orch_method *m, json_t *params, cons
 	return rc;
 }
 
+/*
+ * A method's prepare step (orch_prepare_fn): on a pooled read-only
+ * connection in one read transaction, never on the writer lane, so
+ * neither the writers nor the readers of the mount wait for it.
+ */
+static int prepare(orch_ctx *ctx, const orch_method *m, json_t *params)
+{
+	orch_store *store = ctx->store;
+	orch_git *git = ctx->git;
+	int rc;
+
+	if ((rc = orch_env_reader(ctx->env, &ctx->store)) != 0) {
+		ctx->store = store;
+		return rc;
+	}
+	ctx->git = NULL;
+	if ((rc = orch_ctx_read_begin(ctx)) == 0) {
+		rc = m->prepare(ctx, params, &ctx->prepared);
+		orch_ctx_read_end(ctx);
+	}
+	orch_env_reader_put(ctx->env, ctx->store);
+	ctx->store = store;
+	ctx->git = git;
+	return rc;
+}
+
 int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, char **reply)
 {
 	orch_store *store = ctx->store; /* the caller's binding, restored on the way out */
@@ -922,6 +949,8 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 		canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
 	if (rc)
 		goto fail;
+	if (m->prepare && (rc = prepare(ctx, m, params)) != 0)
+		goto fail;
 	rc = run_on_lane(ctx, m, params, call_id, canon, session_id, reply);
 	ctx->store = store;
 	ctx->git = git;
@@ -942,6 +971,10 @@ done:
 	/* Failures, replays and reads: the remembered reply is a write of its own. */
 	if (ctx->remember && session_id > 0 && m && !ctx->remembered && *reply)
 		orch_remember_reply(ctx->env, session_id, m->name, *reply);
+	if (m && m->unprepare)
+		m->unprepare(ctx->prepared);
+	json_decref(ctx->prepared);
+	ctx->prepared = NULL;
 	json_decref(params);
 	free(canon);
 	return rc;

@@ -35,7 +35,8 @@ int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out)
  * (a heartbeat, a mutating call through sessions/<id>/ctl/) move
  * last_seen_at.  Resume candidates, attach, forced lock release and
  * session.json's `stale` all ask here, so a new sign of life (a held-open
- * handle) is added in this one place.  *open (may be NULL) says whether the
+ * handle) is added in this one place -- and in LIVE_SQL of mirror.c, its
+ * SQL form for streamed listings.  *open (may be NULL) says whether the
  * session may still act; *age_ms (may be NULL) is the heartbeat's age.
  */
 int orch_session_live(orch_ctx *ctx, int64_t id, int64_t min_window_s, bool *live, bool *open, int64_t *age_ms)

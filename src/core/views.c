@@ -43,6 +43,8 @@ static const struct {
 				      "SELECT 1 FROM merge_requests WHERE id = ?1 AND ?2 IS NOT NULL", NULL},
 	[ORCH_COLL_MAIN_ITEMS] = {"SELECT id FROM merge_main_queue WHERE ?1 IS NOT NULL ORDER BY id",
 				  "SELECT 1 FROM merge_main_queue WHERE id = ?1 AND ?2 IS NOT NULL", NULL},
+	[ORCH_COLL_MIRROR] = {"SELECT id FROM mirror_files WHERE ?1 IS NOT NULL ORDER BY id",
+			      "SELECT 1 FROM mirror_files WHERE id = ?1 AND ?2 IS NOT NULL", NULL},
 };
 
 bool orch_coll_has(orch_ctx *ctx, orch_coll c, int64_t id)

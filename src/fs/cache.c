@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "fs.h"
@@ -137,13 +138,14 @@ static uint64_t fnv1a(const char *p, size_t n)
 	return h;
 }
 
-fs_snap *fs_snap_new(char *data, size_t len, int64_t mtime)
+fs_snap *fs_snap_new(char *data, size_t len, int64_t mtime, bool mapped)
 {
 	fs_snap *s = orch_xrealloc(NULL, sizeof(*s));
 
 	atomic_init(&s->refs, 1);
 	s->data = data;
 	s->len = len;
+	s->mapped = mapped;
 	s->hash = fnv1a(data, len);
 	s->mtime = mtime;
 	return s;
@@ -158,9 +160,18 @@ fs_snap *fs_snap_ref(fs_snap *s)
 void fs_snap_unref(fs_snap *s)
 {
 	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
-		free(s->data);
+		if (s->mapped)
+			munmap(s->data, s->len);
+		else
+			free(s->data);
 		free(s);
 	}
+}
+
+/* The daemon's memory a snapshot holds (a mapped file's pages are the page cache's). */
+static size_t heap_len(const fs_snap *s)
+{
+	return s && !s->mapped ? s->len : 0;
 }
 
 /* ---- the tables ---- */
@@ -231,16 +242,15 @@ static retired **grave(uint64_t ino)
 static void set_snap(entry *e, fs_snap *s)
 {
 	if (e->snap) {
-		snap_bytes -= e->snap->len;
+		snap_bytes -= heap_len(e->snap);
 		fs_snap_unref(e->snap);
 	}
 	e->snap = s ? fs_snap_ref(s) : NULL;
-	if (s)
-		snap_bytes += s->len;
+	snap_bytes += heap_len(s);
 	/* Over budget: drop other renderings (the metadata stays; a drop costs one render). */
 	for (size_t i = 0; snap_bytes > SNAP_BUDGET && i < cap; i++) {
 		if (tab[i].ino && tab[i].snap && &tab[i] != e) {
-			snap_bytes -= tab[i].snap->len;
+			snap_bytes -= heap_len(tab[i].snap);
 			fs_snap_unref(tab[i].snap);
 			tab[i].snap = NULL;
 		}
@@ -636,10 +646,11 @@ static bool bump(entry *e, bool keep_snap)
 	}
 	if (e->nlookup) {
 		retired *r = orch_xrealloc(NULL, sizeof(*r));
-		bool keep = keep_snap && e->snap && e->snap->hash == e->hash && retired_bytes + e->len <= SNAP_BUDGET;
+		bool keep = keep_snap && e->snap && e->snap->hash == e->hash &&
+			    retired_bytes + heap_len(e->snap) <= SNAP_BUDGET;
 		*r = (retired){*grave(old), old, e->len, e->mtime, e->nlookup, keep ? fs_snap_ref(e->snap) : NULL};
 		if (keep)
-			retired_bytes += e->len;
+			retired_bytes += heap_len(e->snap);
 		*grave(old) = r;
 	}
 	e->version = next;
@@ -747,8 +758,7 @@ void fs_cache_forget(uint64_t ino, uint64_t nlookup)
 		retired **at = grave(ino), *r = *at;
 		if (r && (r->nlookup = r->nlookup > nlookup ? r->nlookup - nlookup : 0) == 0) {
 			*at = r->next;
-			if (r->snap)
-				retired_bytes -= r->snap->len;
+			retired_bytes -= heap_len(r->snap);
 			fs_snap_unref(r->snap);
 			free(r);
 		}
@@ -791,7 +801,7 @@ static void verify(orch_ctx *ctx, fs_node n, const fs_snap *s, uint64_t s0)
 	    (r.len != s->len || memcmp(r.data, s->data, r.len) != 0))
 		orch_log("WARNING: cache served a stale rendering of inode %#llx (kind %d, id %lld)",
 			 (unsigned long long)fs_ino(n), n.kind, (long long)n.id);
-	free(r.data);
+	fs_rendering_release(&r);
 }
 
 int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino, uint64_t *generation, bool *direct)
@@ -830,7 +840,7 @@ int fs_cache_get(orch_ctx *ctx, fs_node n, fs_snap **out, uint64_t *ino, uint64_
 	uint64_t hash = fnv1a(r.data, r.len);
 	bool changed = fresh || hash != e->hash || r.len != e->len;
 	int64_t mtime = changed ? next_mtime(e, fresh, r.stamp, r.snapshot_at) : e->mtime;
-	fs_snap *s = fs_snap_new(r.data, r.len, mtime);
+	fs_snap *s = fs_snap_new(r.data, r.len, mtime, r.mapped);
 
 	if (changed && e->nlookup && bump(e, false)) {
 		/* The name moves on (the kernel keeps the old inode as it was): drop it, even mid-lookup. */

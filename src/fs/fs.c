@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fs.h"
@@ -261,7 +262,7 @@ static int node_stat(orch_ctx *ctx, fs_node n, struct stat *st, double *timeout,
 			if (rc)
 				return rc;
 			file_stat(st, fs_node_type(n), r.len, r.stamp ? r.stamp : r.snapshot_at);
-			free(r.data);
+			fs_rendering_release(&r);
 		}
 		return 0;
 	}
@@ -632,7 +633,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else {
 		fs_rendering r;
 		if ((rc = fs_render(&ctx, h->node, &r)) == 0)
-			h->snap = fs_snap_new(r.data, r.len, r.stamp ? r.stamp : r.snapshot_at);
+			h->snap = fs_snap_new(r.data, r.len, r.stamp ? r.stamp : r.snapshot_at, r.mapped);
 	}
 	reader_done(&ctx);
 	if (rc) {
@@ -933,8 +934,100 @@ static const struct fuse_lowlevel_ops fs_ops = {
 	.create = fs_create,
 };
 
+/*
+ * --mirror-refresh: a thread that, every period, refreshes the markdown
+ * mirror if the state moved since its last rendering, as the role the
+ * rule asks for (the daemon's own refresh; calls of clients are still
+ * checked).  Started once the writer runs, stopped before it stops.
+ */
+typedef struct {
+	orch_env *env;
+	int period_s;          /* immutable */
+	pthread_mutex_t mu;
+	pthread_cond_t cond;   /* signalled to stop */
+	bool stop;             /* under mu */
+	pthread_t thread;
+} auto_refresh;
+
+static void refresh_if_outdated(orch_env *env)
+{
+	orch_ctx ctx;
+	char *reply = NULL;
+	json_t *req = json_object(), *status = NULL;
+
+	orch_ctx_init(&ctx, env, NULL, NULL);
+	if (orch_call(&ctx, "mirror.status", req, 0, &reply) == 0)
+		status = json_loads(reply, 0, NULL);
+	free(reply);
+	reply = NULL;
+	if (json_is_true(json_object_get(json_object_get(status, "result"), "outdated"))) {
+		json_object_set_new(req, "requester_role", json_string("doc-mirror-manager"));
+		if (orch_call(&ctx, "mirror.refresh", req, 0, &reply) != 0)
+			orch_log("mirror refresh failed: %s", orch_error_last()->message);
+		free(reply);
+	}
+	orch_error_clear();
+	json_decref(status);
+	json_decref(req);
+}
+
+static void *auto_refresh_main(void *arg)
+{
+	auto_refresh *a = arg;
+	struct timespec until;
+
+	pthread_mutex_lock(&a->mu);
+	while (!a->stop) {
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_sec += a->period_s;
+		while (!a->stop && pthread_cond_timedwait(&a->cond, &a->mu, &until) != ETIMEDOUT)
+			;
+		if (a->stop)
+			break;
+		pthread_mutex_unlock(&a->mu);
+		refresh_if_outdated(a->env);
+		pthread_mutex_lock(&a->mu);
+	}
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+static bool auto_refresh_start(auto_refresh *a, orch_env *env, int period_s)
+{
+	pthread_condattr_t attr;
+
+	a->env = env;
+	a->period_s = period_s;
+	a->stop = false;
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&a->cond, &attr);
+	pthread_condattr_destroy(&attr);
+	if (pthread_create(&a->thread, NULL, auto_refresh_main, a) != 0) {
+		orch_log("cannot start the mirror refresh thread");
+		pthread_cond_destroy(&a->cond);
+		pthread_mutex_destroy(&a->mu);
+		return false;
+	}
+	return true;
+}
+
+static void auto_refresh_stop(auto_refresh *a)
+{
+	pthread_mutex_lock(&a->mu);
+	a->stop = true;
+	pthread_cond_broadcast(&a->cond);
+	pthread_mutex_unlock(&a->mu);
+	pthread_join(a->thread, NULL);
+	pthread_cond_destroy(&a->cond);
+	pthread_mutex_destroy(&a->mu);
+}
+
 int fs_main(orch_env *env, const fs_options *o)
 {
+	auto_refresh refresher;
+	bool refreshing = false;
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	struct fuse_loop_config *cfg = NULL;
 	struct fuse_session *se = NULL;
@@ -964,6 +1057,8 @@ int fs_main(orch_env *env, const fs_options *o)
 		orch_log("%s; writes run on the FUSE threads", orch_error_last()->message);
 		orch_error_clear();
 	}
+	if (o->mirror_refresh_s > 0)
+		refreshing = auto_refresh_start(&refresher, env, o->mirror_refresh_s);
 	if (o->on_mounted)
 		o->on_mounted(o->arg);
 	if (o->single_thread) {
@@ -986,6 +1081,8 @@ int fs_main(orch_env *env, const fs_options *o)
 		rc = fuse_session_loop_mt(se, cfg) < 0 ? 1 : 0;
 		fuse_loop_cfg_destroy(cfg);
 	}
+	if (refreshing)
+		auto_refresh_stop(&refresher);
 	fuse_session_unmount(se);
 	orch_env_stop_writer(env);
 	fs_cache_stop();

@@ -64,6 +64,10 @@ typedef enum {
 	K_MAIN_QUEUE_JSON,
 	K_MAIN_LOCK_JSON,
 	K_MAIN_ITEM_JSON,
+	/* markdown mirror (mirror/) */
+	K_MIRROR_DIR,
+	K_MIRROR_STATUS,
+	K_MIRROR_MD,
 
 	K_KIND_COUNT
 } fs_kind;
@@ -112,8 +116,9 @@ void fs_dirents_free(fs_dirent *d, size_t n);
 
 /* A state file's content as one snapshot rendered it. */
 typedef struct {
-	char *data;          /* caller frees */
+	char *data;          /* caller releases (fs_rendering_release) */
 	size_t len;
+	bool mapped;         /* data maps an immutable file (mirror/): munmap, not free */
 	int64_t stamp;       /* newest "*_at" timestamp in the content (ms), 0 if none */
 	int64_t snapshot_at; /* the database's last change as of the snapshot (ms) */
 } fs_rendering;
@@ -123,6 +128,8 @@ typedef struct {
  * ctx->store: one call = one consistent snapshot.
  */
 int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r);
+/* Give back a rendering's data (freed, or unmapped). */
+void fs_rendering_release(fs_rendering *r);
 
 /* Whether a file is served through the page cache (see cache.c), and what invalidates it. */
 bool fs_node_cached(fs_node n);
@@ -149,11 +156,12 @@ typedef struct fs_snap {
 	_Atomic int refs;
 	char *data;
 	size_t len;
+	bool mapped;   /* data maps an immutable file: page cache, not heap; unmapped at the last reference */
 	uint64_t hash;
 	int64_t mtime; /* ms */
 } fs_snap;
 
-fs_snap *fs_snap_new(char *data, size_t len, int64_t mtime); /* takes data */
+fs_snap *fs_snap_new(char *data, size_t len, int64_t mtime, bool mapped); /* takes data */
 fs_snap *fs_snap_ref(fs_snap *s);
 void fs_snap_unref(fs_snap *s);
 

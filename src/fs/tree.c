@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "fs.h"
@@ -20,6 +21,10 @@ typedef struct {
 	orch_coll coll;         /* id-named: the ids it lists; fixed names: the ids it exists for (NONE: all) */
 	int (*render)(orch_ctx *ctx, int64_t id, json_t **out);
 	int (*text)(orch_ctx *ctx, int64_t id, char **buf);
+	/* Bytes read as they are, with the time they last changed (its mtime). */
+	int (*file)(orch_ctx *ctx, int64_t id, char **buf, size_t *len, int64_t *mtime);
+	/* Nodes named from a fixed list by id (1-based; NULL past the last), existing as `coll` says. */
+	const char *(*names)(int64_t id);
 	int methods;            /* 1: one node per method; 2: per method that takes a session */
 	const char *doc;        /* one line for the generated README.md */
 	/*
@@ -117,6 +122,15 @@ static const node_spec specs[K_KIND_COUNT] = {
 	[K_MAIN_ITEM_JSON] = {K_MAIN_ITEM_JSON, K_MAIN_DIR, NULL, ".json", T_FILE,
 			      .coll = ORCH_COLL_MAIN_ITEMS, .render = orch_main_item_json,
 			      .doc = "main-merge requests (queue items), every state", .deps = "merge_main_queue#"},
+	/* markdown mirror */
+	[K_MIRROR_DIR] = {K_MIRROR_DIR, K_ROOT, "mirror", NULL, T_DIR},
+	[K_MIRROR_STATUS] = {K_MIRROR_STATUS, K_MIRROR_DIR, "status.json", NULL, T_FILE,
+			     .render = orch_mirror_status_json, .doc = "what mirror.status returns", .deps = "mirror_meta"},
+	[K_MIRROR_MD] = {K_MIRROR_MD, K_MIRROR_DIR, NULL, NULL, T_FILE, .coll = ORCH_COLL_MIRROR,
+			 .file = orch_mirror_file, .names = orch_mirror_file_name,
+			 .doc = "the markdown mirror as of the last mirror.refresh (index.md first)",
+			 .deps = "mirror_files#"},
+
 };
 
 /*
@@ -178,6 +192,11 @@ bool fs_node_parent_name(fs_node n, fs_node *parent, char *name, size_t size)
 	if (s->name) {
 		*parent = (fs_node){s->parent, 0, specs[s->parent].name ? 0 : n.id};
 		snprintf(name, size, "%s", s->name);
+	} else if (s->names) {
+		if (!s->names(n.id))
+			return false;
+		*parent = (fs_node){s->parent, 0, 0};
+		snprintf(name, size, "%s", s->names(n.id));
 	} else {
 		*parent = (fs_node){s->parent, 0, 0};
 		snprintf(name, size, "%lld%s", (long long)n.id, s->suffix);
@@ -282,6 +301,13 @@ int fs_lookup(orch_ctx *ctx, fs_node dir, const char *name, fs_node *child)
 			if (i == orch_method_count())
 				continue;
 			c.sub = (unsigned)i;
+		} else if (s->names) {
+			int64_t id = 1;
+			while (s->names(id) && strcmp(s->names(id), name) != 0)
+				id++;
+			if (!s->names(id))
+				continue;
+			c.id = id;
 		} else {
 			size_t n = strlen(name), sl = strlen(s->suffix);
 			if (n <= sl || strcmp(name + n - sl, s->suffix) != 0)
@@ -359,6 +385,10 @@ int fs_list(orch_ctx *ctx, fs_node dir, fs_dirent **out, size_t *n)
 				c.sub = (unsigned)i;
 				add(out, n, &cap, strdup(m->name), c);
 			}
+		} else if (s->names) {
+			for (c.id = 1; s->names(c.id); c.id++)
+				if (fs_exists(ctx, c))
+					add(out, n, &cap, strdup(s->names(c.id)), c);
 		} else {
 			lister l = {out, n, &cap, s->suffix, c};
 			if (orch_coll_list(ctx, s->coll, list_one, &l) != 0) {
@@ -430,7 +460,7 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 	int rc;
 
 	memset(r, 0, sizeof(*r));
-	if (!s->render && !s->text)
+	if (!s->render && !s->text && !s->file)
 		return -EISDIR;
 	/* Views that depend on time (lock expiry) see the time of the open. */
 	if (orch_ctx_read_begin(ctx) != 0) {
@@ -441,14 +471,16 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 		orch_ctx_read_end(ctx);
 		return -ENOENT;
 	}
-	rc = s->render ? s->render(ctx, n.id, &j) : s->text(ctx, n.id, &r->data);
+	r->mapped = s->file != NULL;
+	rc = s->render ? s->render(ctx, n.id, &j)
+	     : s->file ? s->file(ctx, n.id, &r->data, &r->len, &r->stamp)
+	     : s->text(ctx, n.id, &r->data);
 	if (!rc)
 		rc = orch_meta_read(ctx->store, NULL, &r->snapshot_at);
 	orch_ctx_read_end(ctx);
 	if (rc) {
 		json_decref(j);
-		free(r->data);
-		r->data = NULL;
+		fs_rendering_release(r);
 		return errno_of(rc);
 	}
 	if (j) {
@@ -461,8 +493,18 @@ int fs_render(orch_ctx *ctx, fs_node n, fs_rendering *r)
 	}
 	if (!r->data)
 		return -ENOMEM;
-	r->len = strlen(r->data);
+	if (!s->file)
+		r->len = strlen(r->data);
 	return 0;
+}
+
+void fs_rendering_release(fs_rendering *r)
+{
+	if (r->mapped && r->data)
+		munmap(r->data, r->len);
+	else
+		free(r->data);
+	r->data = NULL;
 }
 
 int fs_readlink(orch_ctx *ctx, fs_node n, char **target)
@@ -556,6 +598,8 @@ static void spec_path(fs_kind k, char *buf, size_t size)
 		snprintf(name, sizeof(name), "%s", s->name);
 	else if (s->methods)
 		snprintf(name, sizeof(name), "<method>");
+	else if (s->names)
+		snprintf(name, sizeof(name), "*.md");
 	else
 		snprintf(name, sizeof(name), "<%s>%s", orch_coll_named(s->coll) ? "call_id" : "id", s->suffix);
 	size_t n = strlen(buf);
