@@ -311,22 +311,45 @@ static void test_busy(void)
 	orch_dq_close(b);
 }
 
-/* What 1.11 does with PRAGMA user_version (recorded in client.c's header). */
+/* PRAGMA user_version is set and read like SQLite's (tests/fs/test_dqlite.py reads it on a new leader). */
 static void test_user_version(void)
 {
 	orch_dq *c = client("pragma.db", 0);
 	CHECK_RC(c, orch_dq_exec(c, "CREATE TABLE p (k)"), SQLITE_OK);
-	int rc = orch_dq_exec(c, "PRAGMA user_version = 7");
-	fprintf(stderr, "  PRAGMA user_version = 7: %d %s\n", rc, rc ? orch_dq_errmsg(c) : "");
+	CHECK_RC(c, orch_dq_exec(c, "PRAGMA user_version = 7"), SQLITE_OK);
 	orch_dq_close(c);
 	c = client("pragma.db", 0);
 	orch_dq_stmt *s;
 	CHECK_RC(c, orch_dq_prepare(c, "PRAGMA user_version", &s), SQLITE_OK);
-	rc = orch_dq_step(s);
-	fprintf(stderr, "  PRAGMA user_version on a new connection: %d -> %lld\n", rc,
-		(long long)orch_dq_column_int64(s, 0));
-	CHECK(rc == SQLITE_ROW);
+	CHECK_RC(c, orch_dq_step(s), SQLITE_ROW);
+	CHECK(orch_dq_column_int64(s, 0) == 7);
 	orch_dq_finalize(s);
+	orch_dq_close(c);
+}
+
+/* Columns declared DATETIME and BOOLEAN (dqlite's own wire types) come back as TEXT and INTEGER. */
+static void test_declared_types(void)
+{
+	orch_dq *c = client("decl.db", 0);
+	CHECK_RC(c, orch_dq_exec(c, "CREATE TABLE d (t DATETIME, b BOOLEAN)"), SQLITE_OK);
+	CHECK_RC(c, orch_dq_exec(c, "INSERT INTO d VALUES ('2024-01-02 03:04:05', 1)"), SQLITE_OK);
+	orch_dq_stmt *s;
+	CHECK_RC(c, orch_dq_prepare(c, "SELECT t, b FROM d", &s), SQLITE_OK);
+	CHECK_RC(c, orch_dq_step(s), SQLITE_ROW);
+	CHECK(orch_dq_column_type(s, 0) == SQLITE_TEXT);
+	fprintf(stderr, "  DATETIME column: %s\n", orch_dq_column_text(s, 0) ? orch_dq_column_text(s, 0) : "(null)");
+	CHECK(orch_dq_column_text(s, 0) && strncmp(orch_dq_column_text(s, 0), "2024-01-02", 10) == 0);
+	CHECK(orch_dq_column_type(s, 1) == SQLITE_INTEGER && orch_dq_column_int64(s, 1) == 1);
+	orch_dq_finalize(s);
+	/* Foreign keys are enforced on every connection without asking (dqlite turns them on). */
+	CHECK_RC(c, orch_dq_exec(c, "CREATE TABLE parent (id INTEGER PRIMARY KEY); "
+				    "CREATE TABLE child (p INTEGER REFERENCES parent(id))"), SQLITE_OK);
+	orch_dq *d = client("decl.db", 0);
+	int rc = orch_dq_exec(d, "INSERT INTO child VALUES (42)");
+	CHECK((rc & 0xff) == SQLITE_CONSTRAINT && strstr(orch_dq_errmsg(d), "FOREIGN KEY"));
+	CHECK_RC(d, orch_dq_exec(d, "PRAGMA foreign_keys = OFF"), SQLITE_OK);
+	CHECK_RC(d, orch_dq_exec(d, "INSERT INTO child VALUES (43)"), SQLITE_OK); /* per connection */
+	orch_dq_close(d);
 	orch_dq_close(c);
 }
 
@@ -375,7 +398,7 @@ int main(void)
 	} tests[] = {
 		{ "types", test_types }, { "many_rows", test_many_rows }, { "errors", test_errors },
 		{ "transactions", test_transactions }, { "busy", test_busy },
-		{ "user_version", test_user_version }, { "cluster", test_cluster },
+		{ "user_version", test_user_version }, { "declared_types", test_declared_types }, { "cluster", test_cluster },
 	};
 	int passed = 0, failed = 0;
 	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {

@@ -14,35 +14,39 @@
  * message), SERVER 1 (id, address), SERVERS 3, DB 4, STMT 5 (db, id, number
  * of parameters), RESULT 6 (last insert id, rows affected), ROWS 7, EMPTY 8.
  *
- * What 1.11.1's server does, found by reading its behaviour and checked by
- * tests/unit/test_dqlite.c where marked [t]:
+ * What 1.11.1's server does, checked by tests/unit/test_dqlite.c ([u]) and
+ * tests/fs/test_dqlite.py ([c]):
  *  - Any node answers LEADER with the leader's id and address, or id 0 and ""
- *    while there is none; only the leader runs OPEN/PREPARE/EXEC/QUERY, the
- *    others answer them with failure SQLITE_IOERR_NOT_LEADER (10250).  A
- *    request cut by a leader change fails with SQLITE_IOERR_LEADERSHIP_LOST
- *    (10506): a write may or may not have committed.
- *  - A connection opens one database; its id is 0.  Explicit transactions
- *    span requests on one connection; only the leader's copy changes until
- *    COMMIT is replicated.  Another connection's BEGIN IMMEDIATE (or write)
- *    while one is open fails at once with SQLITE_BUSY (no busy timeout on
- *    the server) [t]; this client retries those with jittered backoff.
+ *    while there is none; a follower answers OPEN/PREPARE/EXEC/QUERY with
+ *    failure SQLITE_IOERR_NOT_LEADER (10250).  A request cut by a leader
+ *    change fails with SQLITE_IOERR_LEADERSHIP_LOST (10506), or the
+ *    connection just closes (SIGKILL): a write may or may not have committed
+ *    [c: the writer's "ack … (committed before the leader change)"].
+ *  - A connection opens one database.  Explicit transactions (BEGIN
+ *    IMMEDIATE, SAVEPOINT, ROLLBACK TO, RELEASE) span requests on one
+ *    connection [u].  While one connection holds the write lock, another's
+ *    BEGIN IMMEDIATE fails at once with SQLITE_BUSY "database is locked" (no
+ *    busy timeout on the server) [u]; this client retries that with
+ *    jittered backoff up to busy_ms (ORCH_STORE_BUSY_MS by default).
+ *  - Failures carry SQLite's extended codes and messages, e.g. 1555
+ *    SQLITE_CONSTRAINT_PRIMARYKEY "UNIQUE constraint failed: u.k", 787
+ *    FOREIGN KEY, syntax errors at PREPARE [u].
  *  - QUERY runs the statement without replication (1.11 does not check that
  *    it is read-only), so writes must go through EXEC, and EXEC discards
  *    rows: `INSERT … RETURNING` cannot work; such text is refused here.  A
  *    QUERY of a statement without result columns fails ("query error").
  *  - Rows come in batches of about one memory page; every ROWS message
  *    repeats the column count and names; a batch ends with the word
- *    0xeeee…ee (more follow unasked) or 0xffff…ff (done) [t].
- *  - Values of rows carry their SQLite type; columns declared DATETIME or
- *    BOOLEAN come back as ISO-8601 text (type 10) or booleans (11), which
- *    this client gives as TEXT and INTEGER.
- *  - PRAGMA user_version: reading works and returns 0, but setting it is not
- *    replicated (the pragma changes the database header outside a WAL frame
- *    dqlite ships), so another node or a restarted leader reads 0 again.
- *    Schema versioning must live in a table (e.g. schema_migrations).
- *  - PRAGMA journal_mode/synchronous/foreign_keys are per connection on the
- *    leader; journal_mode is WAL and fixed; foreign_keys must be set after
- *    every (re)connection — this client does not do it for the caller.
+ *    0xeeee…ee (more follow unasked) or 0xffff…ff (done) [u: 100k rows].
+ *    INTERRUPT stops the rest; the server answers EMPTY after any batches
+ *    already sent [u].
+ *  - Columns declared DATETIME come back as ISO-8601 text (type 10), BOOLEAN
+ *    as type 11; this client gives them as TEXT and INTEGER [u].
+ *  - PRAGMA user_version works: set through the leader, it is replicated
+ *    (the new leader after a SIGKILL reads it) [u, c].  So schema versioning
+ *    can stay on user_version with 1.11.
+ *  - PRAGMA foreign_keys is ON for every new connection (dqlite turns it on)
+ *    and can be turned off per connection [u].
  *  - Parameters: schema revision 0 of EXEC/QUERY carries at most 255.
  */
 #include <arpa/inet.h>
@@ -140,10 +144,12 @@ struct orch_dq_stmt {
 static int fail(orch_dq *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(orch_dq *c, int code, const char *fmt, ...)
 {
+	char msg[sizeof c->errmsg]; /* the arguments may be c->errmsg itself */
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(c->errmsg, sizeof c->errmsg, fmt, ap);
+	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
+	memcpy(c->errmsg, msg, sizeof msg);
 	c->errcode = code;
 	return code;
 }

@@ -6,13 +6,15 @@
  *   orchfs-dqlite node --id N --addr HOST:PORT --dir DIR [--peer HOST:PORT]... [--latency-ms MS]
  *   orchfs-dqlite exec|query --peer HOST:PORT... [--db NAME] SQL
  *   orchfs-dqlite writer --peer ... --from N --to M [--db NAME]
- *   orchfs-dqlite race --peer ... --keys N --name NAME [--db NAME]
+ *   orchfs-dqlite race --peer ... --keys N --name NAME [--go FILE] [--db NAME]
  *   orchfs-dqlite cluster --peer ...
  *
  * `writer` inserts ids N..M one by one into table w and prints "ack ID" for
  * each insert the leader acknowledged, retrying across leader changes;
- * `race` takes keys 0..N-1 of table lease in BEGIN IMMEDIATE transactions
- * and prints "won KEY" for each key it holds.  Both flush every line, so a
+ * `race` takes keys 0..N-1 of table lease, in an order shuffled by NAME, in
+ * BEGIN IMMEDIATE transactions and prints "won KEY" for each key it holds;
+ * with --go it prints "set" once connected and starts when FILE exists, so
+ * that two racers really overlap.  Both flush every line, so a
  * test that kills nodes meanwhile knows exactly what was acknowledged.
  */
 #include <signal.h>
@@ -183,7 +185,7 @@ static int take(orch_dq *c, orch_dq_stmt *get, orch_dq_stmt *put, long key, cons
 	return rc ? -rc : won;
 }
 
-static int cmd_race(long keys, const char *name)
+static int cmd_race(long keys, const char *name, const char *go)
 {
 	orch_dq *c = open_client();
 	int rc = exec_retry(c, "CREATE TABLE IF NOT EXISTS lease (key INTEGER PRIMARY KEY, holder TEXT NOT NULL)");
@@ -192,7 +194,24 @@ static int cmd_race(long keys, const char *name)
 		rc = orch_dq_prepare(c, "SELECT holder FROM lease WHERE key = ?", &get);
 	if (rc == SQLITE_OK)
 		rc = orch_dq_prepare(c, "INSERT INTO lease (key, holder) VALUES (?, ?)", &put);
-	for (long k = 0; rc == SQLITE_OK && k < keys; k++) {
+	long *order = calloc((size_t)keys + 1, sizeof *order);
+	unsigned seed = 5381;
+	for (const char *p = name; *p; p++)
+		seed = seed * 33 + (unsigned char)*p;
+	for (long k = 0; k < keys; k++)
+		order[k] = k;
+	for (long k = keys - 1; k > 0; k--) {
+		long j = (long)(rand_r(&seed) % (unsigned)(k + 1)), t = order[k];
+		order[k] = order[j], order[j] = t;
+	}
+	if (go) {
+		printf("set\n");
+		fflush(stdout);
+		while (access(go, F_OK) != 0)
+			usleep(1000);
+	}
+	for (long i = 0; rc == SQLITE_OK && i < keys; i++) {
+		long k = order[i];
 		int r;
 		while ((r = take(c, get, put, k, name)) < 0 && orch_dq_transient(-r))
 			usleep(20000);
@@ -204,6 +223,7 @@ static int cmd_race(long keys, const char *name)
 	}
 	if (rc)
 		fprintf(stderr, "race: %s (%d)\n", orch_dq_errmsg(c), rc);
+	free(order);
 	orch_dq_finalize(get);
 	orch_dq_finalize(put);
 	orch_dq_close(c);
@@ -233,7 +253,7 @@ int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return usage();
-	const char *cmd = argv[1], *addr = NULL, *dir = NULL, *name = NULL, *sql = NULL;
+	const char *cmd = argv[1], *addr = NULL, *dir = NULL, *name = NULL, *sql = NULL, *go = NULL;
 	unsigned long long id = 0;
 	long from = 0, to = 0, keys = 0;
 	unsigned latency = 0;
@@ -264,6 +284,8 @@ int main(int argc, char **argv)
 			keys = atol(v);
 		else if (!strcmp(a, "--name"))
 			name = v;
+		else if (!strcmp(a, "--go"))
+			go = v;
 		else if (!strcmp(a, "--latency-ms"))
 			latency = (unsigned)atoi(v);
 		else
@@ -280,7 +302,7 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "writer"))
 		return cmd_writer(from, to);
 	if (!strcmp(cmd, "race") && name)
-		return cmd_race(keys, name);
+		return cmd_race(keys, name, go);
 	if (!strcmp(cmd, "cluster"))
 		return cmd_cluster();
 	return usage();
