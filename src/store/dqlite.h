@@ -76,7 +76,11 @@ int orch_dq_exec(orch_dq *c, const char *sql);
  * (SQLITE_ERROR): 1.11 cannot return rows of a replicated write.
  */
 int orch_dq_prepare(orch_dq *c, const char *sql, orch_dq_stmt **out);
-/* Statements must be finalized before orch_dq_close. */
+/*
+ * Statements must be finalized before orch_dq_close.  Another statement may
+ * run while one's rows are half read (as with SQLite): the connection carries
+ * one request at a time, so the rest of those rows are read ahead into memory.
+ */
 void orch_dq_finalize(orch_dq_stmt *s);
 /* Stop a statement (the rest of a query's rows are dropped); bindings stay. */
 int orch_dq_reset(orch_dq_stmt *s);

@@ -100,7 +100,7 @@ struct orch_dq {
 	uint32_t db_id;
 	uint64_t gen;        /* bumped on every new connection: statements re-prepare */
 	bool in_txn;
-	bool query_open;     /* a statement's rows are still coming on fd */
+	orch_dq_stmt *streaming; /* the statement whose rows are still coming on fd, or NULL */
 	int64_t changes, last_rowid;
 	int errcode;
 	char errmsg[512];
@@ -131,8 +131,14 @@ struct orch_dq_stmt {
 	int nparams;
 	value params[MAX_PARAMS];
 	int state;
-	/* rows: positions inside c->in of the current batch */
+	/* rows: the current batch and the position of the next row in it */
+	buf rows;
 	size_t pos;
+	/* batches read ahead so that another request could use the connection */
+	buf *pending;
+	size_t npending, pending_head;
+	int pending_rc;      /* the failure that ended them (0: none) */
+	char pending_msg[256];
 	int ncols;
 	char **names;
 	int names_cap;
@@ -286,7 +292,7 @@ static void disconnect(orch_dq *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
-	c->query_open = false;
+	c->streaming = NULL;
 	c->leader[0] = 0;
 }
 
@@ -389,8 +395,8 @@ static int req_send(orch_dq *c, uint8_t type, uint8_t schema)
 	return write_all(c->fd, c->out.p, c->out.len);
 }
 
-/* Read one response into c->in (body) and c->in_type; -1 on a broken connection. */
-static int res_recv(orch_dq *c)
+/* Read one message's body into `into` and its type into *type; -1 on a broken connection. */
+static int recv_msg(orch_dq *c, buf *into, uint8_t *type)
 {
 	uint8_t h[8];
 	if (read_all(c->fd, h, 8))
@@ -398,14 +404,76 @@ static int res_recv(orch_dq *c)
 	size_t body = (size_t)get_u32(h) * 8;
 	if (body > MAX_BODY)
 		return -1;
-	c->in.len = 0;
-	if (buf_reserve(&c->in, body + 8))
+	into->len = 0;
+	if (buf_reserve(into, body + 8))
 		return -1;
-	if (read_all(c->fd, c->in.p, body))
+	if (read_all(c->fd, into->p, body))
 		return -1;
-	c->in.len = body;
-	c->in_type = h[4];
+	into->len = body;
+	*type = h[4];
 	return 0;
+}
+
+static int res_recv(orch_dq *c)
+{
+	return recv_msg(c, &c->in, &c->in_type);
+}
+
+/* Whether a ROWS body is the last batch of its query. */
+static bool rows_last(const buf *b)
+{
+	return b->len < 8 || get_u64(b->p + b->len - 8) != UINT64_C(0xeeeeeeeeeeeeeeee);
+}
+
+/*
+ * Read the rest of the streaming statement's batches into its queue, so that
+ * the connection is free for another request (SQLite lets a caller run
+ * statements while another's rows are half read; the protocol carries one
+ * request at a time).  What ends the stream, a failure or a lost connection,
+ * is kept for when the statement reaches it.
+ */
+static void spill(orch_dq *c)
+{
+	orch_dq_stmt *s = c->streaming;
+	while (c->streaming == s && s) {
+		if (s->npending % 8 == 0) {
+			buf *p = realloc(s->pending, (s->npending + 8) * sizeof *p);
+			if (!p) {
+				disconnect(c);
+				s->pending_rc = SQLITE_NOMEM;
+				snprintf(s->pending_msg, sizeof s->pending_msg, "out of memory");
+				return;
+			}
+			s->pending = p;
+		}
+		buf *b = &s->pending[s->npending];
+		memset(b, 0, sizeof *b);
+		uint8_t type;
+		if (recv_msg(c, b, &type)) {
+			free(b->p);
+			disconnect(c);
+			s->pending_rc = ORCH_DQ_LEADERSHIP_LOST;
+			snprintf(s->pending_msg, sizeof s->pending_msg, "connection to the leader lost while reading rows");
+			return;
+		}
+		if (type == RES_ROWS) {
+			s->npending++;
+			if (rows_last(b))
+				c->streaming = NULL;
+			continue;
+		}
+		if (type == RES_FAILURE && b->len >= 8) {
+			s->pending_rc = (int)get_u64(b->p);
+			const uint8_t *z = memchr(b->p + 8, 0, b->len - 8);
+			snprintf(s->pending_msg, sizeof s->pending_msg, "%s", z ? (const char *)b->p + 8 : "");
+			c->streaming = NULL;
+		} else {
+			disconnect(c);
+			s->pending_rc = SQLITE_PROTOCOL;
+			snprintf(s->pending_msg, sizeof s->pending_msg, "unexpected response type %d in rows", type);
+		}
+		free(b->p);
+	}
 }
 
 /* The failure in c->in as this handle's error; returns its code. */
@@ -431,6 +499,10 @@ static int roundtrip(orch_dq *c, uint8_t type, uint8_t want, bool *sent)
 {
 	if (sent)
 		*sent = false;
+	if (c->streaming)
+		spill(c);
+	if (c->fd < 0)
+		return fail(c, ORCH_DQ_LEADERSHIP_LOST, "connection to the leader lost while reading rows");
 	if (req_send(c, type, 0)) {
 		disconnect(c);
 		/* a partial send may still have reached the server whole */
@@ -797,11 +869,18 @@ int orch_dq_prepare(orch_dq *c, const char *sql, orch_dq_stmt **out)
 	return SQLITE_OK;
 }
 
-/* Read and drop the rest of a query's rows that the server is still sending. */
+/* Drop the rest of the statement's rows: those read ahead, and those the server is still sending. */
 static void drain_rows(orch_dq_stmt *s)
 {
 	orch_dq *c = s->c;
-	if (!c->query_open || c->fd < 0)
+	for (size_t i = s->pending_head; i < s->npending; i++) /* those before moved into s->rows */
+		free(s->pending[i].p);
+	s->npending = s->pending_head = 0;
+	s->pending_rc = 0;
+	if (c->streaming != s)
+		return;
+	c->streaming = NULL;
+	if (c->fd < 0)
 		return;
 	req_begin(c, 8);
 	put_u64(&c->out, c->db_id);
@@ -809,6 +888,7 @@ static void drain_rows(orch_dq_stmt *s)
 		disconnect(c);
 		return;
 	}
+	/* Batches already on their way come first; then the interrupt's EMPTY. */
 	for (;;) {
 		if (res_recv(c)) {
 			disconnect(c);
@@ -821,7 +901,6 @@ static void drain_rows(orch_dq_stmt *s)
 			return;
 		}
 	}
-	c->query_open = false;
 }
 
 static void free_names(orch_dq_stmt *s)
@@ -833,8 +912,7 @@ static void free_names(orch_dq_stmt *s)
 
 int orch_dq_reset(orch_dq_stmt *s)
 {
-	if (s->state == ST_ROWS)
-		drain_rows(s);
+	drain_rows(s);
 	s->state = ST_IDLE;
 	return SQLITE_OK;
 }
@@ -856,6 +934,8 @@ void orch_dq_finalize(orch_dq_stmt *s)
 	free_names(s);
 	free(s->names);
 	free(s->row);
+	free(s->rows.p);
+	free(s->pending);
 	free(s->sql);
 	free(s);
 }
@@ -975,13 +1055,13 @@ static int put_params(orch_dq_stmt *s)
 }
 
 /*
- * Parse the column header of the ROWS message in c->in; positions s->pos
+ * Parse the column header of the ROWS message in s->rows; positions s->pos
  * at the first row.
  */
 static int rows_header(orch_dq_stmt *s)
 {
 	orch_dq *c = s->c;
-	rd r = { c->in.p, 0, c->in.len, false };
+	rd r = { s->rows.p, 0, s->rows.len, false };
 	uint64_t n = rd_u64(&r);
 	if (r.bad || n > 32767)
 		return fail(c, SQLITE_PROTOCOL, "malformed rows response");
@@ -1019,26 +1099,42 @@ static int next_row(orch_dq_stmt *s)
 {
 	orch_dq *c = s->c;
 	for (;;) {
-		if (c->in.len - s->pos < 8)
+		if (s->rows.len - s->pos < 8)
 			return fail(c, SQLITE_PROTOCOL, "rows response without end marker");
-		uint64_t w = get_u64(c->in.p + s->pos);
+		uint64_t w = get_u64(s->rows.p + s->pos);
 		if (w == ROWS_DONE) {
-			c->query_open = false;
+			if (c->streaming == s)
+				c->streaming = NULL;
 			return SQLITE_DONE;
 		}
 		if (w != ROWS_PART)
 			break;
-		if (res_recv(c)) {
-			disconnect(c);
-			return fail(c, ORCH_DQ_LEADERSHIP_LOST, "connection to the leader lost while reading rows");
-		}
-		if (c->in_type == RES_FAILURE) {
-			c->query_open = false;
-			return res_failure(c);
-		}
-		if (c->in_type != RES_ROWS) {
-			disconnect(c);
-			return fail(c, SQLITE_PROTOCOL, "unexpected response type %d in rows", c->in_type);
+		if (s->pending_head < s->npending) {
+			/* a batch read ahead */
+			free(s->rows.p);
+			s->rows = s->pending[s->pending_head++];
+		} else if (c->streaming == s) {
+			uint8_t type;
+			if (recv_msg(c, &s->rows, &type)) {
+				disconnect(c);
+				return fail(c, ORCH_DQ_LEADERSHIP_LOST, "connection to the leader lost while reading rows");
+			}
+			if (type == RES_FAILURE) {
+				c->streaming = NULL;
+				buf t = c->in;
+				c->in = s->rows, s->rows = t;
+				return res_failure(c);
+			}
+			if (type != RES_ROWS) {
+				disconnect(c);
+				return fail(c, SQLITE_PROTOCOL, "unexpected response type %d in rows", type);
+			}
+			if (rows_last(&s->rows))
+				c->streaming = NULL;
+		} else if (s->pending_rc) {
+			return fail(c, s->pending_rc, "%s", s->pending_msg);
+		} else {
+			return fail(c, SQLITE_PROTOCOL, "rows stopped without an end");
 		}
 		int rc = rows_header(s);
 		if (rc)
@@ -1046,9 +1142,9 @@ static int next_row(orch_dq_stmt *s)
 	}
 	int n = s->ncols;
 	size_t hdr = pad8(((size_t)n + 1) / 2);
-	rd r = { c->in.p, s->pos + hdr, c->in.len, c->in.len - s->pos < hdr };
+	rd r = { s->rows.p, s->pos + hdr, s->rows.len, s->rows.len - s->pos < hdr };
 	for (int i = 0; i < n && !r.bad; i++) {
-		int type = (c->in.p[s->pos + (size_t)i / 2] >> (i % 2 ? 4 : 0)) & 0x0f;
+		int type = (s->rows.p[s->pos + (size_t)i / 2] >> (i % 2 ? 4 : 0)) & 0x0f;
 		value *v = &s->row[i];
 		memset(v, 0, sizeof *v);
 		switch (type) {
@@ -1142,7 +1238,10 @@ static int run_once(orch_dq_stmt *s, bool *sent)
 	rc = roundtrip(c, REQ_QUERY, RES_ROWS, sent);
 	if (rc)
 		return rc;
-	c->query_open = true;
+	buf t = s->rows;
+	s->rows = c->in, c->in = t;
+	if (!rows_last(&s->rows))
+		c->streaming = s;
 	rc = rows_header(s);
 	if (rc) {
 		drain_rows(s);
@@ -1204,8 +1303,6 @@ int orch_dq_step(orch_dq_stmt *s)
 		return fail(c, SQLITE_MISUSE, "statement stepped after it finished: reset it first");
 	int rc;
 	if (s->state == ST_IDLE) {
-		if (c->query_open)
-			return fail(c, SQLITE_BUSY, "another statement's rows are still being read on this connection");
 		rc = with_retries(c, s->yields_rows && !c->in_txn, stmt_once, s);
 		if (rc == SQLITE_DONE && s->txn_effect)
 			c->in_txn = s->txn_effect > 0;
@@ -1261,8 +1358,6 @@ static int exec_once(void *arg, bool *sent)
 
 int orch_dq_exec(orch_dq *c, const char *sql)
 {
-	if (c->query_open)
-		return fail(c, SQLITE_BUSY, "a statement's rows are still being read on this connection");
 	classify k = classify_sql(sql);
 	if (k.returning && !k.rows)
 		return fail(c, SQLITE_ERROR, "RETURNING is not supported by dqlite 1.11 (a write cannot return rows)");
