@@ -82,6 +82,7 @@ enum { T_INTEGER = 1, T_FLOAT = 2, T_TEXT = 3, T_BLOB = 4, T_NULL = 5, T_ISO8601
 #define ROWS_PART UINT64_C(0xeeeeeeeeeeeeeeee)
 #define ROWS_DONE UINT64_C(0xffffffffffffffff)
 #define MAX_PARAMS 255
+#define CONNECT_MS 1000 /* for one TCP connect */
 #define MAX_BODY (64u << 20) /* a larger message is a broken stream */
 
 /* A growable byte buffer: requests are built and responses read into one. */
@@ -534,7 +535,7 @@ static int roundtrip(orch_dq *c, uint8_t type, uint8_t want, bool *sent)
 /* Connect to `address`, send the protocol version and ask it for the leader. */
 static int ask_leader(orch_dq *c, const char *address, int timeout_ms, char *leader, size_t leader_len)
 {
-	c->fd = tcp_connect(address, timeout_ms, c->io_timeout_ms < timeout_ms ? c->io_timeout_ms : timeout_ms);
+	c->fd = tcp_connect(address, timeout_ms, c->io_timeout_ms);
 	if (c->fd < 0)
 		return fail(c, SQLITE_CANTOPEN, "cannot connect to %s", address);
 	uint8_t version[8] = { 1 };
@@ -597,7 +598,13 @@ static int connect_leader(orch_dq *c)
 	disconnect(c);
 	for (;;) {
 		for (size_t i = 0; i < c->npeers; i++) {
+			/*
+			 * One address gets at most a second to accept: a node cut off (or
+			 * a stale leader's address) must not use up the whole search.
+			 */
 			int left = (int)(deadline - now_ms());
+			if (left > CONNECT_MS)
+				left = CONNECT_MS;
 			if (left < 50)
 				left = 50;
 			if (ask_leader(c, c->peers[i], left, leader, sizeof leader) != SQLITE_OK)

@@ -4,7 +4,7 @@
  * tests/fs/test_dqlite.py use it).
  *
  *   orchfs-dqlite node --id N --addr HOST:PORT --dir DIR [--peer HOST:PORT]... [--latency-ms MS]
- *   orchfs-dqlite exec|query --peer HOST:PORT... [--db NAME] SQL
+ *   orchfs-dqlite exec|query --peer HOST:PORT... [--db NAME] [--connect-ms MS] [--timeout-ms MS] SQL
  *   orchfs-dqlite writer --peer ... --from N --to M [--db NAME]
  *   orchfs-dqlite race --peer ... --keys N --name NAME [--go FILE] [--db NAME]
  *   orchfs-dqlite cluster --peer ...
@@ -12,7 +12,8 @@
  * `writer` inserts ids N..M one by one into table w and prints "ack ID" for
  * each insert the leader acknowledged, retrying across leader changes;
  * `race` takes keys 0..N-1 of table lease, in an order shuffled by NAME, in
- * BEGIN IMMEDIATE transactions and prints "won KEY" for each key it holds;
+ * BEGIN IMMEDIATE transactions and prints "won KEY" for each key it holds,
+ * "lost KEY" for each another holds;
  * with --go it prints "set" once connected and starts when FILE exists, so
  * that two racers really overlap.  Both flush every line, so a
  * test that kills nodes meanwhile knows exactly what was acknowledged.
@@ -30,6 +31,7 @@
 static const char *peers[16];
 static size_t npeers;
 static const char *db = "orchfs.db";
+static int connect_ms = 20000, timeout_ms = 5000; /* orch_dq_opts' connect_ms and io_timeout_ms */
 
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig) { stop_flag = sig; }
@@ -46,7 +48,8 @@ static orch_dq *open_client(void)
 	o.peers = peers;
 	o.npeers = npeers;
 	o.database = db;
-	o.connect_ms = 20000;
+	o.connect_ms = connect_ms;
+	o.io_timeout_ms = timeout_ms;
 	orch_dq *c;
 	int rc = orch_dq_open(&c, &o);
 	if (rc) {
@@ -217,8 +220,8 @@ static int cmd_race(long keys, const char *name, const char *go)
 			usleep(20000);
 		if (r < 0)
 			rc = -r;
-		else if (r == 1)
-			printf("won %ld\n", k);
+		else
+			printf("%s %ld\n", r == 1 ? "won" : "lost", k);
 		fflush(stdout);
 	}
 	if (rc)
@@ -286,6 +289,10 @@ int main(int argc, char **argv)
 			name = v;
 		else if (!strcmp(a, "--go"))
 			go = v;
+		else if (!strcmp(a, "--connect-ms"))
+			connect_ms = atoi(v);
+		else if (!strcmp(a, "--timeout-ms"))
+			timeout_ms = atoi(v);
 		else if (!strcmp(a, "--latency-ms"))
 			latency = (unsigned)atoi(v);
 		else
