@@ -62,7 +62,12 @@ void orch_dq_close(orch_dq *c);
 
 int orch_dq_errcode(orch_dq *c);        /* of the last failed call */
 const char *orch_dq_errmsg(orch_dq *c);
-/* Whether `rc` is a leader change or lost connection (the request can be retried). */
+/*
+ * Whether `rc` is a leader change or lost connection (ORCH_DQ_NOT_LEADER,
+ * ORCH_DQ_LEADERSHIP_LOST, or plain SQLITE_IOERR, which dqlite also sends when
+ * raft fails a write): the call can be retried from its start, safely when it
+ * is idempotent or carries a call_id.
+ */
 bool orch_dq_transient(int rc);
 
 /* Run SQL text without parameters (several statements allowed; rows discarded). */
@@ -114,7 +119,13 @@ int orch_dq_column_bytes(orch_dq_stmt *s, int i);
 /* Of the last write run through this handle. */
 int64_t orch_dq_changes(orch_dq *c);
 int64_t orch_dq_last_insert_rowid(orch_dq *c);
-/* Whether a transaction this handle began is open (tracked from BEGIN/COMMIT/END/ROLLBACK). */
+/*
+ * Whether a transaction this handle began is open, tracked from the first
+ * word of each statement (BEGIN; COMMIT, END, ROLLBACK but not ROLLBACK TO):
+ * run those as statements of their own, not inside a longer orch_dq_exec text.
+ * Inside a transaction nothing is retried on a new leader (the transaction is
+ * gone: ORCH_DQ_LEADERSHIP_LOST, and this turns false).
+ */
 bool orch_dq_in_txn(orch_dq *c);
 
 /* ---- cluster administration through the client ---- */

@@ -290,6 +290,12 @@ static const char *rd_text(rd *r)
 
 static void disconnect(orch_dq *c)
 {
+	if (c->streaming) {
+		/* its reader finds out when it gets to the rows that will not come */
+		c->streaming->pending_rc = ORCH_DQ_LEADERSHIP_LOST;
+		snprintf(c->streaming->pending_msg, sizeof c->streaming->pending_msg,
+			 "connection to the leader lost while reading rows");
+	}
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
@@ -570,17 +576,19 @@ static bool has_peer(orch_dq *c, const char *a)
 	return false;
 }
 
-static void add_peer(orch_dq *c, const char *a)
+/* Remember a member's address; -1 when out of memory. */
+static int add_peer(orch_dq *c, const char *a)
 {
 	if (!*a || has_peer(c, a))
-		return;
+		return 0;
 	char **p = realloc(c->peers, (c->npeers + 1) * sizeof *p);
 	if (!p)
-		return;
+		return -1;
 	c->peers = p;
-	char *s = strdup(a);
-	if (s)
-		c->peers[c->npeers++] = s;
+	if (!(c->peers[c->npeers] = strdup(a)))
+		return -1;
+	c->npeers++;
+	return 0;
 }
 
 static int cluster_request(orch_dq *c, orch_dq_server **out, size_t *n);
@@ -677,9 +685,10 @@ int orch_dq_open(orch_dq **out, const orch_dq_opts *opts)
 	c->busy_ms = opts->busy_ms > 0 ? opts->busy_ms : 30000;
 	c->database = strdup(opts->database ? opts->database : "orchfs.db");
 	c->rand_state = (unsigned)now_ms() ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)c;
+	bool oom = !c->database;
 	for (size_t i = 0; i < opts->npeers; i++)
-		add_peer(c, opts->peers[i]);
-	if (!c->database || c->npeers != opts->npeers)
+		oom |= add_peer(c, opts->peers[i]) != 0;
+	if (oom)
 		return fail(c, SQLITE_NOMEM, "out of memory");
 	if (c->npeers == 0)
 		return fail(c, SQLITE_MISUSE, "no peers given");
