@@ -1388,9 +1388,9 @@ int orch_dq_exec(orch_dq *c, const char *sql)
 
 int orch_dq_column_count(orch_dq_stmt *s) { return s->state == ST_ROWS ? s->ncols : 0; }
 
-static value *col(orch_dq_stmt *s, int i)
+static const value *col(orch_dq_stmt *s, int i)
 {
-	static value null_value = { .type = T_NULL };
+	static const value null_value = { .type = T_NULL }; /* read only: shared by every thread */
 	if (s->state != ST_ROWS || i < 0 || i >= s->ncols)
 		return &null_value;
 	return &s->row[i];
@@ -1414,7 +1414,7 @@ int orch_dq_column_type(orch_dq_stmt *s, int i)
 
 int64_t orch_dq_column_int64(orch_dq_stmt *s, int i)
 {
-	value *v = col(s, i);
+	const value *v = col(s, i);
 	switch (v->type) {
 	case T_INTEGER: return v->i;
 	case T_FLOAT: return (int64_t)v->d;
@@ -1425,7 +1425,7 @@ int64_t orch_dq_column_int64(orch_dq_stmt *s, int i)
 
 double orch_dq_column_double(orch_dq_stmt *s, int i)
 {
-	value *v = col(s, i);
+	const value *v = col(s, i);
 	switch (v->type) {
 	case T_INTEGER: return (double)v->i;
 	case T_FLOAT: return v->d;
@@ -1436,19 +1436,19 @@ double orch_dq_column_double(orch_dq_stmt *s, int i)
 
 const char *orch_dq_column_text(orch_dq_stmt *s, int i)
 {
-	value *v = col(s, i);
+	const value *v = col(s, i);
 	return v->type == T_TEXT ? (const char *)v->p : NULL;
 }
 
 const void *orch_dq_column_blob(orch_dq_stmt *s, int i)
 {
-	value *v = col(s, i);
+	const value *v = col(s, i);
 	return v->type == T_BLOB || v->type == T_TEXT ? v->p : NULL;
 }
 
 int orch_dq_column_bytes(orch_dq_stmt *s, int i)
 {
-	value *v = col(s, i);
+	const value *v = col(s, i);
 	return v->type == T_BLOB || v->type == T_TEXT ? (int)v->n : 0;
 }
 
