@@ -38,6 +38,19 @@ static int failed_now;
 
 static char address[64];
 static const char *peer_list[1];
+static char node_dir[64];
+static orch_dq_node *node; /* main thread only */
+
+static int start_node(void)
+{
+	orch_dq_node_opts o = ORCH_DQ_NODE_OPTS_INIT;
+	o.id = 1, o.address = address, o.dir = node_dir;
+	if (orch_dq_node_start(&node, &o) != 0) {
+		fprintf(stderr, "cannot start a node: %s\n", orch_error_last()->message);
+		return -1;
+	}
+	return 0;
+}
 
 static int64_t now_ms(void)
 {
@@ -370,6 +383,43 @@ static void test_declared_types(void)
 	orch_dq_close(c);
 }
 
+/*
+ * The node restarts under open handles: a prepared read runs again on the new
+ * connection (re-prepared, retried); a transaction open across the restart is
+ * reported lost and its write is not there.
+ */
+static void test_reconnect(void)
+{
+	orch_dq *c = client("re.db", 0);
+	CHECK_RC(c, orch_dq_exec(c, "CREATE TABLE t (k INTEGER PRIMARY KEY)"), SQLITE_OK);
+	CHECK_RC(c, orch_dq_exec(c, "INSERT INTO t VALUES (1)"), SQLITE_OK);
+	orch_dq_stmt *count;
+	CHECK_RC(c, orch_dq_prepare(c, "SELECT count(*) FROM t", &count), SQLITE_OK);
+	orch_dq_node_stop(node);
+	if (start_node() != 0) {
+		failed_now = 1;
+		return;
+	}
+	CHECK_RC(c, orch_dq_step(count), SQLITE_ROW);
+	CHECK(orch_dq_column_int64(count, 0) == 1);
+	orch_dq_reset(count);
+
+	CHECK_RC(c, orch_dq_exec(c, "BEGIN IMMEDIATE"), SQLITE_OK);
+	CHECK_RC(c, orch_dq_exec(c, "INSERT INTO t VALUES (2)"), SQLITE_OK);
+	orch_dq_node_stop(node);
+	if (start_node() != 0) {
+		failed_now = 1;
+		return;
+	}
+	CHECK_RC(c, orch_dq_exec(c, "INSERT INTO t VALUES (3)"), ORCH_DQ_LEADERSHIP_LOST);
+	CHECK(!orch_dq_in_txn(c));
+	CHECK(strstr(orch_dq_errmsg(c), "transaction lost"));
+	CHECK_RC(c, orch_dq_step(count), SQLITE_ROW);
+	CHECK(orch_dq_column_int64(count, 0) == 1);
+	orch_dq_finalize(count);
+	orch_dq_close(c);
+}
+
 /* The cluster of one: itself, a voter. */
 static void test_cluster(void)
 {
@@ -396,16 +446,12 @@ static int free_port(void)
 
 int main(void)
 {
-	char dir[] = "/tmp/orchfs-dqlite-XXXXXX";
-	if (!mkdtemp(dir))
+	snprintf(node_dir, sizeof node_dir, "/tmp/orchfs-dqlite-XXXXXX");
+	if (!mkdtemp(node_dir))
 		return 1;
 	snprintf(address, sizeof address, "127.0.0.1:%d", free_port());
 	peer_list[0] = address;
-	orch_dq_node_opts o = ORCH_DQ_NODE_OPTS_INIT;
-	o.id = 1, o.address = address, o.dir = dir;
-	orch_dq_node *node;
-	if (orch_dq_node_start(&node, &o) != 0) {
-		fprintf(stderr, "cannot start a node: %s\n", orch_error_last()->message);
+	if (start_node() != 0) {
 		printf("dqlite: 0 passed, 1 failed\n");
 		return 1;
 	}
@@ -415,7 +461,8 @@ int main(void)
 	} tests[] = {
 		{ "types", test_types }, { "many_rows", test_many_rows }, { "errors", test_errors },
 		{ "transactions", test_transactions }, { "busy", test_busy },
-		{ "user_version", test_user_version }, { "declared_types", test_declared_types }, { "cluster", test_cluster },
+		{ "user_version", test_user_version }, { "declared_types", test_declared_types },
+		{ "reconnect", test_reconnect }, { "cluster", test_cluster },
 	};
 	int passed = 0, failed = 0;
 	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
@@ -426,8 +473,8 @@ int main(void)
 		failed_now ? failed++ : passed++;
 	}
 	orch_dq_node_stop(node);
-	char cmd[64];
-	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", node_dir);
 	if (system(cmd) != 0)
 		failed++;
 	printf("dqlite: %d passed, %d failed\n", passed, failed);
