@@ -30,6 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "orchfs/store.h" /* ORCH_STORE_BUSY_MS */
+
 #define ORCH_DQ_NOT_LEADER (10 | (40 << 8))        /* SQLITE_IOERR_NOT_LEADER */
 #define ORCH_DQ_LEADERSHIP_LOST (10 | (41 << 8))   /* SQLITE_IOERR_LEADERSHIP_LOST */
 
@@ -47,9 +49,10 @@ typedef struct orch_dq_opts {
 	const char *database;     /* the database's name in the cluster */
 	int io_timeout_ms;        /* one request's reply; a silent leader is given up after it */
 	int connect_ms;           /* how long to look for a leader before failing */
-	int busy_ms;              /* how long BEGIN / autocommit statements retry SQLITE_BUSY */
+	int busy_ms;              /* how long BEGIN / autocommit statements retry SQLITE_BUSY
+	                             (ORCH_STORE_BUSY_MS, as the SQLite backend waits) */
 } orch_dq_opts;
-#define ORCH_DQ_OPTS_INIT { NULL, 0, "orchfs.db", 5000, 10000, 30000 }
+#define ORCH_DQ_OPTS_INIT { NULL, 0, "orchfs.db", 5000, 10000, ORCH_STORE_BUSY_MS }
 
 /*
  * Connect to the leader (asking the peers who it is) and open the database.

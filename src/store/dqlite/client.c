@@ -682,7 +682,7 @@ int orch_dq_open(orch_dq **out, const orch_dq_opts *opts)
 	c->fd = -1;
 	c->io_timeout_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : 5000;
 	c->connect_ms = opts->connect_ms > 0 ? opts->connect_ms : 10000;
-	c->busy_ms = opts->busy_ms > 0 ? opts->busy_ms : 30000;
+	c->busy_ms = opts->busy_ms > 0 ? opts->busy_ms : ORCH_STORE_BUSY_MS;
 	c->database = strdup(opts->database ? opts->database : "orchfs.db");
 	c->rand_state = (unsigned)now_ms() ^ (unsigned)getpid() ^ (unsigned)(uintptr_t)c;
 	bool oom = !c->database;
