@@ -18,5 +18,6 @@ extern const orch_method orch_worktree_methods[];
 extern const orch_method orch_lock_methods[];
 extern const orch_method orch_graph_methods[];
 extern const orch_method orch_plan_methods[];
+extern const orch_method orch_wait_methods[];
 
 #endif

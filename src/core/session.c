@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "orchfs/core.h"
 #include "groups.h"
@@ -281,7 +282,9 @@ int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, 
 	if (timeout_s <= 0)
 		timeout_s = 60;
 	st = orch_sql(ctx, "SELECT s.id FROM sessions s WHERE s.repo_path = ? AND s.id <> ? "
-		      "AND s.status IN ('active_new', 'active_resume', 'handoff_attached') AND s.last_seen_at < ? "
+		      "AND s.status IN ('active_new', 'active_resume', 'handoff_attached') "
+		      /* Liveness: its heartbeat window, unless an alive handle decides (held: live; dropped: not). */
+		      "AND NOT " ORCH_SQL_ALIVE_HELD("s") " AND (s.last_seen_at < ? OR " ORCH_SQL_ALIVE_DROPPED("s") ") "
 		      "AND EXISTS (SELECT 1 FROM current_refs r WHERE r.session_id = s.id AND r.status = 'active') "
 		      "ORDER BY s.last_seen_at, s.id", "sii", ctx->repo_path, requester,
 		      ctx->now - timeout_s * 1000);
@@ -338,6 +341,67 @@ static int candidates_list(orch_ctx *ctx, json_t *p, json_t **result)
 	return orch_resume_candidates(ctx, req, timeout, result);
 }
 
+/* This daemon as session_alive names it: pid and start time. */
+static void daemon_id(int64_t *pid, int64_t *start)
+{
+	*pid = getpid();
+	*start = orch_process_start(getpid());
+}
+
+/*
+ * sessions/<id>/alive was opened in this daemon (its first holder here):
+ * the session is held alive, in the database, so that every daemon and
+ * `orchfs call` agree.  A closed or taken-over session refuses.
+ */
+static int alive_hold(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	int64_t id = orch_param_int(p, "session_id", 0), pid, start;
+	int rc = orch_session_require_open(ctx, id);
+
+	if (rc)
+		return rc;
+	daemon_id(&pid, &start);
+	if ((rc = orch_sql_exec(ctx, "INSERT OR IGNORE INTO session_alive (session_id, daemon_pid, daemon_start, since) "
+				"VALUES (?, ?, ?, ?)", "iiii", id, pid, start, ctx->now)) ||
+	    (rc = orch_sql_exec(ctx, "UPDATE sessions SET alive_dropped_at = NULL WHERE id = ?", "i", id)))
+		return rc;
+	return orch_session_json(ctx, id, result);
+}
+
+/*
+ * The last alive handle of the session in this daemon was closed (its
+ * holder exited or was killed).  Unless another running daemon still holds
+ * it, the session is dropped: a resume candidate at once (until it shows a
+ * sign of life again), and its leases go: the locks it owns and the main
+ * merge lock.  Its current ref stays, for whoever takes it over.
+ */
+static int alive_release(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	int64_t id = orch_param_int(p, "session_id", 0), pid, start, held = 0;
+	char owner[32];
+	int rc;
+
+	daemon_id(&pid, &start);
+	if ((rc = orch_sql_exec(ctx, "DELETE FROM session_alive WHERE session_id = ? AND (daemon_pid = ? AND "
+				"daemon_start = ? OR NOT orch_pid_alive(daemon_pid, daemon_start))", "iii", id, pid,
+				start)) ||
+	    (rc = orch_sql_int(ctx, &held, NULL, "SELECT count(*) FROM session_alive WHERE session_id = ?", "i",
+			       id)))
+		return rc;
+	if (held)
+		return orch_session_json(ctx, id, result);
+	snprintf(owner, sizeof(owner), "%lld", (long long)id);
+	if ((rc = orch_sql_exec(ctx, "UPDATE sessions SET alive_dropped_at = ? WHERE id = ? AND status <> 'closed'",
+				"ii", ctx->now, id)) ||
+	    (rc = orch_sql_exec(ctx, "UPDATE locks SET state = 'released', heartbeat_at = ?1, lease_until = ?1 "
+				"WHERE owner_session = ?2 AND state = 'active' AND lease_until > ?1", "is", ctx->now,
+				owner)) ||
+	    (rc = orch_sql_exec(ctx, "UPDATE merge_main_lock SET holder_session_id = NULL, lease_until = NULL, "
+				"state = 'unlocked', updated_at = ? WHERE holder_session_id = ?", "ii", ctx->now, id)))
+		return rc;
+	return orch_session_json(ctx, id, result);
+}
+
 static const orch_param open_params[] = {
 	{"agent_role", ORCH_P_STR, 0, "Role of the agent (default \"codex\").", NULL},
 	{"owner", ORCH_P_STR, 0, "Who runs it (default \"unknown\").", NULL},
@@ -388,3 +452,13 @@ const orch_method orch_session_methods[] = {
 	 "not_found (ENOENT: no such requester)."},
 	{NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL},
 };
+
+/* Called by the fs layer only (sessions/<id>/alive); not in the method table, so not in ctl/. */
+const orch_method orch_alive_hold_method = {
+	"session.alive.hold", alive_hold, ORCH_M_WRITE, sid_params,
+	"sessions/<id>/alive was opened: the session is live while it is held.", "the session",
+	"{\"session_id\": 1}", "not_found (ENOENT), invalid_state (EINVAL: the session is closed or taken over)."};
+const orch_method orch_alive_release_method = {
+	"session.alive.release", alive_release, ORCH_M_WRITE | ORCH_M_CLOSED_OK, sid_params,
+	"The last holder of sessions/<id>/alive closed it: the session is a resume candidate at once and its "
+	"locks are released.", "the session", "{\"session_id\": 1}", "none."};

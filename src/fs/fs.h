@@ -56,6 +56,12 @@ typedef enum {
 	K_NODE_SNAPSHOTS_JSON,
 	K_NODE_EDGES_JSON,
 
+	/* change feed and liveness (events.c) */
+	K_EVENTS,
+	K_EVENTS_SINCE_DIR,
+	K_EVENTS_SINCE,
+	K_ALIVE,
+
 	K_KIND_COUNT
 } fs_kind;
 
@@ -65,6 +71,8 @@ typedef enum {
 	T_CTL,       /* transaction file */
 	T_HEARTBEAT, /* state file whose open-for-write/write/touch is a heartbeat */
 	T_LINK,
+	T_EVENTS,    /* a stream of JSON lines: reads block until there are new events */
+	T_ALIVE,     /* held open: the session is live (sessions/<id>/alive) */
 } fs_type;
 
 /* A decoded inode: kind, method index (ctl files) and id (session, task, ...). */
@@ -215,5 +223,37 @@ int fs_ctl_flush(fs_ctl *c);
 char *fs_ctl_idle_text(const orch_method *m, int64_t session_id);
 
 void fs_ctl_forget_all(void);
+
+/* ---- the change feed and alive files (events.c) ---- */
+
+typedef struct fs_evstream fs_evstream;
+
+/* Start the events thread (before the FUSE loop) / answer what is parked and stop it (after). */
+void fs_events_start(orch_env *env);
+void fs_events_stop(void);
+/* Commits up to db_version `v` are visible (this daemon's or another process's). */
+void fs_events_advance(int64_t v);
+/* Parked reads now (tests and benchmarks: what is blocked holds no thread). */
+size_t fs_events_parked(void);
+
+/* A stream after db_version `after` (`since`), else after the current one.  0 or -errno (ENOENT: not kept). */
+int fs_evstream_open(orch_env *env, bool since, int64_t after, fs_evstream **out);
+void fs_evstream_close(fs_evstream *s);
+/*
+ * Answer a read of `size` bytes now, or park it and answer it when there is
+ * news (or EINTR on a signal; EAGAIN when `nonblock`); `done(arg)` runs
+ * once it is answered.
+ */
+struct fuse_req;
+struct fuse_pollhandle;
+void fs_evstream_read(struct fuse_req *req, fs_evstream *s, size_t size, bool nonblock, void (*done)(void *arg),
+		      void *arg);
+/* poll: the events now (POLLIN or 0); `ph` (may be NULL) is kept and notified at news.  Takes ph. */
+unsigned fs_evstream_poll(fs_evstream *s, struct fuse_pollhandle *ph);
+
+/* sessions/<id>/alive opened / its open closed in this daemon.  0 or -errno. */
+int fs_alive_open(orch_env *env, int64_t session_id);
+void fs_alive_close(orch_env *env, int64_t session_id);
+void fs_alive_forget_all(void);
 
 #endif

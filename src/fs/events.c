@@ -1,0 +1,646 @@
+/*
+ * The change feed as files, and liveness by a held-open file.
+ *
+ * `events` and `events-since/<N>` are streams of JSON lines (core
+ * events.c), one per successful mutating call.  Each open descriptor has a
+ * position: the db_version of the last event it handed out (a fresh
+ * `events` starts at the current db_version, `events-since/N` at N).  A
+ * read returns the next whole line (a read shorter than the line gets its
+ * start, and the next reads the rest: bash's `read` takes one byte at a
+ * time), or, when there is none yet, blocks:
+ *
+ *  - A blocked read holds no thread.  The FUSE handler puts the request
+ *    on the waiter list and returns without replying; libfuse keeps the
+ *    request until it is answered.  When a commit becomes visible -- this
+ *    daemon's (fs_cache_committed, after the COMMIT) or another process's
+ *    (noticed by the cache's watcher thread or any request) -- it calls
+ *    fs_events_advance, which only records the new db_version and wakes
+ *    the events thread; that thread answers the waiters that have
+ *    something to read and notifies pollers.  Writers never serve readers.
+ *  - A signal to the reader (Ctrl-C) reaches the daemon as a FUSE
+ *    interrupt: the request is answered with EINTR.  A request is on the
+ *    waiter list or held by exactly one thread that took it off under
+ *    ev_mu; only that one answers it, so it gets exactly one reply.
+ *  - poll/select/epoll: POLLIN when there is something to read at the
+ *    descriptor's position; otherwise the poll handle is kept and
+ *    notified (fuse_lowlevel_notify_poll) when the position has news.
+ *  - O_NONBLOCK: EAGAIN instead of blocking.
+ *
+ * sessions/<id>/alive: the first open of a session's alive file in this
+ * daemon makes the session held (core: session.alive.hold, in the
+ * database); the release of the last one drops it (session.alive.release:
+ * a resume candidate at once, its locks released, an event).  Both are
+ * calls on the writer lane.
+ *
+ * Everything below is under ev_mu unless said otherwise; alive holders are
+ * under alive_mu (held across the two internal calls, so that a hold and a
+ * release of one session happen in the order of their opens and closes).
+ */
+#define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 14)
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs.h"
+
+/*
+ * One line per read: a reader never gets bytes past the line it asked for,
+ * so `head -1` need not seek back (it cannot: not seekable) and two readers
+ * sharing a descriptor ({ head -1; head -1; } < events) lose nothing.
+ */
+#define LINES_PER_READ 1
+
+struct fs_evstream {
+	int64_t pos;          /* db_version of the last event handed out */
+	char *pending;        /* the rest of a line a short read cut */
+	size_t pending_len, pending_off;
+	bool lost;            /* the history after pos was no longer kept: one error line, then EOF */
+	bool lost_told;
+	struct fuse_pollhandle *ph; /* a poll waiting for news; the stream is then on `pollers` */
+	fs_evstream *pnext, *pprev;
+};
+
+/* A read parked until its stream has news. */
+typedef struct waiter {
+	struct waiter *next, *prev;
+	fuse_req_t req;
+	fs_evstream *s;
+	size_t size;
+	void (*done)(void *arg); /* after the reply: drops the read's reference to the open file */
+	void *arg;
+} waiter;
+
+static pthread_mutex_t ev_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ev_cond = PTHREAD_COND_INITIALIZER;
+static int64_t latest;                 /* the newest db_version known to be committed and visible */
+static bool news;                      /* latest moved since the events thread last looked */
+static bool stopping;
+static waiter parked = {&parked, &parked, NULL, NULL, 0, NULL, NULL};
+static size_t nparked;
+static fs_evstream pollers = {.pnext = &pollers, .pprev = &pollers};
+/* Set by fs_events_start before the FUSE loop, cleared by fs_events_stop after it (read under ev_mu by advance). */
+static orch_env *env;
+static pthread_t thread;
+static bool thread_started;
+
+static void unlink_waiter(waiter *w)
+{
+	w->prev->next = w->next;
+	w->next->prev = w->prev;
+	w->next = w->prev = w;
+	nparked--;
+}
+
+static void link_waiter(waiter *w)
+{
+	w->next = &parked;
+	w->prev = parked.prev;
+	parked.prev->next = w;
+	parked.prev = w;
+	nparked++;
+}
+
+static void unlink_poller(fs_evstream *s)
+{
+	if (!s->pnext)
+		return;
+	s->pprev->pnext = s->pnext;
+	s->pnext->pprev = s->pprev;
+	s->pnext = s->pprev = NULL;
+}
+
+/* Under ev_mu: whether a read at the stream's position would not block. */
+static bool ready(const fs_evstream *s)
+{
+	return s->pending || s->lost || s->pos < latest;
+}
+
+void fs_events_advance(int64_t v)
+{
+	pthread_mutex_lock(&ev_mu);
+	bool moved = v > latest;
+	if (moved) {
+		latest = v;
+		news = true;
+		pthread_cond_signal(&ev_cond);
+	}
+	orch_env *e = env;
+	pthread_mutex_unlock(&ev_mu);
+	/* Calls of `wait` look again (core wait.c). */
+	if (moved && e)
+		orch_env_notify_commit(e);
+}
+
+/* ---- reading ---- */
+
+/* Outcome of one attempt at a read. */
+typedef enum { R_DATA, R_EMPTY, R_ERROR } rd;
+
+/*
+ * Take what a read of `size` bytes returns from the stream (ctx: a reader,
+ * no transaction open): the rest of a cut line, else whole lines after the
+ * position (the first one cut if it alone is larger than `size`).  R_EMPTY:
+ * nothing after the position yet.  *out, *n: the bytes (caller frees).
+ */
+static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n)
+{
+	orch_event_line *lines = NULL;
+	int64_t pos, from = 0, last = 0;
+	size_t nl = 0;
+
+	*out = NULL;
+	*n = 0;
+	for (;;) {
+		pthread_mutex_lock(&ev_mu);
+		if (s->pending) {
+			size_t k = s->pending_len - s->pending_off;
+			*n = k < size ? k : size;
+			*out = orch_xrealloc(NULL, *n ? *n : 1);
+			memcpy(*out, s->pending + s->pending_off, *n);
+			s->pending_off += *n;
+			if (s->pending_off == s->pending_len) {
+				free(s->pending);
+				s->pending = NULL;
+			}
+			pthread_mutex_unlock(&ev_mu);
+			return R_DATA;
+		}
+		if (s->lost) {
+			bool told = s->lost_told;
+			pthread_mutex_unlock(&ev_mu);
+			return told ? R_DATA : R_ERROR; /* EOF after the error line */
+		}
+		pos = s->pos;
+		pthread_mutex_unlock(&ev_mu);
+
+		if (orch_events_bounds(ctx->store, &from, &last) != 0 ||
+		    (pos >= from && orch_events_after(ctx->store, pos, LINES_PER_READ, &lines, &nl) != 0)) {
+			orch_log("events: %s", orch_error_last()->message);
+			orch_error_clear();
+			return R_ERROR;
+		}
+		pthread_mutex_lock(&ev_mu);
+		if (s->pos != pos || s->pending || s->lost) {
+			/* Another read of this descriptor moved it meanwhile: look again. */
+			pthread_mutex_unlock(&ev_mu);
+			orch_event_lines_free(lines, nl);
+			lines = NULL;
+			nl = 0;
+			continue;
+		}
+		break;
+	}
+	/* Under ev_mu from here. */
+	rd r = R_EMPTY;
+	if (pos < from) {
+		s->lost = true;
+		r = R_ERROR;
+	} else if (nl == 0) {
+		/* Versions without an event (bumped before events existed): nothing to wait for there. */
+		if (last > s->pos)
+			s->pos = last;
+	} else {
+		size_t used = 0, i = 0;
+		while (i < nl && used + lines[i].len <= size)
+			used += lines[i++].len;
+		if (i == 0) {
+			/* One line larger than the read: hand out its start, keep the rest. */
+			used = size;
+			s->pending = lines[0].line;
+			s->pending_len = lines[0].len;
+			s->pending_off = size;
+			lines[0].line = NULL;
+			*out = orch_xrealloc(NULL, size ? size : 1);
+			memcpy(*out, s->pending, size);
+			s->pos = lines[0].db_version;
+		} else {
+			*out = orch_xrealloc(NULL, used);
+			used = 0;
+			for (size_t k = 0; k < i; k++) {
+				memcpy(*out + used, lines[k].line, lines[k].len);
+				used += lines[k].len;
+			}
+			s->pos = lines[i - 1].db_version;
+		}
+		*n = used;
+		r = R_DATA;
+	}
+	pthread_mutex_unlock(&ev_mu);
+	orch_event_lines_free(lines, nl);
+	return r;
+}
+
+/* Reply to a read whose stream lost its history: one JSON error line (then EOF). */
+static void reply_lost(fuse_req_t req, fs_evstream *s, size_t size)
+{
+	char line[512];
+	int n;
+
+	pthread_mutex_lock(&ev_mu);
+	bool lost = s->lost;
+	if (lost)
+		s->lost_told = true;
+	int64_t pos = s->pos;
+	pthread_mutex_unlock(&ev_mu);
+	if (!lost) {
+		fuse_reply_err(req, EIO);
+		return;
+	}
+	n = snprintf(line, sizeof(line),
+		     "{\"error\":{\"code\":\"not_found\",\"message\":\"the events after db_version %lld are no longer "
+		     "kept (the newest %d are); open events again\"}}\n",
+		     (long long)pos, ORCH_EVENTS_KEPT);
+	fuse_reply_buf(req, line, (size_t)n < size ? (size_t)n : size);
+}
+
+/*
+ * Answer a read if the stream has something (or an error): true when
+ * answered.  ctx: a reader of the caller's.
+ */
+static bool try_answer(orch_ctx *ctx, fuse_req_t req, fs_evstream *s, size_t size)
+{
+	char *buf;
+	size_t n;
+
+	switch (take(ctx, s, size, &buf, &n)) {
+	case R_DATA:
+		fuse_reply_buf(req, buf, n);
+		free(buf);
+		return true;
+	case R_ERROR:
+		reply_lost(req, s, size);
+		return true;
+	case R_EMPTY:
+		break;
+	}
+	return false;
+}
+
+/* libfuse: the reader was signalled.  Called with the request's own lock held, never after its reply. */
+static void on_interrupt(fuse_req_t req, void *data)
+{
+	waiter *w;
+
+	(void)data;
+	pthread_mutex_lock(&ev_mu);
+	for (w = parked.next; w != &parked && w->req != req; w = w->next)
+		;
+	if (w != &parked)
+		unlink_waiter(w);
+	else
+		w = NULL; /* not parked: the thread that holds it answers it */
+	pthread_mutex_unlock(&ev_mu);
+	if (w) {
+		fuse_reply_err(req, EINTR);
+		w->done(w->arg);
+		free(w);
+	}
+}
+
+/*
+ * Park `w` unless its stream became ready meanwhile or the read must not
+ * block: true when parked (the request is answered later), false when the
+ * caller must try again.  Answers EAGAIN / EINTR itself (then true too).
+ */
+static bool park(waiter *w, bool nonblock)
+{
+	pthread_mutex_lock(&ev_mu);
+	if (ready(w->s)) {
+		pthread_mutex_unlock(&ev_mu);
+		return false;
+	}
+	if (nonblock || stopping || fuse_req_interrupted(w->req)) {
+		pthread_mutex_unlock(&ev_mu);
+		fuse_reply_err(w->req, nonblock ? EAGAIN : EINTR);
+		w->done(w->arg);
+		free(w);
+		return true;
+	}
+	link_waiter(w);
+	pthread_mutex_unlock(&ev_mu);
+	return true;
+}
+
+void fs_evstream_read(fuse_req_t req, fs_evstream *s, size_t size, bool nonblock, void (*done)(void *arg),
+		      void *arg)
+{
+	waiter *w = orch_xrealloc(NULL, sizeof(*w));
+	orch_ctx ctx;
+	orch_store *st;
+
+	*w = (waiter){w, w, req, s, size, done, arg};
+	/* Before it can be parked: an interrupt then finds it on the list (or sees it is not). */
+	fuse_req_interrupt_func(req, on_interrupt, NULL);
+	if (orch_env_reader(env, &st) != 0) {
+		orch_error_clear();
+		fuse_reply_err(req, EIO);
+		done(arg);
+		free(w);
+		return;
+	}
+	orch_ctx_init(&ctx, env, st, NULL);
+	fs_cache_sync(&ctx); /* another process's commit not noticed yet: noticed now */
+	for (;;) {
+		if (try_answer(&ctx, req, s, size)) {
+			done(arg);
+			free(w);
+			break;
+		}
+		if (park(w, nonblock))
+			break;
+	}
+	orch_env_reader_put(env, st);
+}
+
+/* ---- the events thread ---- */
+
+/* Answer the parked reads whose streams have news; notify the polls that wait for it. */
+static void *events_main(void *arg)
+{
+	orch_ctx ctx;
+	orch_store *st = NULL;
+
+	(void)arg;
+	pthread_mutex_lock(&ev_mu);
+	while (!stopping) {
+		if (!news) {
+			pthread_cond_wait(&ev_cond, &ev_mu);
+			continue;
+		}
+		news = false;
+		/* Take the ready ones off the lists: from now on this thread alone answers them. */
+		waiter ready_list = {&ready_list, &ready_list, NULL, NULL, 0, NULL, NULL};
+		for (waiter *w = parked.next, *nx; w != &parked; w = nx) {
+			nx = w->next;
+			if (!ready(w->s))
+				continue;
+			unlink_waiter(w);
+			w->next = &ready_list;
+			w->prev = ready_list.prev;
+			ready_list.prev->next = w;
+			ready_list.prev = w;
+		}
+		struct fuse_pollhandle **phs = NULL;
+		size_t nph = 0;
+		for (fs_evstream *s = pollers.pnext, *nx; s != &pollers; s = nx) {
+			nx = s->pnext;
+			if (!ready(s))
+				continue;
+			phs = orch_xrealloc(phs, (nph + 1) * sizeof(*phs));
+			phs[nph++] = s->ph;
+			s->ph = NULL;
+			unlink_poller(s);
+		}
+		pthread_mutex_unlock(&ev_mu);
+
+		for (size_t i = 0; i < nph; i++) {
+			fuse_lowlevel_notify_poll(phs[i]);
+			fuse_pollhandle_destroy(phs[i]);
+		}
+		free(phs);
+		if (ready_list.next != &ready_list && !st) {
+			if (orch_env_reader(env, &st) != 0) {
+				orch_log("events: cannot open a read connection: %s", orch_error_last()->message);
+				orch_error_clear();
+			} else {
+				orch_ctx_init(&ctx, env, st, NULL);
+			}
+		}
+		for (waiter *w = ready_list.next, *nx; w != &ready_list; w = nx) {
+			nx = w->next;
+			if (!st) {
+				fuse_reply_err(w->req, EIO);
+			} else if (!try_answer(&ctx, w->req, w->s, w->size)) {
+				/* Nothing after all (a version without an event): back on the list. */
+				if (park(w, false))
+					continue;
+				if (!try_answer(&ctx, w->req, w->s, w->size))
+					fuse_reply_err(w->req, EIO);
+			}
+			w->done(w->arg);
+			free(w);
+		}
+		pthread_mutex_lock(&ev_mu);
+	}
+	pthread_mutex_unlock(&ev_mu);
+	if (st)
+		orch_env_reader_put(env, st);
+	return NULL;
+}
+
+void fs_events_start(orch_env *e)
+{
+	orch_store *st;
+	int64_t v = 0, t = 0;
+
+	env = e;
+	if (orch_env_reader(e, &st) == 0) {
+		orch_meta_read(st, &v, &t);
+		orch_env_reader_put(e, st);
+	}
+	orch_error_clear();
+	latest = v;
+	stopping = false;
+	if (pthread_create(&thread, NULL, events_main, NULL) == 0)
+		thread_started = true;
+	else
+		orch_log("events: cannot start the events thread: blocked reads wake only at their next request");
+}
+
+void fs_events_stop(void)
+{
+	waiter list = {&list, &list, NULL, NULL, 0, NULL, NULL};
+
+	pthread_mutex_lock(&ev_mu);
+	stopping = true;
+	pthread_cond_signal(&ev_cond);
+	pthread_mutex_unlock(&ev_mu);
+	if (thread_started)
+		pthread_join(thread, NULL);
+	thread_started = false;
+	/* The session is over: answer what is still parked so that libfuse frees it. */
+	pthread_mutex_lock(&ev_mu);
+	while (parked.next != &parked) {
+		waiter *w = parked.next;
+		unlink_waiter(w);
+		w->next = &list;
+		w->prev = list.prev;
+		list.prev->next = w;
+		list.prev = w;
+	}
+	while (pollers.pnext != &pollers) {
+		fs_evstream *s = pollers.pnext;
+		fuse_pollhandle_destroy(s->ph);
+		s->ph = NULL;
+		unlink_poller(s);
+	}
+	pthread_mutex_unlock(&ev_mu);
+	for (waiter *w = list.next, *nx; w != &list; w = nx) {
+		nx = w->next;
+		fuse_reply_err(w->req, EINTR);
+		w->done(w->arg);
+		free(w);
+	}
+	pthread_mutex_lock(&ev_mu);
+	env = NULL;
+	pthread_mutex_unlock(&ev_mu);
+}
+
+/* ---- descriptors ---- */
+
+int fs_evstream_open(orch_env *e, bool since, int64_t after, fs_evstream **out)
+{
+	orch_store *st;
+	int64_t from = 0, last = 0;
+	int rc = 0;
+
+	*out = NULL;
+	if (orch_env_reader(e, &st) != 0) {
+		orch_error_clear();
+		return -EIO;
+	}
+	if (orch_events_bounds(st, &from, &last) != 0) {
+		orch_error_clear();
+		rc = -EIO;
+	} else if (since && after < from) {
+		rc = -ENOENT; /* older than the kept history (README: events-since) */
+	}
+	orch_env_reader_put(e, st);
+	if (rc)
+		return rc;
+	fs_evstream *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->pos = since ? after : last;
+	fs_events_advance(last);
+	*out = s;
+	return 0;
+}
+
+void fs_evstream_close(fs_evstream *s)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&ev_mu);
+	if (s->ph) {
+		fuse_pollhandle_destroy(s->ph);
+		s->ph = NULL;
+	}
+	unlink_poller(s);
+	pthread_mutex_unlock(&ev_mu);
+	free(s->pending);
+	free(s);
+}
+
+unsigned fs_evstream_poll(fs_evstream *s, struct fuse_pollhandle *ph)
+{
+	unsigned revents = 0;
+
+	pthread_mutex_lock(&ev_mu);
+	if (ready(s)) {
+		revents = POLLIN | POLLRDNORM;
+		if (ph)
+			fuse_pollhandle_destroy(ph);
+	} else if (ph) {
+		if (s->ph)
+			fuse_pollhandle_destroy(s->ph);
+		s->ph = ph;
+		if (!s->pnext) {
+			s->pnext = &pollers;
+			s->pprev = pollers.pprev;
+			pollers.pprev->pnext = s;
+			pollers.pprev = s;
+		}
+	}
+	pthread_mutex_unlock(&ev_mu);
+	return revents;
+}
+
+size_t fs_events_parked(void)
+{
+	pthread_mutex_lock(&ev_mu);
+	size_t n = nparked;
+	pthread_mutex_unlock(&ev_mu);
+	return n;
+}
+
+/* ---- sessions/<id>/alive ---- */
+
+typedef struct {
+	int64_t session_id;
+	unsigned holders;
+} alive_entry;
+
+static pthread_mutex_t alive_mu = PTHREAD_MUTEX_INITIALIZER;
+static alive_entry *alive;  /* under alive_mu */
+static size_t nalive, capalive;
+
+/* One internal call for session `sid`: 0 or -errno (the reason logged when `log`). */
+static int alive_call(orch_env *e, const orch_method *m, int64_t sid, bool log)
+{
+	orch_ctx ctx;
+	char *reply = NULL;
+	json_t *req = json_pack("{s:I}", "session_id", (json_int_t)sid);
+	int rc;
+
+	orch_ctx_init(&ctx, e, NULL, NULL);
+	rc = orch_call_method(&ctx, m, req, 0, &reply);
+	if (rc && log)
+		orch_log("sessions/%lld/alive: %s failed: %s", (long long)sid, m->name, orch_error_last()->message);
+	orch_error_clear();
+	json_decref(req);
+	free(reply);
+	return rc ? -fs_errno(rc) : 0;
+}
+
+int fs_alive_open(orch_env *e, int64_t sid)
+{
+	int rc = 0;
+	size_t i;
+
+	pthread_mutex_lock(&alive_mu);
+	for (i = 0; i < nalive && alive[i].session_id != sid; i++)
+		;
+	if (i == nalive || alive[i].holders == 0) {
+		if ((rc = alive_call(e, &orch_alive_hold_method, sid, false)) != 0)
+			goto done;
+		if (i == nalive) {
+			if (nalive == capalive) {
+				capalive = capalive ? capalive * 2 : 16;
+				alive = orch_xrealloc(alive, capalive * sizeof(*alive));
+			}
+			alive[nalive++] = (alive_entry){sid, 0};
+		}
+	}
+	alive[i].holders++;
+done:
+	pthread_mutex_unlock(&alive_mu);
+	return rc;
+}
+
+void fs_alive_close(orch_env *e, int64_t sid)
+{
+	size_t i;
+
+	pthread_mutex_lock(&alive_mu);
+	for (i = 0; i < nalive && alive[i].session_id != sid; i++)
+		;
+	if (i < nalive && alive[i].holders > 0 && --alive[i].holders == 0) {
+		alive_call(e, &orch_alive_release_method, sid, true);
+		alive[i] = alive[--nalive];
+	}
+	pthread_mutex_unlock(&alive_mu);
+}
+
+void fs_alive_forget_all(void)
+{
+	pthread_mutex_lock(&alive_mu);
+	free(alive);
+	alive = NULL;
+	nalive = capalive = 0;
+	pthread_mutex_unlock(&alive_mu);
+}
