@@ -11,6 +11,10 @@
  * events, replies, session_alive); {"*": true} when the call changed more
  * rows than the store tracks.  A task is under "tasks", a lock under
  * "locks", a planning-graph node under "graph_nodes", and so on.
+ *
+ * session_id: the session the call acted as (sessions/<id>/ctl/), else the
+ * one its params name (session_id, requester_session_id, owner_session),
+ * else the one session row it changed (session.open's); absent if none.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,7 +78,12 @@ int orch_event_record(orch_ctx *ctx, const char *method, int64_t session_id, siz
 	size_t n;
 	const orch_change *changes = orch_store_changes_since(ctx->store, mark, &n);
 	json_t *ids = ids_of(changes, n);
+	json_t *sessions = json_object_get(ids, "sessions");
 	int rc;
+
+	/* No session named by the call: the one session row it changed (session.open's new one). */
+	if (session_id <= 0 && json_array_size(sessions) == 1)
+		session_id = json_integer_value(json_array_get(sessions, 0));
 
 	/* db_version was bumped by this call just before: the row takes that value. */
 	rc = orch_sql_exec(ctx, "INSERT INTO events (db_version, method, session_id, ids_json, at) "

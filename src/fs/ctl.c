@@ -245,7 +245,14 @@ int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
 
 int fs_ctl_flush(fs_ctl *c)
 {
-	pthread_mutex_lock(&c->mu);
+	/*
+	 * Busy: a request on this descriptor is being written or executed (a
+	 * wait can take minutes).  A flush comes from every close of a copy of
+	 * the descriptor -- a child closing what it inherited at exec -- and
+	 * must not wait for that: the request is not this close's to judge.
+	 */
+	if (pthread_mutex_trylock(&c->mu) != 0)
+		return 0;
 	int rc = c->state == CTL_PARTIAL ? -EINVAL : 0;
 	pthread_mutex_unlock(&c->mu);
 	return rc;

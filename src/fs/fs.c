@@ -568,8 +568,10 @@ static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 }
 
 /*
- * Open the change feed: a stream with its own position, served direct and
- * not seekable (a read returns what is new, not bytes at an offset).
+ * Open the change feed: a stream with its own position, served direct.  A
+ * read returns what is new, whatever its offset; seeks succeed and mean
+ * nothing (head -1 seeks back over what it read past its line: nothing,
+ * a read never returns more than one line, but it must not fail).
  */
 static void open_events(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 {
@@ -586,7 +588,6 @@ static void open_events(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 	h->ev = s;
 	fi->fh = (uintptr_t)h;
 	fi->direct_io = 1;
-	fi->nonseekable = 1;
 	fi->keep_cache = 0;
 	fi->noflush = 1;
 	fuse_reply_open(req, fi);
