@@ -74,6 +74,21 @@ typedef struct waiter {
 	void *arg;
 } waiter;
 
+/*
+ * The newest events, in memory: a woken reader copies its line from here,
+ * never asking SQLite.  The events thread fills it (one query per wake-up)
+ * before it answers the parked reads.  Slot v % RING holds version v when
+ * ring[v % RING].v == v; every event in (ring_lo, ring_hi] is here (a
+ * version with no event -- bumped before events existed -- has line NULL).
+ */
+#define RING 4096
+static struct {
+	int64_t v;
+	char *line;
+	size_t len;
+} ring[RING];
+static int64_t ring_lo, ring_hi;
+
 static pthread_mutex_t ev_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ev_cond = PTHREAD_COND_INITIALIZER;
 static int64_t latest;                 /* the newest db_version known to be committed and visible */
@@ -140,6 +155,41 @@ void fs_events_advance(int64_t v)
 /* Outcome of one attempt at a read. */
 typedef enum { R_DATA, R_EMPTY, R_ERROR } rd;
 
+/* Hand out the first line of `len` bytes after the position (under ev_mu); NULL `line`: taken over. */
+static void hand_out(fs_evstream *s, int64_t v, char *line, size_t len, bool own, size_t size, char **out,
+		     size_t *n)
+{
+	if (len <= size) {
+		*out = orch_xrealloc(NULL, len);
+		memcpy(*out, line, len);
+		*n = len;
+		if (own)
+			free(line);
+	} else {
+		/* One line larger than the read: hand out its start, keep the rest. */
+		s->pending = own ? line : memcpy(orch_xrealloc(NULL, len), line, len);
+		s->pending_len = len;
+		s->pending_off = size;
+		*out = orch_xrealloc(NULL, size ? size : 1);
+		memcpy(*out, line, size);
+		*n = size;
+	}
+	s->pos = v;
+}
+
+/* Under ev_mu, with ring_lo <= s->pos < ring_hi: the next line from the ring. */
+static rd from_ring(fs_evstream *s, size_t size, char **out, size_t *n)
+{
+	for (int64_t v = s->pos + 1; v <= ring_hi; v++) {
+		if (ring[v % RING].v == v && ring[v % RING].line) {
+			hand_out(s, v, ring[v % RING].line, ring[v % RING].len, false, size, out, n);
+			return R_DATA;
+		}
+	}
+	s->pos = ring_hi; /* only versions without an event */
+	return R_EMPTY;
+}
+
 /*
  * Take what a read of `size` bytes returns from the stream (ctx: a reader,
  * no transaction open): the rest of a cut line, else whole lines after the
@@ -175,6 +225,15 @@ static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n
 			return told ? R_DATA : R_ERROR; /* EOF after the error line */
 		}
 		pos = s->pos;
+		if (pos >= ring_lo && pos < ring_hi) {
+			rd r = from_ring(s, size, out, n);
+			pthread_mutex_unlock(&ev_mu);
+			return r;
+		}
+		if (pos >= latest) {
+			pthread_mutex_unlock(&ev_mu);
+			return R_EMPTY;
+		}
 		pthread_mutex_unlock(&ev_mu);
 
 		if (orch_events_bounds(ctx->store, &from, &last) != 0 ||
@@ -204,29 +263,8 @@ static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n
 		if (last > s->pos)
 			s->pos = last;
 	} else {
-		size_t used = 0, i = 0;
-		while (i < nl && used + lines[i].len <= size)
-			used += lines[i++].len;
-		if (i == 0) {
-			/* One line larger than the read: hand out its start, keep the rest. */
-			used = size;
-			s->pending = lines[0].line;
-			s->pending_len = lines[0].len;
-			s->pending_off = size;
-			lines[0].line = NULL;
-			*out = orch_xrealloc(NULL, size ? size : 1);
-			memcpy(*out, s->pending, size);
-			s->pos = lines[0].db_version;
-		} else {
-			*out = orch_xrealloc(NULL, used);
-			used = 0;
-			for (size_t k = 0; k < i; k++) {
-				memcpy(*out + used, lines[k].line, lines[k].len);
-				used += lines[k].len;
-			}
-			s->pos = lines[i - 1].db_version;
-		}
-		*n = used;
+		hand_out(s, lines[0].db_version, lines[0].line, lines[0].len, true, size, out, n);
+		lines[0].line = NULL;
 		r = R_DATA;
 	}
 	pthread_mutex_unlock(&ev_mu);
@@ -358,6 +396,49 @@ void fs_evstream_read(fuse_req_t req, fs_evstream *s, size_t size, bool nonblock
 
 /* ---- the events thread ---- */
 
+/* Bring the ring up to what the database holds (the events thread; st: its reader). */
+static void fill_ring(orch_store *st)
+{
+	orch_event_line *lines = NULL;
+	int64_t from = 0, last = 0;
+	size_t nl = 0;
+
+	pthread_mutex_lock(&ev_mu);
+	int64_t hi = ring_hi;
+	pthread_mutex_unlock(&ev_mu);
+	/* One snapshot: the rows and the db_version they go up to. */
+	if (orch_store_begin(st, false) != 0 || orch_events_bounds(st, &from, &last) != 0 ||
+	    orch_events_after(st, hi > from ? hi : from, RING, &lines, &nl) != 0) {
+		orch_error_clear();
+		if (orch_store_in_txn(st))
+			orch_store_rollback(st);
+		return;
+	}
+	orch_store_rollback(st);
+	pthread_mutex_lock(&ev_mu);
+	if (ring_hi == hi) {
+		for (size_t i = 0; i < nl; i++) {
+			int64_t v = lines[i].db_version;
+			free(ring[v % RING].line);
+			ring[v % RING].v = v;
+			ring[v % RING].line = lines[i].line;
+			ring[v % RING].len = lines[i].len;
+			lines[i].line = NULL;
+		}
+		/* Complete up to `last` unless RING rows were not all of them. */
+		int64_t top = nl == RING ? lines[nl - 1].db_version : last;
+		if (top > ring_hi) {
+			ring_hi = top;
+			if (ring_lo < ring_hi - RING)
+				ring_lo = ring_hi - RING;
+			if (ring_lo < from)
+				ring_lo = from;
+		}
+	}
+	pthread_mutex_unlock(&ev_mu);
+	orch_event_lines_free(lines, nl);
+}
+
 /* Answer the parked reads whose streams have news; notify the polls that wait for it. */
 static void *events_main(void *arg)
 {
@@ -397,19 +478,22 @@ static void *events_main(void *arg)
 		}
 		pthread_mutex_unlock(&ev_mu);
 
+		if (!st) {
+			if (orch_env_reader(env, &st) != 0) {
+				orch_log("events: cannot open a read connection: %s", orch_error_last()->message);
+				orch_error_clear();
+				st = NULL;
+			} else {
+				orch_ctx_init(&ctx, env, st, NULL);
+			}
+		}
+		if (st)
+			fill_ring(st);
 		for (size_t i = 0; i < nph; i++) {
 			fuse_lowlevel_notify_poll(phs[i]);
 			fuse_pollhandle_destroy(phs[i]);
 		}
 		free(phs);
-		if (ready_list.next != &ready_list && !st) {
-			if (orch_env_reader(env, &st) != 0) {
-				orch_log("events: cannot open a read connection: %s", orch_error_last()->message);
-				orch_error_clear();
-			} else {
-				orch_ctx_init(&ctx, env, st, NULL);
-			}
-		}
 		for (waiter *w = ready_list.next, *nx; w != &ready_list; w = nx) {
 			nx = w->next;
 			if (!st) {
@@ -443,7 +527,7 @@ void fs_events_start(orch_env *e)
 		orch_env_reader_put(e, st);
 	}
 	orch_error_clear();
-	latest = v;
+	latest = ring_lo = ring_hi = v;
 	stopping = false;
 	if (pthread_create(&thread, NULL, events_main, NULL) == 0)
 		thread_started = true;
@@ -487,6 +571,11 @@ void fs_events_stop(void)
 	}
 	pthread_mutex_lock(&ev_mu);
 	env = NULL;
+	for (size_t i = 0; i < RING; i++) {
+		free(ring[i].line);
+		ring[i].line = NULL;
+		ring[i].v = 0;
+	}
 	pthread_mutex_unlock(&ev_mu);
 }
 
