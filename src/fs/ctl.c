@@ -135,7 +135,8 @@ static void set_reply(fs_ctl *c, char *reply)
 		remember(c->session_id, c->m, reply);
 }
 
-static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
+static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool (*cancelled)(void *arg),
+		     void *arg)
 {
 	json_t *req = NULL;
 	char *reply = NULL;
@@ -178,9 +179,14 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
 	}
 	orch_ctx ctx;
 	orch_ctx_init(&ctx, env, NULL, NULL);
+	ctx.cancelled = cancelled;
+	ctx.cancelled_arg = arg;
 	rc = orch_call(&ctx, c->m->name, req, c->session_id, &reply);
 	json_decref(req);
 	set_reply(c, reply);
+	/* A blocking call (wait) whose writer was signalled: the write says so. */
+	if (cancelled && cancelled(arg))
+		return -EINTR;
 	return rc ? -fs_errno(rc) : 0;
 }
 
@@ -226,10 +232,10 @@ static int ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t 
 	return 0;
 }
 
-int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
+int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool (*cancelled)(void *arg), void *arg)
 {
 	pthread_mutex_lock(&c->mu);
-	int rc = ctl_write(env, c, data, len);
+	int rc = ctl_write(env, c, data, len, cancelled, arg);
 	pthread_mutex_unlock(&c->mu);
 	return rc;
 }

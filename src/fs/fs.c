@@ -799,6 +799,12 @@ static void fs_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, s
 	fuse_reply_poll(req, revents);
 }
 
+/* Whether the writing process was signalled (FUSE interrupt): a blocking call (wait) stops. */
+static bool write_interrupted(void *req)
+{
+	return fuse_req_interrupted(req) != 0;
+}
+
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
@@ -807,7 +813,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 	(void)off;
 	if (h->ctl)
-		rc = fs_ctl_write(ENV(req), h->ctl, buf, size);
+		rc = fs_ctl_write(ENV(req), h->ctl, buf, size, write_interrupted, req);
 	else if (fs_node_type(fs_node_of(ino)) == T_HEARTBEAT)
 		rc = heartbeat_file(ENV(req), h->node.id);
 	else if (h->alive_env)

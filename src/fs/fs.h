@@ -207,8 +207,12 @@ typedef struct fs_ctl fs_ctl;
 fs_ctl *fs_ctl_new(const orch_method *m, int64_t session_id);
 void fs_ctl_free(fs_ctl *c);
 
-/* Append request bytes; executes once the buffer is a complete JSON value.  0 or -errno. */
-int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len);
+/*
+ * Append request bytes; executes once the buffer is a complete JSON value.
+ * 0 or -errno.  `cancelled(arg)` (may be NULL) says the writer gave up (a
+ * signal): a blocking call stops, the write fails with EINTR.
+ */
+int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool (*cancelled)(void *arg), void *arg);
 
 /* Read at `off`; *out points into the handle's reply/usage.  0 or -errno. */
 int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n);

@@ -329,6 +329,22 @@ def test_wait_on_a_lock_wakes_at_release_and_returns_at_timeout(mount):
     assert r['changed'] is True and r['task']['status'] == 'in_progress', r
 
 
+def test_wait_interrupted_by_a_signal(mount):
+    task = mount.ok('task.create', {'level': 'case', 'title': 'never changes'})
+    body = json.dumps({'on': {'task_id': task['id']}, 'timeout_ms': 60000})
+    p = subprocess.Popen(['bash', '-c', 'echo "$1" > "$2"', 'bash', body, mount.p('ctl', 'wait')],
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    assert p.poll() is None
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=10)
+    took = time.monotonic() - t0
+    print(f'\nSIGINT ended a blocked write of ctl/wait in {took * 1000:.0f} ms')
+    assert took < 5
+    assert mount.ok('task.get', {'task_id': task['id']})['status'] == 'todo'
+
+
 def test_wait_bad_input(mount):
     mount.fails('wait', {'on': {'lock_id': 99}, 'timeout_ms': 10}, 'not_found', 2)
     mount.fails('wait', {'on': {}}, 'invalid_params', 22)
