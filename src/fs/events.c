@@ -30,7 +30,8 @@
  * daemon makes the session held (core: session.alive.hold, in the
  * database); the release of the last one drops it (session.alive.release:
  * a resume candidate at once, its locks released, an event).  Both are
- * calls on the writer lane.
+ * calls on the writer lane.  Holds left by a daemon that died are released
+ * by the next daemon to start (fs_alive_reap).
  *
  * Everything below is under ev_mu unless said otherwise; alive holders are
  * under alive_mu (held across the two internal calls, so that a hold and a
@@ -723,6 +724,32 @@ void fs_alive_close(orch_env *e, int64_t sid)
 		alive[i] = alive[--nalive];
 	}
 	pthread_mutex_unlock(&alive_mu);
+}
+
+void fs_alive_reap(orch_env *e)
+{
+	orch_store *st;
+	int64_t *ids = NULL;
+	size_t n = 0;
+
+	if (orch_env_reader(e, &st) != 0) {
+		orch_error_clear();
+		return;
+	}
+	sqlite3_stmt *q = orch_store_stmt(st, "SELECT DISTINCT session_id FROM session_alive "
+					  "WHERE NOT orch_pid_alive(daemon_pid, daemon_start)");
+	while (q && sqlite3_step(q) == SQLITE_ROW) {
+		ids = orch_xrealloc(ids, (n + 1) * sizeof(*ids));
+		ids[n++] = sqlite3_column_int64(q, 0);
+	}
+	if (q)
+		sqlite3_reset(q);
+	orch_env_reader_put(e, st);
+	for (size_t i = 0; i < n; i++) {
+		orch_log("sessions/%lld/alive was held by a daemon that is gone: releasing it", (long long)ids[i]);
+		alive_call(e, &orch_alive_release_method, ids[i], true);
+	}
+	free(ids);
 }
 
 void fs_alive_forget_all(void)

@@ -1074,6 +1074,7 @@ int fs_main(orch_env *env, const fs_options *o)
 		orch_log("%s; writes run on the FUSE threads", orch_error_last()->message);
 		orch_error_clear();
 	}
+	fs_alive_reap(env);
 	if (o->on_mounted)
 		o->on_mounted(o->arg);
 	if (o->single_thread) {

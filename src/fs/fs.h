@@ -259,5 +259,7 @@ unsigned fs_evstream_poll(fs_evstream *s, struct fuse_pollhandle *ph);
 int fs_alive_open(orch_env *env, int64_t session_id);
 void fs_alive_close(orch_env *env, int64_t session_id);
 void fs_alive_forget_all(void);
+/* Start-up: release the holds of daemons that no longer run (their locks, an event each). */
+void fs_alive_reap(orch_env *env);
 
 #endif

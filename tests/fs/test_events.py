@@ -434,7 +434,14 @@ def test_alive_of_a_killed_daemon_is_not_held(mount):
     r = mount.orchfs_call('resume.candidates.list', {'requester_session_id': requester})
     assert r.returncode == 0, r.stderr
     assert sid in [c['session']['id'] for c in json.loads(r.stdout)['result']]
+    lock = mount.orchfs_call('lock.acquire', {'scope_type': 'file', 'scope_path': 'k.c',
+                                              'owner_session': str(sid)})
+    assert lock.returncode == 0, lock.stderr
+    lock_id = json.loads(lock.stdout)['result']['id']
+    # The next daemon releases what the dead one held.
     mount.start()
+    eventually(lambda: not os.path.exists(mount.p('locks', f'{lock_id}.json')))
+    assert 'held by a daemon that is gone' in open(mount.log).read()
 
 
 def test_blocked_readers_cost_nothing_and_do_not_slow_writers(mount):
