@@ -134,7 +134,26 @@ typedef struct orch_ctx {
 	/* A blocking call (wait) stops early when this says its client gave up (a signal); may be NULL. */
 	bool (*cancelled)(void *arg);
 	void *cancelled_arg;
+	/* A caller that parks blocked calls instead of blocking (the daemon): see orch_wait_state. */
+	struct orch_wait_state *wait_state;
 } orch_ctx;
+
+/*
+ * A call of `wait` that must not block its thread: with ctx->wait_state
+ * set, the call looks once.  If nothing happened yet it replies nothing
+ * and sets `pending`: the caller parks the request and calls again with the
+ * same request and state at the next commit or at `wake_at` (the deadline,
+ * or a lock's lease end), until `pending` is false.  The first call fixes
+ * db_version_after and the deadline; zero-initialise before it.
+ */
+typedef struct orch_wait_state {
+	bool started;
+	bool pending;     /* out: nothing yet; call again */
+	int64_t after;    /* db_version_after in effect */
+	int64_t deadline; /* ms since the epoch */
+	int64_t scanned;  /* events up to here were looked at */
+	int64_t wake_at;  /* out, when pending: look again by then at the latest (ms) */
+} orch_wait_state;
 
 /* A context for one request of `env`, on the given connection (git NULL on readers). */
 void orch_ctx_init(orch_ctx *ctx, orch_env *env, orch_store *store, orch_git *git);

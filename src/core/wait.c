@@ -5,10 +5,11 @@
  * active (released, or its lease ran out: the wait sleeps until then).
  *
  * The method runs outside any transaction (ORCH_M_BLOCKING): each look is
- * its own read transaction on the call's reader, and between looks it
- * sleeps on the environment's commit notification -- the daemon signals
- * it for its own commits and for other processes' it notices -- or, with
- * nobody to signal it (`orchfs call`), looks again every WAIT_POLL_MS.
+ * its own read transaction on the call's reader.  The daemon does not let
+ * it block (ctx->wait_state): it looks once and the daemon parks the
+ * request, calling again at each commit and at its deadline or lease end.
+ * Elsewhere (`orchfs call`) it sleeps between looks on the environment's
+ * commit notification, looking again every WAIT_POLL_MS without one.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -146,42 +147,56 @@ static void nap(orch_env *env, uint64_t seq, int64_t ms)
 
 static int wait_fn(orch_ctx *ctx, json_t *p, json_t **result)
 {
+	orch_wait_state local = {0}, *ws = ctx->wait_state ? ctx->wait_state : &local;
 	const kind *k = NULL;
-	int64_t id = 0, timeout = orch_param_int(p, "timeout_ms", WAIT_DEFAULT_MS), after, scanned = 0;
-	int64_t version = 0, wake_at = 0, deadline;
+	int64_t id = 0, version = 0, wake_at = 0;
 	json_t *state = NULL;
 	bool changed = false;
 	int rc;
 
 	if ((rc = parse_on(p, &k, &id)) != 0)
 		return rc;
-	if (timeout < 0 || timeout > WAIT_MAX_MS)
-		return orch_error_set(ORCH_EINVALID_PARAMS, "timeout_ms must be between 0 and %d, got %lld",
-				      WAIT_MAX_MS, (long long)timeout);
-	deadline = orch_now_ms() + timeout;
-	after = orch_param_int(p, "db_version_after", -1);
-	if (after < -1 || (orch_param_has(p, "db_version_after") && after < 0))
-		return orch_error_set(ORCH_EINVALID_PARAMS, "db_version_after must be 0 or more, got %lld",
-				      (long long)after);
+	if (!ws->started) {
+		int64_t timeout = orch_param_int(p, "timeout_ms", WAIT_DEFAULT_MS);
+		if (timeout < 0 || timeout > WAIT_MAX_MS)
+			return orch_error_set(ORCH_EINVALID_PARAMS, "timeout_ms must be between 0 and %d, got %lld",
+					      WAIT_MAX_MS, (long long)timeout);
+		ws->after = orch_param_int(p, "db_version_after", -1);
+		if (orch_param_has(p, "db_version_after") && ws->after < 0)
+			return orch_error_set(ORCH_EINVALID_PARAMS, "db_version_after must be 0 or more, got %lld",
+					      (long long)ws->after);
+		if (ws->after < 0) {
+			/* Absent: changes from now on. */
+			int64_t from;
+			if ((rc = orch_events_bounds(ctx->store, &from, &ws->after)) != 0)
+				return rc;
+		}
+		ws->deadline = orch_now_ms() + timeout;
+		ws->scanned = 0;
+		ws->started = true;
+	}
+	ws->pending = false;
 	for (;;) {
 		pthread_mutex_lock(&ctx->env->wait_mu);
 		uint64_t seq = ctx->env->commit_seq;
 		pthread_mutex_unlock(&ctx->env->wait_mu);
-		if (after < 0) {
-			/* Absent: changes from now on. */
-			int64_t from;
-			if ((rc = orch_events_bounds(ctx->store, &from, &after)) != 0)
-				return rc;
-		}
 		json_decref(state);
-		if ((rc = look(ctx, k, id, after, &scanned, &state, &version, &changed, &wake_at)) != 0)
+		if ((rc = look(ctx, k, id, ws->after, &ws->scanned, &state, &version, &changed, &wake_at)) != 0)
 			return rc;
 		int64_t now = orch_now_ms();
-		if (changed || now >= deadline || (ctx->cancelled && ctx->cancelled(ctx->cancelled_arg)))
+		if (changed || now >= ws->deadline || (ctx->cancelled && ctx->cancelled(ctx->cancelled_arg)))
 			break;
+		if (ctx->wait_state) {
+			/* The caller parks the request: it calls again at a commit or by wake_at. */
+			ws->pending = true;
+			ws->wake_at = wake_at > now && wake_at < ws->deadline ? wake_at : ws->deadline;
+			json_decref(state);
+			*result = NULL;
+			return 0;
+		}
 		int64_t ms = ctx->env->committed ? WAIT_IDLE_MS : WAIT_POLL_MS;
-		if (deadline - now < ms)
-			ms = deadline - now;
+		if (ws->deadline - now < ms)
+			ms = ws->deadline - now;
 		if (wake_at > now && wake_at - now < ms)
 			ms = wake_at - now;
 		nap(ctx->env, seq, ms > 0 ? ms : 1);

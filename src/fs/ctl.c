@@ -14,6 +14,7 @@ typedef enum {
 	CTL_PARTIAL,  /* a prefix of a JSON value */
 	CTL_DONE,     /* executed (or rejected); reply holds the answer */
 	CTL_TOOLARGE, /* past the request limit; every later write fails */
+	CTL_WAITING,  /* a blocking call (wait) parked: its write is answered later (fs_ctl_resume) */
 } ctl_state;
 
 /*
@@ -34,6 +35,8 @@ struct fs_ctl {
 	bool read_failed; /* a read came before the request was complete: reads fail from then on */
 	char *usage; /* what a read without a write shows */
 	size_t usage_len;
+	json_t *waiting;        /* CTL_WAITING: the request, called again at each look */
+	orch_wait_state wait;   /* CTL_WAITING: what the looks so far fixed */
 };
 
 /* Last reply per (session, method) through sessions/<id>/ctl/, in memory, under last_mu. */
@@ -111,6 +114,7 @@ void fs_ctl_free(fs_ctl *c)
 	if (!c)
 		return;
 	pthread_mutex_destroy(&c->mu);
+	json_decref(c->waiting);
 	free(c->req);
 	free(c->reply);
 	free(c->usage);
@@ -135,8 +139,8 @@ static void set_reply(fs_ctl *c, char *reply)
 		remember(c->session_id, c->m, reply);
 }
 
-static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool (*cancelled)(void *arg),
-		     void *arg)
+static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool park,
+		     bool (*cancelled)(void *arg), void *arg)
 {
 	json_t *req = NULL;
 	char *reply = NULL;
@@ -144,6 +148,8 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, boo
 
 	if (c->state == CTL_TOOLARGE)
 		return -EFBIG;
+	if (c->state == CTL_WAITING)
+		return -EBUSY;
 	if (c->state == CTL_DONE) {
 		/*
 		 * Not a second request: a newline written after it (printf,
@@ -181,7 +187,16 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, boo
 	orch_ctx_init(&ctx, env, NULL, NULL);
 	ctx.cancelled = cancelled;
 	ctx.cancelled_arg = arg;
+	if (park && (c->m->flags & ORCH_M_BLOCKING))
+		ctx.wait_state = &c->wait;
 	rc = orch_call(&ctx, c->m->name, req, c->session_id, &reply);
+	if (!rc && c->wait.pending) {
+		/* Nothing yet: the caller parks the write; fs_ctl_resume calls again. */
+		free(reply);
+		c->waiting = req;
+		c->state = CTL_WAITING;
+		return FS_CTL_PENDING;
+	}
 	json_decref(req);
 	set_reply(c, reply);
 	/* A blocking call (wait) whose writer was signalled: the write says so. */
@@ -198,6 +213,8 @@ static int ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t 
 	if (c->read_failed)
 		return -EINVAL;
 	switch (c->state) {
+	case CTL_WAITING:
+		return -EBUSY; /* another thread's write on this descriptor is still waiting */
 	case CTL_PARTIAL:
 		c->read_failed = true;
 		return -EINVAL;
@@ -232,10 +249,11 @@ static int ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t 
 	return 0;
 }
 
-int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool (*cancelled)(void *arg), void *arg)
+int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool park, bool (*cancelled)(void *arg),
+		 void *arg)
 {
 	pthread_mutex_lock(&c->mu);
-	int rc = ctl_write(env, c, data, len, cancelled, arg);
+	int rc = ctl_write(env, c, data, len, park, cancelled, arg);
 	pthread_mutex_unlock(&c->mu);
 	return rc;
 }
@@ -247,6 +265,57 @@ int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
 	int rc = ctl_read(c, off, size, out, n);
 	pthread_mutex_unlock(&c->mu);
 	return rc;
+}
+
+int fs_ctl_resume(orch_env *env, fs_ctl *c, int64_t *wake_at)
+{
+	orch_ctx ctx;
+	char *reply = NULL;
+	int rc;
+
+	pthread_mutex_lock(&c->mu);
+	if (c->state != CTL_WAITING) {
+		pthread_mutex_unlock(&c->mu);
+		return -EIO;
+	}
+	orch_ctx_init(&ctx, env, NULL, NULL);
+	ctx.wait_state = &c->wait;
+	rc = orch_call(&ctx, c->m->name, c->waiting, c->session_id, &reply);
+	if (!rc && c->wait.pending) {
+		free(reply);
+		*wake_at = c->wait.wake_at;
+		pthread_mutex_unlock(&c->mu);
+		return FS_CTL_PENDING;
+	}
+	json_decref(c->waiting);
+	c->waiting = NULL;
+	c->state = CTL_DONE;
+	set_reply(c, reply);
+	pthread_mutex_unlock(&c->mu);
+	return rc ? -fs_errno(rc) : 0;
+}
+
+int64_t fs_ctl_wake_at(fs_ctl *c, int64_t *seen)
+{
+	pthread_mutex_lock(&c->mu);
+	int64_t t = c->state == CTL_WAITING ? c->wait.wake_at : 0;
+	*seen = c->wait.scanned;
+	pthread_mutex_unlock(&c->mu);
+	return t;
+}
+
+void fs_ctl_cancel(fs_ctl *c)
+{
+	pthread_mutex_lock(&c->mu);
+	if (c->state == CTL_WAITING) {
+		json_decref(c->waiting);
+		c->waiting = NULL;
+		c->state = CTL_DONE;
+		orch_error_set(ORCH_EINTERNAL, "%s was interrupted by a signal before anything changed", c->m->name);
+		set_reply(c, orch_reply_error(NULL));
+		orch_error_clear();
+	}
+	pthread_mutex_unlock(&c->mu);
 }
 
 int fs_ctl_flush(fs_ctl *c)

@@ -26,6 +26,12 @@
  *    notified (fuse_lowlevel_notify_poll) when the position has news.
  *  - O_NONBLOCK: EAGAIN instead of blocking.
  *
+ * Writes of ctl/wait are parked the same way (fs_events_park_ctl): the
+ * call looked once and found nothing (ctl.c, core wait.c); the events
+ * thread calls it again after each commit and when its deadline or a
+ * lock's lease end comes (a timed wait on ev_cond), and answers the write
+ * when it is done; a signal answers it with EINTR.
+ *
  * sessions/<id>/alive: the first open of a session's alive file in this
  * daemon makes the session held (core: session.alive.hold, in the
  * database); the release of the last one drops it (session.alive.release:
@@ -45,6 +51,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fs.h"
 
@@ -90,6 +97,18 @@ static struct {
 } ring[RING];
 static int64_t ring_lo, ring_hi;
 
+/* A write of ctl/wait parked until its object changes, its lease ends or its time runs out. */
+typedef struct cwaiter {
+	struct cwaiter *next, *prev;
+	fuse_req_t req;
+	fs_ctl *c;
+	size_t size;
+	int64_t wake_at; /* ms: look again by then at the latest */
+	bool due;        /* look again now (a commit came between its look and its parking) */
+	void (*done)(void *arg);
+	void *arg;
+} cwaiter;
+
 static pthread_mutex_t ev_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ev_cond = PTHREAD_COND_INITIALIZER;
 static int64_t latest;                 /* the newest db_version known to be committed and visible */
@@ -97,6 +116,7 @@ static bool news;                      /* latest moved since the events thread l
 static bool stopping;
 static waiter parked = {&parked, &parked, NULL, NULL, 0, NULL, NULL};
 static size_t nparked;
+static cwaiter cparked = {&cparked, &cparked, NULL, NULL, 0, 0, false, NULL, NULL};
 static fs_evstream pollers = {.pnext = &pollers, .pprev = &pollers};
 /* Set by fs_events_start before the FUSE loop, cleared by fs_events_stop after it (read under ev_mu by advance). */
 static orch_env *env;
@@ -118,6 +138,21 @@ static void link_waiter(waiter *w)
 	parked.prev->next = w;
 	parked.prev = w;
 	nparked++;
+}
+
+static void cunlink(cwaiter *w)
+{
+	w->prev->next = w->next;
+	w->next->prev = w->prev;
+	w->next = w->prev = w;
+}
+
+static void clink(cwaiter *list, cwaiter *w)
+{
+	w->next = list;
+	w->prev = list->prev;
+	list->prev->next = w;
+	list->prev = w;
 }
 
 static void unlink_poller(fs_evstream *s)
@@ -324,6 +359,8 @@ static void on_interrupt(fuse_req_t req, void *data)
 {
 	waiter *w;
 
+	cwaiter *cw;
+
 	(void)data;
 	pthread_mutex_lock(&ev_mu);
 	for (w = parked.next; w != &parked && w->req != req; w = w->next)
@@ -332,11 +369,23 @@ static void on_interrupt(fuse_req_t req, void *data)
 		unlink_waiter(w);
 	else
 		w = NULL; /* not parked: the thread that holds it answers it */
+	for (cw = cparked.next; !w && cw != &cparked && cw->req != req; cw = cw->next)
+		;
+	if (!w && cw != &cparked)
+		cunlink(cw);
+	else
+		cw = NULL;
 	pthread_mutex_unlock(&ev_mu);
 	if (w) {
 		fuse_reply_err(req, EINTR);
 		w->done(w->arg);
 		free(w);
+	}
+	if (cw) {
+		fs_ctl_cancel(cw->c);
+		fuse_reply_err(req, EINTR);
+		cw->done(cw->arg);
+		free(cw);
 	}
 }
 
@@ -395,6 +444,63 @@ void fs_evstream_read(fuse_req_t req, fs_evstream *s, size_t size, bool nonblock
 	orch_env_reader_put(env, st);
 }
 
+/*
+ * Park `w` again (or for the first time) unless the session ends or its
+ * writer was signalled (then it is answered with EINTR here).
+ */
+static void cpark(cwaiter *w, int64_t seen)
+{
+	pthread_mutex_lock(&ev_mu);
+	if (stopping || fuse_req_interrupted(w->req)) {
+		pthread_mutex_unlock(&ev_mu);
+		fs_ctl_cancel(w->c);
+		fuse_reply_err(w->req, EINTR);
+		w->done(w->arg);
+		free(w);
+		return;
+	}
+	/* A commit it did not see was announced meanwhile: look again at once. */
+	w->due = latest > seen;
+	clink(&cparked, w);
+	if (w->due) {
+		news = true;
+		pthread_cond_signal(&ev_cond);
+	} else {
+		pthread_cond_signal(&ev_cond); /* its wake_at may come before the thread's next one */
+	}
+	pthread_mutex_unlock(&ev_mu);
+}
+
+void fs_events_park_ctl(fuse_req_t req, fs_ctl *c, size_t size, void (*done)(void *arg), void *arg)
+{
+	cwaiter *w = orch_xrealloc(NULL, sizeof(*w));
+	int64_t seen = 0;
+
+	*w = (cwaiter){w, w, req, c, size, 0, false, done, arg};
+	w->wake_at = fs_ctl_wake_at(c, &seen);
+	fuse_req_interrupt_func(req, on_interrupt, NULL);
+	cpark(w, seen);
+}
+
+/* Look again for a parked write of ctl/wait: answer it, or park it again. */
+static void cresume(cwaiter *w)
+{
+	int64_t wake_at = 0, seen = 0;
+	int rc = fs_ctl_resume(env, w->c, &wake_at);
+
+	if (rc == FS_CTL_PENDING) {
+		w->wake_at = fs_ctl_wake_at(w->c, &seen);
+		cpark(w, seen);
+		return;
+	}
+	if (rc)
+		fuse_reply_err(w->req, -rc);
+	else
+		fuse_reply_write(w->req, w->size);
+	w->done(w->arg);
+	free(w);
+}
+
 /* ---- the events thread ---- */
 
 /* Bring the ring up to what the database holds (the events thread; st: its reader). */
@@ -449,11 +555,34 @@ static void *events_main(void *arg)
 	(void)arg;
 	pthread_mutex_lock(&ev_mu);
 	while (!stopping) {
-		if (!news) {
-			pthread_cond_wait(&ev_cond, &ev_mu);
+		int64_t now = orch_now_ms(), next = 0;
+		bool due = false;
+		for (cwaiter *w = cparked.next; w != &cparked; w = w->next) {
+			due |= w->due || w->wake_at <= now;
+			if (!next || w->wake_at < next)
+				next = w->wake_at;
+		}
+		if (!news && !due) {
+			if (next) {
+				struct timespec ts = {next / 1000, (next % 1000) * 1000000};
+				pthread_cond_timedwait(&ev_cond, &ev_mu, &ts);
+			} else {
+				pthread_cond_wait(&ev_cond, &ev_mu);
+			}
 			continue;
 		}
+		bool had_news = news;
 		news = false;
+		/* Parked waits to look at again: all of them after a commit, else those whose time came. */
+		cwaiter clist = {&clist, &clist, NULL, NULL, 0, 0, false, NULL, NULL};
+		for (cwaiter *w = cparked.next, *nx; w != &cparked; w = nx) {
+			nx = w->next;
+			if (had_news || w->due || w->wake_at <= now) {
+				cunlink(w);
+				w->due = false;
+				clink(&clist, w);
+			}
+		}
 		/* Take the ready ones off the lists: from now on this thread alone answers them. */
 		waiter ready_list = {&ready_list, &ready_list, NULL, NULL, 0, NULL, NULL};
 		for (waiter *w = parked.next, *nx; w != &parked; w = nx) {
@@ -509,6 +638,11 @@ static void *events_main(void *arg)
 			w->done(w->arg);
 			free(w);
 		}
+		for (cwaiter *w = clist.next, *nx; w != &clist; w = nx) {
+			nx = w->next;
+			cunlink(w);
+			cresume(w);
+		}
 		pthread_mutex_lock(&ev_mu);
 	}
 	pthread_mutex_unlock(&ev_mu);
@@ -557,6 +691,12 @@ void fs_events_stop(void)
 		list.prev->next = w;
 		list.prev = w;
 	}
+	cwaiter clist = {&clist, &clist, NULL, NULL, 0, 0, false, NULL, NULL};
+	while (cparked.next != &cparked) {
+		cwaiter *w = cparked.next;
+		cunlink(w);
+		clink(&clist, w);
+	}
 	while (pollers.pnext != &pollers) {
 		fs_evstream *s = pollers.pnext;
 		fuse_pollhandle_destroy(s->ph);
@@ -566,6 +706,13 @@ void fs_events_stop(void)
 	pthread_mutex_unlock(&ev_mu);
 	for (waiter *w = list.next, *nx; w != &list; w = nx) {
 		nx = w->next;
+		fuse_reply_err(w->req, EINTR);
+		w->done(w->arg);
+		free(w);
+	}
+	for (cwaiter *w = clist.next, *nx; w != &clist; w = nx) {
+		nx = w->next;
+		fs_ctl_cancel(w->c);
 		fuse_reply_err(w->req, EINTR);
 		w->done(w->arg);
 		free(w);

@@ -812,9 +812,14 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	int rc;
 
 	(void)off;
-	if (h->ctl)
-		rc = fs_ctl_write(ENV(req), h->ctl, buf, size, write_interrupted, req);
-	else if (fs_node_type(fs_node_of(ino)) == T_HEARTBEAT)
+	if (h->ctl) {
+		rc = fs_ctl_write(ENV(req), h->ctl, buf, size, true, write_interrupted, req);
+		if (rc == FS_CTL_PENDING) {
+			/* A wait with nothing to report yet: answered later, holding no thread; the reference goes with it. */
+			fs_events_park_ctl(req, h->ctl, size, put_cb, h);
+			return;
+		}
+	} else if (fs_node_type(fs_node_of(ino)) == T_HEARTBEAT)
 		rc = heartbeat_file(ENV(req), h->node.id);
 	else if (h->alive_env)
 		rc = 0; /* alive: what is written means nothing; holding it open is what counts */

@@ -207,12 +207,27 @@ typedef struct fs_ctl fs_ctl;
 fs_ctl *fs_ctl_new(const orch_method *m, int64_t session_id);
 void fs_ctl_free(fs_ctl *c);
 
+/* fs_ctl_write, fs_ctl_resume: a blocking call (wait) is parked; its write is answered later. */
+#define FS_CTL_PENDING 1
+
 /*
  * Append request bytes; executes once the buffer is a complete JSON value.
  * 0 or -errno.  `cancelled(arg)` (may be NULL) says the writer gave up (a
- * signal): a blocking call stops, the write fails with EINTR.
+ * signal): a blocking call stops, the write fails with EINTR.  With `park`
+ * a blocking call (wait) with nothing to report yet returns FS_CTL_PENDING
+ * instead of blocking: the caller parks the write and calls fs_ctl_resume.
  */
-int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool (*cancelled)(void *arg), void *arg);
+int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool park, bool (*cancelled)(void *arg),
+		 void *arg);
+/*
+ * Look again for a parked call: FS_CTL_PENDING (still nothing; *wake_at: by
+ * when to look again at the latest, ms), else 0 or -errno, its reply set.
+ */
+int fs_ctl_resume(orch_env *env, fs_ctl *c, int64_t *wake_at);
+/* When a parked call wants to be looked at again at the latest (ms; 0: not parked); *seen: the db_version it saw. */
+int64_t fs_ctl_wake_at(fs_ctl *c, int64_t *seen);
+/* A parked call's writer was signalled: it ends, its reply says so. */
+void fs_ctl_cancel(fs_ctl *c);
 
 /* Read at `off`; *out points into the handle's reply/usage.  0 or -errno. */
 int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n);
@@ -254,6 +269,9 @@ void fs_evstream_read(struct fuse_req *req, fs_evstream *s, size_t size, bool no
 		      void *arg);
 /* poll: the events now (POLLIN or 0); `ph` (may be NULL) is kept and notified at news.  Takes ph. */
 unsigned fs_evstream_poll(fs_evstream *s, struct fuse_pollhandle *ph);
+
+/* Park the write `req` of `size` bytes whose ctl call returned FS_CTL_PENDING; `done(arg)` once answered. */
+void fs_events_park_ctl(struct fuse_req *req, fs_ctl *c, size_t size, void (*done)(void *arg), void *arg);
 
 /* sessions/<id>/alive opened / its open closed in this daemon.  0 or -errno. */
 int fs_alive_open(orch_env *env, int64_t session_id);

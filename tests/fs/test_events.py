@@ -345,6 +345,37 @@ def test_wait_interrupted_by_a_signal(mount):
     assert mount.ok('task.get', {'task_id': task['id']})['status'] == 'todo'
 
 
+def test_parked_waits_hold_no_thread(mount):
+    """100 writes of ctl/wait blocked at once: the daemon keeps its threads; one change answers them all,
+    and waits with a deadline return at it."""
+    task = mount.ok('task.create', {'level': 'case', 'title': 'watched by many'})
+    threads_before = len(os.listdir(f'/proc/{mount.proc.pid}/task'))
+    body = json.dumps({'on': {'task_id': task['id']}, 'timeout_ms': 60000})
+    waiters = [subprocess.Popen(['bash', '-c', 'exec 3<>"$2"; echo "$1" >&3; cat <&3', 'bash', body,
+                                 mount.p('ctl', 'wait')], stdout=subprocess.PIPE, text=True) for _ in range(100)]
+    short = [subprocess.Popen(['bash', '-c', 'exec 3<>"$2"; echo "$1" >&3; cat <&3', 'bash',
+                               json.dumps({'on': {'task_id': task['id']}, 'timeout_ms': 700 + 100 * i}),
+                               mount.p('ctl', 'wait')], stdout=subprocess.PIPE, text=True) for i in range(5)]
+    try:
+        time.sleep(2)
+        threads_now = len(os.listdir(f'/proc/{mount.proc.pid}/task'))
+        assert all(w.poll() is None for w in waiters)
+        for w in short:
+            assert json.loads(w.communicate(timeout=10)[0])['result']['timed_out'] is True
+        t0 = time.monotonic()
+        mount.ok('case.begin', {'case_id': task['id'], 'input_contract': {}, 'fixtures': []})
+        for w in waiters:
+            r = json.loads(w.communicate(timeout=30)[0])['result']
+            assert r['changed'] is True and r['task']['status'] == 'in_progress', r
+        print(f'\n100 parked writes of ctl/wait: daemon threads {threads_before} before, {threads_now} while '
+              f'they waited; one change answered all of them in {(time.monotonic() - t0) * 1000:.0f} ms')
+        assert threads_now < threads_before + 20
+    finally:
+        for w in waiters + short:
+            w.kill()
+            w.wait()
+
+
 def test_wait_bad_input(mount):
     mount.fails('wait', {'on': {'lock_id': 99}, 'timeout_ms': 10}, 'not_found', 2)
     mount.fails('wait', {'on': {}}, 'invalid_params', 22)

@@ -202,6 +202,7 @@ def test_stress_blocked_readers_and_interrupts(mount):
     duration = max(5.0, DURATION / 2)
     sids = [mount.ok('session.open', {'agent_role': 'implementer'})['session_context']['session']['id']
             for _ in range(2)]
+    mount.ok('task.create', {'level': 'case', 'title': 'waited on'})
     v0 = mount.db_version()
     deadline = time.monotonic() + duration
     errors = []
@@ -243,6 +244,18 @@ def test_stress_blocked_readers_and_interrupts(mount):
             p.wait(timeout=30)
             count('interrupted')
 
+    def interrupted_waits():
+        """Writes of ctl/wait parked, then signalled, answered or timed out."""
+        rnd = random.Random(2)
+        body = json.dumps({'on': {'task_id': 1}, 'timeout_ms': 200})
+        while time.monotonic() < deadline:
+            p = subprocess.Popen(['bash', '-c', 'echo "$1" > "$2"', 'bash', body, mount.p('ctl', 'wait')],
+                                 stderr=subprocess.DEVNULL)
+            time.sleep(rnd.random() * 0.3)
+            p.send_signal(rnd.choice([signal.SIGINT, signal.SIGKILL]))
+            p.wait(timeout=30)
+            count('wait_interrupted')
+
     def poller():
         fd = os.open(mount.p('events'), os.O_RDONLY | os.O_NONBLOCK)
         last = v0
@@ -280,7 +293,7 @@ def test_stress_blocked_readers_and_interrupts(mount):
     following = threading.Thread(target=follow, daemon=True)
     following.start()
     threads = [run(writer, i) for i in range(4)] + [run(interrupted_readers), run(interrupted_readers)]
-    threads += [run(poller), run(poller)] + [run(alive_and_wait, sid) for sid in sids]
+    threads += [run(poller), run(poller), run(interrupted_waits)] + [run(alive_and_wait, sid) for sid in sids]
     for t in threads:
         t.start()
     for t in threads:
@@ -296,6 +309,6 @@ def test_stress_blocked_readers_and_interrupts(mount):
     # Every event, once, in order (an alive file's release may still add some after `last`).
     assert got[:last - v0] == list(range(v0 + 1, last + 1)), (len(got), last - v0)
     assert got == list(range(v0 + 1, v0 + 1 + len(got)))
-    for what in ['write', 'interrupted', 'polled', 'alive']:
+    for what in ['write', 'interrupted', 'polled', 'alive', 'wait_interrupted']:
         assert stats.get(what, 0) > 0, stats
     print('events stress:', json.dumps(stats, sort_keys=True))
