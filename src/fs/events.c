@@ -66,8 +66,7 @@ struct fs_evstream {
 	int64_t pos;          /* db_version of the last event handed out */
 	char *pending;        /* the rest of a line a short read cut */
 	size_t pending_len, pending_off;
-	bool lost;            /* the history after pos was no longer kept: one error line, then EOF */
-	bool lost_told;
+	bool lost;            /* the history after pos was no longer kept: the error line (pending), then EOF */
 	struct fuse_pollhandle *ph; /* a poll waiting for news; the stream is then on `pollers` */
 	fs_evstream *pnext, *pprev;
 };
@@ -256,9 +255,8 @@ static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n
 			return R_DATA;
 		}
 		if (s->lost) {
-			bool told = s->lost_told;
 			pthread_mutex_unlock(&ev_mu);
-			return told ? R_DATA : R_ERROR; /* EOF after the error line */
+			return R_DATA; /* end of file after the error line */
 		}
 		pos = s->pos;
 		if (pos >= ring_lo && pos < ring_hi) {
@@ -292,8 +290,16 @@ static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n
 	/* Under ev_mu from here. */
 	rd r = R_EMPTY;
 	if (pos < from) {
+		/* Fell behind the kept history: one JSON error line (read like any line), then end of file. */
+		char *line = NULL;
+		int len = asprintf(&line, "{\"error\":{\"code\":\"not_found\",\"message\":\"the events after "
+				   "db_version %lld are no longer kept (the newest %d are); open events again\"}}\n",
+				   (long long)pos, ORCH_EVENTS_KEPT);
+		if (len < 0)
+			abort();
+		hand_out(s, pos, line, (size_t)len, true, size, out, n);
 		s->lost = true;
-		r = R_ERROR;
+		r = R_DATA;
 	} else if (nl == 0) {
 		/* Versions without an event (bumped before events existed): nothing to wait for there. */
 		if (last > s->pos)
@@ -306,29 +312,6 @@ static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n
 	pthread_mutex_unlock(&ev_mu);
 	orch_event_lines_free(lines, nl);
 	return r;
-}
-
-/* Reply to a read whose stream lost its history: one JSON error line (then EOF). */
-static void reply_lost(fuse_req_t req, fs_evstream *s, size_t size)
-{
-	char line[512];
-	int n;
-
-	pthread_mutex_lock(&ev_mu);
-	bool lost = s->lost;
-	if (lost)
-		s->lost_told = true;
-	int64_t pos = s->pos;
-	pthread_mutex_unlock(&ev_mu);
-	if (!lost) {
-		fuse_reply_err(req, EIO);
-		return;
-	}
-	n = snprintf(line, sizeof(line),
-		     "{\"error\":{\"code\":\"not_found\",\"message\":\"the events after db_version %lld are no longer "
-		     "kept (the newest %d are); open events again\"}}\n",
-		     (long long)pos, ORCH_EVENTS_KEPT);
-	fuse_reply_buf(req, line, (size_t)n < size ? (size_t)n : size);
 }
 
 /*
@@ -346,7 +329,7 @@ static bool try_answer(orch_ctx *ctx, fuse_req_t req, fs_evstream *s, size_t siz
 		free(buf);
 		return true;
 	case R_ERROR:
-		reply_lost(req, s, size);
+		fuse_reply_err(req, EIO);
 		return true;
 	case R_EMPTY:
 		break;

@@ -239,6 +239,26 @@ def test_events_from_orchfs_call_and_events_since(mount):
         open(mount.p('events-since', str(v0)))
     with open(mount.p('events-since', str(v0 + 2)), 'rb') as f:
         assert json.loads(f.readline())['db_version'] == v0 + 3
+    # A reader that falls behind the kept history gets one error line, then end of file (a fresh
+    # daemon: the newest events it has in memory are not the ones the reader is after).
+    mount.stop()
+    mount.start()
+    fd = os.open(mount.p('events-since', str(v0 + 2)), os.O_RDONLY)
+    try:
+        db = sqlite3.connect(os.path.join(mount.state, 'state.db'))
+        db.execute('DELETE FROM events WHERE db_version <= ?', (v0 + 3,))
+        db.commit()
+        db.close()
+        data = b''
+        while True:
+            chunk = os.read(fd, 10)   # short reads: the error line comes whole all the same
+            if not chunk:
+                break
+            data += chunk
+        err = json.loads(data)['error']
+        assert err['code'] == 'not_found' and 'no longer kept' in err['message'], err
+    finally:
+        os.close(fd)
 
 
 def test_small_reads_continue_a_line(mount):
