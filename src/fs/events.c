@@ -5,9 +5,9 @@
  * events.c), one per successful mutating call.  Each open descriptor has a
  * position: the db_version of the last event it handed out (a fresh
  * `events` starts at the current db_version, `events-since/N` at N).  A
- * read returns the next whole line (a read shorter than the line gets its
- * start, and the next reads the rest: bash's `read` takes one byte at a
- * time), or, when there is none yet, blocks:
+ * read returns the next whole lines that fit (see fs_evstream: offsets
+ * count the descriptor's own bytes, so seeking back over them works), or,
+ * when there are none yet, blocks:
  *
  *  - A blocked read holds no thread.  The FUSE handler puts the request
  *    on the waiter list and returns without replying; libfuse keeps the
@@ -51,22 +51,40 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fs.h"
 
+#define LINES_PER_READ 256 /* fetched from the database for one read (the newest come from memory) */
+
 /*
- * One line per read: a reader never gets bytes past the line it asked for,
- * so `head -1` need not seek back (it cannot: not seekable) and two readers
- * sharing a descriptor ({ head -1; head -1; } < events) lose nothing.
+ * Readers are woken at most this often: under a stream of commits each
+ * wake-up hands a reader all that came meanwhile in one read, instead of
+ * one wake-up per commit for each of hundreds of readers.
  */
-#define LINES_PER_READ 1
+#define WAKE_INTERVAL_MS 40
+/* The events thread runs below the writer thread (niced 5): under load, commits come first. */
+#define EVENTS_NICE 10
+
+/*
+ * A descriptor's stream is a file of its own: the lines it was given, at
+ * offsets counted from its open.  The bytes around the reader's position
+ * are kept (buf), so that a reader that read past a line and seeks back
+ * to it (bash's `read`, `head -1`: they read a buffer, keep one line and
+ * seek back over the rest) reads the rest again, and a read shorter than
+ * a line gets the line's start and the next read the rest.
+ */
+#define KEEP_BEHIND (64 * 1024) /* bytes kept before the reader's position for its seeks back */
 
 struct fs_evstream {
-	int64_t pos;          /* db_version of the last event handed out */
-	char *pending;        /* the rest of a line a short read cut */
-	size_t pending_len, pending_off;
-	bool lost;            /* the history after pos was no longer kept: the error line (pending), then EOF */
+	int64_t pos;          /* db_version of the last event put in buf */
+	char *buf;            /* stream bytes [buf_off, buf_off + buf_len) */
+	size_t buf_len, buf_cap;
+	int64_t buf_off;
+	int64_t served;       /* just after the last bytes a read returned: the reader's position */
+	bool lost;            /* the history after pos was no longer kept: the error line is in buf, then EOF */
 	struct fuse_pollhandle *ph; /* a poll waiting for news; the stream is then on `pollers` */
 	fs_evstream *pnext, *pprev;
 };
@@ -76,6 +94,7 @@ typedef struct waiter {
 	struct waiter *next, *prev;
 	fuse_req_t req;
 	fs_evstream *s;
+	int64_t off;
 	size_t size;
 	void (*done)(void *arg); /* after the reply: drops the read's reference to the open file */
 	void *arg;
@@ -113,7 +132,7 @@ static pthread_cond_t ev_cond = PTHREAD_COND_INITIALIZER;
 static int64_t latest;                 /* the newest db_version known to be committed and visible */
 static bool news;                      /* latest moved since the events thread last looked */
 static bool stopping;
-static waiter parked = {&parked, &parked, NULL, NULL, 0, NULL, NULL};
+static waiter parked = {&parked, &parked, NULL, NULL, 0, 0, NULL, NULL};
 static size_t nparked;
 static cwaiter cparked = {&cparked, &cparked, NULL, NULL, 0, 0, false, NULL, NULL};
 static fs_evstream pollers = {.pnext = &pollers, .pprev = &pollers};
@@ -166,7 +185,7 @@ static void unlink_poller(fs_evstream *s)
 /* Under ev_mu: whether a read at the stream's position would not block. */
 static bool ready(const fs_evstream *s)
 {
-	return s->pending || s->lost || s->pos < latest;
+	return s->served < s->buf_off + (int64_t)s->buf_len || s->lost || s->pos < latest;
 }
 
 void fs_events_advance(int64_t v)
@@ -190,48 +209,68 @@ void fs_events_advance(int64_t v)
 /* Outcome of one attempt at a read. */
 typedef enum { R_DATA, R_EMPTY, R_ERROR } rd;
 
-/* Hand out the first line of `len` bytes after the position (under ev_mu); NULL `line`: taken over. */
-static void hand_out(fs_evstream *s, int64_t v, char *line, size_t len, bool own, size_t size, char **out,
-		     size_t *n)
+/* Append a line to the stream (under ev_mu); `v` its db_version. */
+static void append(fs_evstream *s, int64_t v, const char *line, size_t len)
 {
-	if (len <= size) {
-		*out = orch_xrealloc(NULL, len);
-		memcpy(*out, line, len);
-		*n = len;
-		if (own)
-			free(line);
-	} else {
-		/* One line larger than the read: hand out its start, keep the rest. */
-		s->pending = own ? line : memcpy(orch_xrealloc(NULL, len), line, len);
-		s->pending_len = len;
-		s->pending_off = size;
-		*out = orch_xrealloc(NULL, size ? size : 1);
-		memcpy(*out, line, size);
-		*n = size;
+	/* Drop what lies well behind the reader first. */
+	int64_t keep_from = s->served - KEEP_BEHIND;
+	if (keep_from > s->buf_off + KEEP_BEHIND) {
+		size_t drop = (size_t)(keep_from - s->buf_off);
+		memmove(s->buf, s->buf + drop, s->buf_len - drop);
+		s->buf_len -= drop;
+		s->buf_off += (int64_t)drop;
 	}
+	if (s->buf_len + len > s->buf_cap) {
+		s->buf_cap = (s->buf_len + len) * 2;
+		s->buf = orch_xrealloc(s->buf, s->buf_cap);
+	}
+	memcpy(s->buf + s->buf_len, line, len);
+	s->buf_len += len;
 	s->pos = v;
 }
 
-/* Under ev_mu, with ring_lo <= s->pos < ring_hi: the next line from the ring. */
-static rd from_ring(fs_evstream *s, size_t size, char **out, size_t *n)
+/*
+ * Under ev_mu, reading at the end of buf with ring_lo <= s->pos < ring_hi:
+ * append the next lines from the ring, as many as `size` bytes hold (at
+ * least one).  False when there were only versions without an event.
+ */
+static bool from_ring(fs_evstream *s, size_t size)
 {
+	size_t added = 0;
+
 	for (int64_t v = s->pos + 1; v <= ring_hi; v++) {
-		if (ring[v % RING].v == v && ring[v % RING].line) {
-			hand_out(s, v, ring[v % RING].line, ring[v % RING].len, false, size, out, n);
-			return R_DATA;
-		}
+		if (ring[v % RING].v != v || !ring[v % RING].line)
+			continue;
+		if (added && added + ring[v % RING].len > size)
+			break;
+		append(s, v, ring[v % RING].line, ring[v % RING].len);
+		added += ring[v % RING].len;
 	}
-	s->pos = ring_hi; /* only versions without an event */
-	return R_EMPTY;
+	if (!added)
+		s->pos = ring_hi; /* only versions without an event */
+	return added > 0;
+}
+
+/* Under ev_mu: copy what buf holds at `off` (up to `size`) for a read. */
+static void copy_out(fs_evstream *s, int64_t off, size_t size, char **out, size_t *n)
+{
+	size_t at = (size_t)(off - s->buf_off), k = s->buf_len - at;
+
+	*n = k < size ? k : size;
+	*out = orch_xrealloc(NULL, *n ? *n : 1);
+	memcpy(*out, s->buf + at, *n);
+	s->served = off + (int64_t)*n;
 }
 
 /*
- * Take what a read of `size` bytes returns from the stream (ctx: a reader,
- * no transaction open): the rest of a cut line, else whole lines after the
- * position (the first one cut if it alone is larger than `size`).  R_EMPTY:
- * nothing after the position yet.  *out, *n: the bytes (caller frees).
+ * What a read of `size` bytes at stream offset `off` returns (ctx: a
+ * reader, no transaction open): bytes the stream already holds there, else
+ * (at its end) the next whole lines that fit (at least one: a longer line
+ * is cut and its rest read next).  R_EMPTY: nothing new yet.  R_ERROR: an
+ * offset the stream no longer holds (EINVAL), or the database failed
+ * (EIO); *err says which.  *out, *n: the bytes (caller frees).
  */
-static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n)
+static rd take(orch_ctx *ctx, fs_evstream *s, int64_t off, size_t size, char **out, size_t *n, int *err)
 {
 	orch_event_line *lines = NULL;
 	int64_t pos, from = 0, last = 0;
@@ -239,35 +278,31 @@ static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n
 
 	*out = NULL;
 	*n = 0;
+	*err = EIO;
 	for (;;) {
 		pthread_mutex_lock(&ev_mu);
-		if (s->pending) {
-			size_t k = s->pending_len - s->pending_off;
-			*n = k < size ? k : size;
-			*out = orch_xrealloc(NULL, *n ? *n : 1);
-			memcpy(*out, s->pending + s->pending_off, *n);
-			s->pending_off += *n;
-			if (s->pending_off == s->pending_len) {
-				free(s->pending);
-				s->pending = NULL;
-			}
+		int64_t end = s->buf_off + (int64_t)s->buf_len;
+		if (off < s->buf_off || off > end) {
+			pthread_mutex_unlock(&ev_mu);
+			*err = EINVAL;
+			return R_ERROR;
+		}
+		if (off < end || s->lost) {
+			copy_out(s, off, size, out, n); /* at the end of a lost stream: end of file */
 			pthread_mutex_unlock(&ev_mu);
 			return R_DATA;
 		}
-		if (s->lost) {
-			pthread_mutex_unlock(&ev_mu);
-			return R_DATA; /* end of file after the error line */
-		}
 		pos = s->pos;
-		if (pos >= ring_lo && pos < ring_hi) {
-			rd r = from_ring(s, size, out, n);
+		if (pos >= ring_lo && pos < ring_hi && from_ring(s, size)) {
+			copy_out(s, off, size, out, n);
 			pthread_mutex_unlock(&ev_mu);
-			return r;
+			return R_DATA;
 		}
-		if (pos >= latest) {
+		if (s->pos >= latest) {
 			pthread_mutex_unlock(&ev_mu);
 			return R_EMPTY;
 		}
+		pos = s->pos;
 		pthread_mutex_unlock(&ev_mu);
 
 		if (orch_events_bounds(ctx->store, &from, &last) != 0 ||
@@ -277,7 +312,7 @@ static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n
 			return R_ERROR;
 		}
 		pthread_mutex_lock(&ev_mu);
-		if (s->pos != pos || s->pending || s->lost) {
+		if (s->pos != pos || s->buf_off + (int64_t)s->buf_len != end || s->lost) {
 			/* Another read of this descriptor moved it meanwhile: look again. */
 			pthread_mutex_unlock(&ev_mu);
 			orch_event_lines_free(lines, nl);
@@ -288,7 +323,7 @@ static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n
 		break;
 	}
 	/* Under ev_mu from here. */
-	rd r = R_EMPTY;
+	rd r = R_DATA;
 	if (pos < from) {
 		/* Fell behind the kept history: one JSON error line (read like any line), then end of file. */
 		char *line = NULL;
@@ -297,18 +332,23 @@ static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n
 				   (long long)pos, ORCH_EVENTS_KEPT);
 		if (len < 0)
 			abort();
-		hand_out(s, pos, line, (size_t)len, true, size, out, n);
+		append(s, pos, line, (size_t)len);
+		free(line);
 		s->lost = true;
-		r = R_DATA;
 	} else if (nl == 0) {
 		/* Versions without an event (bumped before events existed): nothing to wait for there. */
 		if (last > s->pos)
 			s->pos = last;
+		r = R_EMPTY;
 	} else {
-		hand_out(s, lines[0].db_version, lines[0].line, lines[0].len, true, size, out, n);
-		lines[0].line = NULL;
-		r = R_DATA;
+		size_t added = 0;
+		for (size_t i = 0; i < nl && (!added || added + lines[i].len <= size); i++) {
+			append(s, lines[i].db_version, lines[i].line, lines[i].len);
+			added += lines[i].len;
+		}
 	}
+	if (r == R_DATA)
+		copy_out(s, off, size, out, n);
 	pthread_mutex_unlock(&ev_mu);
 	orch_event_lines_free(lines, nl);
 	return r;
@@ -318,18 +358,19 @@ static rd take(orch_ctx *ctx, fs_evstream *s, size_t size, char **out, size_t *n
  * Answer a read if the stream has something (or an error): true when
  * answered.  ctx: a reader of the caller's.
  */
-static bool try_answer(orch_ctx *ctx, fuse_req_t req, fs_evstream *s, size_t size)
+static bool try_answer(orch_ctx *ctx, fuse_req_t req, fs_evstream *s, int64_t off, size_t size)
 {
 	char *buf;
 	size_t n;
+	int err;
 
-	switch (take(ctx, s, size, &buf, &n)) {
+	switch (take(ctx, s, off, size, &buf, &n, &err)) {
 	case R_DATA:
 		fuse_reply_buf(req, buf, n);
 		free(buf);
 		return true;
 	case R_ERROR:
-		fuse_reply_err(req, EIO);
+		fuse_reply_err(req, err);
 		return true;
 	case R_EMPTY:
 		break;
@@ -396,14 +437,14 @@ static bool park(waiter *w, bool nonblock)
 	return true;
 }
 
-void fs_evstream_read(fuse_req_t req, fs_evstream *s, size_t size, bool nonblock, void (*done)(void *arg),
-		      void *arg)
+void fs_evstream_read(fuse_req_t req, fs_evstream *s, int64_t off, size_t size, bool nonblock,
+		      void (*done)(void *arg), void *arg)
 {
 	waiter *w = orch_xrealloc(NULL, sizeof(*w));
 	orch_ctx ctx;
 	orch_store *st;
 
-	*w = (waiter){w, w, req, s, size, done, arg};
+	*w = (waiter){w, w, req, s, off, size, done, arg};
 	/* Before it can be parked: an interrupt then finds it on the list (or sees it is not). */
 	fuse_req_interrupt_func(req, on_interrupt, NULL);
 	if (orch_env_reader(env, &st) != 0) {
@@ -416,7 +457,7 @@ void fs_evstream_read(fuse_req_t req, fs_evstream *s, size_t size, bool nonblock
 	orch_ctx_init(&ctx, env, st, NULL);
 	fs_cache_sync(&ctx); /* another process's commit not noticed yet: noticed now */
 	for (;;) {
-		if (try_answer(&ctx, req, s, size)) {
+		if (try_answer(&ctx, req, s, off, size)) {
 			done(arg);
 			free(w);
 			break;
@@ -536,10 +577,20 @@ static void *events_main(void *arg)
 	orch_store *st = NULL;
 
 	(void)arg;
+	if (setpriority(PRIO_PROCESS, (id_t)gettid(), EVENTS_NICE) != 0)
+		orch_log("events thread keeps the default priority: %s", strerror(errno));
+	int64_t last_wake = 0;
 	pthread_mutex_lock(&ev_mu);
 	while (!stopping) {
 		int64_t now = orch_now_ms(), next = 0;
 		bool due = false;
+		if (news && now < last_wake + WAKE_INTERVAL_MS) {
+			/* Let the commits of the next few ms join this wake-up. */
+			int64_t at = last_wake + WAKE_INTERVAL_MS;
+			struct timespec ts = {at / 1000, (at % 1000) * 1000000};
+			pthread_cond_timedwait(&ev_cond, &ev_mu, &ts);
+			continue;
+		}
 		for (cwaiter *w = cparked.next; w != &cparked; w = w->next) {
 			due |= w->due || w->wake_at <= now;
 			if (!next || w->wake_at < next)
@@ -556,6 +607,8 @@ static void *events_main(void *arg)
 		}
 		bool had_news = news;
 		news = false;
+		if (had_news)
+			last_wake = now;
 		/* Parked waits to look at again: all of them after a commit, else those whose time came. */
 		cwaiter clist = {&clist, &clist, NULL, NULL, 0, 0, false, NULL, NULL};
 		for (cwaiter *w = cparked.next, *nx; w != &cparked; w = nx) {
@@ -567,7 +620,7 @@ static void *events_main(void *arg)
 			}
 		}
 		/* Take the ready ones off the lists: from now on this thread alone answers them. */
-		waiter ready_list = {&ready_list, &ready_list, NULL, NULL, 0, NULL, NULL};
+		waiter ready_list = {&ready_list, &ready_list, NULL, NULL, 0, 0, NULL, NULL};
 		for (waiter *w = parked.next, *nx; w != &parked; w = nx) {
 			nx = w->next;
 			if (!ready(w->s))
@@ -611,11 +664,11 @@ static void *events_main(void *arg)
 			nx = w->next;
 			if (!st) {
 				fuse_reply_err(w->req, EIO);
-			} else if (!try_answer(&ctx, w->req, w->s, w->size)) {
+			} else if (!try_answer(&ctx, w->req, w->s, w->off, w->size)) {
 				/* Nothing after all (a version without an event): back on the list. */
 				if (park(w, false))
 					continue;
-				if (!try_answer(&ctx, w->req, w->s, w->size))
+				if (!try_answer(&ctx, w->req, w->s, w->off, w->size))
 					fuse_reply_err(w->req, EIO);
 			}
 			w->done(w->arg);
@@ -655,7 +708,7 @@ void fs_events_start(orch_env *e)
 
 void fs_events_stop(void)
 {
-	waiter list = {&list, &list, NULL, NULL, 0, NULL, NULL};
+	waiter list = {&list, &list, NULL, NULL, 0, 0, NULL, NULL};
 
 	pthread_mutex_lock(&ev_mu);
 	stopping = true;
@@ -752,7 +805,7 @@ void fs_evstream_close(fs_evstream *s)
 	}
 	unlink_poller(s);
 	pthread_mutex_unlock(&ev_mu);
-	free(s->pending);
+	free(s->buf);
 	free(s);
 }
 

@@ -568,10 +568,9 @@ static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 }
 
 /*
- * Open the change feed: a stream with its own position, served direct.  A
- * read returns what is new, whatever its offset; seeks succeed and mean
- * nothing (head -1 seeks back over what it read past its line: nothing,
- * a read never returns more than one line, but it must not fail).
+ * Open the change feed: a stream with its own position, served direct.
+ * Offsets count this descriptor's bytes from its open; a read at the end
+ * gets what is new (events.c), and seeking back a little re-reads.
  */
 static void open_events(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 {
@@ -774,7 +773,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	(void)ino;
 	if (h->ev) {
 		/* Answered now or when there is news; the reference goes with the answer. */
-		fs_evstream_read(req, h->ev, size, (fi->flags & O_NONBLOCK) != 0, put_cb, h);
+		fs_evstream_read(req, h->ev, off, size, (fi->flags & O_NONBLOCK) != 0, put_cb, h);
 		return;
 	}
 	read_handle(req, h, size, off);

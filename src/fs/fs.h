@@ -259,14 +259,14 @@ size_t fs_events_parked(void);
 int fs_evstream_open(orch_env *env, bool since, int64_t after, fs_evstream **out);
 void fs_evstream_close(fs_evstream *s);
 /*
- * Answer a read of `size` bytes now, or park it and answer it when there is
- * news (or EINTR on a signal; EAGAIN when `nonblock`); `done(arg)` runs
- * once it is answered.
+ * Answer a read of `size` bytes at offset `off` now, or park it and answer
+ * it when there is news (or EINTR on a signal; EAGAIN when `nonblock`);
+ * `done(arg)` runs once it is answered.
  */
 struct fuse_req;
 struct fuse_pollhandle;
-void fs_evstream_read(struct fuse_req *req, fs_evstream *s, size_t size, bool nonblock, void (*done)(void *arg),
-		      void *arg);
+void fs_evstream_read(struct fuse_req *req, fs_evstream *s, int64_t off, size_t size, bool nonblock,
+		      void (*done)(void *arg), void *arg);
 /* poll: the events now (POLLIN or 0); `ph` (may be NULL) is kept and notified at news.  Takes ph. */
 unsigned fs_evstream_poll(fs_evstream *s, struct fuse_pollhandle *ph);
 
