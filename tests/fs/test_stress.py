@@ -267,12 +267,15 @@ def test_stress_blocked_readers_and_interrupts(mount):
                     continue
                 while True:
                     try:
-                        line = json.loads(os.read(fd, 65536))
+                        data = os.read(fd, 65536)
                     except BlockingIOError:
                         break
-                    assert line['db_version'] > last, (line, last)
-                    last = line['db_version']
-                    count('polled')
+                    assert data.endswith(b'\n'), data     # whole lines only
+                    for raw in data.splitlines():
+                        line = json.loads(raw)
+                        assert line['db_version'] > last, (line, last)
+                        last = line['db_version']
+                        count('polled')
         finally:
             os.close(fd)
 
