@@ -60,9 +60,10 @@
 #define LINES_PER_READ 256 /* fetched from the database for one read (the newest come from memory) */
 
 /*
- * Readers are woken at most this often: under a stream of commits each
- * wake-up hands a reader all that came meanwhile in one read, instead of
- * one wake-up per commit for each of hundreds of readers.
+ * Under a stream of commits (two wake-ups closer than this), readers are
+ * woken at most this often: each wake-up hands a reader all that came
+ * meanwhile in one read, instead of one wake-up per commit for each of
+ * hundreds of readers.  A commit after a quiet spell wakes them at once.
  */
 #define WAKE_INTERVAL_MS 40
 /* The events thread runs below the writer thread (niced 5): under load, commits come first. */
@@ -293,7 +294,8 @@ static rd take(orch_ctx *ctx, fs_evstream *s, int64_t off, size_t size, char **o
 			return R_DATA;
 		}
 		pos = s->pos;
-		if (pos >= ring_lo && pos < ring_hi && from_ring(s, size)) {
+		/* The ring, when it holds everything up to now (else the database has more). */
+		if (pos >= ring_lo && pos < ring_hi && ring_hi >= latest && from_ring(s, size)) {
 			copy_out(s, off, size, out, n);
 			pthread_mutex_unlock(&ev_mu);
 			return R_DATA;
@@ -579,12 +581,12 @@ static void *events_main(void *arg)
 	(void)arg;
 	if (setpriority(PRIO_PROCESS, (id_t)gettid(), EVENTS_NICE) != 0)
 		orch_log("events thread keeps the default priority: %s", strerror(errno));
-	int64_t last_wake = 0;
+	int64_t last_wake = 0, gap = WAKE_INTERVAL_MS; /* the last wake-up, and the time between the last two */
 	pthread_mutex_lock(&ev_mu);
 	while (!stopping) {
 		int64_t now = orch_now_ms(), next = 0;
 		bool due = false;
-		if (news && now < last_wake + WAKE_INTERVAL_MS) {
+		if (news && gap < WAKE_INTERVAL_MS && now < last_wake + WAKE_INTERVAL_MS) {
 			/* Let the commits of the next few ms join this wake-up. */
 			int64_t at = last_wake + WAKE_INTERVAL_MS;
 			struct timespec ts = {at / 1000, (at % 1000) * 1000000};
@@ -607,8 +609,10 @@ static void *events_main(void *arg)
 		}
 		bool had_news = news;
 		news = false;
-		if (had_news)
+		if (had_news) {
+			gap = now - last_wake;
 			last_wake = now;
+		}
 		/* Parked waits to look at again: all of them after a commit, else those whose time came. */
 		cwaiter clist = {&clist, &clist, NULL, NULL, 0, 0, false, NULL, NULL};
 		for (cwaiter *w = cparked.next, *nx; w != &cparked; w = nx) {
