@@ -92,6 +92,11 @@ typedef struct orch_env {
 	bool lane_running, lane_stop;
 	int lane_nice;
 	pthread_t lane_thread;
+
+	/* Calls of `wait` sleep on wait_cond; commit_seq counts orch_env_notify_commit (under wait_mu). */
+	pthread_mutex_t wait_mu;
+	pthread_cond_t wait_cond;
+	uint64_t commit_seq;
 } orch_env;
 
 /* Open the workspace (see orch_ctx_open) into `env`. */
@@ -131,7 +136,29 @@ typedef struct orch_ctx {
 	bool remembered;        /* the reply was remembered inside the call's own transaction */
 	json_t *prepared;       /* what the method's prepare step made (orch_prepare_fn), for its fn */
 	orch_env *own_env;      /* the environment orch_ctx_open made (freed by orch_ctx_close) */
+	/* A blocking call (wait) stops early when this says its client gave up (a signal); may be NULL. */
+	bool (*cancelled)(void *arg);
+	void *cancelled_arg;
+	/* A caller that parks blocked calls instead of blocking (the daemon): see orch_wait_state. */
+	struct orch_wait_state *wait_state;
 } orch_ctx;
+
+/*
+ * A call of `wait` that must not block its thread: with ctx->wait_state
+ * set, the call looks once.  If nothing happened yet it replies nothing
+ * and sets `pending`: the caller parks the request and calls again with the
+ * same request and state at the next commit or at `wake_at` (the deadline,
+ * or a lock's lease end), until `pending` is false.  The first call fixes
+ * db_version_after and the deadline; zero-initialise before it.
+ */
+typedef struct orch_wait_state {
+	bool started;
+	bool pending;     /* out: nothing yet; call again */
+	int64_t after;    /* db_version_after in effect */
+	int64_t deadline; /* ms since the epoch */
+	int64_t scanned;  /* events up to here were looked at */
+	int64_t wake_at;  /* out, when pending: look again by then at the latest (ms) */
+} orch_wait_state;
 
 /* A context for one request of `env`, on the given connection (git NULL on readers). */
 void orch_ctx_init(orch_ctx *ctx, orch_env *env, orch_store *store, orch_git *git);
@@ -191,6 +218,7 @@ typedef int (*orch_prepare_fn)(orch_ctx *ctx, json_t *params, json_t **prepared)
 
 #define ORCH_M_WRITE 0x1u     /* mutates state: one BEGIN IMMEDIATE transaction, bumps db_version */
 #define ORCH_M_CLOSED_OK 0x2u /* through sessions/<id>/ctl/, allowed for a closed or taken-over session */
+#define ORCH_M_BLOCKING 0x4u  /* may block (wait): runs outside a transaction, opens its own; no call_id */
 
 typedef struct orch_method {
 	const char *name;
@@ -463,5 +491,66 @@ int orch_session_file_json(orch_ctx *ctx, int64_t id, json_t **out);
 
 /* "session 1 (implementer, alice)" for an owner string naming a session, else "owner \"x\"" (caller frees). */
 char *orch_owner_words(orch_ctx *ctx, const char *owner);
+
+/* ---- the change feed (events.c) ---- */
+
+/* How many events the database keeps (the newest). */
+#define ORCH_EVENTS_KEPT 100000
+
+/*
+ * Record the event of a successful mutating call, after its db_version
+ * bump, in its transaction: the rows changed since `mark`
+ * (orch_store_changes_mark taken when the call started).
+ */
+int orch_event_record(orch_ctx *ctx, const char *method, int64_t session_id, size_t mark);
+
+/* One event as the JSON line `events` shows (with its newline). */
+typedef struct {
+	int64_t db_version;
+	char *line;
+	size_t len;
+} orch_event_line;
+
+/*
+ * The kept history: events after *from up to *last (the current
+ * db_version) are all there (st: any connection, in a transaction or not).
+ */
+int orch_events_bounds(orch_store *st, int64_t *from, int64_t *last);
+/* Up to `max` events after db_version `after`, oldest first. */
+int orch_events_after(orch_store *st, int64_t after, size_t max, orch_event_line **out, size_t *n);
+void orch_event_lines_free(orch_event_line *lines, size_t n);
+
+/* ---- liveness by a held-open sessions/<id>/alive (session.c) ---- */
+
+/*
+ * SQL: session row `s` is held alive: sessions/<id>/alive is open in a
+ * daemon that still runs.  This is the one place that says so; it joins
+ * the session's own heartbeat window in the liveness rule.
+ */
+#define ORCH_SQL_ALIVE_HELD(s)                                                                     \
+	"EXISTS (SELECT 1 FROM session_alive a WHERE a.session_id = " s ".id AND "                 \
+	"orch_pid_alive(a.daemon_pid, a.daemon_start))"
+/*
+ * SQL: its alive handle was closed (or its daemon died) since its last sign
+ * of life: it is a resume candidate at once, without waiting for its window.
+ */
+#define ORCH_SQL_ALIVE_DROPPED(s)                                                                  \
+	"((" s ".alive_dropped_at IS NOT NULL AND " s ".alive_dropped_at >= " s ".last_seen_at) OR "  \
+	"(EXISTS (SELECT 1 FROM session_alive a WHERE a.session_id = " s ".id) AND NOT "          \
+	ORCH_SQL_ALIVE_HELD(s) "))"
+
+/* Internal methods of the fs layer (not in the method table, not in ctl/): alive held / released. */
+extern const orch_method orch_alive_hold_method;
+extern const orch_method orch_alive_release_method;
+
+/* Run method `m` (an internal one too) as orch_call does. */
+int orch_call_method(orch_ctx *ctx, const orch_method *m, json_t *req, int64_t session_id, char **reply);
+
+/*
+ * Commits for waiters (the `wait` method): a daemon tells its waiting
+ * calls at once that something was committed (orch_env_notify_commit, by
+ * itself or another process); without it they look every WAIT_POLL_MS.
+ */
+void orch_env_notify_commit(orch_env *env);
 
 #endif

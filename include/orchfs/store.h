@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sqlite3.h>
 
 typedef struct orch_store orch_store;
@@ -36,6 +37,17 @@ typedef struct orch_change {
  */
 const orch_change *orch_store_changes(orch_store *st, size_t *n);
 void orch_store_changes_clear(orch_store *st);
+
+/*
+ * The rows recorded since `mark` (orch_store_changes_mark, taken earlier in
+ * the same transaction): what one call of a batch changed.  A last entry
+ * with table "*" means more rows than are tracked.
+ */
+size_t orch_store_changes_mark(orch_store *st);
+const orch_change *orch_store_changes_since(orch_store *st, size_t mark, size_t *n);
+
+/* When process `pid` started (clock ticks after boot, /proc/<pid>/stat); 0 if it does not run. */
+int64_t orch_process_start(pid_t pid);
 
 /*
  * Whether another connection (process or thread) committed since this

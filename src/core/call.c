@@ -463,6 +463,27 @@ static char *wrap_result_text(orch_ctx *ctx, const char *call_id)
 	return text;
 }
 
+/* The session an event names: the one implied by sessions/<id>/ctl/, else the one the params give. */
+static int64_t event_session(json_t *params, int64_t session_id)
+{
+	static const char *const keys[] = {"session_id", "requester_session_id", "owner_session"};
+
+	if (session_id > 0)
+		return session_id;
+	for (size_t i = 0; i < 3; i++) {
+		json_t *v = json_object_get(params, keys[i]);
+		if (json_is_integer(v) && json_integer_value(v) > 0)
+			return json_integer_value(v);
+		if (json_is_string(v)) {
+			char *end;
+			long long id = strtoll(json_string_value(v), &end, 10);
+			if (*json_string_value(v) && !*end && id > 0)
+				return id;
+		}
+	}
+	return 0;
+}
+
 /*
  * The work of one validated call inside a transaction the caller opened
  * (its own, or a savepoint of a batch): stored reply (call_id), the method,
@@ -502,6 +523,7 @@ static int run_body(orch_ctx *ctx, const orch_method *m, json_t *params, const c
 		return rc;
 	ctx->unchanged = false;
 	orch_txn_on_failure(ctx, NULL, NULL);
+	size_t mark = orch_store_changes_mark(ctx->store);
 	if ((rc = m->fn(ctx, params, &result)) != 0)
 		goto fail;
 	if ((m->flags & ORCH_M_WRITE) && !ctx->unchanged && (rc = bump_version(ctx)) != 0)
@@ -511,6 +533,10 @@ static int run_body(orch_ctx *ctx, const orch_method *m, json_t *params, const c
 	    (rc = orch_sql_exec(ctx, "UPDATE sessions SET last_seen_at = ?, status = CASE status WHEN 'opened' "
 				"THEN 'active_new' ELSE status END WHERE id = ? AND status NOT IN ('closed', "
 				"'handoff_attached')", "ii", ctx->now, session_id)) != 0)
+		goto fail;
+	/* The change feed: one event per successful mutating call, in its transaction. */
+	if ((m->flags & ORCH_M_WRITE) && !ctx->unchanged &&
+	    (rc = orch_event_record(ctx, m->name, event_session(params, session_id), mark)) != 0)
 		goto fail;
 
 	if (ctx->result_text) {
@@ -563,6 +589,13 @@ static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const ch
 	bool write = (m->flags & ORCH_M_WRITE) || call_id, replayed, taken = false;
 	int rc;
 
+	if (m->flags & ORCH_M_BLOCKING) {
+		/* Its own read transactions, one per look: a snapshot held while waiting would never see a change. */
+		rc = run_body(ctx, m, params, NULL, canon, session_id, reply, &replayed, &taken);
+		if (rc)
+			failed(ctx, NULL, reply);
+		return rc;
+	}
 	if ((rc = orch_store_begin(ctx->store, write)) != 0) {
 		failed(ctx, call_id, reply);
 		if (call_id)
@@ -905,10 +938,22 @@ static int prepare(orch_ctx *ctx, const orch_method *m, json_t *params)
 
 int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, char **reply)
 {
+	const orch_method *m = orch_method_find(name);
+
+	if (!m) {
+		orch_error_clear();
+		orch_error_set(ORCH_ENOTFOUND, "unknown method \"%s\" (the methods: ls ctl/, or orchfs methods)", name);
+		*reply = orch_reply_error(NULL);
+		return ORCH_ENOTFOUND;
+	}
+	return orch_call_method(ctx, m, req, session_id, reply);
+}
+
+int orch_call_method(orch_ctx *ctx, const orch_method *m, json_t *req, int64_t session_id, char **reply)
+{
 	orch_store *store = ctx->store; /* the caller's binding, restored on the way out */
 	orch_git *git = ctx->git;
-	const orch_method *m;
-	const char *call_id = NULL;
+	const char *call_id = NULL, *name = m->name;
 	json_t *params = NULL;
 	char *canon = NULL;
 	int rc;
@@ -917,12 +962,6 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 	*reply = NULL;
 	ctx->now = orch_now_ms();
 	ctx->remembered = false;
-	m = orch_method_find(name);
-	if (!m) {
-		rc = orch_error_set(ORCH_ENOTFOUND, "unknown method \"%s\" (the methods: ls ctl/, or orchfs methods)",
-				    name);
-		goto fail;
-	}
 	if (!json_is_object(req)) {
 		rc = orch_error_set(ORCH_EINVALID_PARAMS, "request must be a JSON object (the params of %s), got %s",
 				    name, json_is_array(req) ? "an array" : json_is_string(req) ? "a string"
@@ -937,6 +976,12 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 			goto fail;
 		}
 		call_id = json_string_value(cid);
+		if (m->flags & ORCH_M_BLOCKING) {
+			call_id = NULL;
+			rc = orch_error_set(ORCH_EINVALID_PARAMS, "%s takes no call_id (it changes nothing; repeat it "
+					    "as it is)", name);
+			goto fail;
+		}
 	}
 	params = json_deep_copy(req);
 	json_object_del(params, "call_id");

@@ -81,6 +81,8 @@ int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 	pthread_mutex_init(&env->pool_mu, NULL);
 	pthread_mutex_init(&env->lane_mu, NULL);
 	pthread_cond_init(&env->lane_cond, NULL);
+	pthread_mutex_init(&env->wait_mu, NULL);
+	pthread_cond_init(&env->wait_cond, NULL);
 	env->repo_path = repo;
 	env->state_dir = state;
 	env->db_path = db;
@@ -106,6 +108,8 @@ void orch_env_close(orch_env *env)
 	pthread_mutex_destroy(&env->pool_mu);
 	pthread_mutex_destroy(&env->lane_mu);
 	pthread_cond_destroy(&env->lane_cond);
+	pthread_mutex_destroy(&env->wait_mu);
+	pthread_cond_destroy(&env->wait_cond);
 	free(env->repo_path);
 	free(env->state_dir);
 	free(env->db_path);
@@ -133,6 +137,14 @@ void orch_env_reader_put(orch_env *env, orch_store *st)
 	}
 	env->pool[env->npool++] = st;
 	pthread_mutex_unlock(&env->pool_mu);
+}
+
+void orch_env_notify_commit(orch_env *env)
+{
+	pthread_mutex_lock(&env->wait_mu);
+	env->commit_seq++;
+	pthread_cond_broadcast(&env->wait_cond);
+	pthread_mutex_unlock(&env->wait_mu);
 }
 
 void orch_ctx_init(orch_ctx *ctx, orch_env *env, orch_store *store, orch_git *git)

@@ -19,5 +19,6 @@ extern const orch_method orch_lock_methods[];
 extern const orch_method orch_graph_methods[];
 extern const orch_method orch_plan_methods[];
 extern const orch_method orch_merge_methods[];
+extern const orch_method orch_wait_methods[];
 
 #endif

@@ -27,6 +27,9 @@ static const orch_method *const groups[] = {
 	orch_merge_methods,
 
 	orch_mirror_methods,
+
+	/* change feed */
+	orch_wait_methods,
 };
 
 #define MAX_METHODS 128

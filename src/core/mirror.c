@@ -329,7 +329,9 @@ static int count_row(rd *r, const char *label, const char *link, sqlite3_stmt *s
  * heartbeat window.  The same rule as orch_session_live (session.c), as SQL
  * so that a listing streams; change both together.
  */
-#define LIVE_SQL "(s.last_seen_at + coalesce(nullif(s.heartbeat_timeout_seconds, 0), 120) * 1000 > ?1)"
+#define LIVE_SQL                                                                                   \
+	"(" ORCH_SQL_ALIVE_HELD("s") " OR (NOT " ORCH_SQL_ALIVE_DROPPED("s") " AND "               \
+	"s.last_seen_at + coalesce(nullif(s.heartbeat_timeout_seconds, 0), 120) * 1000 > ?1))"
 
 static int index_counts(rd *r)
 {

@@ -33,7 +33,9 @@ int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out)
  * ORCH_HEARTBEAT_WINDOW), lengthened to `min_window_s` when a requester asks
  * for longer -- never shortened.  Reads are no sign of life: only writes
  * (a heartbeat, a mutating call through sessions/<id>/ctl/) move
- * last_seen_at.  Resume candidates, attach, forced lock release and
+ * last_seen_at.  An open sessions/<id>/alive (ORCH_SQL_ALIVE_HELD) keeps it
+ * live without heartbeats; its last close (ORCH_SQL_ALIVE_DROPPED) ends
+ * that at once.  Resume candidates, attach, forced lock release and
  * session.json's `stale` all ask here, so a new sign of life (a held-open
  * handle) is added in this one place -- and in LIVE_SQL of mirror.c, its
  * SQL form for streamed listings.  *open (may be NULL) says whether the
@@ -41,7 +43,8 @@ int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out)
  */
 int orch_session_live(orch_ctx *ctx, int64_t id, int64_t min_window_s, bool *live, bool *open, int64_t *age_ms)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT status, last_seen_at, heartbeat_timeout_seconds FROM sessions "
+	sqlite3_stmt *st = orch_sql(ctx, "SELECT status, last_seen_at, heartbeat_timeout_seconds, "
+				    ORCH_SQL_ALIVE_HELD("s") ", " ORCH_SQL_ALIVE_DROPPED("s") " FROM sessions s "
 				    "WHERE id = ?", "i", id);
 	int rc;
 
@@ -57,13 +60,15 @@ int orch_session_live(orch_ctx *ctx, int64_t id, int64_t min_window_s, bool *liv
 	bool acting = strcmp(status, "closed") != 0 && strcmp(status, "handoff_attached") != 0;
 	int64_t age = ctx->now - sqlite3_column_int64(st, 1);
 	int64_t window = sqlite3_column_int64(st, 2);
+	bool held = sqlite3_column_int(st, 3), dropped = sqlite3_column_int(st, 4);
 
 	sqlite3_reset(st);
 	if (window <= 0)
 		window = ORCH_HEARTBEAT_WINDOW;
 	if (min_window_s > window)
 		window = min_window_s;
-	*live = acting && age <= window * 1000;
+	/* A held sessions/<id>/alive decides alone; a dropped one makes it a candidate at once. */
+	*live = acting && (held || (!dropped && age <= window * 1000));
 	if (open)
 		*open = acting;
 	if (age_ms)
@@ -557,6 +562,68 @@ static int candidates_list(orch_ctx *ctx, json_t *p, json_t **result)
 	return orch_resume_candidates(ctx, req, timeout, result);
 }
 
+/* This daemon as session_alive names it: pid and start time. */
+static void daemon_id(int64_t *pid, int64_t *start)
+{
+	*pid = getpid();
+	*start = orch_process_start(getpid());
+}
+
+/*
+ * sessions/<id>/alive was opened in this daemon (its first holder here):
+ * the session is held alive, in the database, so that every daemon and
+ * `orchfs call` agree.  A closed or taken-over session refuses.
+ */
+static int alive_hold(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	int64_t id = orch_param_int(p, "session_id", 0), pid, start;
+	int rc = orch_session_require_open(ctx, id);
+
+	if (rc)
+		return rc;
+	daemon_id(&pid, &start);
+	if ((rc = orch_sql_exec(ctx, "INSERT OR IGNORE INTO session_alive (session_id, daemon_pid, daemon_start, since) "
+				"VALUES (?, ?, ?, ?)", "iiii", id, pid, start, ctx->now)) ||
+	    (rc = orch_sql_exec(ctx, "UPDATE sessions SET alive_dropped_at = NULL WHERE id = ?", "i", id)))
+		return rc;
+	return orch_session_json(ctx, id, result);
+}
+
+/*
+ * The last alive handle of the session in this daemon was closed (its
+ * holder exited or was killed).  Unless another running daemon still holds
+ * it, the session is dropped: a resume candidate at once (until it shows a
+ * sign of life again), and its leases go: the locks it owns and the main
+ * merge lock.  Its current ref stays, for whoever takes it over.
+ */
+static int alive_release(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	int64_t id = orch_param_int(p, "session_id", 0), pid, start, held = 0;
+	char owner[32];
+	int rc;
+
+	daemon_id(&pid, &start);
+	if ((rc = orch_sql_exec(ctx, "DELETE FROM session_alive WHERE session_id = ? AND (daemon_pid = ? AND "
+				"daemon_start = ? OR NOT orch_pid_alive(daemon_pid, daemon_start))", "iii", id, pid,
+				start)) ||
+	    (rc = orch_sql_int(ctx, &held, NULL, "SELECT count(*) FROM session_alive WHERE session_id = ?", "i",
+			       id)))
+		return rc;
+	if (held)
+		return orch_session_json(ctx, id, result);
+	snprintf(owner, sizeof(owner), "%lld", (long long)id);
+	if ((rc = orch_sql_exec(ctx, "UPDATE sessions SET alive_dropped_at = ? WHERE id = ? AND status <> 'closed'",
+				"ii", ctx->now, id)) ||
+	    (rc = orch_sql_exec(ctx, "UPDATE locks SET state = 'released', heartbeat_at = ?1, lease_until = ?1, "
+				"released_at = ?1, released_by = ?2, release_reason = 'sessions/' || ?2 || '/alive closed' "
+				"WHERE owner_session = ?2 AND state = 'active' AND lease_until > ?1", "is", ctx->now,
+				owner)) ||
+	    (rc = orch_sql_exec(ctx, "UPDATE merge_main_lock SET holder_session_id = NULL, lease_until = NULL, "
+				"state = 'unlocked', updated_at = ? WHERE holder_session_id = ?", "ii", ctx->now, id)))
+		return rc;
+	return orch_session_json(ctx, id, result);
+}
+
 static const orch_param open_params[] = {
 	{"agent_role", ORCH_P_STR, 0, "Role of the agent (default \"codex\").", NULL},
 	{"owner", ORCH_P_STR, 0, "Who runs it (default \"unknown\").", NULL},
@@ -624,3 +691,13 @@ const orch_method orch_session_methods[] = {
 	 "not_found (ENOENT: no such requester)."},
 	{NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL},
 };
+
+/* Called by the fs layer only (sessions/<id>/alive); not in the method table, so not in ctl/. */
+const orch_method orch_alive_hold_method = {
+	"session.alive.hold", alive_hold, ORCH_M_WRITE, sid_params,
+	"sessions/<id>/alive was opened: the session is live while it is held.", "the session",
+	"{\"session_id\": 1}", "not_found (ENOENT), invalid_state (EINVAL: the session is closed or taken over)."};
+const orch_method orch_alive_release_method = {
+	"session.alive.release", alive_release, ORCH_M_WRITE | ORCH_M_CLOSED_OK, sid_params,
+	"The last holder of sessions/<id>/alive closed it: the session is a resume candidate at once and its "
+	"locks are released.", "the session", "{\"session_id\": 1}", "none."};

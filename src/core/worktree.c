@@ -844,6 +844,7 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 	ctx->now = orch_now_ms();
 	if ((rc = orch_store_begin(ctx->store, true)) != 0)
 		return rc;
+	size_t mark = orch_store_changes_mark(ctx->store);
 	rc = orch_sql_rows(ctx, &rows, "SELECT id, path, status FROM worktrees WHERE kind IS NOT 'main' "
 			   "AND status IN ('active', 'missing', 'abandoned') ORDER BY id", "");
 	if (rc)
@@ -893,6 +894,8 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 	if (changed) {
 		rc = orch_sql_exec(ctx, "UPDATE mirror_meta SET db_version = db_version + 1, updated_at = ? "
 				   "WHERE id = 1", "i", ctx->now);
+		if (!rc)
+			rc = orch_event_record(ctx, "reconcile", 0, mark);
 		if (rc || (rc = orch_store_commit(ctx->store)) != 0)
 			goto fail;
 	} else {

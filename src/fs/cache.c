@@ -533,6 +533,8 @@ void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 	known_updated = t;
 	committing = false;
 	pthread_mutex_unlock(&mu);
+	/* After the COMMIT: blocked readers of events, and calls of wait, look now. */
+	fs_events_advance(v);
 }
 
 void fs_cache_committing(void *arg, int64_t v, int64_t t)
@@ -599,6 +601,9 @@ static void account(int64_t v, int64_t t)
 		known_updated = t;
 	}
 	pthread_mutex_unlock(&mu);
+	/* Another process's commit (or this daemon's, seen early): visible now, so readers of events may go on. */
+	if (newer)
+		fs_events_advance(v);
 }
 
 void fs_cache_sync(orch_ctx *ctx)

@@ -15,6 +15,7 @@ typedef enum {
 	CTL_PARTIAL,  /* a prefix of a JSON value */
 	CTL_DONE,     /* executed (or rejected); reply holds the answer */
 	CTL_TOOLARGE, /* past the request limit; every later write fails */
+	CTL_WAITING,  /* a blocking call (wait) parked: its write is answered later (fs_ctl_resume) */
 } ctl_state;
 
 /*
@@ -39,6 +40,8 @@ struct fs_ctl {
 	bool read_failed; /* a read came before the request was complete: reads fail from then on */
 	char *usage; /* what a read without a write shows */
 	size_t usage_len;
+	json_t *waiting;        /* CTL_WAITING: the request, called again at each look */
+	orch_wait_state wait;   /* CTL_WAITING: what the looks so far fixed */
 };
 
 /*
@@ -87,6 +90,7 @@ void fs_ctl_free(fs_ctl *c)
 	if (!c)
 		return;
 	pthread_mutex_destroy(&c->mu);
+	json_decref(c->waiting);
 	free(c->req);
 	free(c->reply);
 	free(c->usage);
@@ -118,7 +122,8 @@ static int delivered(fs_ctl *c, int rc)
 	return rc && !c->reply_errors ? -fs_errno(rc) : 0;
 }
 
-static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
+static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool park,
+		     bool (*cancelled)(void *arg), void *arg)
 {
 	json_t *req = NULL;
 	char *reply = NULL;
@@ -127,6 +132,8 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
 	c->wrote = true;
 	if (c->state == CTL_TOOLARGE)
 		return -EFBIG;
+	if (c->state == CTL_WAITING)
+		return -EBUSY;
 	if (c->state == CTL_DONE) {
 		/*
 		 * Not a second request: a newline written after it (printf,
@@ -163,9 +170,23 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
 	orch_ctx ctx;
 	orch_ctx_init(&ctx, env, NULL, NULL);
 	ctx.remember = c->session_id > 0; /* orch_call remembers it, with the call when it can */
+	ctx.cancelled = cancelled;
+	ctx.cancelled_arg = arg;
+	if (park && (c->m->flags & ORCH_M_BLOCKING))
+		ctx.wait_state = &c->wait;
 	rc = orch_call(&ctx, c->m->name, req, c->session_id, &reply);
+	if (!rc && c->wait.pending) {
+		/* Nothing yet: the caller parks the write; fs_ctl_resume calls again. */
+		free(reply);
+		c->waiting = req;
+		c->state = CTL_WAITING;
+		return FS_CTL_PENDING;
+	}
 	json_decref(req);
 	set_reply(c, reply, false);
+	/* A blocking call (wait) whose writer was signalled: the write says so. */
+	if (cancelled && cancelled(arg))
+		return -EINTR;
 	return delivered(c, rc);
 }
 
@@ -177,6 +198,8 @@ static int ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t 
 	if (c->read_failed)
 		return -EINVAL;
 	switch (c->state) {
+	case CTL_WAITING:
+		return -EBUSY; /* another thread's write on this descriptor is still waiting */
 	case CTL_PARTIAL:
 		c->read_failed = true;
 		return -EINVAL;
@@ -211,10 +234,11 @@ static int ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t 
 	return 0;
 }
 
-int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len)
+int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool park, bool (*cancelled)(void *arg),
+		 void *arg)
 {
 	pthread_mutex_lock(&c->mu);
-	int rc = ctl_write(env, c, data, len);
+	int rc = ctl_write(env, c, data, len, park, cancelled, arg);
 	pthread_mutex_unlock(&c->mu);
 	return rc;
 }
@@ -255,9 +279,72 @@ static void settle(fs_ctl *c)
 	free(text);
 }
 
-int fs_ctl_flush(fs_ctl *c)
+int fs_ctl_resume(orch_env *env, fs_ctl *c, int64_t *wake_at)
+{
+	orch_ctx ctx;
+	char *reply = NULL;
+	int rc;
+
+	pthread_mutex_lock(&c->mu);
+	if (c->state != CTL_WAITING) {
+		pthread_mutex_unlock(&c->mu);
+		return -EIO;
+	}
+	orch_ctx_init(&ctx, env, NULL, NULL);
+	ctx.remember = c->session_id > 0;
+	ctx.wait_state = &c->wait;
+	rc = orch_call(&ctx, c->m->name, c->waiting, c->session_id, &reply);
+	if (!rc && c->wait.pending) {
+		free(reply);
+		*wake_at = c->wait.wake_at;
+		pthread_mutex_unlock(&c->mu);
+		return FS_CTL_PENDING;
+	}
+	json_decref(c->waiting);
+	c->waiting = NULL;
+	c->state = CTL_DONE;
+	set_reply(c, reply, false);
+	pthread_mutex_unlock(&c->mu);
+	return delivered(c, rc);
+}
+
+int64_t fs_ctl_wake_at(fs_ctl *c, int64_t *seen)
 {
 	pthread_mutex_lock(&c->mu);
+	int64_t t = c->state == CTL_WAITING ? c->wait.wake_at : 0;
+	*seen = c->wait.scanned;
+	pthread_mutex_unlock(&c->mu);
+	return t;
+}
+
+void fs_ctl_cancel(fs_ctl *c)
+{
+	pthread_mutex_lock(&c->mu);
+	if (c->state == CTL_WAITING) {
+		json_decref(c->waiting);
+		c->waiting = NULL;
+		c->state = CTL_DONE;
+		orch_error_set(ORCH_EINTERNAL, "%s was interrupted by a signal before anything changed", c->m->name);
+		/*
+		 * Not remembered: this runs on the interrupt or shut-down path, which
+		 * must not wait for the writer lane; a wait changes nothing anyway.
+		 */
+		set_reply(c, orch_reply_error(NULL), false);
+		orch_error_clear();
+	}
+	pthread_mutex_unlock(&c->mu);
+}
+
+int fs_ctl_flush(fs_ctl *c)
+{
+	/*
+	 * Busy: a request on this descriptor is being written or executed (a
+	 * wait can take minutes).  A flush comes from every close of a copy of
+	 * the descriptor -- a child closing what it inherited at exec -- and
+	 * must not wait for that: the request is not this close's to judge.
+	 */
+	if (pthread_mutex_trylock(&c->mu) != 0)
+		return 0;
 	int rc = c->state == CTL_PARTIAL ? -EINVAL : 0;
 	settle(c);
 	pthread_mutex_unlock(&c->mu);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,8 @@ typedef struct {
 	fs_node node;
 	fs_snap *snap;      /* state files: the rendering this open serves */
 	fs_ctl *ctl;
+	fs_evstream *ev;    /* events, events-since/<N>: the stream's position */
+	orch_env *alive_env; /* sessions/<id>/alive: set while this open holds the session (node.id) */
 } fs_handle;
 
 /* An open directory: the listing taken at opendir. */
@@ -74,6 +77,7 @@ static void handle_free(fs_handle *h)
 {
 	untrack(&h->link);
 	fs_ctl_free(h->ctl);
+	fs_evstream_close(h->ev);
 	fs_snap_unref(h->snap);
 	free(h);
 }
@@ -110,8 +114,17 @@ static void put(fs_handle *h)
 	pthread_mutex_lock(&open_mu);
 	bool last = --h->refs == 0;
 	pthread_mutex_unlock(&open_mu);
-	if (last)
-		handle_free(h);
+	if (!last)
+		return;
+	/* The last close of sessions/<id>/alive (exit, kill -9): the session is dropped now. */
+	if (h->alive_env)
+		fs_alive_close(h->alive_env, h->node.id);
+	handle_free(h);
+}
+
+static void put_cb(void *h)
+{
+	put(h);
 }
 
 static void dir_free(fs_dir *d)
@@ -243,6 +256,12 @@ static int node_stat(orch_ctx *ctx, fs_node n, struct stat *st, double *timeout,
 		free(target);
 		return 0;
 	}
+	case T_EVENTS:
+	case T_ALIVE:
+		/* A stream and a token: nothing to size; the mtime is the database's last change. */
+		st->st_mode = S_IFREG | (fs_node_type(n) == T_ALIVE ? 0660 : 0444);
+		st->st_nlink = 1;
+		return 0;
 	case T_FILE:
 	case T_HEARTBEAT:
 		if (fs_node_cached(n)) {
@@ -356,7 +375,8 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fs_cache_sync(&ctx);
 	n.sub = fs_node_type(n) == T_CTL ? n.sub : 0;
 	/* Files and links are rendered or resolved below, which finds a vanished node itself. */
-	if ((fs_node_type(n) == T_DIR || fs_node_type(n) == T_CTL) && !exists_now(&ctx, n))
+	if ((fs_node_type(n) == T_DIR || fs_node_type(n) == T_CTL || fs_node_type(n) == T_ALIVE) &&
+	    !exists_now(&ctx, n))
 		rc = -ENOENT;
 	else
 		rc = node_stat(&ctx, n, &st, &timeout, &generation);
@@ -451,7 +471,7 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	int rc = 0;
 
 	(void)fi;
-	if (t != T_CTL && t != T_HEARTBEAT) {
+	if (t != T_CTL && t != T_HEARTBEAT && t != T_ALIVE) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
@@ -549,6 +569,61 @@ static void open_ctl(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
 	reply_open_parallel(req, (uintptr_t)h);
 }
 
+/*
+ * Open the change feed: a stream with its own position, served direct.
+ * Offsets count this descriptor's bytes from its open; a read at the end
+ * gets what is new (events.c), and seeking back a little re-reads.
+ */
+static void open_events(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
+{
+	fs_evstream *s;
+	int rc = fs_evstream_open(ENV(req), n.kind == K_EVENTS_SINCE, n.id, &s);
+	fs_handle *h;
+
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	h = handle_new(n);
+	h->node.id = n.id;
+	h->ev = s;
+	fi->fh = (uintptr_t)h;
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
+	fi->noflush = 1;
+	fuse_reply_open(req, fi);
+}
+
+/* Open sessions/<id>/alive: the session is held by this open until its release. */
+static void open_alive(fuse_req_t req, fs_node n, struct fuse_file_info *fi)
+{
+	orch_ctx ctx;
+	fs_handle *h;
+	int rc;
+
+	if ((rc = reader(ENV(req), &ctx)) != 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	bool found = exists_now(&ctx, n);
+	reader_done(&ctx);
+	if (!found) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if ((rc = fs_alive_open(ENV(req), n.id)) != 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	h = handle_new(n);
+	h->alive_env = ENV(req);
+	fi->fh = (uintptr_t)h;
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
+	fi->noflush = 1;
+	fuse_reply_open(req, fi);
+}
+
 /* Open inode `ino` of `n`, a version the name has moved away from (see fs_open). */
 static void open_retired(fuse_req_t req, fs_node n, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -585,6 +660,16 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	case T_CTL:
 		open_ctl(req, n, fi);
+		return;
+	case T_EVENTS:
+		if (writing || (fi->flags & O_TRUNC)) {
+			fuse_reply_err(req, EROFS);
+			return;
+		}
+		open_events(req, n, fi);
+		return;
+	case T_ALIVE:
+		open_alive(req, n, fi);
 		return;
 	case T_FILE:
 		if (writing || (fi->flags & O_TRUNC)) {
@@ -676,6 +761,10 @@ static void read_handle(fuse_req_t req, fs_handle *h, size_t size, off_t off)
 		fuse_reply_buf(req, out, n);
 		return;
 	}
+	if (!h->snap) {
+		fuse_reply_buf(req, NULL, 0); /* alive: nothing to read */
+		return;
+	}
 	reply_range(req, h->snap->data, h->snap->len, size, off);
 }
 
@@ -684,8 +773,37 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 	fs_handle *h = hold(fi);
 
 	(void)ino;
+	if (h->ev) {
+		/* Answered now or when there is news; the reference goes with the answer. */
+		fs_evstream_read(req, h->ev, off, size, (fi->flags & O_NONBLOCK) != 0, put_cb, h);
+		return;
+	}
 	read_handle(req, h, size, off);
 	put(h);
+}
+
+static void fs_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct fuse_pollhandle *ph)
+{
+	fs_handle *h = hold(fi);
+	unsigned revents;
+
+	(void)ino;
+	if (h->ev) {
+		revents = fs_evstream_poll(h->ev, ph);
+	} else {
+		/* Everything else is always ready, as a regular file is. */
+		revents = POLLIN | POLLRDNORM | (h->ctl || h->alive_env ? POLLOUT | POLLWRNORM : 0);
+		if (ph)
+			fuse_pollhandle_destroy(ph);
+	}
+	put(h);
+	fuse_reply_poll(req, revents);
+}
+
+/* Whether the writing process was signalled (FUSE interrupt): a blocking call (wait) stops. */
+static bool write_interrupted(void *req)
+{
+	return fuse_req_interrupted(req) != 0;
 }
 
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
@@ -695,10 +813,17 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	int rc;
 
 	(void)off;
-	if (h->ctl)
-		rc = fs_ctl_write(ENV(req), h->ctl, buf, size);
-	else if (fs_node_type(fs_node_of(ino)) == T_HEARTBEAT)
+	if (h->ctl) {
+		rc = fs_ctl_write(ENV(req), h->ctl, buf, size, true, write_interrupted, req);
+		if (rc == FS_CTL_PENDING) {
+			/* A wait with nothing to report yet: answered later, holding no thread; the reference goes with it. */
+			fs_events_park_ctl(req, h->ctl, size, put_cb, h);
+			return;
+		}
+	} else if (fs_node_type(fs_node_of(ino)) == T_HEARTBEAT)
 		rc = heartbeat_file(ENV(req), h->node.id);
+	else if (h->alive_env)
+		rc = 0; /* alive: what is written means nothing; holding it open is what counts */
 	else
 		rc = -EROFS;
 	put(h);
@@ -932,6 +1057,7 @@ static const struct fuse_lowlevel_ops fs_ops = {
 	.setxattr = fs_setxattr,
 	.removexattr = fs_removexattr,
 	.create = fs_create,
+	.poll = fs_poll,
 };
 
 /*
@@ -1052,11 +1178,13 @@ int fs_main(orch_env *env, const fs_options *o)
 	if (fuse_session_mount(se, o->mountpoint) != 0)
 		goto signals;
 	fs_cache_start(se, env, !o->single_thread);
+	fs_events_start(env);
 	/* Mutating calls run on a writer thread niced below the readers: checkouts yield to reads. */
 	if (!o->single_thread && orch_env_start_writer(env, 5) != 0) {
 		orch_log("%s; writes run on the FUSE threads", orch_error_last()->message);
 		orch_error_clear();
 	}
+	fs_alive_reap(env);
 	if (o->mirror_refresh_s > 0)
 		refreshing = auto_refresh_start(&refresher, env, o->mirror_refresh_s);
 	if (o->on_mounted)
@@ -1083,6 +1211,7 @@ int fs_main(orch_env *env, const fs_options *o)
 	}
 	if (refreshing)
 		auto_refresh_stop(&refresher);
+	fs_events_stop();
 	fuse_session_unmount(se);
 	orch_env_stop_writer(env);
 	fs_cache_stop();
@@ -1096,5 +1225,6 @@ out:
 	env->committing = NULL;
 	fuse_opt_free_args(&args);
 	free_all_open();
+	fs_alive_forget_all();
 	return rc;
 }

@@ -68,6 +68,11 @@ typedef enum {
 	K_MIRROR_DIR,
 	K_MIRROR_STATUS,
 	K_MIRROR_MD,
+	/* change feed and liveness (events.c) */
+	K_EVENTS,
+	K_EVENTS_SINCE_DIR,
+	K_EVENTS_SINCE,
+	K_ALIVE,
 
 	K_KIND_COUNT
 } fs_kind;
@@ -78,6 +83,8 @@ typedef enum {
 	T_CTL,       /* transaction file */
 	T_HEARTBEAT, /* state file whose open-for-write/write/touch is a heartbeat */
 	T_LINK,
+	T_EVENTS,    /* a stream of JSON lines: reads block until there are new events */
+	T_ALIVE,     /* held open: the session is live (sessions/<id>/alive) */
 } fs_type;
 
 /* A decoded inode: kind, method index (ctl files) and id (session, task, ...). */
@@ -217,8 +224,27 @@ typedef struct fs_ctl fs_ctl;
 fs_ctl *fs_ctl_new(orch_env *env, const orch_method *m, int64_t session_id, bool reply_errors);
 void fs_ctl_free(fs_ctl *c);
 
-/* Append request bytes; executes once the buffer is a complete JSON value.  0 or -errno. */
-int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len);
+/* fs_ctl_write, fs_ctl_resume: a blocking call (wait) is parked; its write is answered later. */
+#define FS_CTL_PENDING 1
+
+/*
+ * Append request bytes; executes once the buffer is a complete JSON value.
+ * 0 or -errno.  `cancelled(arg)` (may be NULL) says the writer gave up (a
+ * signal): a blocking call stops, the write fails with EINTR.  With `park`
+ * a blocking call (wait) with nothing to report yet returns FS_CTL_PENDING
+ * instead of blocking: the caller parks the write and calls fs_ctl_resume.
+ */
+int fs_ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool park, bool (*cancelled)(void *arg),
+		 void *arg);
+/*
+ * Look again for a parked call: FS_CTL_PENDING (still nothing; *wake_at: by
+ * when to look again at the latest, ms), else 0 or -errno, its reply set.
+ */
+int fs_ctl_resume(orch_env *env, fs_ctl *c, int64_t *wake_at);
+/* When a parked call wants to be looked at again at the latest (ms; 0: not parked); *seen: the db_version it saw. */
+int64_t fs_ctl_wake_at(fs_ctl *c, int64_t *seen);
+/* A parked call's writer was signalled: it ends, its reply says so. */
+void fs_ctl_cancel(fs_ctl *c);
 
 /* Read at `off`; *out points into the handle's reply/usage.  0 or -errno. */
 int fs_ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n);
@@ -232,5 +258,42 @@ int fs_ctl_flush(fs_ctl *c);
  */
 char *fs_ctl_idle_text(orch_ctx *ctx, const orch_method *m, int64_t session_id);
 
+
+/* ---- the change feed and alive files (events.c) ---- */
+
+typedef struct fs_evstream fs_evstream;
+
+/* Start the events thread (before the FUSE loop) / answer what is parked and stop it (after). */
+void fs_events_start(orch_env *env);
+void fs_events_stop(void);
+/* Commits up to db_version `v` are visible (this daemon's or another process's). */
+void fs_events_advance(int64_t v);
+/* Parked reads now (tests and benchmarks: what is blocked holds no thread). */
+size_t fs_events_parked(void);
+
+/* A stream after db_version `after` (`since`), else after the current one.  0 or -errno (ENOENT: not kept). */
+int fs_evstream_open(orch_env *env, bool since, int64_t after, fs_evstream **out);
+void fs_evstream_close(fs_evstream *s);
+/*
+ * Answer a read of `size` bytes at offset `off` now, or park it and answer
+ * it when there is news (or EINTR on a signal; EAGAIN when `nonblock`);
+ * `done(arg)` runs once it is answered.
+ */
+struct fuse_req;
+struct fuse_pollhandle;
+void fs_evstream_read(struct fuse_req *req, fs_evstream *s, int64_t off, size_t size, bool nonblock,
+		      void (*done)(void *arg), void *arg);
+/* poll: the events now (POLLIN or 0); `ph` (may be NULL) is kept and notified at news.  Takes ph. */
+unsigned fs_evstream_poll(fs_evstream *s, struct fuse_pollhandle *ph);
+
+/* Park the write `req` of `size` bytes whose ctl call returned FS_CTL_PENDING; `done(arg)` once answered. */
+void fs_events_park_ctl(struct fuse_req *req, fs_ctl *c, size_t size, void (*done)(void *arg), void *arg);
+
+/* sessions/<id>/alive opened / its open closed in this daemon.  0 or -errno. */
+int fs_alive_open(orch_env *env, int64_t session_id);
+void fs_alive_close(orch_env *env, int64_t session_id);
+void fs_alive_forget_all(void);
+/* Start-up: release the holds of daemons that no longer run (their locks, an event each). */
+void fs_alive_reap(orch_env *env);
 
 #endif

@@ -131,6 +131,14 @@ static const node_spec specs[K_KIND_COUNT] = {
 			 .doc = "the markdown mirror as of the last mirror.refresh (index.md first)",
 			 .deps = "mirror_files#"},
 
+	/* change feed and liveness (events.c) */
+	[K_EVENTS] = {K_EVENTS, K_ROOT, "events", NULL, T_EVENTS,
+		      .doc = "change feed: a JSON line per committed change; reads block until there is one"},
+	[K_EVENTS_SINCE_DIR] = {K_EVENTS_SINCE_DIR, K_ROOT, "events-since", NULL, T_DIR},
+	[K_EVENTS_SINCE] = {K_EVENTS_SINCE, K_EVENTS_SINCE_DIR, NULL, "", T_EVENTS,
+			    .doc = "the feed after that db_version (ENOENT once older than the kept history)"},
+	[K_ALIVE] = {K_ALIVE, K_SESSION_DIR, "alive", NULL, T_ALIVE,
+		     .doc = "hold it open while the agent runs: live without heartbeats; the last close frees its locks"},
 };
 
 /*
@@ -312,6 +320,14 @@ int fs_lookup(orch_ctx *ctx, fs_node dir, const char *name, fs_node *child)
 			size_t n = strlen(name), sl = strlen(s->suffix);
 			if (n <= sl || strcmp(name + n - sl, s->suffix) != 0)
 				continue;
+			if (k == K_EVENTS_SINCE) {
+				/* Any db_version, 0 too; whether it is still kept is checked at open. */
+				c.id = n - sl == 1 && name[0] == '0' ? 0 : parse_id(name, n - sl);
+				if (c.id == 0 && !(n - sl == 1 && name[0] == '0'))
+					continue;
+				*child = c;
+				return 0;
+			}
 			if (orch_coll_named(s->coll)) {
 				char *base = strndup(name, n - sl);
 				c.id = orch_coll_find(ctx, s->coll, base);
@@ -389,7 +405,7 @@ int fs_list(orch_ctx *ctx, fs_node dir, fs_dirent **out, size_t *n)
 			for (c.id = 1; s->names(c.id); c.id++)
 				if (fs_exists(ctx, c))
 					add(out, n, &cap, strdup(s->names(c.id)), c);
-		} else {
+		} else if (s->coll != ORCH_COLL_NONE) {
 			lister l = {out, n, &cap, s->suffix, c};
 			if (orch_coll_list(ctx, s->coll, list_one, &l) != 0) {
 				orch_error_clear();
@@ -601,7 +617,8 @@ static void spec_path(fs_kind k, char *buf, size_t size)
 	else if (s->names)
 		snprintf(name, sizeof(name), "*.md");
 	else
-		snprintf(name, sizeof(name), "<%s>%s", orch_coll_named(s->coll) ? "call_id" : "id", s->suffix);
+		snprintf(name, sizeof(name), "<%s>%s", orch_coll_named(s->coll) ? "call_id" : k == K_EVENTS_SINCE ?
+			 "db_version" : "id", s->suffix);
 	size_t n = strlen(buf);
 	snprintf(buf + n, size - n, "%s%s", n ? "/" : "", name);
 }

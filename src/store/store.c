@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include "orchfs/base.h"
@@ -142,12 +143,54 @@ fail:
 	return rc;
 }
 
+int64_t orch_process_start(pid_t pid)
+{
+	char path[64], buf[1024];
+	unsigned long long start = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if (!(f = fopen(path, "r")))
+		return 0;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* Fields after the command name (which may hold spaces and parentheses); starttime is field 22. */
+	char *p = strrchr(buf, ')');
+	if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+			 &start) != 1)
+		return 0;
+	return (int64_t)start;
+}
+
+/*
+ * SQL orch_pid_alive(pid, start): whether process `pid` runs and started at
+ * `start` (orch_process_start), i.e. is the same process, not a later one
+ * that got its pid.  Used by the liveness of alive handles (session_alive).
+ */
+static void pid_alive(sqlite3_context *c, int argc, sqlite3_value **argv)
+{
+	static int64_t self_start; /* this process's start: read once, the same from any thread */
+	pid_t pid = (pid_t)sqlite3_value_int64(argv[0]);
+	int64_t start = sqlite3_value_int64(argv[1]);
+
+	(void)argc;
+	if (pid == getpid()) {
+		if (!__atomic_load_n(&self_start, __ATOMIC_RELAXED))
+			__atomic_store_n(&self_start, orch_process_start(pid), __ATOMIC_RELAXED);
+		sqlite3_result_int(c, start == __atomic_load_n(&self_start, __ATOMIC_RELAXED));
+		return;
+	}
+	sqlite3_result_int(c, pid > 0 && start != 0 && orch_process_start(pid) == start);
+}
+
 static int connect(orch_store *st, const char *path, int flags)
 {
 	if (sqlite3_open_v2(path, &st->db, flags | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
 		return orch_error_set(ORCH_EINTERNAL, "cannot open database %s: %s", path,
 				      st->db ? sqlite3_errmsg(st->db) : "out of memory");
 	sqlite3_busy_timeout(st->db, ORCH_STORE_BUSY_MS);
+	sqlite3_create_function(st->db, "orch_pid_alive", 2, SQLITE_UTF8, NULL, pid_alive, NULL, NULL);
 	return 0;
 }
 
@@ -276,6 +319,22 @@ const orch_change *orch_store_changes(orch_store *st, size_t *n)
 		st->mark = st->nchanges;
 	*n = st->mark;
 	return st->changes;
+}
+
+size_t orch_store_changes_mark(orch_store *st)
+{
+	return st->nchanges;
+}
+
+const orch_change *orch_store_changes_since(orch_store *st, size_t mark, size_t *n)
+{
+	/* Past CHANGES_MAX the hook records nothing more: every later call of the batch gets the "*". */
+	if (st->nchanges && mark >= st->nchanges && strcmp(st->changes[st->nchanges - 1].table, "*") == 0) {
+		*n = 1;
+		return st->changes + st->nchanges - 1;
+	}
+	*n = st->nchanges > mark ? st->nchanges - mark : 0;
+	return st->changes + mark;
 }
 
 void orch_store_changes_clear(orch_store *st)

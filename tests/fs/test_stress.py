@@ -10,6 +10,8 @@ result, every read valid JSON, and the tasks counted at the end must be the ones
 import json
 import os
 import random
+import select
+import signal
 import subprocess
 import threading
 import time
@@ -191,3 +193,125 @@ def test_stress_readers_and_writers(mount):
     tasks = mount.ok('task.list', {})
     assert len(tasks) == created[0] == len(os.listdir(mount.p('tasks')))
     print('stress:', json.dumps(stats, sort_keys=True))
+
+
+def test_stress_blocked_readers_and_interrupts(mount):
+    """Readers of events blocked, woken, polled and interrupted (SIGINT, SIGKILL) while writers
+    run, alive files are opened and closed and calls of wait come and go.  Every reader sees
+    strictly increasing db_versions; the last one sees every event of the run."""
+    duration = max(5.0, DURATION / 2)
+    sids = [mount.ok('session.open', {'agent_role': 'implementer'})['session_context']['session']['id']
+            for _ in range(2)]
+    mount.ok('task.create', {'level': 'case', 'title': 'waited on'})
+    v0 = mount.db_version()
+    deadline = time.monotonic() + duration
+    errors = []
+    stats = {}
+    guard = threading.Lock()
+
+    def count(name):
+        with guard:
+            stats[name] = stats.get(name, 0) + 1
+
+    def run(fn, *args):
+        def body():
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001
+                with guard:
+                    errors.append((fn.__name__, repr(e)))
+        return threading.Thread(target=body, name=fn.__name__)
+
+    def writer(i):
+        n = 0
+        while time.monotonic() < deadline:
+            fd = os.open(mount.p('ctl', 'task.create'), os.O_RDWR)
+            try:
+                os.write(fd, json.dumps({'level': 'case', 'title': f'ev{i}-{n}'}).encode())
+                assert b'result' in os.read(fd, 65536)
+            finally:
+                os.close(fd)
+            n += 1
+            count('write')
+
+    def interrupted_readers():
+        """cat events started and killed by a signal at random moments, blocked or not."""
+        rnd = random.Random(1)
+        while time.monotonic() < deadline:
+            p = subprocess.Popen(['cat', mount.p('events')], stdout=subprocess.DEVNULL)
+            time.sleep(rnd.random() * 0.05)
+            p.send_signal(rnd.choice([signal.SIGINT, signal.SIGKILL, signal.SIGTERM]))
+            p.wait(timeout=30)
+            count('interrupted')
+
+    def interrupted_waits():
+        """Writes of ctl/wait parked, then signalled, answered or timed out."""
+        rnd = random.Random(2)
+        body = json.dumps({'on': {'task_id': 1}, 'timeout_ms': 200})
+        while time.monotonic() < deadline:
+            p = subprocess.Popen(['bash', '-c', 'echo "$1" > "$2"', 'bash', body, mount.p('ctl', 'wait')],
+                                 stderr=subprocess.DEVNULL)
+            time.sleep(rnd.random() * 0.3)
+            p.send_signal(rnd.choice([signal.SIGINT, signal.SIGKILL]))
+            p.wait(timeout=30)
+            count('wait_interrupted')
+
+    def poller():
+        fd = os.open(mount.p('events'), os.O_RDONLY | os.O_NONBLOCK)
+        last = v0
+        try:
+            po = select.poll()
+            po.register(fd, select.POLLIN)
+            while time.monotonic() < deadline:
+                if not po.poll(200):
+                    continue
+                while True:
+                    try:
+                        data = os.read(fd, 65536)
+                    except BlockingIOError:
+                        break
+                    assert data.endswith(b'\n'), data     # whole lines only
+                    for raw in data.splitlines():
+                        line = json.loads(raw)
+                        assert line['db_version'] > last, (line, last)
+                        last = line['db_version']
+                        count('polled')
+        finally:
+            os.close(fd)
+
+    def alive_and_wait(sid):
+        while time.monotonic() < deadline:
+            with open(mount.p('sessions', str(sid), 'alive')):
+                lock = mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': f'f{sid}.c'}, session=sid)
+                r = mount.ok('wait', {'on': {'lock_id': lock['id']}, 'timeout_ms': 20})
+                assert r['timed_out'] is True
+            count('alive')
+
+    follower = subprocess.Popen(['cat', mount.p('events-since', str(v0))], stdout=subprocess.PIPE)
+    got = []
+
+    def follow():
+        for line in follower.stdout:
+            got.append(json.loads(line)['db_version'])
+    following = threading.Thread(target=follow, daemon=True)
+    following.start()
+    threads = [run(writer, i) for i in range(4)] + [run(interrupted_readers), run(interrupted_readers)]
+    threads += [run(poller), run(poller), run(interrupted_waits)] + [run(alive_and_wait, sid) for sid in sids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=duration + 300)
+    assert not any(t.is_alive() for t in threads), 'a thread is stuck'
+    assert not errors, errors[:5]
+    last = mount.db_version()
+    stop = time.monotonic() + 60
+    while (not got or got[-1] < last) and time.monotonic() < stop:
+        time.sleep(0.05)
+    follower.kill()
+    follower.wait()
+    # Every event, once, in order (an alive file's release may still add some after `last`).
+    assert got[:last - v0] == list(range(v0 + 1, last + 1)), (len(got), last - v0)
+    assert got == list(range(v0 + 1, v0 + 1 + len(got)))
+    for what in ['write', 'interrupted', 'polled', 'alive', 'wait_interrupted']:
+        assert stats.get(what, 0) > 0, stats
+    print('events stress:', json.dumps(stats, sort_keys=True))
