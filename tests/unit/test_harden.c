@@ -1,0 +1,77 @@
+/*
+ * Hardening (issue 13): a failed call leaves no git state, leftovers are
+ * detached from git's metadata and cleaned at start-up, every directory
+ * orchfs creates or removes is reached without following a symlink.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "orchfs/git.h"
+#include "test.h"
+
+/* Start-up as `orchfs mount` runs it: reconcile records and disk. */
+static void restart(test_env *env)
+{
+	json_t *log = NULL;
+
+	orch_ctx_close(&env->ctx);
+	CHECK_EQ_INT(orch_ctx_open(&env->ctx, env->repo, NULL), 0);
+	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
+	json_decref(log);
+}
+
+/* Whether a path exists (without following a last symlink). */
+static bool exists(const char *fmt, const char *a, const char *b)
+{
+	char p[1024];
+	struct stat sb;
+
+	snprintf(p, sizeof(p), fmt, a, b);
+	return lstat(p, &sb) == 0;
+}
+
+TEST(failed_checkout_enospc_leaves_no_git_state)
+{
+	/* A checkout larger than the filesystem that holds <state>/worktrees. */
+	CHECK(sh("cd %s && head -c 3000000 /dev/urandom > big && git add big && git commit -qm big && "
+		 "mkdir -p .orchfs/worktrees && mount -t tmpfs -o size=1m orchfs-test %s/.orchfs/worktrees",
+		 env->repo, env->repo) == 0);
+	for (int round = 0; round < 2; round++) {
+		json_decref(fails(env, ORCH_EGIT, "worktree.create", "{\"branch\": \"feat\", \"create_on_disk\": true}"));
+		CHECK(sh("cd %s && test -z \"$(git branch --list feat)\"", env->repo) == 0);
+		CHECK(!exists("%s/.git/worktrees/orchfs-feat%s", env->repo, ""));
+		CHECK(!exists("%s/.orchfs/worktrees/feat%s", env->repo, ""));
+		json_decref(fails(env, ORCH_EGIT, "session.open", "{}"));
+		CHECK(sh("cd %s && test -z \"$(git branch --list 'session/*')\"", env->repo) == 0);
+		CHECK(!exists("%s/.git/worktrees/orchfs-session-1%s", env->repo, ""));
+		CHECK_EQ_INT(db_version(env), 0);
+	}
+	CHECK(sh("umount %s/.orchfs/worktrees", env->repo) == 0);
+	/* With room, the same calls succeed: nothing was left to say `exists` or `git`. */
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"feat\", \"create_on_disk\": true}"));
+	json_decref(ok(env, "session.open", "{}"));
+	CHECK(sh("cd %s/.orchfs/worktrees/feat && git status --porcelain | grep -q . && exit 1; "
+		 "cmp big %s/big", env->repo, env->repo) == 0);
+}
+
+TEST(startup_prunes_orchfs_metadata_no_record_claims)
+{
+	/* A call killed while git wrote its metadata: a directory with no gitdir or HEAD yet. */
+	CHECK(sh("mkdir -p %s/.git/worktrees/orchfs-feat %s/.git/worktrees/orchfs-x && "
+		 "echo ../.. > %s/.git/worktrees/orchfs-x/commondir", env->repo, env->repo, env->repo) == 0);
+	/* One that is not orchfs's stays. */
+	CHECK(sh("mkdir -p %s/.git/worktrees/theirs", env->repo) == 0);
+	restart(env);
+	CHECK(!exists("%s/.git/worktrees/orchfs-feat%s", env->repo, ""));
+	CHECK(!exists("%s/.git/worktrees/orchfs-x%s", env->repo, ""));
+	CHECK(exists("%s/.git/worktrees/theirs%s", env->repo, ""));
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"feat\", \"create_on_disk\": true}"));
+	/* A valid checkout no record names, with work in it, stays (reclaim keeps what could be lost). */
+	CHECK(sh("cd %s && git worktree add -q -b mine %s/.orchfs/worktrees/mine 2>/dev/null && "
+		 "echo w > %s/.orchfs/worktrees/mine/w", env->repo, env->repo, env->repo) == 0);
+	restart(env);
+	CHECK(exists("%s/.orchfs/worktrees/mine/w%s", env->repo, ""));
+	CHECK(exists("%s/.orchfs/worktrees/feat/README%s", env->repo, ""));
+}
