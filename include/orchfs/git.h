@@ -131,6 +131,14 @@ char *orch_git_retired_path(const char *path);
  */
 int orch_git_retire_after_commit(orch_git *g, const char *path, orch_git_effect **fx);
 
+/*
+ * Put back a checkout that orch_git_worktree_retire set aside for `path`
+ * (start-up, after a retire whose transaction did not commit): 0, or -1
+ * with errno.  Like every directory orchfs moves, both are reached without
+ * following a symlink from the state directory.
+ */
+int orch_git_put_back(orch_git *g, const char *path);
+
 /* Finish a retire that a crash interrupted after its commit: delete the directory and metadata. */
 void orch_git_retire_finish(orch_git *g, const char *path);
 

@@ -797,7 +797,7 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 				json_array_append_new(*log, json_sprintf("worktree %lld (%s): finished removing it",
 									 (long long)id, path));
 			}
-		} else if (!here && aside && rename(trash, path) == 0) {
+		} else if (!here && aside && orch_git_put_back(ctx->git, path) == 0) {
 			/* active, or marked missing by a later call while it was aside */
 			json_array_append_new(*log, json_sprintf("worktree %lld (%s): put back (an abandon did not "
 								 "complete)", (long long)id, path));

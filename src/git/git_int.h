@@ -16,6 +16,7 @@ struct orch_git {
 	git_repository *repo;
 	char *workdir;      /* the main worktree, as given to orch_git_open (for messages) */
 	char *inflight_dir; /* <state>/inflight, or NULL until orch_git_set_state_dir */
+	char *state_dir;    /* the state directory, or NULL until orch_git_set_state_dir */
 };
 
 /*
@@ -42,8 +43,28 @@ bool orch_git__same_dir(const char *a, const char *b);
  */
 git_worktree *orch_git__worktree_at(orch_git *g, const char *path);
 
-/* Remove a directory tree: never through a symlink, never into another filesystem mounted inside it. */
-void orch_git__rm_rf(const char *path);
+/* ---- confinement (confine.c) ---- */
+
+/*
+ * Open directory `dir`, which must be below the state directory or git's
+ * common directory (else EXDEV), walking from that root without following
+ * a symlink; with `made` non-NULL, missing directories are created and
+ * appended to it (outermost first).  An fd, or -1 with errno.
+ */
+int orch_git__open_dir(orch_git *g, const char *dir, json_t *made);
+
+/* orch_git__open_dir of `path`'s parent; *base points at `path`'s last component. */
+int orch_git__open_parent(orch_git *g, const char *path, const char **base);
+
+/*
+ * Remove a directory tree reached as orch_git__open_parent reaches it:
+ * never through a symlink, never into another filesystem mounted inside it.
+ */
+void orch_git__rm_rf(orch_git *g, const char *path);
+
+/* rmdir and rename(2) of paths reached as orch_git__open_parent reaches them; -1 with errno. */
+int orch_git__rmdir(orch_git *g, const char *dir);
+int orch_git__rename(orch_git *g, const char *from, const char *to);
 
 /*
  * Name the checkout `workdir` in a new marker <state>/inflight/<pid>-<seq>

@@ -59,6 +59,7 @@ void orch_git_close(orch_git *g)
 	if (!g)
 		return;
 	free(g->inflight_dir);
+	free(g->state_dir);
 	free(g->workdir);
 	git_repository_free(g->repo);
 	free(g);

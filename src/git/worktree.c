@@ -6,7 +6,6 @@
  */
 #include <dirent.h>
 #include <errno.h>
-#include <ftw.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,51 +78,27 @@ git_worktree *orch_git__worktree_at(orch_git *g, const char *path)
 	return found;
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-void orch_git__rm_rf(const char *path)
-{
-	nftw(path, rm_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-}
-
 /*
- * mkdir -p `dir`.  The directories it actually made are appended to the
- * array `made`, outermost first, so that an undo removes exactly those
- * (rmdir_made) and leaves no empty parent behind to block a later path.
+ * mkdir -p `dir`, confined (orch_git__open_dir).  The directories it
+ * actually made are appended to the array `made`, outermost first, so that
+ * an undo removes exactly those (rmdir_made) and leaves no empty parent
+ * behind to block a later path.
  */
-static int mkdir_p(const char *dir, json_t *made)
+static int mkdir_p(orch_git *g, const char *dir, json_t *made)
 {
-	char *tmp = strdup(dir);
-	int rc = 0;
+	int fd = orch_git__open_dir(g, dir, made);
 
-	for (char *p = tmp + 1;; p++) {
-		if (*p && *p != '/')
-			continue;
-		char c = *p;
-		*p = '\0';
-		if (mkdir(tmp, 0755) == 0)
-			json_array_append_new(made, json_string(tmp));
-		else if (errno != EEXIST)
-			rc = -1;
-		*p = c;
-		if (!c || rc)
-			break;
-	}
-	free(tmp);
-	return rc;
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
 }
 
 /* Remove the directories mkdir_p made, innermost first; one that is not empty stays. */
-static void rmdir_made(json_t *made)
+static void rmdir_made(orch_git *g, json_t *made)
 {
 	for (size_t i = json_array_size(made); i-- > 0;)
-		rmdir(json_string_value(json_array_get(made, i)));
+		orch_git__rmdir(g, json_string_value(json_array_get(made, i)));
 }
 
 int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, bool delete_branch)
@@ -139,7 +114,7 @@ int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, 
 			rc = orch_git__fail("prune worktree");
 		git_worktree_free(wt);
 	}
-	orch_git__rm_rf(path);
+	orch_git__rm_rf(g, path);
 	if (delete_branch && branch) {
 		git_reference *ref = NULL;
 		if (git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) == 0) {
@@ -168,7 +143,7 @@ static void drop_metadata_named(orch_git *g, const char *wt_name)
 	char *dir = NULL;
 
 	if (asprintf(&dir, "%sworktrees/%s", git_repository_commondir(g->repo), wt_name) >= 0)
-		orch_git__rm_rf(dir);
+		orch_git__rm_rf(g, dir);
 	free(dir);
 }
 
@@ -197,8 +172,8 @@ static void wt_add_unmake(struct wt_add *a)
 				 git_error_last() ? git_error_last()->message : "?");
 		git_reference_free(ref);
 	}
-	orch_git__rm_rf(a->path);
-	rmdir_made(a->made);
+	orch_git__rm_rf(g, a->path);
+	rmdir_made(g, a->made);
 }
 
 static void wt_add_undo(orch_git_effect *fx)
@@ -295,14 +270,18 @@ static int make_worktree(orch_git *g, struct wt_add *a, git_commit *commit)
 
 	if (!parent)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
-	if (mkdir_p(dirname(parent), a->made) < 0) {
-		rc = orch_error_set(ORCH_EGIT, "cannot create %s: %s", parent, strerror(errno));
-		rmdir_made(a->made);
+	if (mkdir_p(g, dirname(parent), a->made) < 0) {
+		rc = errno == ELOOP || errno == ENOTDIR || errno == EXDEV
+			     ? orch_error_set(ORCH_EINVALID_STATE, "cannot create %s: a component below the state "
+					      "directory is a symlink or not a directory (orchfs creates checkouts only "
+					      "in real directories below %s)", a->path, g->state_dir ? g->state_dir : "it")
+			     : orch_error_set(ORCH_EGIT, "cannot create %s: %s", parent, strerror(errno));
+		rmdir_made(g, a->made);
 		goto done;
 	}
 	if (git_branch_create(&ref, g->repo, a->branch, commit, 0) < 0) {
 		rc = orch_git__fail("create branch");
-		rmdir_made(a->made);
+		rmdir_made(g, a->made);
 		goto done;
 	}
 	opts.ref = ref;
@@ -460,8 +439,17 @@ void orch_git_retire_finish(orch_git *g, const char *path)
 
 	prune_invalid_at(g, path);
 	if (trash)
-		orch_git__rm_rf(trash);
+		orch_git__rm_rf(g, trash);
 	free(trash);
+}
+
+int orch_git_put_back(orch_git *g, const char *path)
+{
+	char *trash = orch_git_retired_path(path);
+	int rc = trash ? orch_git__rename(g, trash, path) : -1;
+
+	free(trash);
+	return rc;
 }
 
 /* The effect of a retire: the checkout at `path`, set aside at `trash` (when `moved`). */
@@ -481,7 +469,7 @@ static void retire_undo(orch_git_effect *fx)
 {
 	struct retire *r = (struct retire *)fx;
 
-	if (r->moved && rename(r->trash, r->path) < 0)
+	if (r->moved && orch_git__rename(fx->g, r->trash, r->path) < 0)
 		orch_log("could not put %s back (%s); it stays at %s, and the next start-up puts it back "
 			 "once %s is free", r->path, strerror(errno), r->trash, r->path);
 }
@@ -528,8 +516,8 @@ int orch_git_worktree_retire(orch_git *g, const char *path, orch_git_effect **fx
 			retire_release(&r->fx);
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	}
-	orch_git__rm_rf(r->trash); /* a leftover of an interrupted removal */
-	if (rename(path, r->trash) < 0) {
+	orch_git__rm_rf(g, r->trash); /* a leftover of an interrupted removal */
+	if (orch_git__rename(g, path, r->trash) < 0) {
 		e = errno;
 		retire_release(&r->fx);
 		return orch_error_set(ORCH_EGIT, "cannot remove worktree %s: %s", path, strerror(e));

@@ -75,3 +75,24 @@ TEST(startup_prunes_orchfs_metadata_no_record_claims)
 	CHECK(exists("%s/.orchfs/worktrees/mine/w%s", env->repo, ""));
 	CHECK(exists("%s/.orchfs/worktrees/feat/README%s", env->repo, ""));
 }
+
+TEST(worktrees_dir_that_is_a_symlink_is_never_followed)
+{
+	/* <state>/worktrees points elsewhere: no checkout may be made there. */
+	CHECK(sh("mkdir -p %s/elsewhere %s/.orchfs && ln -s %s/elsewhere %s/.orchfs/worktrees", env->root, env->repo,
+		 env->root, env->repo) == 0);
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.create",
+			  "{\"branch\": \"feat\", \"path\": \"a/b\", \"create_on_disk\": true}");
+	CHECK(e && strstr(jstr(e, "message"), "symlink"));
+	json_decref(e);
+	json_decref(fails(env, ORCH_EINVALID_STATE, "session.open", "{}"));
+	CHECK(sh("test -z \"$(ls -A %s/elsewhere)\"", env->root) == 0);
+	CHECK(sh("cd %s && test -z \"$(git branch --list feat 'session/*')\"", env->repo) == 0);
+	CHECK_EQ_INT(db_version(env), 0);
+	/* The in-flight directory is not made through a symlink either. */
+	CHECK(!exists("%s/elsewhere/inflight%s", env->root, ""));
+	/* A real directory again: the same calls work. */
+	CHECK(sh("rm %s/.orchfs/worktrees", env->repo) == 0);
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"feat\", \"path\": \"a/b\", \"create_on_disk\": true}"));
+	CHECK(exists("%s/.orchfs/worktrees/a/b/README%s", env->repo, ""));
+}
