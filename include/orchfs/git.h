@@ -218,6 +218,17 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch,
 			      bool set_aside);
 
 /*
+ * Leftovers below `root` (<state>/worktrees): checkouts that calls killed
+ * part-way left, set aside as <path>.orchfs-leftover-<ms> and detached from
+ * git (see leftover.c).  With `clean` (start-up, under the store's write
+ * lock): one still attached is detached, and one holding nothing but
+ * files git had not yet written is removed (a line in `log`); *out lists
+ * those kept.  Without `clean` nothing changes and *out lists every one.
+ * Items: {path, commit, user_changes}.
+ */
+int orch_git_leftovers(orch_git *g, const char *root, bool clean, json_t **out, json_t *log);
+
+/*
  * Remove lock files of orchfs's own branch refs (refs/heads/session/ and
  * refs/heads/task/<n>/) left by a killed call; the caller holds the store's
  * write lock.  Each removal is appended to `log`.

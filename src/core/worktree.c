@@ -759,6 +759,29 @@ done:
 }
 
 /*
+ * Start-up: checkouts set aside as leftovers (orch_git_leftovers) holding
+ * nothing but files git had not yet written are removed; the others are
+ * kept, and named in the log (and by `orchfs check`).
+ */
+static int clean_set_aside(orch_ctx *ctx, json_t *log)
+{
+	json_t *kept = NULL, *k;
+	char *root = NULL;
+	size_t i;
+	int rc;
+
+	if (asprintf(&root, "%s/worktrees", ctx->state_dir) < 0)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	rc = orch_git_leftovers(ctx->git, root, true, &kept, log);
+	json_array_foreach(kept, i, k)
+		json_array_append_new(log, json_sprintf("kept leftover %s: it holds changes git did not write "
+							"(see orchfs check)", json_string_value(json_object_get(k, "path"))));
+	json_decref(kept);
+	free(root);
+	return rc;
+}
+
+/*
  * Start-up: compare every worktree record with the disk, in one
  * transaction that bumps db_version only if a record changed.
  *  - active or missing, directory gone but set aside by an abandon that
@@ -768,6 +791,7 @@ done:
  *  - abandoned, set-aside directory still there (interrupted after its
  *    commit): deleted;
  *  - orchfs worktrees that no record names: removed if nothing is lost;
+ *  - leftovers set aside: detached from git, removed if they hold no user work;
  *  - git metadata of orchfs worktrees whose directory is gone: pruned.
  * *log receives one line per finding and a summary line.
  */
@@ -825,7 +849,8 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 		if (rc)
 			goto fail;
 	}
-	if ((rc = reclaim_leftovers(ctx, *log)) != 0 || (rc = orch_git_prune_stale(ctx->git, *log)) != 0)
+	if ((rc = reclaim_leftovers(ctx, *log)) != 0 || (rc = clean_set_aside(ctx, *log)) != 0 ||
+	    (rc = orch_git_prune_stale(ctx->git, *log)) != 0)
 		goto fail;
 	if (changed) {
 		rc = orch_sql_exec(ctx, "UPDATE mirror_meta SET db_version = db_version + 1, updated_at = ? "

@@ -43,6 +43,15 @@ bool orch_git__same_dir(const char *a, const char *b);
  */
 git_worktree *orch_git__worktree_at(orch_git *g, const char *path);
 
+/*
+ * Detach the leftover checkout in directory `dir` (leftover.c), once
+ * `was`: write the note ORCHFS-LEFTOVER (recording `commit_hex`, or NULL:
+ * the commit its .git still leads to), rename .git to .git.orchfs-detached
+ * and make .git point at the note, so that git refuses to run inside.
+ * Already detached: nothing to do.  0, or -1 with errno.
+ */
+int orch_git__detach_leftover(orch_git *g, const char *dir, const char *was, const char *commit_hex);
+
 /* ---- confinement (confine.c) ---- */
 
 /*

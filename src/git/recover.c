@@ -246,17 +246,23 @@ static bool clean_checkout_of(const char *path, const char *branch)
 	return clean;
 }
 
-/* Rename the checkout at `path` to <path>.orchfs-leftover-<ms> and log it; whether that was done. */
-static bool set_aside_leftover(orch_git *g, const char *path)
+/*
+ * Detach the checkout at `path` from git (orch_git__detach_leftover: the
+ * retried call is about to make the same metadata name again for its live
+ * checkout) and rename it to <path>.orchfs-leftover-<ms>; log it.  Whether
+ * that was done.  `commit_hex` is what it was checking out, or NULL.
+ */
+static bool set_aside_leftover(orch_git *g, const char *path, const char *commit_hex)
 {
 	char *aside = NULL;
 	bool done;
 
 	if (asprintf(&aside, "%s.orchfs-leftover-%lld", path, (long long)orch_now_ms()) < 0)
 		return false;
-	done = orch_git__rename(g, path, aside) == 0;
+	done = orch_git__detach_leftover(g, path, path, commit_hex) == 0 && orch_git__rename(g, path, aside) == 0;
 	if (done)
-		orch_log("set aside %s as %s: a leftover of an interrupted call, with changes", path, aside);
+		orch_log("set aside %s as %s, detached from git: a leftover of an interrupted call, with changes",
+			 path, aside);
 	free(aside);
 	return done;
 }
@@ -279,6 +285,7 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch,
 			      bool set_aside)
 {
 	git_reference *ref = NULL;
+	char tip[GIT_OID_HEXSZ + 1] = "";
 	bool took, has_branch;
 	struct stat sb;
 
@@ -288,6 +295,8 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch,
 		git_reference_free(ref);
 		return 0;
 	}
+	if (has_branch)
+		git_oid_tostr(tip, sizeof(tip), git_reference_target(ref));
 	git_reference_free(ref);
 	ref = NULL;
 	took = drop_ref_lock(g, branch);
@@ -298,7 +307,7 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch,
 		 * A half-made checkout looks dirty, and so would work no record
 		 * knows about: never delete it; set it aside, if asked to.
 		 */
-		if (!set_aside || !set_aside_leftover(g, path))
+		if (!set_aside || !set_aside_leftover(g, path, tip[0] ? tip : NULL))
 			return took;
 		took = true;
 	}

@@ -96,3 +96,71 @@ TEST(worktrees_dir_that_is_a_symlink_is_never_followed)
 	json_decref(ok(env, "worktree.create", "{\"branch\": \"feat\", \"path\": \"a/b\", \"create_on_disk\": true}"));
 	CHECK(exists("%s/.orchfs/worktrees/a/b/README%s", env->repo, ""));
 }
+
+/* The one leftover of `dir` below <state>/worktrees (its full path into `out`); whether there is exactly one. */
+static bool one_leftover(test_env *env, const char *dir, char *out, size_t size)
+{
+	char cmd[1024];
+	FILE *f;
+	int n = 0;
+
+	snprintf(cmd, sizeof(cmd), "ls -d %s/.orchfs/worktrees/%s.orchfs-leftover-* 2>/dev/null", env->repo, dir);
+	if (!(f = popen(cmd, "r")))
+		return false;
+	while (fgets(out, (int)size, f))
+		n++;
+	pclose(f);
+	out[strcspn(out, "\n")] = '\0';
+	return n == 1;
+}
+
+TEST(leftover_is_detached_and_cleaned_at_startup)
+{
+	char left[1024];
+
+	/* A session.open killed mid-checkout: a tracked file missing, another half written. */
+	CHECK(sh("cd %s && seq 1 20000 > nums && mkdir d && echo x > d/y && git add nums d && git commit -qm more && "
+		 "git worktree add -q -b session/1 .orchfs/worktrees/session-1 2>/dev/null && "
+		 "cd .orchfs/worktrees/session-1 && rm README && head -c 1000 nums > n && mv n nums",
+		 env->repo) == 0);
+	json_decref(ok(env, "session.open", "{}"));
+	/* The retry set the half-made checkout aside, detached, and made the live one. */
+	CHECK(one_leftover(env, "session-1", left, sizeof(left)));
+	CHECK(exists("%s/ORCHFS-LEFTOVER%s", left, ""));
+	CHECK(exists("%s/.git.orchfs-detached%s", left, ""));
+	/* git refuses to run inside it: nothing there can move the live branch. */
+	CHECK(sh("cd %s && git status >/dev/null 2>&1", left) != 0);
+	CHECK(sh("cd %s && echo z >> d/y && git commit -qam evil >/dev/null 2>&1", left) != 0);
+	CHECK(sh("cd %s/.orchfs/worktrees/session-1 && test -z \"$(git status --porcelain)\" && "
+		 "test \"$(git rev-parse HEAD)\" = \"$(git -C %s rev-parse main)\"", env->repo, env->repo) == 0);
+	/* d/y now holds a change of the user's: kept at start-up, and listed. */
+	restart(env);
+	CHECK(one_leftover(env, "session-1", left, sizeof(left)));
+	json_t *all = NULL;
+	char root[600];
+	snprintf(root, sizeof(root), "%s/.orchfs/worktrees", env->repo);
+	CHECK_EQ_INT(orch_git_leftovers(env->ctx.git, root, false, &all, NULL), 0);
+	CHECK_EQ_INT(json_array_size(all), 1);
+	CHECK(json_is_true(json_object_get(json_array_get(all, 0), "user_changes")));
+	json_decref(all);
+	/* Undo the user's change: only files git had not written remain, so start-up removes it. */
+	CHECK(sh("cd %s && echo x > d/y", left) == 0);
+	restart(env);
+	CHECK(!one_leftover(env, "session-1", left, sizeof(left)));
+	CHECK(exists("%s/.orchfs/worktrees/session-1/nums%s", env->repo, ""));
+}
+
+TEST(leftover_left_attached_by_an_older_orchfs_is_detached_at_startup)
+{
+	char left[1024];
+
+	/* Set aside the way older versions did: renamed, its .git still pointing at live metadata. */
+	CHECK(sh("cd %s && git worktree add -q -b session/1 .orchfs/worktrees/session-1 2>/dev/null && "
+		 "mv .orchfs/worktrees/session-1 .orchfs/worktrees/session-1.orchfs-leftover-5 && "
+		 "echo mine > .orchfs/worktrees/session-1.orchfs-leftover-5/mine", env->repo) == 0);
+	restart(env);
+	CHECK(one_leftover(env, "session-1", left, sizeof(left)));
+	CHECK(exists("%s/.git.orchfs-detached%s", left, ""));
+	CHECK(exists("%s/mine%s", left, ""));
+	CHECK(sh("cd %s && git status >/dev/null 2>&1", left) != 0);
+}
