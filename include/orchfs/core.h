@@ -235,6 +235,16 @@ char *orch_method_usage(const orch_method *m, bool session_scoped);
 int orch_request_parse(const char *buf, size_t len, json_t **out);
 
 /*
+ * `orchfs check`: verify the store of the repository containing `repo_dir`
+ * (NULL: the current directory; state in `state_dir`, NULL: <repo>/.orchfs)
+ * and its worktrees against git, changing nothing.  *report is
+ * {state_dir, integrity, problems: [text], leftovers: [{path, commit,
+ * user_changes}]}; 0 when the check ran (problems or not), else an error
+ * code (no repository or database).
+ */
+int orch_check(const char *repo_dir, const char *state_dir, json_t **report);
+
+/*
  * Incremental scanning of a request that arrives in pieces (reqscan.c): each
  * byte is looked at once, and the outcome depends on the bytes only, not on
  * how they were split.  Owned by one request buffer; not shared.

@@ -195,6 +195,13 @@ bool orch_git_merged_at_tip(orch_git *g, const char *parent, const char *child, 
 void orch_git_set_state_dir(orch_git *g, const char *state_dir);
 
 /*
+ * Only the confinement root of orch_git_set_state_dir (for a handle that
+ * changes nothing, `orchfs check`): directories below `state_dir` are
+ * reached without following a symlink.
+ */
+void orch_git_confine_to(orch_git *g, const char *state_dir);
+
+/*
  * Remove git's index.lock from checkouts that processes, now dead, were
  * writing when killed (their markers <state>/inflight/<pid>-<seq>, or
  * <pid> as older versions named them); each removal is appended to `log`

@@ -21,7 +21,8 @@ static void usage(FILE *f)
 	      "  orchfs mount [--repo DIR] [--state DIR] [-f] [-d] [-s] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
 	      "  orchfs call [--repo DIR] [--state DIR] METHOD [JSON]\n"
-	      "  orchfs methods [--json]\n",
+	      "  orchfs methods [--json]\n"
+	      "  orchfs check [--repo DIR] [--state DIR]\n",
 	      f);
 }
 
@@ -335,6 +336,25 @@ static int cmd_methods(cli_args *a)
 	return 0;
 }
 
+/* Verify the store and the worktrees, changing nothing: 0 all well, 1 problems found, 2 could not check. */
+static int cmd_check(cli_args *a)
+{
+	json_t *report = NULL;
+	int rc = orch_check(a->repo, a->state, &report);
+	size_t n = json_array_size(json_object_get(report, "problems"));
+
+	if (rc) {
+		fprintf(stderr, "orchfs check: %s\n", orch_error_last()->message);
+		json_decref(report);
+		return 2;
+	}
+	json_dumpf(report, stdout, JSON_INDENT(2));
+	printf("\n");
+	fprintf(stderr, "orchfs check: %zu problem%s\n", n, n == 1 ? "" : "s");
+	json_decref(report);
+	return n ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	cli_args a;
@@ -356,6 +376,8 @@ int main(int argc, char **argv)
 		return cmd_call(&a);
 	if (strcmp(argv[1], "umount") == 0)
 		return cmd_umount(&a);
+	if (strcmp(argv[1], "check") == 0)
+		return cmd_check(&a);
 	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
 		usage(stdout);
 		return 0;

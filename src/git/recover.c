@@ -58,14 +58,19 @@ void orch_git__inflight_end(char *marker)
 	free(marker);
 }
 
+void orch_git_confine_to(orch_git *g, const char *state_dir)
+{
+	free(g->state_dir);
+	g->state_dir = strdup(state_dir);
+}
+
 void orch_git_set_state_dir(orch_git *g, const char *state_dir)
 {
 	json_t *made = json_array();
 	int fd;
 
 	free(g->inflight_dir);
-	free(g->state_dir);
-	g->state_dir = strdup(state_dir);
+	orch_git_confine_to(g, state_dir);
 	if (asprintf(&g->inflight_dir, "%s/inflight", state_dir) < 0) {
 		g->inflight_dir = NULL;
 	} else if ((fd = orch_git__open_dir(g, g->inflight_dir, made)) >= 0) {

@@ -164,3 +164,35 @@ TEST(leftover_left_attached_by_an_older_orchfs_is_detached_at_startup)
 	CHECK(exists("%s/mine%s", left, ""));
 	CHECK(sh("cd %s && git status >/dev/null 2>&1", left) != 0);
 }
+
+TEST(check_reports_and_changes_nothing)
+{
+	json_t *r = NULL;
+
+	json_decref(ok(env, "worktree.create", "{\"branch\": \"feat\", \"create_on_disk\": true}"));
+	CHECK_EQ_INT(orch_check(env->repo, NULL, &r), 0);
+	CHECK_EQ_STR(jstr(r, "integrity"), "ok");
+	CHECK_EQ_INT(json_array_size(json_object_get(r, "problems")), 0);
+	json_decref(r);
+	/* Work of a killed call's checkout, set aside; a record whose checkout is gone; a checkout no record names. */
+	CHECK(sh("cd %s && git worktree add -q -b session/1 .orchfs/worktrees/session-1 2>/dev/null && "
+		 "echo mine > .orchfs/worktrees/session-1/mine", env->repo) == 0);
+	json_decref(ok(env, "session.open", "{}"));
+	CHECK(sh("cd %s && git worktree add -q -b stray .orchfs/worktrees/orchfs-stray 2>/dev/null && "
+		 "mv .orchfs/worktrees/feat /tmp/orchfs-check-moved-$$ && rm -rf /tmp/orchfs-check-moved-$$",
+		 env->repo) == 0);
+	CHECK(sh("cd %s && find .orchfs/worktrees -maxdepth 2 | sort > %s/before && git branch > %s/b1",
+		 env->repo, env->root, env->root) == 0);
+	int64_t v = db_version(env);
+	CHECK_EQ_INT(orch_check(env->repo, NULL, &r), 0);
+	char *text = json_dumps(r, 0);
+	CHECK(strstr(text, "session-1.orchfs-leftover-") && strstr(text, "holds changes git did not write"));
+	CHECK(strstr(text, "feat is not a checkout"));
+	CHECK(strstr(text, "orchfs-stray") && strstr(text, "named by no record"));
+	CHECK(json_is_true(json_object_get(json_array_get(json_object_get(r, "leftovers"), 0), "user_changes")));
+	free(text);
+	json_decref(r);
+	CHECK(sh("cd %s && find .orchfs/worktrees -maxdepth 2 | sort | cmp -s - %s/before && git branch | cmp -s - %s/b1",
+		 env->repo, env->root, env->root) == 0);
+	CHECK_EQ_INT(db_version(env), v);
+}
