@@ -181,6 +181,9 @@ static int check_value(const orch_param *p, json_t *obj, const char *name, json_
 		char *norm;
 		if (!json_is_string(v))
 			return type_error(name, p, v);
+		/* "   " is not a file named by spaces but a client's mistake: as for required strings. */
+		if (blank(json_string_value(v)))
+			return orch_error_set(ORCH_EINVALID_PARAMS, "%s must not be blank", name);
 		rc = orch_path_normalise(name, json_string_value(v), &norm);
 		if (rc)
 			return rc;

@@ -34,6 +34,10 @@ struct orch_git_effect {
 /* Record libgit2's last error for `what` in the error slot: ORCH_EGIT. */
 int orch_git__fail(const char *what);
 
+/* Whether the repository has no commit yet (HEAD unborn), and the invalid_state error that says so. */
+bool orch_git__no_commits(orch_git *g);
+int orch_git__no_commits_error(orch_git *g);
+
 /* Whether two directory paths are the same, trailing slashes aside. */
 bool orch_git__same_dir(const char *a, const char *b);
 

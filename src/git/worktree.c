@@ -219,7 +219,9 @@ static int base_commit(orch_git *g, const char *base, git_commit **out)
 
 	*out = NULL;
 	if (git_revparse_single(&obj, g->repo, base) < 0)
-		rc = orch_error_set(ORCH_ENOTFOUND, "base \"%s\" does not name a commit in %s", base, g->workdir);
+		rc = orch_git__no_commits(g)
+			     ? orch_git__no_commits_error(g)
+			     : orch_error_set(ORCH_ENOTFOUND, "base \"%s\" does not name a commit in %s", base, g->workdir);
 	else if (git_object_peel((git_object **)out, obj, GIT_OBJECT_COMMIT) < 0)
 		rc = orch_error_set(ORCH_EINVALID_PARAMS, "base \"%s\" is not a commit", base);
 	git_object_free(obj);

@@ -196,3 +196,35 @@ TEST(check_reports_and_changes_nothing)
 		 env->repo, env->root, env->root) == 0);
 	CHECK_EQ_INT(db_version(env), v);
 }
+
+TEST(unusual_inputs_get_the_right_codes)
+{
+	/* A branch spelled as a ref, and paths with control characters, are invalid_params. */
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "{\"branch\": \"refs/heads/x\"}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "{\"branch\": \"x\", \"path\": \"a\\nb\"}"));
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "worktree.create", "{\"branch\": \"x\\ty\"}"));
+	/* A blank path is a mistake, not a file named by spaces. */
+	json_decref(ok(env, "session.open", "{}"));
+	json_t *e = fails(env, ORCH_EINVALID_PARAMS, "lock.acquire",
+			  "{\"owner_session\": 1, \"scope_type\": \"file\", \"scope_path\": \"   \"}");
+	CHECK(e && strstr(jstr(e, "message"), "scope_path must not be blank"));
+	json_decref(e);
+	json_decref(fails(env, ORCH_EINVALID_PARAMS, "lock.acquire",
+			  "{\"owner_session\": 1, \"scope_type\": \"file\", \"scope_path\": \"a\\u0001\"}"));
+	CHECK(sh("cd %s && test -z \"$(git branch --list x 'refs/*')\"", env->repo) == 0);
+}
+
+TEST(repository_without_commits_is_invalid_state)
+{
+	/* Turn the fixture into a repository whose HEAD is unborn. */
+	orch_ctx_close(&env->ctx);
+	CHECK(sh("rm -rf %s && git init -q -b main %s", env->repo, env->repo) == 0);
+	CHECK_EQ_INT(orch_ctx_open(&env->ctx, env->repo, NULL), 0);
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "session.open", "{}");
+	CHECK(e && strstr(jstr(e, "message"), "no commits yet"));
+	json_decref(e);
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.create", "{\"branch\": \"x\", \"create_on_disk\": true}"));
+	CHECK_EQ_INT(db_version(env), 0);
+	CHECK(sh("cd %s && git commit -q --allow-empty -m first", env->repo) == 0);
+	json_decref(ok(env, "session.open", "{}"));
+}
