@@ -245,6 +245,13 @@ int orch_request_parse(const char *buf, size_t len, json_t **out);
 int orch_check(const char *repo_dir, const char *state_dir, json_t **report);
 
 /*
+ * `orchfs backup`: a consistent copy of the database at `dest` (a new file,
+ * 0600; an existing one is ORCH_EEXISTS) taken with SQLite's backup API
+ * while daemons and `orchfs call` go on writing: one snapshot.
+ */
+int orch_backup(const char *repo_dir, const char *state_dir, const char *dest);
+
+/*
  * Incremental scanning of a request that arrives in pieces (reqscan.c): each
  * byte is looked at once, and the outcome depends on the bytes only, not on
  * how they were split.  Owned by one request buffer; not shared.

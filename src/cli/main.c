@@ -22,7 +22,8 @@ static void usage(FILE *f)
 	      "  orchfs umount MOUNTPOINT\n"
 	      "  orchfs call [--repo DIR] [--state DIR] METHOD [JSON]\n"
 	      "  orchfs methods [--json]\n"
-	      "  orchfs check [--repo DIR] [--state DIR]\n",
+	      "  orchfs check [--repo DIR] [--state DIR]\n"
+	      "  orchfs backup [--repo DIR] [--state DIR] PATH\n",
 	      f);
 }
 
@@ -355,6 +356,20 @@ static int cmd_check(cli_args *a)
 	return n ? 1 : 0;
 }
 
+/* A consistent copy of the database at a new file PATH, while the mount serves. */
+static int cmd_backup(cli_args *a)
+{
+	if (a->argc != 1) {
+		usage(stderr);
+		return 2;
+	}
+	if (orch_backup(a->repo, a->state, a->argv[0]) != 0) {
+		fprintf(stderr, "orchfs backup: %s\n", orch_error_last()->message);
+		return 1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	cli_args a;
@@ -378,6 +393,8 @@ int main(int argc, char **argv)
 		return cmd_umount(&a);
 	if (strcmp(argv[1], "check") == 0)
 		return cmd_check(&a);
+	if (strcmp(argv[1], "backup") == 0)
+		return cmd_backup(&a);
 	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
 		usage(stdout);
 		return 0;

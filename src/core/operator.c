@@ -1,10 +1,12 @@
 /*
- * `orchfs check`: verify the store and the worktrees against git, and list
- * leftovers, changing nothing.  Runs beside a live daemon: the database is
- * read through a query-only connection in one read transaction (one
- * snapshot), git through its own handle.
+ * Tools for operators, beside a live daemon.  `orchfs check`: verify the
+ * store and the worktrees against git, and list leftovers, changing
+ * nothing (the database is read through a query-only connection in one
+ * read transaction, one snapshot; git through its own handle).  `orchfs
+ * backup`: a consistent online copy of the database (SQLite's backup API).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -123,27 +125,96 @@ static void check_worktrees(sqlite3 *db, orch_git *g, const char *state, json_t 
 	free(root);
 }
 
+/* The state directory and database of the repository containing `repo_dir` (both must exist); caller frees. */
+static int locate(const char *repo_dir, const char *state_dir, char **repo, char **state, char **db)
+{
+	char *abs = realpath(repo_dir ? repo_dir : ".", NULL);
+	struct stat sb;
+	int rc;
+
+	*repo = *state = *db = NULL;
+	if (!abs)
+		return orch_error_set(ORCH_ENOTFOUND, "repository %s: %s", repo_dir ? repo_dir : ".", strerror(errno));
+	rc = orch_git_discover(abs, repo);
+	free(abs);
+	if (rc)
+		return rc;
+	*state = state_dir ? realpath(state_dir, NULL) : NULL;
+	if (!*state && (state_dir || asprintf(state, "%s/.orchfs", *repo) < 0)) {
+		*state = NULL;
+		return orch_error_set(ORCH_ENOTFOUND, "state directory %s: %s", state_dir, strerror(errno));
+	}
+	if (asprintf(db, "%s/state.db", *state) < 0 || stat(*db, &sb) < 0) {
+		if (*db && errno != ENOENT)
+			return orch_error_set(ORCH_EINTERNAL, "%s: %s", *db, strerror(errno));
+		return orch_error_set(ORCH_ENOTFOUND, "no database at %s/state.db", *state);
+	}
+	return 0;
+}
+
+int orch_backup(const char *repo_dir, const char *state_dir, const char *dest)
+{
+	char *repo = NULL, *state = NULL, *db = NULL;
+	orch_store *st = NULL;
+	sqlite3 *out = NULL;
+	sqlite3_backup *b;
+	int rc, fd;
+
+	if ((rc = locate(repo_dir, state_dir, &repo, &state, &db)) != 0)
+		goto done;
+	/* A new file, private like the database itself; an existing one is never overwritten. */
+	if ((fd = open(dest, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) {
+		rc = orch_error_set(errno == EEXIST ? ORCH_EEXISTS : ORCH_EINTERNAL, "cannot create %s: %s", dest,
+				    strerror(errno));
+		goto done;
+	}
+	close(fd);
+	if ((rc = orch_store_open_reader(&st, db)) != 0)
+		goto fail;
+	if (sqlite3_open_v2(dest, &out, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+		rc = orch_error_set(ORCH_EINTERNAL, "cannot open %s: %s", dest, out ? sqlite3_errmsg(out) : "no memory");
+		goto fail;
+	}
+	/* One step copies every page under one read transaction: a snapshot, while writers go on (WAL). */
+	if (!(b = sqlite3_backup_init(out, "main", orch_store_db(st), "main"))) {
+		rc = orch_error_set(ORCH_EINTERNAL, "backup of %s: %s", db, sqlite3_errmsg(out));
+		goto fail;
+	}
+	int step = sqlite3_backup_step(b, -1);
+	if (sqlite3_backup_finish(b) != SQLITE_OK || step != SQLITE_DONE) {
+		rc = orch_error_set(ORCH_EINTERNAL, "backup of %s: %s", db, sqlite3_errmsg(out));
+		goto fail;
+	}
+	/* The copy is a plain rollback-journal database, durable once this returns. */
+	if (sqlite3_exec(out, "PRAGMA journal_mode = DELETE", NULL, NULL, NULL) != SQLITE_OK) {
+		rc = orch_error_set(ORCH_EINTERNAL, "backup %s: %s", dest, sqlite3_errmsg(out));
+		goto fail;
+	}
+	goto done;
+fail:
+	sqlite3_close(out);
+	out = NULL;
+	unlink(dest);
+done:
+	sqlite3_close(out);
+	orch_store_close(st);
+	free(db);
+	free(state);
+	free(repo);
+	return rc;
+}
+
 int orch_check(const char *repo_dir, const char *state_dir, json_t **report)
 {
-	char *abs = realpath(repo_dir ? repo_dir : ".", NULL), *repo = NULL, *state = NULL, *db = NULL;
+	char *repo = NULL, *state = NULL, *db = NULL;
 	orch_store *st = NULL;
 	orch_git *g = NULL;
 	struct stat sb;
 	int rc;
 
 	*report = json_pack("{s:[], s:[]}", "problems", "leftovers");
-	if (!abs)
-		return orch_error_set(ORCH_ENOTFOUND, "repository %s: %s", repo_dir ? repo_dir : ".", strerror(errno));
-	if ((rc = orch_git_discover(abs, &repo)) != 0)
-		goto done;
-	state = state_dir ? realpath(state_dir, NULL) : NULL;
-	if (!state && (state_dir || asprintf(&state, "%s/.orchfs", repo) < 0)) {
-		state = NULL;
-		rc = orch_error_set(ORCH_ENOTFOUND, "state directory %s: %s", state_dir, strerror(errno));
-		goto done;
-	}
-	if (asprintf(&db, "%s/state.db", state) < 0 || stat(db, &sb) < 0) {
-		rc = orch_error_set(ORCH_ENOTFOUND, "no database at %s/state.db", state);
+	if ((rc = locate(repo_dir, state_dir, &repo, &state, &db)) != 0 || (rc = stat(db, &sb)) != 0) {
+		rc = rc < 0 ? orch_error_set(ORCH_EINTERNAL, "%s: %s", db, strerror(errno)) : rc;
 		goto done;
 	}
 	if ((sb.st_mode & 077) != 0)
@@ -165,6 +236,5 @@ done:
 	free(db);
 	free(state);
 	free(repo);
-	free(abs);
 	return rc;
 }
