@@ -51,7 +51,7 @@ void orch_git_close(orch_git *g);
 /* Find the top of the working tree containing `dir` (caller frees). */
 int orch_git_discover(const char *dir, char **workdir);
 
-/* Shorthand name of the main worktree's HEAD branch ("HEAD" when detached). */
+/* Shorthand name of the main worktree's HEAD branch ("" when detached: no branch). */
 int orch_git_head_branch(orch_git *g, char **out);
 
 /* True when `name` is a valid branch name (refs/heads/<name> is a valid ref). */

@@ -330,6 +330,24 @@ static int check_client_branch(orch_ctx *ctx, const char *branch)
 	return check_branch(ctx, branch);
 }
 
+/*
+ * A parent whose record names no branch: the main worktree on a detached
+ * HEAD ("HEAD" as older versions recorded it).  Nothing can be spawned from
+ * or merged into it until it is on a branch again: invalid_state saying so.
+ */
+static int detached_parent(json_t *parent, const char *what)
+{
+	const char *b = wt_str(parent, "branch");
+
+	if (*b && strcmp(b, "HEAD") != 0)
+		return 0;
+	orch_error_set(ORCH_EINVALID_STATE, "worktree %lld (%s) is on a detached HEAD, not a branch: nothing can "
+		       "be %s it; check out a branch there (git switch <branch>) and open the session again",
+		       (long long)wt_int(parent, "id"), wt_str(parent, "path"), what);
+	orch_error_detail("state", json_string("detached"));
+	return ORCH_EINVALID_STATE;
+}
+
 static int check_task(orch_ctx *ctx, int64_t task_id)
 {
 	json_t *t = NULL;
@@ -455,6 +473,8 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 	if ((rc = touch(ctx, parent, &gone)) != 0)
 		goto done;
 	if (base || on_disk) {
+		if (!base && (rc = detached_parent(parent, "spawned from")) != 0)
+			goto done;
 		if (!base && !orch_git_branch_exists(ctx->git, wt_str(parent, "branch"))) {
 			rc = orch_error_set(ORCH_EINVALID_STATE, "parent worktree %lld's branch \"%s\" does not exist "
 					    "in git yet; give base_ref", (long long)pid, wt_str(parent, "branch"));
@@ -557,8 +577,8 @@ static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = bad_state(parent, "it cannot receive a merge");
 		goto done;
 	}
-	if ((rc = check_no_live_children(ctx, wt, "merge")) != 0 || (rc = touch(ctx, wt, &gone)) != 0 ||
-	    (rc = touch(ctx, parent, &gone)) != 0)
+	if ((rc = detached_parent(parent, "merged into")) != 0 || (rc = check_no_live_children(ctx, wt, "merge")) != 0 ||
+	    (rc = touch(ctx, wt, &gone)) != 0 || (rc = touch(ctx, parent, &gone)) != 0)
 		goto done;
 	/*
 	 * A merge that moved the parent's branch but died before its commit

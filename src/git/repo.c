@@ -132,7 +132,8 @@ int orch_git_head_branch(orch_git *g, char **out)
 	}
 	if (err < 0)
 		return orch_git__fail("read HEAD");
-	*out = strdup(git_reference_is_branch(head) ? git_reference_shorthand(head) : "HEAD");
+	/* Detached: no branch ("" rather than "HEAD", which names no branch and would be taken for one). */
+	*out = strdup(git_reference_is_branch(head) ? git_reference_shorthand(head) : "");
 	git_reference_free(head);
 	return 0;
 }

@@ -25,7 +25,7 @@ static void restart(test_env *env)
 /* Whether a path exists (without following a last symlink). */
 static bool exists(const char *fmt, const char *a, const char *b)
 {
-	char p[1024];
+	char p[4096];
 	struct stat sb;
 
 	snprintf(p, sizeof(p), fmt, a, b);
@@ -227,4 +227,27 @@ TEST(repository_without_commits_is_invalid_state)
 	CHECK_EQ_INT(db_version(env), 0);
 	CHECK(sh("cd %s && git commit -q --allow-empty -m first", env->repo) == 0);
 	json_decref(ok(env, "session.open", "{}"));
+}
+
+TEST(detached_main_worktree_is_invalid_state_for_spawn_and_merge)
+{
+	json_t *r = ok(env, "session.open", "{}");
+	int64_t main_id = jint(r, "session_context.main_worktree.id"), root = jint(r, "session_context.session_root_worktree.id");
+	json_decref(r);
+	CHECK(sh("cd %s/.orchfs/worktrees/session-1 && echo w > w && git add w && git commit -qm w", env->repo) == 0);
+	/* The user detaches the main worktree's HEAD; the next open records no branch. */
+	CHECK(sh("cd %s && git checkout -q --detach", env->repo) == 0);
+	r = ok(env, "session.open", "{}");
+	CHECK_EQ_STR(jstr(r, "session_context.main_worktree.branch"), "");
+	json_decref(r);
+	json_t *e = fails(env, ORCH_EINVALID_STATE, "worktree.spawn", "{\"session_id\": 2, \"parent_worktree_id\": %lld}",
+			  (long long)main_id);
+	CHECK(e && strstr(jstr(e, "message"), "detached HEAD") && strstr(jstr(e, "message"), "git switch"));
+	json_decref(e);
+	json_decref(fails(env, ORCH_EINVALID_STATE, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": %lld}",
+			  (long long)root));
+	/* On a branch again: the merge goes through. */
+	CHECK(sh("cd %s && git checkout -q main", env->repo) == 0);
+	json_decref(ok(env, "session.open", "{}"));
+	json_decref(ok(env, "worktree.merge_to_parent", "{\"session_id\": 1, \"worktree_id\": %lld}", (long long)root));
 }
