@@ -302,6 +302,60 @@ json_t *orch_method_schema(const orch_method *m);
 int orch_request_parse(const char *buf, size_t len, json_t **out);
 
 /*
+ * `orchfs check`: verify the store of the repository containing `repo_dir`
+ * (NULL: the current directory; state in `state_dir`, NULL: <repo>/.orchfs)
+ * and its worktrees against git, changing nothing.  *report is
+ * {state_dir, integrity, problems: [text], leftovers: [{path, commit,
+ * user_changes}]}; 0 when the check ran (problems or not), else an error
+ * code (no repository or database).
+ */
+int orch_check(const char *repo_dir, const char *state_dir, json_t **report);
+
+/*
+ * `orchfs backup`: a consistent copy of the database at `dest` (a new file,
+ * 0600; an existing one is ORCH_EEXISTS) taken with SQLite's backup API
+ * while daemons and `orchfs call` go on writing: one snapshot.
+ */
+int orch_backup(const char *repo_dir, const char *state_dir, const char *dest);
+
+/*
+ * Incremental scanning of a request that arrives in pieces (reqscan.c): each
+ * byte is looked at once, and the outcome depends on the bytes only, not on
+ * how they were split.  Owned by one request buffer; not shared.
+ */
+typedef struct orch_reqscan {
+	size_t pos;        /* bytes scanned */
+	size_t end;        /* once complete: the value's length */
+	size_t depth;      /* open objects and arrays */
+	int state;         /* ORCH_INCOMPLETE, 0 (complete) or an error code */
+	bool started;      /* a byte other than white space was seen */
+	unsigned char mode, hex_left, utf8_left, utf8_lo, utf8_hi, literal_pos;
+	const char *literal; /* the top-level literal being matched */
+} orch_reqscan;
+
+void orch_reqscan_init(orch_reqscan *s);
+
+/*
+ * Scan the next `n` bytes of the request.  Returns ORCH_INCOMPLETE while
+ * more bytes could complete the value, 0 once it ended (s->end: its
+ * length; later bytes are not scanned), ORCH_EINVALID_JSON (error set) at
+ * the first byte no JSON text could have there, ORCH_EINVALID_PARAMS at the
+ * bracket that nests deeper than ORCH_DEPTH_MAX; once not incomplete, every
+ * later call returns the same.
+ */
+int orch_reqscan_feed(orch_reqscan *s, const char *p, size_t n);
+
+/* Whether nothing but white space has been scanned. */
+bool orch_reqscan_blank(const orch_reqscan *s);
+
+/*
+ * Parse the request `buf` (`len` bytes) whose scan `s` completed: what
+ * follows the value must be white space.  0 with *out set, or
+ * ORCH_EINVALID_JSON.
+ */
+int orch_request_parse_scanned(const char *buf, size_t len, const orch_reqscan *s, json_t **out);
+
+/*
  * Run `method` with request `req` (any JSON value; validated here).  When
  * `session_id` > 0 the call comes from sessions/<id>/ctl/ and the session
  * keys are implied.  *reply is the reply text (JSON object and a newline,

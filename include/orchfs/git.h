@@ -51,7 +51,7 @@ void orch_git_close(orch_git *g);
 /* Find the top of the working tree containing `dir` (caller frees). */
 int orch_git_discover(const char *dir, char **workdir);
 
-/* Shorthand name of the main worktree's HEAD branch ("HEAD" when detached). */
+/* Shorthand name of the main worktree's HEAD branch ("" when detached: no branch). */
 int orch_git_head_branch(orch_git *g, char **out);
 
 /* True when `name` is a valid branch name (refs/heads/<name> is a valid ref). */
@@ -137,6 +137,14 @@ char *orch_git_retired_path(const char *path);
  * orch_git_retire_finish does.  ORCH_EINTERNAL (out of memory) or 0.
  */
 int orch_git_retire_after_commit(orch_git *g, const char *path, orch_git_effect **fx);
+
+/*
+ * Put back a checkout that orch_git_worktree_retire set aside for `path`
+ * (start-up, after a retire whose transaction did not commit): 0, or -1
+ * with errno.  Like every directory orchfs moves, both are reached without
+ * following a symlink from the state directory.
+ */
+int orch_git_put_back(orch_git *g, const char *path);
 
 /* Finish a retire that a crash interrupted after its commit: delete the directory and metadata. */
 void orch_git_retire_finish(orch_git *g, const char *path);
@@ -283,6 +291,13 @@ int orch_git_mirror_commit(const char *repo_path, const char *tree, const char *
 void orch_git_set_state_dir(orch_git *g, const char *state_dir);
 
 /*
+ * Only the confinement root of orch_git_set_state_dir (for a handle that
+ * changes nothing, `orchfs check`): directories below `state_dir` are
+ * reached without following a symlink.
+ */
+void orch_git_confine_to(orch_git *g, const char *state_dir);
+
+/*
  * Remove git's index.lock from checkouts that processes, now dead, were
  * writing when killed (their markers <state>/inflight/<pid>-<seq>, or
  * <pid> as older versions named them); each removal is appended to `log`
@@ -304,6 +319,17 @@ int orch_git_clear_dead_inflight(orch_git *g, json_t *log);
  */
 int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch, const char *base,
 			      bool set_aside);
+
+/*
+ * Leftovers below `root` (<state>/worktrees): checkouts that calls killed
+ * part-way left, set aside as <path>.orchfs-leftover-<ms> and detached from
+ * git (see leftover.c).  With `clean` (start-up, under the store's write
+ * lock): one still attached is detached, and one holding nothing but
+ * files git had not yet written is removed (a line in `log`); *out lists
+ * those kept.  Without `clean` nothing changes and *out lists every one.
+ * Items: {path, commit, user_changes}.
+ */
+int orch_git_leftovers(orch_git *g, const char *root, bool clean, json_t **out, json_t *log);
 
 /*
  * Remove lock files of orchfs's own branch refs (refs/heads/session/ and

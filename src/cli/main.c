@@ -25,6 +25,8 @@ static void usage(FILE *f)
 	      "  orchfs serve [--repo DIR] [--state DIR]\n"
 	      "  orchfs mcp [--repo DIR] [--state DIR]\n"
 	      "  orchfs methods [--json]\n"
+	      "  orchfs check [--repo DIR] [--state DIR]\n"
+	      "  orchfs backup [--repo DIR] [--state DIR] PATH\n"
 	      "  orchfs --version\n",
 	      f);
 }
@@ -378,6 +380,39 @@ static int cmd_methods(cli_args *a)
 	return 0;
 }
 
+/* Verify the store and the worktrees, changing nothing: 0 all well, 1 problems found, 2 could not check. */
+static int cmd_check(cli_args *a)
+{
+	json_t *report = NULL;
+	int rc = orch_check(a->repo, a->state, &report);
+	size_t n = json_array_size(json_object_get(report, "problems"));
+
+	if (rc) {
+		fprintf(stderr, "orchfs check: %s\n", orch_error_last()->message);
+		json_decref(report);
+		return 2;
+	}
+	json_dumpf(report, stdout, JSON_INDENT(2));
+	printf("\n");
+	fprintf(stderr, "orchfs check: %zu problem%s\n", n, n == 1 ? "" : "s");
+	json_decref(report);
+	return n ? 1 : 0;
+}
+
+/* A consistent copy of the database at a new file PATH, while the mount serves. */
+static int cmd_backup(cli_args *a)
+{
+	if (a->argc != 1) {
+		usage(stderr);
+		return 2;
+	}
+	if (orch_backup(a->repo, a->state, a->argv[0]) != 0) {
+		fprintf(stderr, "orchfs backup: %s\n", orch_error_last()->message);
+		return 1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	cli_args a;
@@ -410,6 +445,10 @@ int main(int argc, char **argv)
 		printf("orchfs %s\n", ORCHFS_VERSION);
 		return 0;
 	}
+	if (strcmp(argv[1], "check") == 0)
+		return cmd_check(&a);
+	if (strcmp(argv[1], "backup") == 0)
+		return cmd_backup(&a);
 	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
 		usage(stdout);
 		return 0;

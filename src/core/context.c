@@ -23,12 +23,19 @@ static int state_path(const char *repo, const char *state_dir, char **out)
 	if (!state_dir && asprintf(&state, "%s/.orchfs", repo) < 0)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	const char *dir = state_dir ? state_dir : state;
-	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+	struct stat sb;
+	/*
+	 * Private: the database holds every session, task and stored reply.
+	 * One made by an older orchfs (0755) is made private at start-up too.
+	 */
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		int rc = orch_error_set(ORCH_EINTERNAL, "cannot create state directory %s: %s", dir,
 					strerror(errno));
 		free(state);
 		return rc;
 	}
+	if (stat(dir, &sb) == 0 && (sb.st_mode & 077) && chmod(dir, sb.st_mode & 0700) < 0)
+		orch_log("cannot make state directory %s private: %s", dir, strerror(errno));
 	if (state_dir) {
 		state = realpath(state_dir, NULL);
 		if (!state)

@@ -450,6 +450,12 @@ static int main_request(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = orch_error_set(ORCH_EINVALID_STATE, "no main worktree is recorded; give target_branch");
 		goto done;
 	}
+	if (!given && !target[0]) {
+		rc = orch_error_set(ORCH_EINVALID_STATE, "the main worktree is on a detached HEAD, so it has no branch "
+				    "to merge into: git switch to a branch there (and open a session again), or give "
+				    "target_branch");
+		goto done;
+	}
 	if (!orch_git_branch_name_valid(target)) {
 		rc = orch_error_set(ORCH_EINVALID_PARAMS, "target_branch \"%s\" is not a valid git branch name", target);
 		goto done;

@@ -95,7 +95,11 @@ static int check_keys(const orch_param *ps, json_t *obj, const char *where, bool
 	return 0;
 }
 
-/* SPEC limits: strings 64 KiB, arrays 10,000 items, depth 64. */
+/*
+ * SPEC limits: strings 64 KiB, arrays 10,000 items, depth 64.  `name` is
+ * what a message names: "request" for the whole, then the top-level key
+ * the offending value is under.
+ */
 static int check_limits(const char *name, json_t *v, int depth)
 {
 	if (depth > ORCH_DEPTH_MAX)
@@ -120,7 +124,7 @@ static int check_limits(const char *name, json_t *v, int depth)
 			if (strlen(k) > ORCH_STRING_MAX)
 				return orch_error_set(ORCH_EINVALID_PARAMS, "a key in %s is longer than %d bytes",
 						      name, ORCH_STRING_MAX);
-			int rc = check_limits(name, item, depth + 1);
+			int rc = check_limits(depth == 1 ? k : name, item, depth + 1);
 			if (rc)
 				return rc;
 		}
@@ -178,6 +182,9 @@ static int check_value(const orch_param *p, json_t *obj, const char *name, json_
 		char *norm;
 		if (!json_is_string(v))
 			return type_error(name, p, v);
+		/* "   " is not a file named by spaces but a client's mistake: as for required strings. */
+		if (blank(json_string_value(v)))
+			return orch_error_set(ORCH_EINVALID_PARAMS, "%s must not be blank", name);
 		rc = orch_path_normalise(name, json_string_value(v), &norm);
 		if (rc)
 			return rc;

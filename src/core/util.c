@@ -307,6 +307,15 @@ int orch_path_normalise(const char *name, const char *in, char **out)
 	size_t len = 0;
 
 	*out = NULL;
+	/* A control character (a newline breaks `git worktree list --porcelain`, for one) is never a path. */
+	for (size_t i = 0; i < n; i++) {
+		if ((unsigned char)in[i] < 0x20 || in[i] == 0x7f) {
+			free(buf);
+			free(dup);
+			return orch_error_set(ORCH_EINVALID_PARAMS, "%s must not contain control characters "
+					      "(byte 0x%02x at %zu)", name, (unsigned char)in[i], i);
+		}
+	}
 	if (n == 0 || in[0] == '/') {
 		free(buf);
 		free(dup);

@@ -353,6 +353,24 @@ static int check_client_branch(orch_ctx *ctx, const char *branch)
 	return check_branch(ctx, branch);
 }
 
+/*
+ * A parent whose record names no branch: the main worktree on a detached
+ * HEAD ("HEAD" as older versions recorded it).  Nothing can be spawned from
+ * or merged into it until it is on a branch again: invalid_state saying so.
+ */
+static int detached_parent(json_t *parent, const char *what)
+{
+	const char *b = wt_str(parent, "branch");
+
+	if (*b && strcmp(b, "HEAD") != 0)
+		return 0;
+	orch_error_set(ORCH_EINVALID_STATE, "worktree %lld (%s) is on a detached HEAD, not a branch: nothing can "
+		       "be %s it; check out a branch there (git switch <branch>) and open the session again",
+		       (long long)wt_int(parent, "id"), wt_str(parent, "path"), what);
+	orch_error_detail("state", json_string("detached"));
+	return ORCH_EINVALID_STATE;
+}
+
 static int check_task(orch_ctx *ctx, int64_t task_id)
 {
 	json_t *t = NULL;
@@ -493,6 +511,8 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 	if ((rc = touch(ctx, parent, &gone)) != 0)
 		goto done;
 	if (base || on_disk) {
+		if (!base && (rc = detached_parent(parent, "spawned from")) != 0)
+			goto done;
 		if (!base && !orch_git_branch_exists(ctx->git, wt_str(parent, "branch"))) {
 			rc = orch_error_set(ORCH_EINVALID_STATE, "parent worktree %lld's branch \"%s\" does not exist "
 					    "in git yet; give base_ref", (long long)pid, wt_str(parent, "branch"));
@@ -611,8 +631,8 @@ static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = bad_state(parent, "it cannot receive a merge");
 		goto done;
 	}
-	if ((rc = check_no_live_children(ctx, wt, "merge")) != 0 || (rc = touch(ctx, wt, &gone)) != 0 ||
-	    (rc = touch(ctx, parent, &gone)) != 0)
+	if ((rc = detached_parent(parent, "merged into")) != 0 || (rc = check_no_live_children(ctx, wt, "merge")) != 0 ||
+	    (rc = touch(ctx, wt, &gone)) != 0 || (rc = touch(ctx, parent, &gone)) != 0)
 		goto done;
 	/*
 	 * A merge that moved the parent's branch but died before its commit
@@ -822,6 +842,29 @@ done:
 }
 
 /*
+ * Start-up: checkouts set aside as leftovers (orch_git_leftovers) holding
+ * nothing but files git had not yet written are removed; the others are
+ * kept, and named in the log (and by `orchfs check`).
+ */
+static int clean_set_aside(orch_ctx *ctx, json_t *log)
+{
+	json_t *kept = NULL, *k;
+	char *root = NULL;
+	size_t i;
+	int rc;
+
+	if (asprintf(&root, "%s/worktrees", ctx->state_dir) < 0)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	rc = orch_git_leftovers(ctx->git, root, true, &kept, log);
+	json_array_foreach(kept, i, k)
+		json_array_append_new(log, json_sprintf("kept leftover %s: it holds changes git did not write "
+							"(see orchfs check)", json_string_value(json_object_get(k, "path"))));
+	json_decref(kept);
+	free(root);
+	return rc;
+}
+
+/*
  * Start-up: compare every worktree record with the disk, in one
  * transaction that bumps db_version only if a record changed.
  *  - active or missing, directory gone but set aside by an abandon that
@@ -831,6 +874,7 @@ done:
  *  - abandoned, set-aside directory still there (interrupted after its
  *    commit): deleted;
  *  - orchfs worktrees that no record names: removed if nothing is lost;
+ *  - leftovers set aside: detached from git, removed if they hold no user work;
  *  - git metadata of orchfs worktrees whose directory is gone: pruned.
  * *log receives one line per finding and a summary line.
  */
@@ -861,7 +905,7 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 				json_array_append_new(*log, json_sprintf("worktree %lld (%s): finished removing it",
 									 (long long)id, path));
 			}
-		} else if (!here && aside && rename(trash, path) == 0) {
+		} else if (!here && aside && orch_git_put_back(ctx->git, path) == 0) {
 			/* active, or marked missing by a later call while it was aside */
 			json_array_append_new(*log, json_sprintf("worktree %lld (%s): put back (an abandon did not "
 								 "complete)", (long long)id, path));
@@ -889,7 +933,8 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 		if (rc)
 			goto fail;
 	}
-	if ((rc = reclaim_leftovers(ctx, *log)) != 0 || (rc = orch_git_prune_stale(ctx->git, *log)) != 0)
+	if ((rc = reclaim_leftovers(ctx, *log)) != 0 || (rc = clean_set_aside(ctx, *log)) != 0 ||
+	    (rc = orch_git_prune_stale(ctx->git, *log)) != 0)
 		goto fail;
 	if (changed) {
 		rc = orch_sql_exec(ctx, "UPDATE mirror_meta SET db_version = db_version + 1, updated_at = ? "

@@ -32,7 +32,9 @@ struct fs_ctl {
 	bool settled;      /* what a flush remembers for an empty or incomplete request is remembered */
 	ctl_state state;
 	char *req;
-	size_t req_len;
+	size_t req_len, req_cap;
+	orch_reqscan scan; /* how far req has been scanned (each byte once) */
+	int done_errno;    /* CTL_DONE: what the write that ran the request returned (0 or -errno) */
 	char *reply;
 	size_t reply_len;
 	bool origin_set;
@@ -82,6 +84,7 @@ fs_ctl *fs_ctl_new(orch_env *env, const orch_method *m, int64_t session_id, bool
 	c->m = m;
 	c->session_id = session_id;
 	c->reply_errors = reply_errors;
+	orch_reqscan_init(&c->scan);
 	return c;
 }
 
@@ -122,6 +125,46 @@ static int delivered(fs_ctl *c, int rc)
 	return rc && !c->reply_errors ? -fs_errno(rc) : 0;
 }
 
+/*
+ * Append `len` bytes to the request buffer (grown geometrically, so that a
+ * request written a byte at a time costs linear time) and scan them.
+ * Returns what orch_reqscan_feed returns for the buffer so far.
+ */
+static int request_append(fs_ctl *c, const char *data, size_t len)
+{
+	if (c->req_len + len + 1 > c->req_cap) {
+		size_t cap = c->req_cap ? c->req_cap : 256;
+		while (cap < c->req_len + len + 1)
+			cap *= 2;
+		c->req = orch_xrealloc(c->req, cap);
+		c->req_cap = cap;
+	}
+	memcpy(c->req + c->req_len, data, len);
+	c->req_len += len;
+	c->req[c->req_len] = '\0';
+	return orch_reqscan_feed(&c->scan, data, len);
+}
+
+/*
+ * A write after the request ran.  Not a second request: white space
+ * written after it (printf, then echo), or the request's own bytes again.
+ * A repeat of the whole request is a buffered writer (Python's) retrying
+ * the write whose errno it already raised, before it reads the reply: 0.
+ * A repeat of a proper tail is a writer that saw a short write and no
+ * errno (a request larger than one FUSE write, whose second part failed)
+ * sending the rest again: it gets the errno of the write that ran the
+ * request, so a failed request is never reported as a success.  Anything
+ * else is EBUSY.
+ */
+static int write_after_done(fs_ctl *c, const char *data, size_t len)
+{
+	if (all_space(data, len) || (len == c->req_len && memcmp(c->req, data, len) == 0))
+		return 0;
+	if (len < c->req_len && memcmp(c->req + c->req_len - len, data, len) == 0)
+		return c->done_errno;
+	return -EBUSY;
+}
+
 static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, bool park,
 		     bool (*cancelled)(void *arg), void *arg)
 {
@@ -134,38 +177,25 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, boo
 		return -EFBIG;
 	if (c->state == CTL_WAITING)
 		return -EBUSY;
-	if (c->state == CTL_DONE) {
-		/*
-		 * Not a second request: a newline written after it (printf,
-		 * then echo), or the request's own bytes again (a buffered
-		 * writer such as Python's retries the write that failed with
-		 * the call's errno, then reads the reply).
-		 */
-		if (all_space(data, len) ||
-		    (len <= c->req_len && memcmp(c->req + c->req_len - len, data, len) == 0))
-			return 0;
-		return -EBUSY;
-	}
+	if (c->state == CTL_DONE)
+		return write_after_done(c, data, len);
 	if (c->req_len + len > ORCH_REQUEST_MAX) {
 		c->state = CTL_TOOLARGE;
 		orch_error_set(ORCH_ETOOLARGE, "request is larger than %d bytes", ORCH_REQUEST_MAX);
 		set_reply(c, orch_reply_error(NULL), true);
 		return -EFBIG;
 	}
-	c->req = orch_xrealloc(c->req, c->req_len + len + 1);
-	memcpy(c->req + c->req_len, data, len);
-	c->req_len += len;
-	c->req[c->req_len] = '\0';
-
-	rc = orch_request_parse(c->req, c->req_len, &req);
+	rc = request_append(c, data, len);
 	if (rc == ORCH_INCOMPLETE) {
-		c->state = all_space(c->req, c->req_len) ? CTL_EMPTY : CTL_PARTIAL;
+		c->state = orch_reqscan_blank(&c->scan) ? CTL_EMPTY : CTL_PARTIAL;
 		return 0;
 	}
 	c->state = CTL_DONE;
+	if (rc == 0)
+		rc = orch_request_parse_scanned(c->req, c->req_len, &c->scan, &req);
 	if (rc) {
 		set_reply(c, orch_reply_error(NULL), true);
-		return delivered(c, rc);
+		return c->done_errno = delivered(c, rc);
 	}
 	orch_ctx ctx;
 	orch_ctx_init(&ctx, env, NULL, NULL);
@@ -186,8 +216,8 @@ static int ctl_write(orch_env *env, fs_ctl *c, const char *data, size_t len, boo
 	set_reply(c, reply, false);
 	/* A blocking call (wait) whose writer was signalled: the write says so. */
 	if (cancelled && cancelled(arg))
-		return -EINTR;
-	return delivered(c, rc);
+		return c->done_errno = -EINTR;
+	return c->done_errno = delivered(c, rc);
 }
 
 static int ctl_read(fs_ctl *c, off_t off, size_t size, const char **out, size_t *n)
@@ -304,8 +334,9 @@ int fs_ctl_resume(orch_env *env, fs_ctl *c, int64_t *wake_at)
 	c->waiting = NULL;
 	c->state = CTL_DONE;
 	set_reply(c, reply, false);
+	rc = c->done_errno = delivered(c, rc);
 	pthread_mutex_unlock(&c->mu);
-	return delivered(c, rc);
+	return rc;
 }
 
 int64_t fs_ctl_wake_at(fs_ctl *c, int64_t *seen)

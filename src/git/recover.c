@@ -73,14 +73,29 @@ void orch_git__inflight_end(char *marker)
 	free(marker);
 }
 
+void orch_git_confine_to(orch_git *g, const char *state_dir)
+{
+	free(g->state_dir);
+	g->state_dir = strdup(state_dir);
+}
+
 void orch_git_set_state_dir(orch_git *g, const char *state_dir)
 {
+	json_t *made = json_array();
+	int fd;
+
 	free(g->inflight_dir);
+	orch_git_confine_to(g, state_dir);
 	if (asprintf(&g->inflight_dir, "%s/inflight", state_dir) < 0) {
 		g->inflight_dir = NULL;
-		return;
+	} else if ((fd = orch_git__open_dir(g, g->inflight_dir, made)) >= 0) {
+		close(fd);
+	} else {
+		orch_log("no in-flight markers: %s: %s", g->inflight_dir, strerror(errno));
+		free(g->inflight_dir);
+		g->inflight_dir = NULL;
 	}
-	mkdir(g->inflight_dir, 0755);
+	json_decref(made);
 }
 
 /* Whether s is one or more ASCII digits. */
@@ -232,7 +247,7 @@ static bool drop_stale_metadata(orch_git *g, const char *path)
 	    access(dir, F_OK) == 0) {
 		git_worktree *named = NULL;
 		if (git_worktree_lookup(&named, g->repo, name) < 0 || git_worktree_validate(named) < 0) {
-			orch_git__rm_rf(dir);
+			orch_git__rm_rf(g, dir);
 			dropped = true;
 		}
 		git_worktree_free(named);
@@ -259,17 +274,23 @@ static bool clean_checkout_of(const char *path, const char *branch)
 	return clean;
 }
 
-/* Rename the checkout at `path` to <path>.orchfs-leftover-<ms> and log it; whether that was done. */
-static bool set_aside_leftover(const char *path)
+/*
+ * Detach the checkout at `path` from git (orch_git__detach_leftover: the
+ * retried call is about to make the same metadata name again for its live
+ * checkout) and rename it to <path>.orchfs-leftover-<ms>; log it.  Whether
+ * that was done.  `commit_hex` is what it was checking out, or NULL.
+ */
+static bool set_aside_leftover(orch_git *g, const char *path, const char *commit_hex)
 {
 	char *aside = NULL;
 	bool done;
 
 	if (asprintf(&aside, "%s.orchfs-leftover-%lld", path, (long long)orch_now_ms()) < 0)
 		return false;
-	done = rename(path, aside) == 0;
+	done = orch_git__detach_leftover(g, path, path, commit_hex) == 0 && orch_git__rename(g, path, aside) == 0;
 	if (done)
-		orch_log("set aside %s as %s: a leftover of an interrupted call, with changes", path, aside);
+		orch_log("set aside %s as %s, detached from git: a leftover of an interrupted call, with changes",
+			 path, aside);
 	free(aside);
 	return done;
 }
@@ -292,6 +313,7 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch,
 			      bool set_aside)
 {
 	git_reference *ref = NULL;
+	char tip[GIT_OID_HEXSZ + 1] = "";
 	bool took, has_branch;
 	struct stat sb;
 
@@ -301,6 +323,8 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch,
 		git_reference_free(ref);
 		return 0;
 	}
+	if (has_branch)
+		git_oid_tostr(tip, sizeof(tip), git_reference_target(ref));
 	git_reference_free(ref);
 	ref = NULL;
 	took = drop_ref_lock(g, branch);
@@ -311,7 +335,7 @@ int orch_git_worktree_reclaim(orch_git *g, const char *path, const char *branch,
 		 * A half-made checkout looks dirty, and so would work no record
 		 * knows about: never delete it; set it aside, if asked to.
 		 */
-		if (!set_aside || !set_aside_leftover(path))
+		if (!set_aside || !set_aside_leftover(g, path, tip[0] ? tip : NULL))
 			return took;
 		took = true;
 	}

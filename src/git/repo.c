@@ -59,6 +59,7 @@ void orch_git_close(orch_git *g)
 	if (!g)
 		return;
 	free(g->inflight_dir);
+	free(g->state_dir);
 	free(g->workdir);
 	git_repository_free(g->repo);
 	free(g);
@@ -131,17 +132,34 @@ int orch_git_head_branch(orch_git *g, char **out)
 	}
 	if (err < 0)
 		return orch_git__fail("read HEAD");
-	*out = strdup(git_reference_is_branch(head) ? git_reference_shorthand(head) : "HEAD");
+	/* Detached: no branch ("" rather than "HEAD", which names no branch and would be taken for one). */
+	*out = strdup(git_reference_is_branch(head) ? git_reference_shorthand(head) : "");
 	git_reference_free(head);
 	return 0;
+}
+
+bool orch_git__no_commits(orch_git *g)
+{
+	return git_repository_is_empty(g->repo) == 1 || git_repository_head_unborn(g->repo) == 1;
+}
+
+int orch_git__no_commits_error(orch_git *g)
+{
+	return orch_error_set(ORCH_EINVALID_STATE, "the repository %s has no commits yet (its HEAD is unborn): "
+			      "make a first commit (git commit --allow-empty -m init), then retry", g->workdir);
 }
 
 bool orch_git_branch_name_valid(const char *name)
 {
 	int valid = 0;
 
-	/* "@" is refused too: in every revision it means HEAD, so such a branch could never be named. */
-	if (!name || !*name || strcmp(name, "HEAD") == 0 || strcmp(name, "@") == 0 || name[0] == '-')
+	/*
+	 * "@" is refused too: in every revision it means HEAD, so such a branch
+	 * could never be named; so is "refs/...": refs/heads/x would become
+	 * refs/heads/refs/heads/x, which every revision reads as another ref.
+	 */
+	if (!name || !*name || strcmp(name, "HEAD") == 0 || strcmp(name, "@") == 0 || name[0] == '-' ||
+	    strncmp(name, "refs/", 5) == 0)
 		return false;
 	return git_branch_name_is_valid(&valid, name) == 0 && valid;
 }
@@ -187,7 +205,9 @@ int orch_git_resolve_commit(orch_git *g, const char *revspec, char *hex)
 	int rc = 0;
 
 	if (git_revparse_single(&obj, g->repo, revspec) < 0) {
-		rc = orch_error_set(ORCH_ENOTFOUND, "base_ref \"%s\" does not name a commit", revspec);
+		rc = orch_git__no_commits(g) ? orch_git__no_commits_error(g)
+					     : orch_error_set(ORCH_ENOTFOUND, "base_ref \"%s\" does not name a commit",
+							      revspec);
 		goto done;
 	}
 	if (git_object_peel(&commit, obj, GIT_OBJECT_COMMIT) < 0) {

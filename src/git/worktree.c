@@ -4,8 +4,8 @@
  * deleted after the commit), listing orchfs's own and pruning stale
  * metadata.
  */
+#include <dirent.h>
 #include <errno.h>
-#include <ftw.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,51 +78,27 @@ git_worktree *orch_git__worktree_at(orch_git *g, const char *path)
 	return found;
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-void orch_git__rm_rf(const char *path)
-{
-	nftw(path, rm_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
-}
-
 /*
- * mkdir -p `dir`.  The directories it actually made are appended to the
- * array `made`, outermost first, so that an undo removes exactly those
- * (rmdir_made) and leaves no empty parent behind to block a later path.
+ * mkdir -p `dir`, confined (orch_git__open_dir).  The directories it
+ * actually made are appended to the array `made`, outermost first, so that
+ * an undo removes exactly those (rmdir_made) and leaves no empty parent
+ * behind to block a later path.
  */
-static int mkdir_p(const char *dir, json_t *made)
+static int mkdir_p(orch_git *g, const char *dir, json_t *made)
 {
-	char *tmp = strdup(dir);
-	int rc = 0;
+	int fd = orch_git__open_dir(g, dir, made);
 
-	for (char *p = tmp + 1;; p++) {
-		if (*p && *p != '/')
-			continue;
-		char c = *p;
-		*p = '\0';
-		if (mkdir(tmp, 0755) == 0)
-			json_array_append_new(made, json_string(tmp));
-		else if (errno != EEXIST)
-			rc = -1;
-		*p = c;
-		if (!c || rc)
-			break;
-	}
-	free(tmp);
-	return rc;
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
 }
 
 /* Remove the directories mkdir_p made, innermost first; one that is not empty stays. */
-static void rmdir_made(json_t *made)
+static void rmdir_made(orch_git *g, json_t *made)
 {
 	for (size_t i = json_array_size(made); i-- > 0;)
-		rmdir(json_string_value(json_array_get(made, i)));
+		orch_git__rmdir(g, json_string_value(json_array_get(made, i)));
 }
 
 int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, bool delete_branch)
@@ -138,7 +114,7 @@ int orch_git_worktree_remove(orch_git *g, const char *path, const char *branch, 
 			rc = orch_git__fail("prune worktree");
 		git_worktree_free(wt);
 	}
-	orch_git__rm_rf(path);
+	orch_git__rm_rf(g, path);
 	if (delete_branch && branch) {
 		git_reference *ref = NULL;
 		if (git_branch_lookup(&ref, g->repo, branch, GIT_BRANCH_LOCAL) == 0) {
@@ -157,15 +133,52 @@ struct wt_add {
 	orch_git_effect fx;
 	char *path;
 	char *branch;
-	json_t *made; /* directories made to hold the checkout */
+	char *wt_name; /* git's metadata name, .git/worktrees/<wt_name> */
+	json_t *made;  /* directories made to hold the checkout */
 };
+
+/* Remove git's metadata directory .git/worktrees/<wt_name>, whatever state it is in. */
+static void drop_metadata_named(orch_git *g, const char *wt_name)
+{
+	char *dir = NULL;
+
+	if (asprintf(&dir, "%sworktrees/%s", git_repository_commondir(g->repo), wt_name) >= 0)
+		orch_git__rm_rf(g, dir);
+	free(dir);
+}
+
+/*
+ * Undo every step of making a worktree, in the order that lets each step
+ * succeed: the metadata first (git refuses to delete a branch that a
+ * worktree, even a half-made one, has checked out), then the branch, the
+ * checkout and the directories made for it.
+ */
+static void wt_add_unmake(struct wt_add *a)
+{
+	orch_git *g = a->fx.g;
+	git_worktree *wt = orch_git__worktree_at(g, a->path);
+	git_reference *ref = NULL;
+
+	if (wt) {
+		git_worktree_prune_options opts = GIT_WORKTREE_PRUNE_OPTIONS_INIT;
+		opts.flags = GIT_WORKTREE_PRUNE_VALID | GIT_WORKTREE_PRUNE_LOCKED;
+		git_worktree_prune(wt, &opts);
+		git_worktree_free(wt);
+	}
+	drop_metadata_named(g, a->wt_name);
+	if (git_branch_lookup(&ref, g->repo, a->branch, GIT_BRANCH_LOCAL) == 0) {
+		if (git_branch_delete(ref) < 0)
+			orch_log("could not delete branch %s of a failed call: %s", a->branch,
+				 git_error_last() ? git_error_last()->message : "?");
+		git_reference_free(ref);
+	}
+	orch_git__rm_rf(g, a->path);
+	rmdir_made(g, a->made);
+}
 
 static void wt_add_undo(orch_git_effect *fx)
 {
-	struct wt_add *a = (struct wt_add *)fx;
-
-	orch_git_worktree_remove(fx->g, a->path, a->branch, true);
-	rmdir_made(a->made);
+	wt_add_unmake((struct wt_add *)fx);
 }
 
 static void wt_add_release(orch_git_effect *fx)
@@ -174,12 +187,13 @@ static void wt_add_release(orch_git_effect *fx)
 
 	free(a->path);
 	free(a->branch);
+	free(a->wt_name);
 	json_decref(a->made);
 	free(a);
 }
 
-/* A new, empty effect for adding `branch` at `path`, or NULL when out of memory. */
-static struct wt_add *wt_add_new(orch_git *g, const char *path, const char *branch)
+/* A new, empty effect for adding `branch` at `path` as `wt_name`, or NULL when out of memory. */
+static struct wt_add *wt_add_new(orch_git *g, const char *wt_name, const char *path, const char *branch)
 {
 	struct wt_add *a = calloc(1, sizeof(*a));
 
@@ -188,8 +202,9 @@ static struct wt_add *wt_add_new(orch_git *g, const char *path, const char *bran
 	a->fx = (orch_git_effect){.undo = wt_add_undo, .release = wt_add_release, .g = g};
 	a->path = strdup(path);
 	a->branch = strdup(branch);
+	a->wt_name = strdup(wt_name);
 	a->made = json_array();
-	if (!a->path || !a->branch || !a->made) {
+	if (!a->path || !a->branch || !a->wt_name || !a->made) {
 		wt_add_release(&a->fx);
 		return NULL;
 	}
@@ -204,7 +219,9 @@ static int base_commit(orch_git *g, const char *base, git_commit **out)
 
 	*out = NULL;
 	if (git_revparse_single(&obj, g->repo, base) < 0)
-		rc = orch_error_set(ORCH_ENOTFOUND, "base \"%s\" does not name a commit in %s", base, g->workdir);
+		rc = orch_git__no_commits(g)
+			     ? orch_git__no_commits_error(g)
+			     : orch_error_set(ORCH_ENOTFOUND, "base \"%s\" does not name a commit in %s", base, g->workdir);
 	else if (git_object_peel((git_object **)out, obj, GIT_OBJECT_COMMIT) < 0)
 		rc = orch_error_set(ORCH_EINVALID_PARAMS, "base \"%s\" is not a commit", base);
 	git_object_free(obj);
@@ -232,6 +249,9 @@ static int check_free(orch_git *g, const char *wt_name, const char *path, const 
 		git_worktree_prune_options po = GIT_WORKTREE_PRUNE_OPTIONS_INIT;
 		if (git_worktree_validate(old) == 0 || git_worktree_prune(old, &po) < 0)
 			rc = orch_error_set(ORCH_EEXISTS, "git already has a worktree named %s", wt_name);
+	} else {
+		/* Half-written metadata (no gitdir or HEAD: libgit2 does not even list it) of a killed call. */
+		drop_metadata_named(g, wt_name);
 	}
 	git_worktree_free(old);
 	git_reference_free(ref);
@@ -242,7 +262,7 @@ static int check_free(orch_git *g, const char *wt_name, const char *path, const 
  * Make the directories above `a->path` (recorded in a->made), the branch
  * at `commit` and the checkout.  On failure nothing of it is left.
  */
-static int make_worktree(orch_git *g, struct wt_add *a, const char *wt_name, git_commit *commit)
+static int make_worktree(orch_git *g, struct wt_add *a, git_commit *commit)
 {
 	git_worktree_add_options opts = GIT_WORKTREE_ADD_OPTIONS_INIT;
 	git_reference *ref = NULL;
@@ -252,22 +272,27 @@ static int make_worktree(orch_git *g, struct wt_add *a, const char *wt_name, git
 
 	if (!parent)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
-	if (mkdir_p(dirname(parent), a->made) < 0) {
-		rc = orch_error_set(ORCH_EGIT, "cannot create %s: %s", parent, strerror(errno));
-		rmdir_made(a->made);
+	if (mkdir_p(g, dirname(parent), a->made) < 0) {
+		rc = errno == ELOOP || errno == ENOTDIR || errno == EXDEV
+			     ? orch_error_set(ORCH_EINVALID_STATE, "cannot create %s: a component below the state "
+					      "directory is a symlink or not a directory (orchfs creates checkouts only "
+					      "in real directories below %s)", a->path, g->state_dir ? g->state_dir : "it")
+			     : orch_error_set(ORCH_EGIT, "cannot create %s: %s", parent, strerror(errno));
+		rmdir_made(g, a->made);
 		goto done;
 	}
 	if (git_branch_create(&ref, g->repo, a->branch, commit, 0) < 0) {
 		rc = orch_git__fail("create branch");
-		rmdir_made(a->made);
+		rmdir_made(g, a->made);
 		goto done;
 	}
 	opts.ref = ref;
-	if (git_worktree_add(&wt, g->repo, wt_name, a->path, &opts) < 0) {
+	if (git_worktree_add(&wt, g->repo, a->wt_name, a->path, &opts) < 0) {
+		/* The checkout failed part-way (ENOSPC, say): libgit2 leaves its metadata and the branch. */
 		rc = orch_git__fail("add worktree");
-		git_branch_delete(ref);
-		orch_git__rm_rf(a->path);
-		rmdir_made(a->made);
+		git_reference_free(ref);
+		ref = NULL;
+		wt_add_unmake(a);
 	}
 done:
 	git_worktree_free(wt);
@@ -287,12 +312,12 @@ int orch_git_worktree_add(orch_git *g, const char *wt_name, const char *path, co
 	if (!orch_git_branch_name_valid(branch))
 		return orch_error_set(ORCH_EINVALID_PARAMS, "\"%s\" is not a valid branch name", branch);
 	/* The effect first: once git has changed, nothing may fail before the caller holds its undo. */
-	if (!(a = wt_add_new(g, path, branch))) {
+	if (!(a = wt_add_new(g, wt_name, path, branch))) {
 		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
 		goto done;
 	}
 	if ((rc = base_commit(g, base, &commit)) != 0 || (rc = check_free(g, wt_name, path, branch)) != 0 ||
-	    (rc = make_worktree(g, a, wt_name, commit)) != 0)
+	    (rc = make_worktree(g, a, commit)) != 0)
 		goto done;
 	*fx = &a->fx;
 	a = NULL;
@@ -331,9 +356,41 @@ int orch_git_orchfs_worktrees(orch_git *g, json_t **out)
 	return 0;
 }
 
+/*
+ * Remove git metadata directories named orchfs-* that libgit2 cannot even
+ * look up (no gitdir or HEAD yet: a call killed while git_worktree_add
+ * wrote them).  No record can claim one: it names no checkout.
+ */
+static void prune_half_written(orch_git *g, json_t *log)
+{
+	char *dir = NULL;
+	struct dirent *e;
+	DIR *d;
+
+	if (asprintf(&dir, "%sworktrees", git_repository_commondir(g->repo)) < 0)
+		return;
+	if ((d = opendir(dir)) != NULL) {
+		while ((e = readdir(d)) != NULL) {
+			git_worktree *wt = NULL;
+			if (strncmp(e->d_name, "orchfs-", 7) != 0)
+				continue;
+			if (git_worktree_lookup(&wt, g->repo, e->d_name) < 0) {
+				drop_metadata_named(g, e->d_name);
+				json_array_append_new(log, json_sprintf("removed half-written git metadata %s",
+									e->d_name));
+			}
+			git_worktree_free(wt);
+		}
+		closedir(d);
+	}
+	free(dir);
+}
+
 int orch_git_prune_stale(orch_git *g, json_t *log)
 {
 	git_strarray names = {0};
+
+	prune_half_written(g, log);
 
 	if (git_worktree_list(&names, g->repo) < 0)
 		return orch_git__fail("list worktrees");
@@ -384,8 +441,17 @@ void orch_git_retire_finish(orch_git *g, const char *path)
 
 	prune_invalid_at(g, path);
 	if (trash)
-		orch_git__rm_rf(trash);
+		orch_git__rm_rf(g, trash);
 	free(trash);
+}
+
+int orch_git_put_back(orch_git *g, const char *path)
+{
+	char *trash = orch_git_retired_path(path);
+	int rc = trash ? orch_git__rename(g, trash, path) : -1;
+
+	free(trash);
+	return rc;
 }
 
 /* The effect of a retire: the checkout at `path`, set aside at `trash` (when `moved`). */
@@ -405,7 +471,7 @@ static void retire_undo(orch_git_effect *fx)
 {
 	struct retire *r = (struct retire *)fx;
 
-	if (r->moved && rename(r->trash, r->path) < 0)
+	if (r->moved && orch_git__rename(fx->g, r->trash, r->path) < 0)
 		orch_log("could not put %s back (%s); it stays at %s, and the next start-up puts it back "
 			 "once %s is free", r->path, strerror(errno), r->trash, r->path);
 }
@@ -452,8 +518,8 @@ int orch_git_worktree_retire(orch_git *g, const char *path, orch_git_effect **fx
 			retire_release(&r->fx);
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	}
-	orch_git__rm_rf(r->trash); /* a leftover of an interrupted removal */
-	if (rename(path, r->trash) < 0) {
+	orch_git__rm_rf(g, r->trash); /* a leftover of an interrupted removal */
+	if (orch_git__rename(g, path, r->trash) < 0) {
 		e = errno;
 		retire_release(&r->fx);
 		return orch_error_set(ORCH_EGIT, "cannot remove worktree %s: %s", path, strerror(e));

@@ -3,11 +3,14 @@
  * prepared-statement cache keyed by the SQL literal's address.
  */
 #include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "orchfs/base.h"
@@ -214,13 +217,53 @@ int orch_store_open_reader(orch_store **out, const char *path)
 	return 0;
 }
 
+/*
+ * Make `path` (created when `create`) readable by its owner only: remove
+ * group and other bits of an existing file, so that a state directory made
+ * by an older orchfs (0644) becomes private too.  Never follows a symlink.
+ * A missing file that is not to be created is fine.
+ */
+static int make_private(const char *path, bool create)
+{
+	int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+	struct stat sb;
+	int rc = 0;
+
+	if (fd < 0)
+		return errno == ENOENT && !create ? 0
+		       : orch_error_set(ORCH_EINTERNAL, "cannot open database %s: %s", path, strerror(errno));
+	if (fstat(fd, &sb) == 0 && (sb.st_mode & 077) && fchmod(fd, sb.st_mode & 0700) < 0)
+		rc = orch_error_set(ORCH_EINTERNAL, "cannot make %s private: %s", path, strerror(errno));
+	close(fd);
+	return rc;
+}
+
+/*
+ * The database and its -wal and -shm files are 0600 (SQLite gives the
+ * latter two the database's mode when it creates them).
+ */
+static int make_store_private(const char *path)
+{
+	static const char *const suffix[] = {"-wal", "-shm"};
+	char side[4096];
+	int rc = make_private(path, true);
+
+	for (size_t i = 0; i < 2 && !rc; i++) {
+		if ((size_t)snprintf(side, sizeof(side), "%s%s", path, suffix[i]) >= sizeof(side))
+			return orch_error_set(ORCH_EINTERNAL, "database path too long: %s", path);
+		rc = make_private(side, false);
+	}
+	return rc;
+}
+
 int orch_store_open(orch_store **out, const char *path)
 {
 	orch_store *st = calloc(1, sizeof(*st));
 	int rc;
 
 	*out = NULL;
-	if ((rc = connect(st, path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) != 0)
+	if ((rc = make_store_private(path)) != 0 ||
+	    (rc = connect(st, path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) != 0)
 		goto fail;
 	/*
 	 * WAL lets readers (the daemon rendering files) run beside a writer;

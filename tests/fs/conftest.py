@@ -17,6 +17,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ORCHFS = os.environ.get('ORCHFS_BIN', os.path.join(ROOT, 'build-test', 'orchfs'))
 BAD_OUTPUT = re.compile(r'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|ThreadSanitizer|'
                         r'runtime error:|warning|WARNING|Assertion')
+SANITIZER = re.compile(r'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|ThreadSanitizer|runtime error:')
+# scripts/test makes the sanitizers exit with this status, so a report never passes for an error reply (1).
+SANITIZER_EXIT = 86
+
+
+def check_sanitizers(proc_result, what):
+    """Fail when a process we ran reported a sanitizer finding, whatever status a test expects."""
+    err = proc_result.stderr if isinstance(proc_result.stderr, str) else (proc_result.stderr or b'').decode(errors='replace')
+    assert proc_result.returncode != SANITIZER_EXIT and not SANITIZER.search(err), f'{what}:\n{err}'
 
 
 def pytest_configure(config):
@@ -48,6 +57,7 @@ class Mount:
         self.state = str(state)
         self.log = log
         self.proc = None
+        self.stop_problem = None  # set by stop(): the daemon had to be killed, or exited non-zero
 
     def start(self):
         self.proc = subprocess.Popen([ORCHFS, 'mount', '-f', '--repo', str(self.repo), '--state', self.state,
@@ -66,10 +76,13 @@ class Mount:
         if subprocess.run(['fusermount3', '-u', self.path], capture_output=True).returncode != 0:
             subprocess.run(['fusermount3', '-u', '-z', self.path], capture_output=True)
         try:
-            self.proc.wait(timeout=20)
+            status = self.proc.wait(timeout=20)
+            if status != 0:
+                self.stop_problem = f'the daemon exited with status {status}'
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+            self.stop_problem = 'the daemon did not exit within 20 s of its unmount and was killed'
         self.proc = None
 
     def kill(self):
@@ -133,7 +146,9 @@ class Mount:
         args.append(method)
         if params is not None:
             args.append(params if isinstance(params, str) else json.dumps(params))
-        return subprocess.run(args, capture_output=True, text=True)
+        r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        check_sanitizers(r, f'orchfs call {method}')
+        return r
 
 
 @pytest.fixture
@@ -152,3 +167,4 @@ def mount(repo, tmp_path):
     log = open(m.log).read()
     bad = [line for line in log.splitlines() if BAD_OUTPUT.search(line)]
     assert not bad, 'daemon reported:\n' + log
+    assert m.stop_problem is None, m.stop_problem + ':\n' + log

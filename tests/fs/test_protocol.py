@@ -392,3 +392,32 @@ def test_ctl_stat_size_is_what_a_read_returns(mount):
     p = mount.p('sessions', '1', 'ctl', 'session.context')
     data = open(p, 'rb').read()
     assert json.loads(data)['result']['session']['id'] == 1 and os.stat(p).st_size == len(data)
+
+
+def test_nul_and_invalid_utf8_are_invalid_json_at_once(mount):
+    for junk in [b'\x00{', b'{"level": "\xc0\x80', b'{"level": \x00', b'\xff']:
+        fd = os.open(mount.p('ctl', 'task.list'), os.O_RDWR)
+        with pytest.raises(OSError) as e:
+            os.write(fd, junk)
+        assert e.value.errno == errno.EINVAL
+        assert json.loads(os.read(fd, 4096))['error']['code'] == 'invalid_json'
+        os.close(fd)
+
+
+def test_short_write_of_failed_request_never_looks_like_success(mount):
+    """About 1 MiB reaches the daemon as several FUSE writes; when the last fails, the
+    writer sees a short write, and its loop re-sends the tail, which must fail too."""
+    req = json.dumps({'level': 'case', 'title': 'x' * (1024 * 1024 - 100)}).encode()
+    fd = os.open(mount.p('ctl', 'task.create'), os.O_RDWR)
+    view, writes = memoryview(req), 0
+    with pytest.raises(OSError) as e:
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+            writes += 1
+            assert writes < 100
+    assert e.value.errno == errno.EINVAL
+    reply = json.loads(os.read(fd, 65536))
+    assert reply['error']['code'] == 'invalid_params' and 'title' in reply['error']['message']
+    os.close(fd)
+    assert os.listdir(mount.p("tasks")) == []

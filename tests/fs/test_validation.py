@@ -1,6 +1,6 @@
 """Bad input for every method and every field: a typed error, the right errno,
-and nothing changed.  The method table comes from `orchfs methods --json`, so
-a method added later is covered without touching this file."""
+and nothing changed.  The fields come from tests/fs/contract.py, a list kept by
+hand apart from the code; `orchfs methods --json` must agree with it."""
 import errno
 import json
 import subprocess
@@ -8,9 +8,38 @@ import subprocess
 import pytest
 
 from conftest import ORCHFS
+from contract import CONTRACT
 
-METHODS = json.loads(subprocess.run([ORCHFS, 'methods', '--json'], capture_output=True, text=True,
-                                    check=True).stdout)
+
+def as_table(params):
+    out = []
+    for name, ptype, required, *items in params:
+        p = {'name': name, 'type': ptype, 'required': required}
+        if items:
+            p['items'] = as_table(items[0])
+        out.append(p)
+    return out
+
+
+# The methods as the contract lists them (not as the code under test says).
+METHODS = [{'name': name, 'params': as_table(params)} for name, params in CONTRACT.items()]
+TABLE = json.loads(subprocess.run([ORCHFS, 'methods', '--json'], capture_output=True, text=True,
+                                  check=True).stdout)
+
+
+def strip(params):
+    return [{k: (strip(v) if k == 'items' else v) for k, v in p.items() if k in ('name', 'type', 'required', 'items')}
+            for p in params]
+
+
+def test_method_table_matches_the_contract():
+    code = {m['name']: strip(m['params']) for m in TABLE}
+    missing = sorted(set(CONTRACT) - set(code))
+    unlisted = sorted(set(code) - set(CONTRACT))
+    assert not missing, f'methods of the contract the daemon lacks: {missing}'
+    assert not unlisted, f'methods not in tests/fs/contract.py (add them there): {unlisted}'
+    for m in METHODS:
+        assert code[m['name']] == m['params'], m['name']
 
 GOOD = {'id': 1, 'int': 1, 'string': 'x', 'bool': True, 'json': {}, 'strings': ['a'], 'paths': ['a'],
         'path': 'a', 'objects': [], 'owner': 'x'}

@@ -171,10 +171,11 @@ TEST(call_id_idempotent)
 	json_decref(fails(env, ORCH_EEXISTS, "task.create", "{\"level\": \"case\", \"title\": \"y\", \"call_id\": \"c-1\"}"));
 	json_decref(fails(env, ORCH_EEXISTS, "task.get", "{\"task_id\": 1, \"call_id\": \"c-1\"}"));
 	json_decref(fails(env, ORCH_EINVALID_PARAMS, "task.get", "{\"task_id\": 1, \"call_id\": \"bad id\"}"));
-	/* An error reply is kept too, and replayed. */
-	json_decref(fails(env, ORCH_ENOTFOUND, "task.get", "{\"task_id\": 5, \"call_id\": \"c-2\"}"));
+	/* An error reply is kept too, and replayed: task 2 exists by then, so a fresh run would succeed. */
+	json_decref(fails(env, ORCH_ENOTFOUND, "task.get", "{\"task_id\": 2, \"call_id\": \"c-2\"}"));
 	json_decref(ok(env, "task.create", "{\"level\": \"case\", \"title\": \"x\"}"));
-	json_decref(fails(env, ORCH_ENOTFOUND, "task.get", "{\"task_id\": 5, \"call_id\": \"c-2\"}"));
+	json_decref(ok(env, "task.get", "{\"task_id\": 2}"));
+	json_decref(fails(env, ORCH_ENOTFOUND, "task.get", "{\"task_id\": 2, \"call_id\": \"c-2\"}"));
 	json_decref(a);
 	json_decref(b);
 	CHECK_EQ_INT(db_version(env), 2);
@@ -287,5 +288,40 @@ TEST(session_open_takes_back_every_form_of_leftover)
 	json_decref(r);
 	/* The half-made directory was set aside, not deleted; git is consistent. */
 	CHECK(sh("ls -d %s/.orchfs/worktrees/session-3.orchfs-leftover-* >/dev/null", env->repo) == 0);
-	CHECK(sh("cd %s && git fsck --no-dangling 2>&1 | grep -qv . ; git worktree list | grep -q session-3", env->repo) == 0);
+	CHECK(sh("cd %s && test -z \"$(git fsck --no-dangling 2>&1)\" && git worktree list | grep -q session-3",
+		 env->repo) == 0);
+}
+
+/* Mode bits of `path` (permission bits only), or -1. */
+static int mode_of(const char *path)
+{
+	struct stat sb;
+
+	return lstat(path, &sb) == 0 ? (int)(sb.st_mode & 07777) : -1;
+}
+
+TEST(state_is_private)
+{
+	char p[400];
+
+	json_decref(ok(env, "task.create", "{\"level\": \"case\", \"title\": \"t\"}"));
+	snprintf(p, sizeof(p), "%s/.orchfs", env->repo);
+	CHECK_EQ_INT(mode_of(p), 0700);
+	const char *files[] = {"state.db", "state.db-wal", "state.db-shm"};
+	for (int i = 0; i < 3; i++) {
+		snprintf(p, sizeof(p), "%s/.orchfs/%s", env->repo, files[i]);
+		CHECK_EQ_INT(mode_of(p), 0600);
+	}
+	/* A state directory an older orchfs left readable by all is made private at start-up. */
+	orch_ctx_close(&env->ctx);
+	CHECK(sh("chmod 755 %s/.orchfs && chmod 644 %s/.orchfs/state.db*", env->repo, env->repo) == 0);
+	CHECK_EQ_INT(orch_ctx_open(&env->ctx, env->repo, NULL), 0);
+	snprintf(p, sizeof(p), "%s/.orchfs", env->repo);
+	CHECK_EQ_INT(mode_of(p), 0700);
+	for (int i = 0; i < 3; i++) {
+		snprintf(p, sizeof(p), "%s/.orchfs/%s", env->repo, files[i]);
+		CHECK(mode_of(p) == 0600 || (i > 0 && mode_of(p) == -1));
+	}
+	snprintf(p, sizeof(p), "%s/.orchfs/state.db", env->repo);
+	CHECK_EQ_INT(mode_of(p), 0600);
 }

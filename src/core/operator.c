@@ -1,0 +1,240 @@
+/*
+ * Tools for operators, beside a live daemon.  `orchfs check`: verify the
+ * store and the worktrees against git, and list leftovers, changing
+ * nothing (the database is read through a query-only connection in one
+ * read transaction, one snapshot; git through its own handle).  `orchfs
+ * backup`: a consistent online copy of the database (SQLite's backup API).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "orchfs/core.h"
+#include "orchfs/git.h"
+
+/* Append a problem line to the report. */
+static void problem(json_t *report, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void problem(json_t *report, const char *fmt, ...)
+{
+	va_list ap;
+	char *s = NULL;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) >= 0)
+		json_array_append_new(json_object_get(report, "problems"), json_string(s));
+	va_end(ap);
+	free(s);
+}
+
+/* The database: integrity_check, foreign_key_check, and the schema version this binary knows. */
+static void check_store(sqlite3 *db, json_t *report)
+{
+	sqlite3_stmt *st = NULL;
+	int n = 0;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK) {
+		while (sqlite3_step(st) == SQLITE_ROW) {
+			const char *line = (const char *)sqlite3_column_text(st, 0);
+			json_object_set_new(report, "integrity", json_string(line ? line : "?"));
+			if (line && strcmp(line, "ok") != 0)
+				problem(report, "integrity_check: %s", line);
+			if (++n > 20)
+				break;
+		}
+	} else {
+		problem(report, "integrity_check could not run: %s", sqlite3_errmsg(db));
+	}
+	sqlite3_finalize(st);
+	if (sqlite3_prepare_v2(db, "PRAGMA foreign_key_check", -1, &st, NULL) == SQLITE_OK) {
+		while (sqlite3_step(st) == SQLITE_ROW)
+			problem(report, "foreign key: row %lld of %s refers to a missing row of %s",
+				(long long)sqlite3_column_int64(st, 1), sqlite3_column_text(st, 0),
+				sqlite3_column_text(st, 2));
+	}
+	sqlite3_finalize(st);
+}
+
+/* Whether a record of `db` names `path` as a worktree that should be on disk or may come back. */
+static bool recorded(sqlite3 *db, const char *path)
+{
+	sqlite3_stmt *st = NULL;
+	bool found = false;
+
+	if (sqlite3_prepare_v2(db, "SELECT 1 FROM worktrees WHERE path = ?", -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+		found = sqlite3_step(st) == SQLITE_ROW;
+	}
+	sqlite3_finalize(st);
+	return found;
+}
+
+/*
+ * Records against the disk and git: an active worktree's directory is a
+ * checkout of its branch; every orchfs checkout in git is claimed by a
+ * record; leftovers set aside are listed.
+ */
+static void check_worktrees(sqlite3 *db, orch_git *g, const char *state, json_t *report)
+{
+	json_t *wts = NULL, *left = NULL, *w;
+	sqlite3_stmt *st = NULL;
+	char *root = NULL;
+	size_t i;
+
+	if (sqlite3_prepare_v2(db, "SELECT id, path, branch FROM worktrees WHERE status = 'active' "
+				   "AND kind IS NOT 'main' ORDER BY id", -1, &st, NULL) == SQLITE_OK) {
+		while (sqlite3_step(st) == SQLITE_ROW) {
+			const char *path = (const char *)sqlite3_column_text(st, 1);
+			const char *branch = (const char *)sqlite3_column_text(st, 2);
+			char *dotgit = NULL;
+			struct stat sb;
+			if (asprintf(&dotgit, "%s/.git", path) >= 0 && lstat(dotgit, &sb) < 0)
+				problem(report, "worktree %lld is active but %s is not a checkout (missing)",
+					(long long)sqlite3_column_int64(st, 0), path);
+			else if (!orch_git_branch_exists(g, branch))
+				problem(report, "worktree %lld: its branch %s does not exist",
+					(long long)sqlite3_column_int64(st, 0), branch);
+			free(dotgit);
+		}
+	}
+	sqlite3_finalize(st);
+	if (orch_git_orchfs_worktrees(g, &wts) == 0) {
+		json_array_foreach(wts, i, w) {
+			const char *path = json_string_value(json_object_get(w, "path"));
+			if (!recorded(db, path))
+				problem(report, "git worktree %s (%s, branch %s) is named by no record",
+					json_string_value(json_object_get(w, "name")), path,
+					json_string_value(json_object_get(w, "branch")));
+		}
+	}
+	json_decref(wts);
+	if (asprintf(&root, "%s/worktrees", state) >= 0 && orch_git_leftovers(g, root, false, &left, NULL) == 0) {
+		json_object_set(report, "leftovers", left);
+		json_array_foreach(left, i, w)
+			problem(report, "leftover %s%s", json_string_value(json_object_get(w, "path")),
+				json_is_true(json_object_get(w, "user_changes"))
+					? ": holds changes git did not write; copy out what you need, then delete it"
+					: ": only files git had not yet written; the next start-up removes it");
+	}
+	json_decref(left);
+	free(root);
+}
+
+/* The state directory and database of the repository containing `repo_dir` (both must exist); caller frees. */
+static int locate(const char *repo_dir, const char *state_dir, char **repo, char **state, char **db)
+{
+	char *abs = realpath(repo_dir ? repo_dir : ".", NULL);
+	struct stat sb;
+	int rc;
+
+	*repo = *state = *db = NULL;
+	if (!abs)
+		return orch_error_set(ORCH_ENOTFOUND, "repository %s: %s", repo_dir ? repo_dir : ".", strerror(errno));
+	rc = orch_git_discover(abs, repo);
+	free(abs);
+	if (rc)
+		return rc;
+	*state = state_dir ? realpath(state_dir, NULL) : NULL;
+	if (!*state && (state_dir || asprintf(state, "%s/.orchfs", *repo) < 0)) {
+		*state = NULL;
+		return orch_error_set(ORCH_ENOTFOUND, "state directory %s: %s", state_dir, strerror(errno));
+	}
+	if (asprintf(db, "%s/state.db", *state) < 0 || stat(*db, &sb) < 0) {
+		if (*db && errno != ENOENT)
+			return orch_error_set(ORCH_EINTERNAL, "%s: %s", *db, strerror(errno));
+		return orch_error_set(ORCH_ENOTFOUND, "no database at %s/state.db", *state);
+	}
+	return 0;
+}
+
+int orch_backup(const char *repo_dir, const char *state_dir, const char *dest)
+{
+	char *repo = NULL, *state = NULL, *db = NULL;
+	orch_store *st = NULL;
+	sqlite3 *out = NULL;
+	sqlite3_backup *b;
+	int rc, fd;
+
+	if ((rc = locate(repo_dir, state_dir, &repo, &state, &db)) != 0)
+		goto done;
+	/* A new file, private like the database itself; an existing one is never overwritten. */
+	if ((fd = open(dest, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) {
+		rc = orch_error_set(errno == EEXIST ? ORCH_EEXISTS : ORCH_EINTERNAL, "cannot create %s: %s", dest,
+				    strerror(errno));
+		goto done;
+	}
+	close(fd);
+	if ((rc = orch_store_open_reader(&st, db)) != 0)
+		goto fail;
+	if (sqlite3_open_v2(dest, &out, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+		rc = orch_error_set(ORCH_EINTERNAL, "cannot open %s: %s", dest, out ? sqlite3_errmsg(out) : "no memory");
+		goto fail;
+	}
+	/* One step copies every page under one read transaction: a snapshot, while writers go on (WAL). */
+	if (!(b = sqlite3_backup_init(out, "main", orch_store_db(st), "main"))) {
+		rc = orch_error_set(ORCH_EINTERNAL, "backup of %s: %s", db, sqlite3_errmsg(out));
+		goto fail;
+	}
+	int step = sqlite3_backup_step(b, -1);
+	if (sqlite3_backup_finish(b) != SQLITE_OK || step != SQLITE_DONE) {
+		rc = orch_error_set(ORCH_EINTERNAL, "backup of %s: %s", db, sqlite3_errmsg(out));
+		goto fail;
+	}
+	/* The copy is a plain rollback-journal database, durable once this returns. */
+	if (sqlite3_exec(out, "PRAGMA journal_mode = DELETE", NULL, NULL, NULL) != SQLITE_OK) {
+		rc = orch_error_set(ORCH_EINTERNAL, "backup %s: %s", dest, sqlite3_errmsg(out));
+		goto fail;
+	}
+	goto done;
+fail:
+	sqlite3_close(out);
+	out = NULL;
+	unlink(dest);
+done:
+	sqlite3_close(out);
+	orch_store_close(st);
+	free(db);
+	free(state);
+	free(repo);
+	return rc;
+}
+
+int orch_check(const char *repo_dir, const char *state_dir, json_t **report)
+{
+	char *repo = NULL, *state = NULL, *db = NULL;
+	orch_store *st = NULL;
+	orch_git *g = NULL;
+	struct stat sb;
+	int rc;
+
+	*report = json_pack("{s:[], s:[]}", "problems", "leftovers");
+	if ((rc = locate(repo_dir, state_dir, &repo, &state, &db)) != 0 || (rc = stat(db, &sb)) != 0) {
+		rc = rc < 0 ? orch_error_set(ORCH_EINTERNAL, "%s: %s", db, strerror(errno)) : rc;
+		goto done;
+	}
+	if ((sb.st_mode & 077) != 0)
+		problem(*report, "%s is readable by other users (mode %03o); start-up makes it 0600", db,
+			(unsigned)(sb.st_mode & 0777));
+	if ((rc = orch_store_open_reader(&st, db)) != 0 || (rc = orch_git_open(&g, repo)) != 0)
+		goto done;
+	orch_git_confine_to(g, state);
+	/* One snapshot for every query. */
+	if ((rc = orch_store_begin(st, false)) != 0)
+		goto done;
+	check_store(orch_store_db(st), *report);
+	check_worktrees(orch_store_db(st), g, state, *report);
+	orch_store_rollback(st);
+	json_object_set_new(*report, "state_dir", json_string(state));
+done:
+	orch_git_close(g);
+	orch_store_close(st);
+	free(db);
+	free(state);
+	free(repo);
+	return rc;
+}
