@@ -13,12 +13,15 @@ CONTRACT = {
         ('terminal_fingerprint', 'string', False),
         ('intent', 'string', False),
         ('heartbeat_timeout_seconds', 'int', False),
+        ('worktree', 'bool', False),
+        ('ctl_errors', 'string', False),
     ],
     'session.heartbeat': [
         ('session_id', 'id', True),
     ],
     'session.close': [
         ('session_id', 'id', True),
+        ('remove_worktree', 'bool', False),
     ],
     'session.context': [
         ('session_id', 'id', True),
@@ -32,7 +35,7 @@ CONTRACT = {
         ('title', 'string', True),
         ('parent_id', 'id', False),
         ('priority', 'int', False),
-        ('assignee_session', 'string', False),
+        ('assignee_session', 'owner', False),
     ],
     'task.list': [
         ('level', 'string', False),
@@ -40,6 +43,7 @@ CONTRACT = {
         ('parent_id', 'id', False),
         ('limit', 'id', False),
         ('after_id', 'id', False),
+        ('ready', 'bool', False),
     ],
     'task.get': [
         ('task_id', 'id', True),
@@ -99,7 +103,7 @@ CONTRACT = {
     ],
     'worktree.spawn': [
         ('session_id', 'id', True),
-        ('parent_worktree_id', 'id', True),
+        ('parent_worktree_id', 'id', False),
         ('task_id', 'id', False),
         ('branch', 'string', False),
         ('path', 'path', False),
@@ -117,17 +121,19 @@ CONTRACT = {
     'lock.acquire': [
         ('scope_type', 'string', True),
         ('scope_path', 'path', True),
-        ('owner_session', 'string', True),
+        ('owner_session', 'owner', True),
         ('ttl_seconds', 'int', False),
     ],
     'lock.heartbeat': [
         ('lock_id', 'id', True),
         ('ttl_seconds', 'int', False),
-        ('owner_session', 'string', False),
+        ('owner_session', 'owner', False),
     ],
     'lock.release': [
         ('lock_id', 'id', True),
-        ('owner_session', 'string', False),
+        ('owner_session', 'owner', False),
+        ('force', 'bool', False),
+        ('reason', 'string', False),
     ],
     'graph.node.create': [
         ('node_type', 'string', True),
@@ -206,10 +212,65 @@ CONTRACT = {
     ],
     'plan.rollup.approve': [
         ('node_id', 'id', True),
+        ('session_id', 'id', False),
+        ('reason', 'string', False),
     ],
     'plan.rollup.reject': [
         ('node_id', 'id', True),
+        ('session_id', 'id', False),
+        ('reason', 'string', False),
     ],
     'mirror.status': [
+    ],
+    'task.update': [
+        ('task_id', 'id', True),
+        ('session_id', 'id', False),
+        ('status', 'string', False),
+        ('priority', 'int', False),
+        ('title', 'string', False),
+        ('assignee_session', 'owner', False),
+    ],
+    'merge.request': [
+        ('feature_task_id', 'id', True),
+        ('reviewer_session', 'string', False),
+        ('notes_json', 'json', False),
+    ],
+    'merge.review_context': [
+        ('merge_request_id', 'id', True),
+    ],
+    'merge.main.request': [
+        ('session_id', 'id', True),
+        ('from_worktree_id', 'id', True),
+        ('target_branch', 'string', False),
+    ],
+    'merge.main.next': [
+    ],
+    'merge.main.status': [
+        ('request_id', 'id', True),
+    ],
+    'merge.main.acquire_lock': [
+        ('session_id', 'id', True),
+        ('ttl_seconds', 'int', False),
+    ],
+    'merge.main.release_lock': [
+        ('session_id', 'id', True),
+    ],
+    'merge.main.run': [
+        ('session_id', 'id', True),
+        ('request_id', 'id', False),
+    ],
+    'merge.main.cancel': [
+        ('session_id', 'id', True),
+        ('request_id', 'id', True),
+    ],
+    'mirror.refresh': [
+        ('requester_role', 'string', False),
+        ('target_path', 'path', False),
+        ('requester_session_id', 'id', False),
+    ],
+    'wait': [
+        ('on', 'json', True),
+        ('db_version_after', 'int', False),
+        ('timeout_ms', 'int', False),
     ],
 }
