@@ -331,6 +331,8 @@ typedef struct orch_reqscan {
 	bool started;      /* a byte other than white space was seen */
 	unsigned char mode, hex_left, utf8_left, utf8_lo, utf8_hi, literal_pos;
 	const char *literal; /* the top-level literal being matched */
+	size_t line, column; /* of the byte being scanned, 1-based, columns in characters */
+	size_t str_line, str_column; /* where the string being scanned starts */
 } orch_reqscan;
 
 void orch_reqscan_init(orch_reqscan *s);

@@ -29,6 +29,7 @@ void orch_reqscan_init(orch_reqscan *s)
 {
 	memset(s, 0, sizeof(*s));
 	s->state = ORCH_INCOMPLETE;
+	s->line = 1;
 }
 
 static bool json_space(unsigned char c)
@@ -42,12 +43,19 @@ static bool bare_byte(unsigned char c)
 	return isdigit(c) || (c && strchr("-+.eEtruefalsn", c) != NULL);
 }
 
-/* The scan failed at byte `c` (offset s->pos): the error is set, and every later feed returns it. */
+/*
+ * The scan failed at byte `c` (offset s->pos): the error is set, and every
+ * later feed returns it.  The place named is where the bad token starts: the
+ * string for a fault inside one, else the byte itself.
+ */
 static int refuse(orch_reqscan *s, unsigned char c, const char *what)
 {
+	bool in_str = s->mode == SCAN_STR || s->mode == SCAN_ESC || s->mode == SCAN_HEX;
+
 	s->state = ORCH_EINVALID_JSON;
-	return orch_error_set(ORCH_EINVALID_JSON, "request is not valid JSON: %s (byte 0x%02x at offset %zu)", what,
-			      c, s->pos);
+	return orch_error_set(ORCH_EINVALID_JSON, "request is not valid JSON: %s (line %zu, column %zu; byte 0x%02x "
+			      "at offset %zu)", what, in_str ? s->str_line : s->line,
+			      in_str ? s->str_column : s->column, c, s->pos);
 }
 
 /* The value ends after byte s->pos (or, for a bare number, before it). */
@@ -134,6 +142,8 @@ static int between(orch_reqscan *s, unsigned char c)
 		return --s->depth == 0 ? complete(s, s->pos + 1) : ORCH_INCOMPLETE;
 	case '"':
 		s->mode = SCAN_STR;
+		s->str_line = s->line;
+		s->str_column = s->column;
 		return ORCH_INCOMPLETE;
 	case ',':
 	case ':':
@@ -210,9 +220,17 @@ static int step(orch_reqscan *s, unsigned char c)
 int orch_reqscan_feed(orch_reqscan *s, const char *p, size_t n)
 {
 	for (size_t i = 0; i < n && s->state == ORCH_INCOMPLETE; i++) {
-		step(s, (unsigned char)p[i]);
-		if (s->state == ORCH_INCOMPLETE)
+		unsigned char c = (unsigned char)p[i];
+		if ((c & 0xc0) != 0x80) /* a character starts here (not a UTF-8 continuation byte) */
+			s->column++;
+		step(s, c);
+		if (s->state == ORCH_INCOMPLETE) {
 			s->pos++;
+			if (c == '\n') {
+				s->line++;
+				s->column = 0;
+			}
+		}
 	}
 	return s->state;
 }
@@ -220,6 +238,38 @@ int orch_reqscan_feed(orch_reqscan *s, const char *p, size_t n)
 bool orch_reqscan_blank(const orch_reqscan *s)
 {
 	return !s->started;
+}
+
+/*
+ * Where a JSON error of jansson's starts, 1-based, counting characters (not
+ * bytes): jansson places it at the last byte it read, the end of the token
+ * it names ("near 'tru'"), so its place would point past the token's start.
+ */
+static void error_place(const char *buf, const json_error_t *err, int *line, int *column)
+{
+	const char *near = strstr(err->text, "near '");
+	size_t end = (size_t)err->position, tok;
+
+	*line = err->line;
+	*column = err->column;
+	if (!near)
+		return;
+	near += strlen("near '");
+	tok = strlen(near);
+	if (tok && near[tok - 1] == '\'')
+		tok--;
+	if (tok == 0 || tok > end || memcmp(buf + end - tok, near, tok) != 0)
+		return; /* not the bytes just read (a truncated or escaped token text): keep jansson's place */
+	*line = 1;
+	*column = 1;
+	for (size_t i = 0; i < end - tok; i++) {
+		if (buf[i] == '\n') {
+			(*line)++;
+			*column = 1;
+		} else if (((unsigned char)buf[i] & 0xc0) != 0x80) {
+			(*column)++;
+		}
+	}
 }
 
 int orch_request_parse_scanned(const char *buf, size_t len, const orch_reqscan *s, json_t **out)
@@ -236,8 +286,10 @@ int orch_request_parse_scanned(const char *buf, size_t len, const orch_reqscan *
 	*out = json_loadb(buf, s->end, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &err);
 	if (*out)
 		return 0;
+	int line, column;
+	error_place(buf, &err, &line, &column);
 	return orch_error_set(ORCH_EINVALID_JSON, "request is not valid JSON: %s (line %d, column %d)", err.text,
-			      err.line, err.column);
+			      line, column);
 }
 
 int orch_request_parse(const char *buf, size_t len, json_t **out)
