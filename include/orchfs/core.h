@@ -390,6 +390,13 @@ char *orch_reply_error(const char *call_id);
 
 bool orch_param_has(json_t *params, const char *name);
 int64_t orch_param_int(json_t *params, const char *name, int64_t dflt);
+/*
+ * A lease's length from `ttl_seconds` (file locks and the main merge lock):
+ * absent or 0 means ORCH_LEASE_DEFAULT_S; negative or over a year is
+ * invalid_params.  *out in milliseconds.
+ */
+#define ORCH_LEASE_DEFAULT_S 600
+int orch_param_ttl_ms(json_t *params, int64_t *out);
 const char *orch_param_str(json_t *params, const char *name, const char *dflt);
 bool orch_param_bool(json_t *params, const char *name, bool dflt);
 json_t *orch_param_json(json_t *params, const char *name); /* borrowed or NULL */

@@ -17,8 +17,6 @@
 #include "orchfs/core.h"
 #include "groups.h"
 
-#define DEFAULT_TTL_S 600
-#define MAX_TTL_S (366LL * 24 * 3600)
 
 #define LOCK_SELECT                                                                                \
 	"SELECT id, scope_type, scope_path, owner_session, lease_until, heartbeat_at, "              \
@@ -56,18 +54,6 @@ bool orch_lock_overlaps(const char *type_a, const char *path_a, const char *type
 	if (file_b)
 		return covers(path_a, path_b);
 	return covers(path_a, path_b) || covers(path_b, path_a);
-}
-
-/* ttl_seconds: absent or 0 means 600; negative or over a year is invalid_params. */
-static int ttl_ms(json_t *p, int64_t *out)
-{
-	int64_t ttl = orch_param_int(p, "ttl_seconds", 0);
-
-	if (ttl < 0 || ttl > MAX_TTL_S)
-		return orch_error_set(ORCH_EINVALID_PARAMS, "ttl_seconds must be between 1 and %lld (0 or absent "
-				      "means %d), got %lld", MAX_TTL_S, DEFAULT_TTL_S, (long long)ttl);
-	*out = (ttl ? ttl : DEFAULT_TTL_S) * 1000;
-	return 0;
 }
 
 /* scope_type, trimmed and lower-cased as the reference does: "file" or "prefix". */
@@ -170,7 +156,7 @@ static int lock_acquire(orch_ctx *ctx, json_t *p, json_t **result)
 	int64_t ttl = 0, hit = 0;
 	int rc;
 
-	if ((rc = scope_type(p, type, sizeof(type))) != 0 || (rc = ttl_ms(p, &ttl)) != 0)
+	if ((rc = scope_type(p, type, sizeof(type))) != 0 || (rc = orch_param_ttl_ms(p, &ttl)) != 0)
 		return rc;
 	if (strcmp(type, "file") == 0 && strcmp(path, ".") == 0)
 		return orch_error_set(ORCH_EINVALID_PARAMS, "a file lock needs a file path, got \".\" (the "
@@ -306,7 +292,7 @@ static int lock_heartbeat(orch_ctx *ctx, json_t *p, json_t **result)
 	bool forced;
 	int rc;
 
-	if ((rc = ttl_ms(p, &ttl)) == 0 && (rc = live_lock(ctx, p, false, &lock, &forced)) == 0)
+	if ((rc = orch_param_ttl_ms(p, &ttl)) == 0 && (rc = live_lock(ctx, p, false, &lock, &forced)) == 0)
 		rc = orch_sql_exec(ctx, "UPDATE locks SET heartbeat_at = ?, lease_until = ? WHERE id = ?", "iii",
 				   ctx->now, ctx->now + ttl, id);
 	json_decref(lock);

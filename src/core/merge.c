@@ -41,8 +41,6 @@
 #include "orchfs/git.h"
 #include "gitfx.h"
 
-#define DEFAULT_TTL_S 600
-#define MAX_TTL_S (366LL * 24 * 3600)
 
 #define REQUEST_SELECT                                                                             \
 	"SELECT id, feature_task_id, status, reviewer_session, notes_json, created_at, updated_at "  \
@@ -281,18 +279,6 @@ done:
 
 /* ---- the main merge lock ---- */
 
-/* ttl_seconds: absent or 0 means 600; negative or over a year is invalid_params. */
-static int ttl_ms(json_t *p, int64_t *out)
-{
-	int64_t ttl = orch_param_int(p, "ttl_seconds", 0);
-
-	if (ttl < 0 || ttl > MAX_TTL_S)
-		return orch_error_set(ORCH_EINVALID_PARAMS, "ttl_seconds must be between 1 and %lld (0 or absent "
-				      "means %d), got %lld", MAX_TTL_S, DEFAULT_TTL_S, (long long)ttl);
-	*out = (ttl ? ttl : DEFAULT_TTL_S) * 1000;
-	return 0;
-}
-
 /* Whether the lock (as lock_row shows it) is held, unexpired, by a session other than `sid`. */
 static bool held_by_other(json_t *lock, int64_t sid)
 {
@@ -305,7 +291,7 @@ static int acquire_lock(orch_ctx *ctx, json_t *p, json_t **result)
 	json_t *lock = NULL;
 	int rc;
 
-	if ((rc = ttl_ms(p, &ttl)) != 0 || (rc = orch_session_require_open(ctx, sid)) != 0 ||
+	if ((rc = orch_param_ttl_ms(p, &ttl)) != 0 || (rc = orch_session_require_open(ctx, sid)) != 0 ||
 	    (rc = lock_row(ctx, &lock)) != 0)
 		goto done;
 	if (held_by_other(lock, sid)) {

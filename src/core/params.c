@@ -493,3 +493,15 @@ json_t *orch_method_schema(const orch_method *m)
 		json_object_set_new(s, "examples", json_pack("[o]", ex));
 	return s;
 }
+
+int orch_param_ttl_ms(json_t *params, int64_t *out)
+{
+	const int64_t max_s = 366LL * 24 * 3600;
+	int64_t ttl = orch_param_int(params, "ttl_seconds", 0);
+
+	if (ttl < 0 || ttl > max_s)
+		return orch_error_set(ORCH_EINVALID_PARAMS, "ttl_seconds must be between 1 and %lld (0 or absent "
+				      "means %d), got %lld", (long long)max_s, ORCH_LEASE_DEFAULT_S, (long long)ttl);
+	*out = (ttl ? ttl : ORCH_LEASE_DEFAULT_S) * 1000;
+	return 0;
+}
