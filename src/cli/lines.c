@@ -82,7 +82,7 @@ line_status line_next(line_reader *r, const char **line, size_t *len)
 			r->buf = orch_xrealloc(r->buf, r->cap);
 		}
 		ssize_t n = read(r->fd, r->buf + r->len, r->cap - r->len);
-		if (n < 0 && errno == EINTR)
+		if (n < 0 && errno == EINTR && !(r->stop && *r->stop))
 			continue;
 		if (n < 0)
 			return LINE_ERROR;
