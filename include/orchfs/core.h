@@ -602,9 +602,24 @@ void orch_event_lines_free(orch_event_line *lines, size_t n);
 	"(EXISTS (SELECT 1 FROM session_alive a WHERE a.session_id = " s ".id) AND NOT "          \
 	ORCH_SQL_ALIVE_HELD(s) "))"
 
-/* Internal methods of the fs layer (not in the method table, not in ctl/): alive held / released. */
+/*
+ * Internal methods (not in the method table, not in ctl/): alive held /
+ * released by this process (a daemon's open alive file, or a session
+ * orchfs serve / mcp holds), and the holds of processes that are gone
+ * reaped.  A process is named by pid and start time (orch_process_start).
+ */
 extern const orch_method orch_alive_hold_method;
 extern const orch_method orch_alive_release_method;
+extern const orch_method orch_alive_reap_method;
+/*
+ * Whether session_alive names a process that is gone (a cheap look on a
+ * reader).  orch_call_method then runs orch_alive_reap_method before any
+ * other mutating or blocking call, so that the holds of a process killed
+ * with SIGKILL are dropped -- its sessions' locks released -- by the next
+ * writer, whichever process it is; until then the liveness rule already
+ * counts them dropped (ORCH_SQL_ALIVE_DROPPED).
+ */
+bool orch_alive_dead_holders(orch_env *env);
 
 /* Run method `m` (an internal one too) as orch_call does. */
 int orch_call_method(orch_ctx *ctx, const orch_method *m, json_t *req, int64_t session_id, char **reply);

@@ -81,8 +81,13 @@ line_status line_next(line_reader *r, const char **line, size_t *len)
 			r->cap = r->len + CHUNK;
 			r->buf = orch_xrealloc(r->buf, r->cap);
 		}
+		if (r->stop && *r->stop) {
+			/* A signal came while the caller was busy: do not block in read() first. */
+			errno = EINTR;
+			return LINE_ERROR;
+		}
 		ssize_t n = read(r->fd, r->buf + r->len, r->cap - r->len);
-		if (n < 0 && errno == EINTR)
+		if (n < 0 && errno == EINTR && !(r->stop && *r->stop))
 			continue;
 		if (n < 0)
 			return LINE_ERROR;

@@ -6,6 +6,7 @@
 #define ORCHFS_CLI_LINES_H
 
 #include <stdbool.h>
+#include <signal.h>
 #include <stddef.h>
 
 typedef enum {
@@ -26,6 +27,8 @@ typedef struct {
 	size_t scanned; /* bytes after start already searched for "\n" */
 	bool eof;
 	bool skipping;  /* inside a line that was too long: drop bytes up to its "\n" */
+	/* When set (by a signal handler): a read() interrupted by a signal is LINE_ERROR with errno EINTR. */
+	volatile sig_atomic_t *stop;
 } line_reader;
 
 void line_reader_init(line_reader *r, int fd, size_t max);

@@ -22,8 +22,8 @@ static void usage(FILE *f)
 	      "  orchfs mount [--repo DIR] [--state DIR] [--mirror-refresh SECONDS] [-f] [-d] [-s] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
 	      "  orchfs call [--repo DIR] [--state DIR] [--session ID] METHOD [JSON]\n"
-	      "  orchfs serve [--repo DIR] [--state DIR]\n"
-	      "  orchfs mcp [--repo DIR] [--state DIR]\n"
+	      "  orchfs serve [--repo DIR] [--state DIR] [--session ID]\n"
+	      "  orchfs mcp [--repo DIR] [--state DIR] [--session ID]\n"
 	      "  orchfs methods [--json]\n"
 	      "  orchfs check [--repo DIR] [--state DIR]\n"
 	      "  orchfs backup [--repo DIR] [--state DIR] PATH\n"
@@ -439,7 +439,7 @@ int main(int argc, char **argv)
 			usage(stderr);
 			return 2;
 		}
-		return argv[1][0] == 's' ? cli_serve(a.repo, a.state) : cli_mcp(a.repo, a.state);
+		return argv[1][0] == 's' ? cli_serve(a.repo, a.state, a.session) : cli_mcp(a.repo, a.state, a.session);
 	}
 	if (strcmp(argv[1], "--version") == 0) {
 		printf("orchfs %s\n", ORCHFS_VERSION);

@@ -16,6 +16,14 @@
  * the reply is the tool result: its text is the ctl reply, its
  * structuredContent (2025-06-18 and later) the same object, and an orchfs
  * error ({"error": {code, message, details}}) sets isError.
+ *
+ * The `wait` tool runs on a thread of its own (front.h): other calls go on
+ * while it blocks, and its response comes when it is done.  A
+ * notifications/cancelled naming its request ends it without a response,
+ * as the protocol asks.  A client's own request timeout (often 60 s) may be
+ * shorter than timeout_ms: such a client should pass a shorter timeout_ms.
+ * Sessions opened through the process (and --session) are held alive by
+ * it until end of input or SIGTERM/SIGINT (front.h).
  */
 #include <errno.h>
 #include <signal.h>
@@ -27,6 +35,7 @@
 
 #include "orchfs/core.h"
 #include "cli.h"
+#include "front.h"
 #include "lines.h"
 
 #ifndef ORCHFS_VERSION
@@ -42,9 +51,9 @@ static const char *const versions[] = {"2025-11-25", "2025-06-18", "2025-03-26",
 #define RPC_METHOD_NOT_FOUND -32601
 #define RPC_INVALID_PARAMS -32602
 
-/* The one client's session: used by the main thread only. */
+/* The one client's session: used by the main thread only (version: set before any wait starts). */
 typedef struct {
-	orch_ctx ctx;
+	front f;
 	const char *version; /* negotiated protocol version (an entry of versions[]) */
 } mcp_server;
 
@@ -151,8 +160,42 @@ static json_t *initialize(mcp_server *s, json_t *id, json_t *params)
 			     "follow. A failed call is a tool result with isError and {\"error\": {code, message, "
 			     "details?}}; code is one of invalid_json, invalid_params, invalid_state, not_found, "
 			     "conflict, exists, forbidden, too_large, git, internal. Give call_id to make a call "
-			     "safe to repeat.", s->ctx.repo_path));
+			     "safe to repeat.", s->f.ctx.repo_path));
 	return rpc_result(id, result);
+}
+
+/* The tool result of orch_call's reply. */
+static json_t *tool_result(const mcp_server *s, json_t *id, int rc, const char *reply)
+{
+	size_t n = strlen(reply);
+	json_t *result;
+
+	if (n > 0 && reply[n - 1] == '\n')
+		n--;
+	result = json_pack("{s:[{s:s, s:s%}], s:b}", "content", "type", "text", "text", reply, n, "isError", rc != 0);
+	if (since(s, "2025-06-18")) {
+		json_t *obj = json_loadb(reply, n, 0, NULL);
+		if (obj)
+			json_object_set_new(result, "structuredContent", obj);
+	}
+	return rpc_result(id, result);
+}
+
+/* A finished wait's response line (front_line_fn). */
+static char *wait_line(void *arg, json_t *id, int rc, const char *reply)
+{
+	json_t *r = tool_result(arg, id, rc, reply);
+	char *out = json_dumps(r, JSON_COMPACT);
+	size_t n;
+
+	json_decref(r);
+	if (!out)
+		return NULL;
+	n = strlen(out);
+	out = orch_xrealloc(out, n + 2);
+	out[n] = '\n';
+	out[n + 1] = '\0';
+	return out;
 }
 
 static json_t *tools_call(mcp_server *s, json_t *id, json_t *params)
@@ -169,21 +212,19 @@ static json_t *tools_call(mcp_server *s, json_t *id, json_t *params)
 		return rpc_error(id, RPC_INVALID_PARAMS, "Unknown tool: %s (tools/list lists them)", name);
 	if (!args || json_is_null(args))
 		args = empty = json_object();
+	if ((m->flags & ORCH_M_BLOCKING) && json_is_object(args)) {
+		front_wait_start(&s->f, id, args);
+		json_decref(empty);
+		return NULL; /* the response comes when the wait is done */
+	}
 	/* Not an object: orch_call says invalid_params, as a tool error the model can read. */
-	rc = orch_call(&s->ctx, m->name, args, 0, &reply);
+	rc = orch_call(&s->f.ctx, m->name, args, 0, &reply);
 	json_decref(empty);
 	orch_error_clear();
-	size_t n = strlen(reply);
-	if (n > 0 && reply[n - 1] == '\n')
-		n--;
-	result = json_pack("{s:[{s:s, s:s%}], s:b}", "content", "type", "text", "text", reply, n, "isError", rc != 0);
-	if (since(s, "2025-06-18")) {
-		json_t *obj = json_loadb(reply, n, 0, NULL);
-		if (obj)
-			json_object_set_new(result, "structuredContent", obj);
-	}
+	front_after_call(&s->f, m->name, rc, reply);
+	result = tool_result(s, id, rc, reply);
 	free(reply);
-	return rpc_result(id, result);
+	return result;
 }
 
 /* The reply to one message (a request), or NULL (a notification, or a response of the client's). */
@@ -201,8 +242,13 @@ static json_t *handle_message(mcp_server *s, json_t *msg)
 	if (!json_is_string(method) || (jsonrpc && strcmp(json_string_value(jsonrpc) ? json_string_value(jsonrpc) : "", "2.0") != 0))
 		return id ? rpc_error(id, RPC_INVALID_REQUEST, "Invalid Request: needs \"jsonrpc\": \"2.0\" and a "
 				      "method") : NULL;
-	if (!id)
-		return NULL; /* notifications/initialized, notifications/cancelled, ...: nothing to answer */
+	if (!id) {
+		/* notifications/cancelled ends a running wait; no notification is answered. */
+		if (strcmp(json_string_value(method), "notifications/cancelled") == 0 && json_is_object(params) &&
+		    json_object_get(params, "requestId"))
+			front_wait_cancel(&s->f, json_object_get(params, "requestId"));
+		return NULL;
+	}
 	if (params && !json_is_object(params) && !json_is_null(params))
 		return rpc_error(id, RPC_INVALID_PARAMS, "params must be an object");
 
@@ -257,7 +303,7 @@ static bool blank(const char *s, size_t n)
 	return true;
 }
 
-int cli_mcp(const char *repo, const char *state)
+int cli_mcp(const char *repo, const char *state, int64_t session)
 {
 	mcp_server s = {.version = versions[0]};
 	line_reader r;
@@ -265,17 +311,17 @@ int cli_mcp(const char *repo, const char *state)
 	size_t len;
 	int status = 0;
 
-	if (orch_ctx_open(&s.ctx, repo, state) != 0) {
-		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
+	if (front_open(&s.f, repo, state, session) != 0)
 		return 1;
-	}
-	signal(SIGPIPE, SIG_IGN);
+	s.f.line = wait_line;
+	s.f.line_arg = &s;
 	line_reader_init(&r, STDIN_FILENO, ORCH_REQUEST_MAX);
+	r.stop = &front_signalled;
 	for (;;) {
 		line_status ls = line_next(&r, &text, &len);
 		json_t *reply;
 
-		if (ls == LINE_EOF)
+		if (ls == LINE_EOF || front_signalled)
 			break;
 		if (ls == LINE_ERROR) {
 			fprintf(stderr, "orchfs: reading stdin: %s\n", strerror(errno));
@@ -301,17 +347,11 @@ int cli_mcp(const char *repo, const char *state)
 		size_t n = strlen(out);
 		out = orch_xrealloc(out, n + 2);
 		out[n++] = '\n';
-		int w = write_all(STDOUT_FILENO, out, n);
+		int w = front_write(&s.f, out, n);
 		free(out);
-		if (w != 0) {
-			if (errno != EPIPE) {
-				fprintf(stderr, "orchfs: writing stdout: %s\n", strerror(errno));
-				status = 1;
-			}
+		if (w != 0)
 			break;
-		}
 	}
 	line_reader_free(&r);
-	orch_ctx_close(&s.ctx);
-	return status;
+	return front_close(&s.f, status);
 }

@@ -2,8 +2,12 @@
  * orchfs serve: the reference orchestrator's wire protocol on stdin/stdout.
  *
  * One request per line, {"id": <any>, "method": "<name>", "params": {...}},
- * one reply per line in the same order, {"id": <same>, "result": <value>} or
- * {"id": <same>, "error": {"code", "message", "details"?}}.  Every method runs
+ * one reply per line, {"id": <same>, "result": <value>} or
+ * {"id": <same>, "error": {"code", "message", "details"?}}.  Replies come in
+ * the order of the requests, except a `wait`'s: it runs on a thread of its
+ * own (front.h), so it holds up nothing, and its reply comes when it is
+ * done.  Sessions opened through the process (and --session) are held
+ * alive by it until end of input or SIGTERM/SIGINT (front.h).  Every method runs
  * through orch_call, as a ctl write and `orchfs call` do, against the state a
  * mount of the same repository serves; other processes on that state are
  * serialised by SQLite (WAL, busy timeout, BEGIN IMMEDIATE).
@@ -24,6 +28,7 @@
 
 #include "orchfs/core.h"
 #include "cli.h"
+#include "front.h"
 #include "lines.h"
 
 /* Whether [s, s+n) is only whitespace. */
@@ -67,8 +72,16 @@ static char *envelope_error(json_t *id)
 	return line;
 }
 
-/* The reply line of one request line. */
-static char *handle(orch_ctx *ctx, const char *text, size_t len)
+/* A finished wait's reply line (front_line_fn). */
+static char *wait_line(void *arg, json_t *id, int rc, const char *reply)
+{
+	(void)arg;
+	(void)rc;
+	return with_id(id, reply);
+}
+
+/* The reply line of one request line; NULL with *later for a wait (its reply comes when it is done). */
+static char *handle(front *f, const char *text, size_t len, bool *later)
 {
 	json_error_t err;
 	json_t *req = json_loadb(text, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &err), *id = NULL;
@@ -96,9 +109,19 @@ static char *handle(orch_ctx *ctx, const char *text, size_t len)
 	json_t *empty = NULL;
 	if (!params || json_is_null(params))
 		params = empty = json_object();
-	orch_call(ctx, json_string_value(method), params, 0, &reply);
+	const orch_method *m = orch_method_find(json_string_value(method));
+	orch_error_clear();
+	if (m && (m->flags & ORCH_M_BLOCKING)) {
+		front_wait_start(f, id, params);
+		json_decref(empty);
+		*later = true;
+		line = NULL;
+		goto done;
+	}
+	int rc = orch_call(&f->ctx, json_string_value(method), params, 0, &reply);
 	json_decref(empty);
 	line = with_id(id, reply);
+	front_after_call(f, json_string_value(method), rc, reply);
 	free(reply);
 	orch_error_clear();
 done:
@@ -106,26 +129,25 @@ done:
 	return line;
 }
 
-int cli_serve(const char *repo, const char *state)
+int cli_serve(const char *repo, const char *state, int64_t session)
 {
-	orch_ctx ctx;
+	front f;
 	line_reader r;
 	const char *text;
 	size_t len;
 	int status = 0;
 
-	if (orch_ctx_open(&ctx, repo, state) != 0) {
-		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
+	if (front_open(&f, repo, state, session) != 0)
 		return 1;
-	}
-	/* A client that went away is an EPIPE from write(), not a signal. */
-	signal(SIGPIPE, SIG_IGN);
+	f.line = wait_line;
 	line_reader_init(&r, STDIN_FILENO, ORCH_REQUEST_MAX);
+	r.stop = &front_signalled;
 	for (;;) {
 		line_status ls = line_next(&r, &text, &len);
+		bool later = false;
 		char *line;
 
-		if (ls == LINE_EOF)
+		if (ls == LINE_EOF || front_signalled)
 			break;
 		if (ls == LINE_ERROR) {
 			fprintf(stderr, "orchfs: reading stdin: %s\n", strerror(errno));
@@ -139,24 +161,20 @@ int cli_serve(const char *repo, const char *state)
 		} else if (blank(text, len)) {
 			continue;
 		} else {
-			line = handle(&ctx, text, len);
+			line = handle(&f, text, len, &later);
 		}
+		if (later)
+			continue;
 		if (!line) {
 			fprintf(stderr, "orchfs: out of memory\n");
 			status = 1;
 			break;
 		}
-		int w = write_all(STDOUT_FILENO, line, strlen(line));
+		int w = front_write(&f, line, strlen(line));
 		free(line);
-		if (w != 0) {
-			if (errno != EPIPE) {
-				fprintf(stderr, "orchfs: writing stdout: %s\n", strerror(errno));
-				status = 1;
-			}
+		if (w != 0)
 			break;
-		}
 	}
 	line_reader_free(&r);
-	orch_ctx_close(&ctx);
-	return status;
+	return front_close(&f, status);
 }

@@ -824,6 +824,26 @@ int orch_call(orch_ctx *ctx, const char *name, json_t *req, int64_t session_id, 
 	return orch_call_method(ctx, m, req, session_id, reply);
 }
 
+/*
+ * A process that held sessions alive is gone: drop its holds (its
+ * sessions' locks go) in a call of its own before the caller's, so that
+ * the caller -- the next writer, in whatever process -- finds them free.
+ */
+static void reap_dead_holders(orch_env *env)
+{
+	orch_ctx ctx;
+	char *reply = NULL;
+	json_t *req = json_object();
+
+	orch_ctx_init(&ctx, env, NULL, NULL);
+	if (orch_call_method(&ctx, &orch_alive_reap_method, req, 0, &reply) != 0)
+		orch_log("releasing the alive holds of processes that are gone failed: %s",
+			 orch_error_last()->message);
+	orch_error_clear();
+	json_decref(req);
+	free(reply);
+}
+
 int orch_call_method(orch_ctx *ctx, const orch_method *m, json_t *req, int64_t session_id, char **reply)
 {
 	orch_store *store = ctx->store; /* the caller's binding, restored on the way out */
@@ -869,6 +889,9 @@ int orch_call_method(orch_ctx *ctx, const orch_method *m, json_t *req, int64_t s
 		canon = json_dumps(params, JSON_COMPACT | JSON_SORT_KEYS);
 	if (rc)
 		goto fail;
+	if ((m->flags & (ORCH_M_WRITE | ORCH_M_BLOCKING)) && m != &orch_alive_reap_method &&
+	    orch_alive_dead_holders(ctx->env))
+		reap_dead_holders(ctx->env);
 	if (m->prepare && (rc = prepare(ctx, m, params)) != 0)
 		goto fail;
 	rc = run_on_lane(ctx, m, params, call_id, canon, session_id, reply);

@@ -590,27 +590,16 @@ static int alive_hold(orch_ctx *ctx, json_t *p, json_t **result)
 }
 
 /*
- * The last alive handle of the session in this daemon was closed (its
- * holder exited or was killed).  Unless another running daemon still holds
- * it, the session is dropped: a resume candidate at once (until it shows a
- * sign of life again), and its leases go: the locks it owns and the main
- * merge lock.  Its current ref stays, for whoever takes it over.
+ * Nobody holds the session's alive any more: it is dropped, a resume
+ * candidate at once (until it shows a sign of life again), and its leases
+ * go: the locks it owns and the main merge lock.  Its current ref stays,
+ * for whoever takes it over.
  */
-static int alive_release(orch_ctx *ctx, json_t *p, json_t **result)
+static int alive_drop(orch_ctx *ctx, int64_t id)
 {
-	int64_t id = orch_param_int(p, "session_id", 0), pid, start, held = 0;
 	char owner[32];
 	int rc;
 
-	daemon_id(&pid, &start);
-	if ((rc = orch_sql_exec(ctx, "DELETE FROM session_alive WHERE session_id = ? AND (daemon_pid = ? AND "
-				"daemon_start = ? OR NOT orch_pid_alive(daemon_pid, daemon_start))", "iii", id, pid,
-				start)) ||
-	    (rc = orch_sql_int(ctx, &held, NULL, "SELECT count(*) FROM session_alive WHERE session_id = ?", "i",
-			       id)))
-		return rc;
-	if (held)
-		return orch_session_json(ctx, id, result);
 	snprintf(owner, sizeof(owner), "%lld", (long long)id);
 	if ((rc = orch_sql_exec(ctx, "UPDATE sessions SET alive_dropped_at = ? WHERE id = ? AND status <> 'closed'",
 				"ii", ctx->now, id)) ||
@@ -621,7 +610,93 @@ static int alive_release(orch_ctx *ctx, json_t *p, json_t **result)
 	    (rc = orch_sql_exec(ctx, "UPDATE merge_main_lock SET holder_session_id = NULL, lease_until = NULL, "
 				"state = 'unlocked', updated_at = ? WHERE holder_session_id = ?", "ii", ctx->now, id)))
 		return rc;
+	return 0;
+}
+
+/*
+ * The last alive handle of the session in this daemon was closed (its
+ * holder exited or was killed), or this process (orchfs serve / mcp) lets
+ * go of a session it held.  Unless another running process still holds
+ * it, the session is dropped (alive_drop).
+ */
+static int alive_release(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	int64_t id = orch_param_int(p, "session_id", 0), pid, start, held = 0;
+	int rc;
+
+	daemon_id(&pid, &start);
+	if ((rc = orch_sql_exec(ctx, "DELETE FROM session_alive WHERE session_id = ? AND (daemon_pid = ? AND "
+				"daemon_start = ? OR NOT orch_pid_alive(daemon_pid, daemon_start))", "iii", id, pid,
+				start)) ||
+	    (rc = orch_sql_int(ctx, &held, NULL, "SELECT count(*) FROM session_alive WHERE session_id = ?", "i",
+			       id)))
+		return rc;
+	if (!held && (rc = alive_drop(ctx, id)) != 0)
+		return rc;
 	return orch_session_json(ctx, id, result);
+}
+
+/*
+ * Holds left by processes that are gone (a daemon, orchfs serve or mcp
+ * killed with SIGKILL, which cannot clean up): their rows go, and each
+ * session nobody else holds is dropped as alive_release drops it.  Run
+ * before every other mutating or blocking call (orch_call_method, when
+ * orch_alive_dead_holders says there are some) and when a daemon starts.
+ * {sessions: [ids dropped]}; nothing found changes nothing.
+ */
+static int alive_reap(orch_ctx *ctx, json_t *p, json_t **result)
+{
+	sqlite3_stmt *st = orch_sql(ctx, "SELECT DISTINCT session_id FROM session_alive "
+				    "WHERE NOT orch_pid_alive(daemon_pid, daemon_start)", "");
+	int64_t *ids = NULL, held;
+	size_t n = 0;
+	int rc = 0;
+
+	(void)p;
+	if (!st)
+		return ORCH_EINTERNAL;
+	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
+		ids = orch_xrealloc(ids, (n + 1) * sizeof(*ids));
+		ids[n++] = sqlite3_column_int64(st, 0);
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE) {
+		free(ids);
+		return ORCH_EINTERNAL;
+	}
+	rc = orch_sql_exec(ctx, "DELETE FROM session_alive WHERE NOT orch_pid_alive(daemon_pid, daemon_start)", "");
+	*result = json_object();
+	json_t *dropped = json_array();
+	for (size_t i = 0; i < n && !rc; i++) {
+		held = 0;
+		if ((rc = orch_sql_int(ctx, &held, NULL, "SELECT count(*) FROM session_alive WHERE session_id = ?",
+				       "i", ids[i])) == 0 && !held && (rc = alive_drop(ctx, ids[i])) == 0)
+			json_array_append_new(dropped, json_integer(ids[i]));
+	}
+	json_object_set_new(*result, "sessions", dropped);
+	ctx->unchanged = n == 0;
+	free(ids);
+	return rc;
+}
+
+bool orch_alive_dead_holders(orch_env *env)
+{
+	orch_store *st;
+	bool dead = false;
+
+	if (orch_env_reader(env, &st) != 0) {
+		orch_error_clear();
+		return false;
+	}
+	sqlite3_stmt *q = orch_store_stmt(st, "SELECT 1 FROM session_alive "
+					  "WHERE NOT orch_pid_alive(daemon_pid, daemon_start) LIMIT 1");
+	if (q) {
+		dead = sqlite3_step(q) == SQLITE_ROW;
+		sqlite3_reset(q);
+	}
+	orch_env_reader_put(env, st);
+	orch_error_clear();
+	return dead;
 }
 
 static const orch_param open_params[] = {
@@ -649,6 +724,9 @@ static const orch_param close_params[] = {
 	{"remove_worktree", ORCH_P_BOOL, 0, "true: also remove the session root's checkout (its branch stays), "
 	 "only when it is clean, has no unmerged child, and its commits are merged (or there are none).",
 	 NULL},
+	{NULL, 0, 0, NULL, NULL},
+};
+static const orch_param no_params[] = {
 	{NULL, 0, 0, NULL, NULL},
 };
 static const orch_param cand_params[] = {
@@ -701,3 +779,7 @@ const orch_method orch_alive_release_method = {
 	"session.alive.release", alive_release, ORCH_M_WRITE | ORCH_M_CLOSED_OK, sid_params,
 	"The last holder of sessions/<id>/alive closed it: the session is a resume candidate at once and its "
 	"locks are released.", "the session", "{\"session_id\": 1}", "none."};
+const orch_method orch_alive_reap_method = {
+	"session.alive.reap", alive_reap, ORCH_M_WRITE | ORCH_M_CLOSED_OK, no_params,
+	"Holds of sessions/<id>/alive left by processes that are gone are dropped; so are the sessions nobody "
+	"else holds (resume candidates, their locks released).", "{sessions: [ids]}", "{}", "none."};

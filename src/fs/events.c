@@ -36,8 +36,10 @@
  * daemon makes the session held (core: session.alive.hold, in the
  * database); the release of the last one drops it (session.alive.release:
  * a resume candidate at once, its locks released, an event).  Both are
- * calls on the writer lane.  Holds left by a daemon that died are released
- * by the next daemon to start (fs_alive_reap).
+ * calls on the writer lane.  Holds left by a process that died (a daemon,
+ * orchfs serve or mcp) are released by the next mutating or blocking call
+ * of any process (core: session.alive.reap) or the next daemon to start
+ * (fs_alive_reap).
  *
  * Everything below is under ev_mu unless said otherwise; alive holders are
  * under alive_mu (held across the two internal calls, so that a hold and a

@@ -489,6 +489,7 @@ def test_alive_of_a_killed_daemon_is_not_held(mount):
     requester = open_session(mount)
     case = mount.ok('task.create', {'level': 'case', 'title': 'w'})
     mount.ok('case.begin', {'case_id': case['id'], 'input_contract': {}, 'fixtures': []}, session=sid)
+    lock = mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'k.c'}, session=sid)
     f = open(mount.p('sessions', str(sid), 'alive'))
     assert sid not in candidates(mount, requester, timeout=3600)
     mount.kill()
@@ -497,13 +498,33 @@ def test_alive_of_a_killed_daemon_is_not_held(mount):
     r = mount.orchfs_call('resume.candidates.list', {'requester_session_id': requester})
     assert r.returncode == 0, r.stderr
     assert sid in [c['session']['id'] for c in json.loads(r.stdout)['result']]
-    lock = mount.orchfs_call('lock.acquire', {'scope_type': 'file', 'scope_path': 'k.c',
-                                              'owner_session': str(sid)})
-    assert lock.returncode == 0, lock.stderr
-    lock_id = json.loads(lock.stdout)['result']['id']
-    # The next daemon releases what the dead one held.
+    # The next writer, whatever process it is, first releases what the dead daemon held.
+    other = mount.orchfs_call('lock.acquire', {'scope_type': 'file', 'scope_path': 'k.c',
+                                               'owner_session': str(requester)})
+    assert other.returncode == 0, other.stderr
     mount.start()
-    eventually(lambda: not os.path.exists(mount.p('locks', f'{lock_id}.json')))
+    assert not os.path.exists(mount.p('locks', f"{lock['id']}.json"))
+    fd = os.open(mount.p('events-since', '0'), os.O_RDONLY | os.O_NONBLOCK)
+    data = b''
+    try:
+        while True:
+            data += os.read(fd, 65536)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+    released = [e for e in map(json.loads, data.decode().splitlines()) if e['method'] == 'session.alive.reap']
+    assert len(released) == 1 and lock['id'] in released[0]['ids']['locks'], released
+
+
+def test_a_daemon_starting_releases_what_a_killed_one_held(mount):
+    sid = open_session(mount)
+    lock = mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'k.c'}, session=sid)
+    f = open(mount.p('sessions', str(sid), 'alive'))
+    mount.kill()
+    f.close()
+    mount.start()
+    eventually(lambda: not os.path.exists(mount.p('locks', f"{lock['id']}.json")))
     assert 'held by a daemon that is gone' in open(mount.log).read()
 
 

@@ -13,7 +13,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -247,6 +249,58 @@ def test_protocol_corners(raw):
     r = raw.recv()
     assert r['id'] is None and r['error']['code'] == -32600 and '1048576' in r['error']['message'], r
     assert raw.request(12, 'ping')['result'] == {}
+
+
+def tool(raw, id_, name, arguments):
+    """tools/call; the orchfs reply ({"result"} or {"error"})."""
+    res = raw.request(id_, 'tools/call', {'name': name, 'arguments': arguments})['result']
+    return json.loads(res['content'][0]['text'])
+
+
+def test_kill_9_of_mcp_frees_the_session_opened_through_it(mount, raw):
+    raw.initialize('2025-06-18')
+    sid = tool(raw, 1, 'session_open', {'agent_role': 'implementer', 'heartbeat_timeout_seconds': 1})[
+        'result']['session_context']['session']['id']
+    case = tool(raw, 2, 'task_create', {'level': 'case', 'title': 'c'})['result']
+    tool(raw, 3, 'case_begin', {'case_id': case['id'], 'session_id': sid, 'input_contract': {}})
+    lock = tool(raw, 4, 'lock_acquire', {'scope_type': 'file', 'scope_path': 'm.c', 'owner_session': str(sid)})[
+        'result']
+    requester = mount.ok('session.open', {'agent_role': 'reviewer', 'worktree': False})[
+        'session_context']['session']['id']
+    time.sleep(1.3)
+    listed = lambda t: [c['session']['id'] for c in mount.ok(
+        'resume.candidates.list', {'requester_session_id': requester, 'heartbeat_timeout_seconds': t})]
+    assert sid not in listed(1)   # held by the mcp process, no heartbeats
+    raw.proc.send_signal(signal.SIGKILL)
+    raw.proc.wait()
+    assert sid in listed(3600)    # at once
+    r = mount.orchfs_call('lock.acquire', {'scope_type': 'file', 'scope_path': 'm.c',
+                                           'owner_session': str(requester)})
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(mount.p('locks', f"{lock['id']}.json"))
+
+
+def test_wait_runs_beside_other_calls_and_cancelled_ends_it(mount, raw):
+    raw.initialize('2025-06-18')
+    holder = mount.ok('session.open', {'agent_role': 'implementer', 'worktree': False})[
+        'session_context']['session']['id']
+    lock = mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'w.c'}, session=holder)
+    wait = {'name': 'wait', 'arguments': {'on': {'lock_id': lock['id']}, 'timeout_ms': 30000}}
+    raw.send({'jsonrpc': '2.0', 'id': 'w1', 'method': 'tools/call', 'params': wait})
+    raw.send({'jsonrpc': '2.0', 'id': 'w2', 'method': 'tools/call', 'params': wait})
+    # Other requests are answered while both wait.
+    assert raw.request('p', 'ping')['result'] == {}
+    assert tool(raw, 't', 'task_list', {})['result'] == []
+    # The client gives w1 up: it ends, and no response ever comes for it.
+    raw.send({'jsonrpc': '2.0', 'method': 'notifications/cancelled', 'params': {'requestId': 'w1'}})
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    mount.ok('lock.release', {'lock_id': lock['id']}, session=holder)
+    r = raw.recv()
+    assert time.monotonic() - t0 < 1.0
+    assert r['id'] == 'w2' and r['result']['isError'] is False, r
+    assert r['result']['structuredContent']['result']['lock']['state'] == 'released'
+    raw.close()   # nothing more on stdout: w1 got no response
 
 
 def raw_error(code):

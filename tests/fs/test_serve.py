@@ -5,8 +5,10 @@ the same state: what one front end changes, the other shows.
 """
 import json
 import os
+import signal
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -19,8 +21,8 @@ AUTO = object()
 class Serve:
     """A running `orchfs serve` and a client of its wire format."""
 
-    def __init__(self, repo, state, cwd=None):
-        args = [ORCHFS, 'serve']
+    def __init__(self, repo, state, cwd=None, session=None):
+        args = [ORCHFS, 'serve'] + (['--session', str(session)] if session else [])
         if repo is not None:
             args += ['--repo', str(repo)]
         if state is not None:
@@ -288,3 +290,131 @@ def test_serve_needs_a_repository(tmp_path):
     assert r.returncode == 1 and b'not inside a git repository' in r.stderr
     r = subprocess.run([ORCHFS, 'serve', 'extra'], input=b'', capture_output=True)
     assert r.returncode == 2 and b'usage' in r.stderr
+
+
+# ---- a serve process holds the sessions opened through it alive ----
+
+def eventually(pred, timeout=5):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, 'timed out'
+        time.sleep(0.01)
+
+
+def candidates(mount, requester, timeout=None):
+    params = {'requester_session_id': requester}
+    if timeout:
+        params['heartbeat_timeout_seconds'] = timeout
+    return [c['session']['id'] for c in mount.ok('resume.candidates.list', params)]
+
+
+def serve_session_with_work(mount, serve):
+    """A session opened through serve (window 1 s), with a case begun (a current ref) and a lock."""
+    sid = serve.ok('session.open', {'agent_role': 'implementer', 'intent': 'new_work',
+                                    'heartbeat_timeout_seconds': 1})['session_context']['session']['id']
+    case = serve.ok('task.create', {'level': 'case', 'title': 'held through serve'})
+    serve.ok('case.begin', {'case_id': case['id'], 'session_id': sid, 'input_contract': {}})
+    lock = serve.ok('lock.acquire', {'scope_type': 'prefix', 'scope_path': 'src', 'owner_session': str(sid)})
+    requester = mount.ok('session.open', {'agent_role': 'reviewer', 'intent': 'new_work', 'worktree': False})[
+        'session_context']['session']['id']
+    # Held by the serve process: live past its heartbeat window, without heartbeats.
+    time.sleep(1.3)
+    assert sid not in candidates(mount, requester)
+    assert sid not in candidates(mount, requester, timeout=1)
+    return sid, lock, requester
+
+
+@pytest.mark.parametrize('next_writer', ['mount', 'orchfs call'])
+def test_kill_9_of_serve_frees_its_session_at_once(mount, serve, next_writer):
+    sid, lock, requester = serve_session_with_work(mount, serve)
+    serve.proc.send_signal(signal.SIGKILL)
+    serve.proc.wait()
+    # The liveness rule alone: a candidate at once, through the mount and through `orchfs call`.
+    assert sid in candidates(mount, requester, timeout=3600)
+    r = mount.orchfs_call('resume.candidates.list', {'requester_session_id': requester,
+                                                     'heartbeat_timeout_seconds': 3600})
+    assert r.returncode == 0, r.stderr
+    assert sid in [c['session']['id'] for c in json.loads(r.stdout)['result']]
+    # Its lock is free for the next writer, whichever process it is: that call drops the dead holds first.
+    want = {'scope_type': 'file', 'scope_path': 'src/a.c', 'owner_session': str(requester)}
+    if next_writer == 'mount':
+        got = mount.ok('lock.acquire', want)
+    else:
+        r = mount.orchfs_call('lock.acquire', want)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)['result']
+    assert got['state'] == 'active'
+    eventually(lambda: not os.path.exists(mount.p('locks', f"{lock['id']}.json")))
+
+
+def test_end_of_input_releases_its_sessions(mount, serve):
+    sid, lock, requester = serve_session_with_work(mount, serve)
+    fd = os.open(mount.p('events'), os.O_RDONLY)
+    try:
+        serve.close()
+        e = json.loads(os.read(fd, 65536).split(b'\n')[0])
+    finally:
+        os.close(fd)
+    assert e['method'] == 'session.alive.release' and e['session_id'] == sid, e
+    assert lock['id'] in e['ids']['locks']
+    assert not os.path.exists(mount.p('locks', f"{lock['id']}.json"))
+    assert sid in candidates(mount, requester, timeout=3600)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_release_its_sessions(mount, serve, sig):
+    sid, lock, requester = serve_session_with_work(mount, serve)
+    # A wait in flight does not keep it from ending.
+    serve.send(json.dumps({'id': 'w', 'method': 'wait', 'params': {'on': {'lock_id': lock['id']},
+                                                                   'timeout_ms': 60000}}) + '\n')
+    time.sleep(0.2)
+    serve.proc.send_signal(sig)
+    assert serve.proc.wait(timeout=10) == 0, serve.proc.stderr.read()
+    assert not os.path.exists(mount.p('locks', f"{lock['id']}.json"))
+    assert sid in candidates(mount, requester, timeout=3600)
+
+
+def test_session_option_holds_a_session_opened_elsewhere(mount):
+    sid = mount.ok('session.open', {'agent_role': 'implementer', 'intent': 'new_work',
+                                    'heartbeat_timeout_seconds': 1})['session_context']['session']['id']
+    case = mount.ok('task.create', {'level': 'case', 'title': 'c'})
+    mount.ok('case.begin', {'case_id': case['id'], 'input_contract': {}}, session=sid)
+    requester = mount.ok('session.open', {'agent_role': 'reviewer', 'worktree': False})[
+        'session_context']['session']['id']
+    s = Serve(mount.repo, mount.state, session=sid)
+    assert s.ok('session.context', {'session_id': sid})['session']['id'] == sid
+    time.sleep(1.3)
+    assert sid not in candidates(mount, requester, timeout=1)
+    s.close()
+    assert sid in candidates(mount, requester, timeout=3600)
+    # A closed session cannot be held: serve says so and exits 1.
+    mount.ok('session.close', {}, session=requester)
+    r = subprocess.run([ORCHFS, 'serve', '--repo', str(mount.repo), '--state', str(mount.state),
+                        '--session', str(requester)], input=b'', capture_output=True)
+    assert r.returncode == 1 and b'session.alive.hold' in r.stderr, r
+
+
+def test_wait_wakes_on_a_release_through_the_mount_and_blocks_nothing(mount, serve):
+    holder = mount.ok('session.open', {'agent_role': 'implementer', 'worktree': False})[
+        'session_context']['session']['id']
+    lock = mount.ok('lock.acquire', {'scope_type': 'file', 'scope_path': 'w.c'}, session=holder)
+    t = mount.ok('task.create', {'level': 'epic', 'title': 'e'})
+    serve.send(json.dumps({'id': 'w', 'method': 'wait', 'params': {'on': {'lock_id': lock['id']},
+                                                                   'timeout_ms': 20000}}) + '\n')
+    # Requests after the wait are answered while it blocks (replies carry their ids).
+    for i in range(3):
+        assert serve.request('task.get', {'task_id': t['id']}, id_=i)['result'] == t
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    mount.ok('lock.release', {'lock_id': lock['id']}, session=holder)
+    r = serve.reply()
+    took = time.monotonic() - t0
+    print(f'\nwait through serve woke {took * 1000:.1f} ms after the release through the mount')
+    assert r['id'] == 'w' and r['result']['changed'] is True, r
+    assert r['result']['lock']['state'] == 'released'
+    assert took < 1.0
+    # A timeout, and an error, come back as replies too.
+    assert serve.request('wait', {'on': {'task_id': t['id']}, 'timeout_ms': 50}, id_='t')['result'][
+        'timed_out'] is True
+    assert serve.request('wait', {'on': {'lock_id': 999}}, id_='e')['error']['code'] == 'not_found'
+    serve.close()
