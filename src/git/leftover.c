@@ -96,21 +96,38 @@ static bool checkout_commit(const char *dir, char *hex)
 	return ok;
 }
 
+/*
+ * Whether the directory `fd` is detached already: its .git was set aside,
+ * or (a checkout killed before git wrote its .git file had none to set
+ * aside) its .git is the one that points at the note.
+ */
+static bool detached_already(int fd)
+{
+	char buf[64];
+	struct stat sb;
+
+	return fstatat(fd, DETACHED_GIT, &sb, AT_SYMLINK_NOFOLLOW) == 0 ||
+	       (read_small(fd, ".git", buf, sizeof(buf)) >= 0 && strcmp(buf, "gitdir: " NOTE "\n") == 0);
+}
+
 int orch_git__detach_leftover(orch_git *g, const char *dir, const char *was, const char *commit_hex)
 {
 	char hex[GIT_OID_HEXSZ + 1] = "", *note = NULL;
-	struct stat sb;
 	int fd = orch_git__open_dir(g, dir, NULL), rc = -1;
 
 	if (fd < 0)
 		return -1;
-	if (fstatat(fd, DETACHED_GIT, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
-		rc = 0; /* detached already (a kill came after that) */
+	if (detached_already(fd)) {
+		rc = 0; /* a kill came after that, or start-up visits what a call set aside */
 		goto done;
 	}
+	/*
+	 * Not given: the commit a note of a detach cut short names (the
+	 * checkout may have no .git to ask), else the checkout's own HEAD.
+	 */
 	if (commit_hex)
 		snprintf(hex, sizeof(hex), "%s", commit_hex);
-	else
+	else if (!note_commit(fd, hex))
 		checkout_commit(dir, hex);
 	if (asprintf(&note, "orchfs set this directory aside: a checkout that a call killed part-way left at\n"
 			    "%s\ncommit %s\n\n"
@@ -221,13 +238,32 @@ static bool only_unwritten(git_repository *repo, git_tree *tree, int fd, const c
 	return ok;
 }
 
-/* Whether the detached leftover `dir` holds user work (anything git would not have written). */
+/* Whether the top of a leftover, directory `fd`, holds nothing but orchfs's own .git files and note. */
+static bool holds_nothing(int fd)
+{
+	DIR *d = fdopendir(dup(fd));
+	struct dirent *e;
+	bool empty = d != NULL;
+
+	while (empty && (e = readdir(d)) != NULL)
+		empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, ".git") ||
+			!strcmp(e->d_name, DETACHED_GIT) || !strcmp(e->d_name, NOTE);
+	if (d)
+		closedir(d);
+	return empty;
+}
+
+/*
+ * Whether the detached leftover `dir` holds user work (anything git would
+ * not have written).  Without a known commit, anything but orchfs's own
+ * files counts.
+ */
 static bool holds_user_work(orch_git *g, const char *dir, char *hex)
 {
 	git_oid oid;
 	git_commit *commit = NULL;
 	git_tree *tree = NULL;
-	bool work = true;
+	bool work;
 	int fd = orch_git__open_dir(g, dir, NULL);
 
 	if (fd < 0)
@@ -235,6 +271,8 @@ static bool holds_user_work(orch_git *g, const char *dir, char *hex)
 	if (note_commit(fd, hex) && git_oid_fromstr(&oid, hex) == 0 && git_commit_lookup(&commit, g->repo, &oid) == 0 &&
 	    git_commit_tree(&tree, commit) == 0)
 		work = !only_unwritten(g->repo, tree, fd, "");
+	else
+		work = !holds_nothing(fd);
 	git_tree_free(tree);
 	git_commit_free(commit);
 	close(fd);

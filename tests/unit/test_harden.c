@@ -165,6 +165,48 @@ TEST(leftover_left_attached_by_an_older_orchfs_is_detached_at_startup)
 	CHECK(sh("cd %s && git status >/dev/null 2>&1", left) != 0);
 }
 
+TEST(leftover_of_a_checkout_killed_before_git_wrote_its_dot_git_is_removed)
+{
+	char left[1024];
+
+	/*
+	 * A spawn killed inside git_worktree_add after it made the checkout's
+	 * directory and before it wrote the .git file there: the branch and an
+	 * empty directory.  Start-up sets it aside and, as it holds nothing,
+	 * removes it (the note keeps its commit: start-up's visit must not take
+	 * it for an older orchfs's attached leftover and ask a .git that points
+	 * at the note).
+	 */
+	CHECK(sh("cd %s && git branch task/1/5 && mkdir -p .orchfs/worktrees/task-1-5", env->repo) == 0);
+	restart(env);
+	CHECK(!one_leftover(env, "task-1-5", left, sizeof(left)));
+	CHECK(!exists("%s/.orchfs/worktrees/task-1-5%s", env->repo, ""));
+	/* The same left by a session.open, set aside by the retry, removed at the next start-up. */
+	CHECK(sh("cd %s && git branch session/1 && mkdir -p .orchfs/worktrees/session-1", env->repo) == 0);
+	json_decref(ok(env, "session.open", "{}"));
+	CHECK(one_leftover(env, "session-1", left, sizeof(left)));
+	CHECK(sh("grep -q \"^commit $(git -C %s rev-parse main)$\" %s/ORCHFS-LEFTOVER", env->repo, left) == 0);
+	restart(env);
+	CHECK(!one_leftover(env, "session-1", left, sizeof(left)));
+	/* A detach cut after its note, in a directory without .git: the note's commit still counts. */
+	CHECK(sh("cd %s/.orchfs/worktrees && mkdir x.orchfs-leftover-7 && printf 'set aside\\n%%s\\ncommit %%s\\n' "
+		 "x $(git -C %s rev-parse main) > x.orchfs-leftover-7/ORCHFS-LEFTOVER", env->repo, env->repo) == 0);
+	restart(env);
+	CHECK(!exists("%s/.orchfs/worktrees/x.orchfs-leftover-7%s", env->repo, ""));
+	/*
+	 * What an earlier orchfs made of such a checkout (its note rewritten to
+	 * "commit unknown"): with no commit to compare, a leftover that holds
+	 * only orchfs's own files holds nothing; one with any other file stays.
+	 */
+	CHECK(sh("cd %s/.orchfs/worktrees && for d in y.orchfs-leftover-8 z.orchfs-leftover-9; do mkdir $d && "
+		 "printf 'set aside\\n%%s\\ncommit unknown\\n' $d > $d/ORCHFS-LEFTOVER && "
+		 "echo 'gitdir: ORCHFS-LEFTOVER' > $d/.git && cp $d/.git $d/.git.orchfs-detached; done && "
+		 "echo mine > z.orchfs-leftover-9/mine", env->repo) == 0);
+	restart(env);
+	CHECK(!exists("%s/.orchfs/worktrees/y.orchfs-leftover-8%s", env->repo, ""));
+	CHECK(exists("%s/.orchfs/worktrees/z.orchfs-leftover-9/mine%s", env->repo, ""));
+}
+
 TEST(check_reports_and_changes_nothing)
 {
 	json_t *r = NULL;
