@@ -125,7 +125,16 @@ int orch_session_file_json(orch_ctx *ctx, int64_t id, json_t **out)
 		*out = NULL;
 		return rc;
 	}
+	/* Whether a live process holds sessions/<id>/alive open now (then its heartbeats do not matter). */
+	int64_t held = 0;
+	if ((rc = orch_sql_int(ctx, &held, NULL, "SELECT " ORCH_SQL_ALIVE_HELD("s") " FROM sessions s WHERE s.id = ?",
+			       "i", id)) != 0) {
+		json_decref(*out);
+		*out = NULL;
+		return rc;
+	}
 	json_object_set_new(*out, "heartbeat_age_seconds", json_integer(age / 1000));
+	json_object_set_new(*out, "alive_held", json_boolean(held));
 	json_object_set_new(*out, "stale", json_boolean(open && !live));
 	return 0;
 }

@@ -52,7 +52,7 @@ static const node_spec specs[K_KIND_COUNT] = {
 			   .coll = ORCH_COLL_SESSIONS},
 	[K_SESSION_JSON] = {K_SESSION_JSON, K_SESSION_DIR, "session.json", NULL, T_FILE,
 			    .render = orch_session_file_json,
-			    .doc = "the session, with heartbeat_age_seconds and stale (rendered at every open: it ages)"},
+			    .doc = "the session, with heartbeat_age_seconds, alive_held and stale (rendered at every open: it ages)"},
 	[K_CONTEXT_JSON] = {K_CONTEXT_JSON, K_SESSION_DIR, "context.json", NULL, T_FILE,
 			    .render = orch_session_context, .doc = "session.context: session, worktrees, current ref",
 			    .deps = "sessions# worktrees current_refs"},

@@ -470,11 +470,14 @@ def test_alive_open_close_counts_holders(mount):
     b.write('anything')
     b.flush()
     assert a.read() == ''
+    assert mount.read_json('sessions', str(sid), 'session.json')['alive_held'] is True
     b.close()      # one holder left: still held
     time.sleep(0.2)
     assert mount.read_json('locks', f"{lock['id']}.json")['state'] == 'active'
+    assert mount.read_json('sessions', str(sid), 'session.json')['alive_held'] is True
     a.close()      # the last one: dropped
     eventually(lambda: not os.path.exists(mount.p('locks', f"{lock['id']}.json")))
+    assert mount.read_json('sessions', str(sid), 'session.json')['alive_held'] is False
     closed = open_session(mount)
     mount.ok('session.close', {}, session=closed)
     with pytest.raises(OSError) as e:
