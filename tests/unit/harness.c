@@ -191,3 +191,23 @@ const char *jstr(json_t *obj, const char *path)
 {
 	return json_string_value(jpath(obj, path));
 }
+
+const char *out1(const char *fmt, ...)
+{
+	static char line[4096];
+	char cmd[4096];
+	va_list ap;
+	FILE *p;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	line[0] = '\0';
+	if ((p = popen(cmd, "r")) != NULL) {
+		if (!fgets(line, sizeof(line), p))
+			line[0] = '\0';
+		pclose(p);
+	}
+	line[strcspn(line, "\n")] = '\0';
+	return line;
+}

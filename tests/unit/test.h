@@ -73,5 +73,7 @@ int64_t db_version(test_env *env);
 int64_t jint(json_t *obj, const char *path); /* "a.b.c" */
 const char *jstr(json_t *obj, const char *path);
 int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* run a shell command, return its exit status */
+/* The first line of a shell command's output, without its newline (a static buffer, overwritten by the next call). */
+const char *out1(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif

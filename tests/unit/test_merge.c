@@ -11,28 +11,6 @@
 #include "orchfs/git.h"
 #include "test.h"
 
-/* First line of a shell command's output (static buffer). */
-static const char *out1(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static const char *out1(const char *fmt, ...)
-{
-	static char line[4096];
-	char cmd[4096];
-	va_list ap;
-	FILE *p;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	line[0] = '\0';
-	if ((p = popen(cmd, "r")) != NULL) {
-		if (!fgets(line, sizeof(line), p))
-			line[0] = '\0';
-		pclose(p);
-	}
-	line[strcspn(line, "\n")] = '\0';
-	return line;
-}
-
 static char *tip(test_env *env, const char *branch)
 {
 	return strdup(out1("git -C %s rev-parse -q --verify refs/heads/%s", env->repo, branch));
