@@ -130,6 +130,13 @@ typedef struct cwaiter {
 	void *arg;
 } cwaiter;
 
+/*
+ * The feed's shared state.  ev_mu guards everything from ev_cond down to
+ * `pollers`: the newest version, the flags, and the lists of parked reads,
+ * parked waits and pollers (any FUSE thread adds to them; the events
+ * thread, interrupts and stop take from them, and whoever unlinks a
+ * request under ev_mu is the one that answers it).
+ */
 static pthread_mutex_t ev_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ev_cond = PTHREAD_COND_INITIALIZER;
 static int64_t latest;                 /* the newest db_version known to be committed and visible */
@@ -141,6 +148,7 @@ static cwaiter cparked = {&cparked, &cparked, NULL, NULL, 0, 0, false, NULL, NUL
 static fs_evstream pollers = {.pnext = &pollers, .pprev = &pollers};
 /* Set by fs_events_start before the FUSE loop, cleared by fs_events_stop after it (read under ev_mu by advance). */
 static orch_env *env;
+/* The events thread's handle: written and read only by the mount's main thread (start, stop). */
 static pthread_t thread;
 static bool thread_started;
 
@@ -856,7 +864,7 @@ typedef struct {
 
 static pthread_mutex_t alive_mu = PTHREAD_MUTEX_INITIALIZER;
 static alive_entry *alive;  /* under alive_mu */
-static size_t nalive, capalive;
+static size_t nalive, capalive; /* under alive_mu */
 
 /* One internal call for session `sid`: 0 or -errno (the reason logged when `log`). */
 static int alive_call(orch_env *e, const orch_method *m, int64_t sid, bool log)
