@@ -11,7 +11,6 @@
 #include <stdint.h>
 #include <jansson.h>
 #include <pthread.h>
-#include <sqlite3.h>
 
 #include "orchfs/base.h"
 #include "orchfs/error.h"
@@ -43,7 +42,8 @@ typedef struct orch_undo {
 typedef struct orch_env {
 	char *repo_path; /* immutable: absolute path of the main worktree */
 	char *state_dir; /* immutable: absolute path of the state directory */
-	char *db_path;   /* immutable: <state_dir>/state.db */
+	char *db_path;   /* immutable: where the state is (orch_store_open): <state_dir>/state.db, or the
+	                    dqlite cluster <state_dir>/store names */
 
 	/*
 	 * The writer lane: every mutating call (and every call with a
@@ -98,6 +98,13 @@ typedef struct orch_env {
 	pthread_cond_t wait_cond;
 	uint64_t commit_seq;
 } orch_env;
+
+/*
+ * Make the state directory's store the dqlite cluster `where`
+ * ("dqlite:HOST:PORT,..."): written to <state_dir>/store, which every later
+ * orch_env_open on this host reads (the daemon, orchfs call, serve, check).
+ */
+int orch_env_set_store(const char *state_dir, const char *where);
 
 /* Open the workspace (see orch_ctx_open) into `env`. */
 int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir);
@@ -413,13 +420,13 @@ int orch_path_normalise(const char *name, const char *in, char **out);
  * 's' const char * (NULL binds NULL), 'j' json_t * as compact JSON text
  * (NULL binds NULL), 'n' nothing-but-NULL.
  */
-sqlite3_stmt *orch_sql(orch_ctx *ctx, const char *sql, const char *fmt, ...);
+orch_stmt *orch_sql(orch_ctx *ctx, const char *sql, const char *fmt, ...);
 
 /* Execute a statement that returns no rows; 0 or ORCH_EINTERNAL. */
 int orch_sql_exec(orch_ctx *ctx, const char *sql, const char *fmt, ...);
 
-/* Step a prepared statement: SQLITE_ROW, SQLITE_DONE, or records internal. */
-int orch_sql_step(orch_ctx *ctx, sqlite3_stmt *st);
+/* Step a prepared statement: ORCH_ROW, ORCH_DONE, or records internal. */
+int orch_sql_step(orch_ctx *ctx, orch_stmt *st);
 
 /*
  * Turn the current row into a JSON object.  Column naming conventions:
@@ -427,7 +434,7 @@ int orch_sql_step(orch_ctx *ctx, sqlite3_stmt *st);
  * names ending "_json" hold JSON text and are emitted as values under the
  * name without the suffix; NULL columns are omitted.
  */
-json_t *orch_row_json(sqlite3_stmt *st);
+json_t *orch_row_json(orch_stmt *st);
 
 /*
  * Run a query and return its first row as an object (0), or ORCH_ENOTFOUND

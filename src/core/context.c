@@ -45,6 +45,63 @@ static int state_path(const char *repo, const char *state_dir, char **out)
 	return 0;
 }
 
+/*
+ * Where the state is: the dqlite cluster named in <state>/store when that
+ * file exists (written by `orchfs mount --store dqlite:...`, so that every
+ * tool run on this host finds the cluster), else <state>/state.db.
+ */
+static int store_where(const char *state, char **out)
+{
+	char *path = NULL, buf[4096];
+	FILE *f;
+	size_t n;
+
+	*out = NULL;
+	if (asprintf(&path, "%s/store", state) < 0)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	f = fopen(path, "re");
+	if (!f) {
+		int err = errno;
+		free(path);
+		if (err != ENOENT)
+			return orch_error_set(ORCH_EINTERNAL, "%s/store: %s", state, strerror(err));
+		return asprintf(out, "%s/state.db", state) < 0 ? orch_error_set(ORCH_EINTERNAL, "out of memory") : 0;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	if (!orch_store_is_dqlite(buf)) {
+		int rc = orch_error_set(ORCH_EINVALID_STATE, "%s names no dqlite cluster (want dqlite:HOST:PORT,...)", path);
+		free(path);
+		return rc;
+	}
+	free(path);
+	return (*out = strdup(buf)) ? 0 : orch_error_set(ORCH_EINTERNAL, "out of memory");
+}
+
+int orch_env_set_store(const char *state_dir, const char *where)
+{
+	char *path = NULL, *tmp = NULL;
+	FILE *f;
+	int rc = 0;
+
+	if (!orch_store_is_dqlite(where))
+		return orch_error_set(ORCH_EINVALID_PARAMS, "store %s: want dqlite:HOST:PORT,...", where);
+	if (asprintf(&path, "%s/store", state_dir) < 0 || asprintf(&tmp, "%s/store.tmp", state_dir) < 0) {
+		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+		goto done;
+	}
+	/* Written whole then renamed: a tool starting meanwhile reads the old or the new, never half. */
+	if (!(f = fopen(tmp, "we")) || fprintf(f, "%s\n", where) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0 ||
+	    fclose(f) != 0 || rename(tmp, path) != 0)
+		rc = orch_error_set(ORCH_EINTERNAL, "%s: %s", path, strerror(errno));
+done:
+	free(path);
+	free(tmp);
+	return rc;
+}
+
 int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 {
 	char *repo = NULL, *state = NULL, *db = NULL, cwd[PATH_MAX];
@@ -77,11 +134,8 @@ int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 			free(pattern);
 		}
 	}
-	if (asprintf(&db, "%s/state.db", state) < 0) {
-		db = NULL;
-		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+	if ((rc = store_where(state, &db)) != 0)
 		goto fail;
-	}
 	if ((rc = orch_store_open(&env->writer, db)) != 0)
 		goto fail;
 	pthread_mutex_init(&env->writer_mu, NULL);
