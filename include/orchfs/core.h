@@ -105,6 +105,8 @@ typedef struct orch_env {
  * orch_env_open on this host reads (the daemon, orchfs call, serve, check).
  */
 int orch_env_set_store(const char *state_dir, const char *where);
+/* Where the state of `state_dir` is (malloc'ed): the cluster its `store` file names, else <state_dir>/state.db. */
+int orch_state_store(const char *state_dir, char **out);
 
 /* Open the workspace (see orch_ctx_open) into `env`. */
 int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir);

@@ -4,6 +4,7 @@
  */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,7 +51,7 @@ static int state_path(const char *repo, const char *state_dir, char **out)
  * file exists (written by `orchfs mount --store dqlite:...`, so that every
  * tool run on this host finds the cluster), else <state>/state.db.
  */
-static int store_where(const char *state, char **out)
+int orch_state_store(const char *state, char **out)
 {
 	char *path = NULL, buf[4096];
 	FILE *f;
@@ -60,6 +61,8 @@ static int store_where(const char *state, char **out)
 	if (asprintf(&path, "%s/store", state) < 0)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	f = fopen(path, "re");
+	if (f)
+		fchmod(fileno(f), 0600); /* private like the database it stands for */
 	if (!f) {
 		int err = errno;
 		free(path);
@@ -93,8 +96,15 @@ int orch_env_set_store(const char *state_dir, const char *where)
 		goto done;
 	}
 	/* Written whole then renamed: a tool starting meanwhile reads the old or the new, never half. */
-	if (!(f = fopen(tmp, "we")) || fprintf(f, "%s\n", where) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0 ||
-	    fclose(f) != 0 || rename(tmp, path) != 0)
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0 || !(f = fdopen(fd, "w"))) {
+		rc = orch_error_set(ORCH_EINTERNAL, "%s: %s", tmp, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		goto done;
+	}
+	bool written = fprintf(f, "%s\n", where) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+	if (fclose(f) != 0 || !written || rename(tmp, path) != 0)
 		rc = orch_error_set(ORCH_EINTERNAL, "%s: %s", path, strerror(errno));
 done:
 	free(path);
@@ -134,7 +144,7 @@ int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 			free(pattern);
 		}
 	}
-	if ((rc = store_where(state, &db)) != 0)
+	if ((rc = orch_state_store(state, &db)) != 0)
 		goto fail;
 	if ((rc = orch_store_open(&env->writer, db)) != 0)
 		goto fail;

@@ -144,7 +144,11 @@ static int locate(const char *repo_dir, const char *state_dir, char **repo, char
 		*state = NULL;
 		return orch_error_set(ORCH_ENOTFOUND, "state directory %s: %s", state_dir, strerror(errno));
 	}
-	if (asprintf(db, "%s/state.db", *state) < 0 || stat(*db, &sb) < 0) {
+	if ((rc = orch_state_store(*state, db)) != 0)
+		return rc;
+	if (orch_store_is_dqlite(*db))
+		return 0;
+	if (stat(*db, &sb) < 0) {
 		if (*db && errno != ENOENT)
 			return orch_error_set(ORCH_EINTERNAL, "%s: %s", *db, strerror(errno));
 		return orch_error_set(ORCH_ENOTFOUND, "no database at %s/state.db", *state);
@@ -191,11 +195,12 @@ int orch_check(const char *repo_dir, const char *state_dir, json_t **report)
 	int rc;
 
 	*report = json_pack("{s:[], s:[]}", "problems", "leftovers");
-	if ((rc = locate(repo_dir, state_dir, &repo, &state, &db)) != 0 || (rc = stat(db, &sb)) != 0) {
+	if ((rc = locate(repo_dir, state_dir, &repo, &state, &db)) != 0 ||
+	    (!orch_store_is_dqlite(db) && (rc = stat(db, &sb)) != 0)) {
 		rc = rc < 0 ? orch_error_set(ORCH_EINTERNAL, "%s: %s", db, strerror(errno)) : rc;
 		goto done;
 	}
-	if ((sb.st_mode & 077) != 0)
+	if (!orch_store_is_dqlite(db) && (sb.st_mode & 077) != 0)
 		problem(*report, "%s is readable by other users (mode %03o); start-up makes it 0600", db,
 			(unsigned)(sb.st_mode & 0777));
 	if ((rc = orch_store_open_reader(&st, db)) != 0 || (rc = orch_git_open(&g, repo)) != 0)

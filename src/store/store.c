@@ -822,7 +822,13 @@ static bool engine_in_txn(orch_store *st)
 
 void orch_store_rollback(orch_store *st)
 {
-	if (engine_in_txn(st))
+	/*
+	 * A dqlite client cannot tell whether a failed COMMIT left the
+	 * transaction open on the leader (a deferred constraint does, as in
+	 * SQLite): send ROLLBACK whenever one was begun; an error saying there
+	 * was none is harmless.
+	 */
+	if (engine_in_txn(st) || (DQ(st) && st->in_txn))
 		control(st, "ROLLBACK");
 	st->in_txn = false;
 	st->nchanges = st->mark;
