@@ -110,6 +110,8 @@ int orch_state_store(const char *state_dir, char **out);
 
 /* Open the workspace (see orch_ctx_open) into `env`. */
 int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir);
+/* The same, first making `store` (when not NULL) the state directory's store (orch_env_set_store). */
+int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_dir, const char *store);
 void orch_env_close(orch_env *env);
 
 /*
@@ -591,6 +593,14 @@ int orch_events_bounds(orch_store *st, int64_t *from, int64_t *last);
 /* Up to `max` events after db_version `after`, oldest first. */
 int orch_events_after(orch_store *st, int64_t after, size_t max, orch_event_line **out, size_t *n);
 void orch_event_lines_free(orch_event_line *lines, size_t n);
+/*
+ * The rows the events of db_versions (after, upto] name (their `ids`), for
+ * a daemon to invalidate what another host's (or process's) commits
+ * changed.  *complete is false when the events cannot say it all: a version
+ * without its event (pruned, or a write outside a call), an event naming
+ * "*", or more rows than a cache would look at one by one.
+ */
+int orch_events_changes(orch_store *st, int64_t after, int64_t upto, orch_change **out, size_t *n, bool *complete);
 
 /* ---- liveness by a held-open sessions/<id>/alive (session.c) ---- */
 

@@ -70,6 +70,9 @@ typedef struct orch_change {
 	int64_t rowid;
 } orch_change;
 
+/* The interned copy of table name `name` (for orch_change.table), or "*" when too many names were seen. */
+const char *orch_store_intern(const char *name);
+
 /*
  * Rows changed by this connection's committed transactions since the last
  * orch_store_changes_clear (a rolled-back transaction's are dropped).

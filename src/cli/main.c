@@ -19,7 +19,8 @@
 static void usage(FILE *f)
 {
 	fputs("usage:\n"
-	      "  orchfs mount [--repo DIR] [--state DIR] [--mirror-refresh SECONDS] [-f] [-d] [-s] MOUNTPOINT\n"
+	      "  orchfs mount [--repo DIR] [--state DIR] [--mirror-refresh SECONDS] [--store dqlite:id=N,addr=HOST:PORT,\n"
+	      "               dir=DIR[,peers=HOST:PORT,...]] [-f] [-d] [-s] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
 	      "  orchfs call [--repo DIR] [--state DIR] [--session ID] METHOD [JSON]\n"
 	      "  orchfs serve [--repo DIR] [--state DIR] [--session ID]\n"
@@ -39,6 +40,7 @@ typedef struct {
 	bool debug;
 	bool single_thread;
 	int mirror_refresh_s;
+	const char *store; /* mount: --store dqlite:... */
 	int argc;
 	char **argv;
 } cli_args;
@@ -65,7 +67,14 @@ static int parse(int argc, char **argv, cli_args *a)
 			a->debug = a->foreground = true;
 		else if (strcmp(argv[i], "-s") == 0)
 			a->single_thread = true;
-		else if (strcmp(argv[i], "--mirror-refresh") == 0 && i + 1 < argc) {
+		else if (strcmp(argv[i], "--store") == 0 && i + 1 < argc) {
+			char err[256];
+			a->store = argv[++i];
+			if (cli_store_check(a->store, err, sizeof(err)) != 0) {
+				fprintf(stderr, "orchfs: %s\n", err);
+				return -1;
+			}
+		} else if (strcmp(argv[i], "--mirror-refresh") == 0 && i + 1 < argc) {
 			char *end;
 			long s = strtol(argv[++i], &end, 10);
 			if (*end || end == argv[i] || s < 1 || s > 86400) {
@@ -281,9 +290,12 @@ static int cmd_mount(cli_args *a)
 		setsid();
 	}
 
-	/* Everything is opened in the process that serves, never across a fork. */
-	if (orch_env_open(&env, a->repo, a->state) != 0) {
+	/* Everything is opened in the process that serves, never across a fork (the dqlite node's threads too). */
+	cli_store cluster = {0};
+	if ((a->store && cli_store_start(a->store, &cluster) != 0) ||
+	    orch_env_open_store(&env, a->repo, a->state, cluster.where) != 0) {
 		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
+		cli_store_stop(&cluster);
 		if (created)
 			rmdir(mp);
 		return 1;
@@ -297,6 +309,7 @@ static int cmd_mount(cli_args *a)
 		fprintf(stderr, "orchfs: the mount point %s must be outside the repository %s and its state %s "
 			"(try /tmp/orchfs/<name>)\n", mp, env.repo_path, env.state_dir);
 		orch_env_close(&env);
+		cli_store_stop(&cluster);
 		if (created)
 			rmdir(mp);
 		return 1;
@@ -312,6 +325,7 @@ static int cmd_mount(cli_args *a)
 	orch_log("unmounted %s", mp);
 	json_decref(mi.reconciled);
 	orch_env_close(&env);
+	cli_store_stop(&cluster);
 	free(log_path);
 	return rc;
 }

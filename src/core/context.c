@@ -114,6 +114,11 @@ done:
 
 int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 {
+	return orch_env_open_store(env, repo_dir, state_dir, NULL);
+}
+
+int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_dir, const char *store)
+{
 	char *repo = NULL, *state = NULL, *db = NULL, cwd[PATH_MAX];
 	int rc;
 
@@ -144,7 +149,7 @@ int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 			free(pattern);
 		}
 	}
-	if ((rc = orch_state_store(state, &db)) != 0)
+	if ((store && (rc = orch_env_set_store(state, store)) != 0) || (rc = orch_state_store(state, &db)) != 0)
 		goto fail;
 	if ((rc = orch_store_open(&env->writer, db)) != 0)
 		goto fail;

@@ -165,3 +165,58 @@ void orch_event_lines_free(orch_event_line *lines, size_t n)
 		free(lines[i].line);
 	free(lines);
 }
+
+/* Past this many rows, invalidating everything is cheaper than looking at each. */
+#define CHANGES_LOOKED_AT 4096
+
+int orch_events_changes(orch_store *st, int64_t after, int64_t upto, orch_change **out, size_t *n, bool *complete)
+{
+	orch_stmt *s = orch_store_stmt(st, "SELECT db_version, ids_json FROM events "
+					  "WHERE db_version > ? AND db_version <= ? ORDER BY db_version");
+	int64_t expect = after + 1;
+	size_t cap = 0;
+	int rc = ORCH_DONE;
+
+	*out = NULL;
+	*n = 0;
+	*complete = upto - after <= CHANGES_LOOKED_AT;
+	if (!*complete)
+		return 0;
+	if (!s)
+		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+	orch_stmt_bind_int64(s, 1, after);
+	orch_stmt_bind_int64(s, 2, upto);
+	while (*complete && (rc = orch_stmt_step(s)) == ORCH_ROW) {
+		json_t *ids = json_loads(orch_stmt_column_text(s, 1), 0, NULL), *rows;
+		const char *table;
+
+		if (orch_stmt_column_int64(s, 0) != expect++ || !json_is_object(ids) || json_object_get(ids, "*"))
+			*complete = false;
+		json_object_foreach(ids, table, rows) {
+			size_t i;
+			json_t *id;
+			const char *name = orch_store_intern(table);
+			json_array_foreach(rows, i, id) {
+				if (*n == CHANGES_LOOKED_AT || strcmp(name, "*") == 0) {
+					*complete = false;
+					break;
+				}
+				if (*n == cap)
+					*out = orch_xrealloc(*out, (cap = cap ? 2 * cap : 64) * sizeof(**out));
+				(*out)[(*n)++] = (orch_change){name, json_integer_value(id)};
+			}
+		}
+		json_decref(ids);
+	}
+	if (*complete && rc != ORCH_DONE) {
+		orch_stmt_reset(s);
+		free(*out);
+		*out = NULL;
+		*n = 0;
+		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+	}
+	orch_stmt_reset(s);
+	if (expect != upto + 1)
+		*complete = false;
+	return 0;
+}

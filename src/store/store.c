@@ -83,7 +83,7 @@ struct orch_store {
  * Table names from the update hook live only during the callback: intern
  * them.  The set is the schema's tables, so it stays tiny.
  */
-static const char *intern(const char *name)
+const char *orch_store_intern(const char *name)
 {
 	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 	static char *names[64]; /* under mu; never freed (process lifetime) */
@@ -117,7 +117,7 @@ static void record_change(orch_store *st, const char *table, int64_t rowid)
 		if (!st->changes)
 			abort();
 	}
-	st->changes[st->nchanges++] = (orch_change){intern(table), rowid};
+	st->changes[st->nchanges++] = (orch_change){orch_store_intern(table), rowid};
 }
 
 static void update_hook(void *arg, int op, const char *db, const char *table, sqlite3_int64 rowid)

@@ -50,10 +50,10 @@ int sh(const char *fmt, ...)
  * `orchfs mount --store` names it; the tests themselves do not change.
  */
 static char dqlite_where[128]; /* "dqlite:127.0.0.1:PORT" once the node runs; main thread only */
-static char dqlite_dir[64];
 static int dqlite_tests;
 
 #ifdef ORCH_HAVE_DQLITE
+static char dqlite_dir[64];
 static orch_dq_node *dqlite_node; /* main thread only */
 
 static int dqlite_start(void)
