@@ -320,6 +320,9 @@ bool orch_store_is_dqlite(const char *where)
 }
 
 #ifdef ORCH_HAVE_DQLITE
+#define DQ_FIND_LEADER_MS 1500 /* how long a request looks for a leader before failing */
+#define DQ_REPLY_MS 1500       /* how long a leader may stay silent on one request */
+
 /*
  * "dqlite:HOST:PORT[,HOST:PORT...][/NAME]": a client of the cluster's
  * leader, found through any of the members named, on database NAME
@@ -348,6 +351,14 @@ static int connect_dqlite(orch_store *st, const char *where)
 	opts.peers = peers;
 	opts.npeers = n;
 	opts.database = name ? name : "orchfs";
+	/*
+	 * A leader that is lost (killed, or cut off from the majority) fails the
+	 * call within about two seconds with a transient error (orch_store_lost)
+	 * rather than holding the agent: the cluster elects a new one in well
+	 * under a second, and the agent's retry (with its call_id) reaches it.
+	 */
+	opts.connect_ms = DQ_FIND_LEADER_MS;
+	opts.io_timeout_ms = DQ_REPLY_MS;
 	if (orch_dq_open(&st->dq, &opts) != SQLITE_OK)
 		rc = orch_error_set(ORCH_EINTERNAL, "cannot reach the dqlite cluster %s: %s", where,
 				    st->dq ? orch_dq_errmsg(st->dq) : "out of memory");
