@@ -98,6 +98,12 @@ int64_t orch_process_start(pid_t pid);
 bool orch_store_changed_elsewhere(orch_store *st);
 void orch_store_close(orch_store *st);
 
+/*
+ * Set the error of the last failed statement (ORCH_EINTERNAL, "database
+ * <what>: ..."; when the dqlite leader was lost, a message saying to retry
+ * the call) and return its code.
+ */
+int orch_store_error(orch_store *st, const char *what);
 /* The message of the last failed statement. */
 const char *orch_store_errmsg(orch_store *st);
 /* Rows changed by the last INSERT, UPDATE or DELETE run; the rowid the last INSERT gave. */

@@ -473,7 +473,7 @@ static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const ch
 	}
 	if ((rc = orch_store_begin(ctx->store, write)) != 0) {
 		failed(ctx, call_id, reply);
-		if (call_id)
+		if (call_id && !orch_store_lost(ctx->store))
 			store_error_reply(ctx, call_id, m->name, canon, *reply);
 		return rc;
 	}
@@ -493,6 +493,9 @@ static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const ch
 		}
 	}
 	failed(ctx, call_id, reply);
+	/* A lost dqlite leader: nothing more can be written now, and the retry will run the call again. */
+	if (orch_store_lost(ctx->store))
+		return rc;
 	if (ctx->fail_fn)
 		store_failure(ctx, call_id && !taken ? call_id : NULL, m->name, canon, *reply);
 	else if (call_id && !taken)
@@ -639,16 +642,20 @@ static void execute_batch(orch_env *env, orch_lane_job **jobs, size_t n)
 		} else {
 			if (!rc)
 				rc = ORCH_EINTERNAL; /* RELEASE failed: the slot says why */
+			/* A lost dqlite leader took the transaction: nothing more to undo or record in it. */
+			bool lost = orch_store_lost(env->writer);
 			saved_error saved = error_save();
-			orch_sql_exec(j->ctx, "ROLLBACK TO call", "");
-			orch_sql_exec(j->ctx, "RELEASE call", "");
+			if (!lost) {
+				orch_sql_exec(j->ctx, "ROLLBACK TO call", "");
+				orch_sql_exec(j->ctx, "RELEASE call", "");
+			}
 			error_restore(&saved);
 			failed(j->ctx, j->call_id, j->reply);
-			if (orch_store_txn_alive(env->writer))
+			if (!lost && orch_store_txn_alive(env->writer))
 				record_failure(j->ctx);
 			else
 				orch_txn_on_failure(j->ctx, NULL, NULL);
-			if (j->call_id && !taken && orch_store_txn_alive(env->writer)) {
+			if (j->call_id && !taken && !lost && orch_store_txn_alive(env->writer)) {
 				saved = error_save();
 				store_error_reply_here(j->ctx, j->call_id, j->m->name, j->canon, *j->reply);
 				error_restore(&saved);

@@ -103,7 +103,7 @@ int orch_events_bounds(orch_store *st, int64_t *from, int64_t *last)
 	int rc;
 
 	if (!s)
-		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+		return orch_store_error(st, "");
 	rc = orch_stmt_step(s);
 	if (rc == ORCH_ROW) {
 		*last = orch_stmt_column_int64(s, 0);
@@ -112,7 +112,7 @@ int orch_events_bounds(orch_store *st, int64_t *from, int64_t *last)
 	}
 	orch_stmt_reset(s);
 	return rc == ORCH_ROW ? 0
-				: orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+				: orch_store_error(st, "");
 }
 
 int orch_events_after(orch_store *st, int64_t after, size_t max, orch_event_line **out, size_t *n)
@@ -124,7 +124,7 @@ int orch_events_after(orch_store *st, int64_t after, size_t max, orch_event_line
 	*out = NULL;
 	*n = 0;
 	if (!s)
-		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+		return orch_store_error(st, "");
 	orch_stmt_bind_int64(s, 1, after);
 	orch_stmt_bind_int64(s, 2, (int64_t)max);
 	*out = orch_xrealloc(NULL, (max ? max : 1) * sizeof(**out));
@@ -154,7 +154,7 @@ int orch_events_after(orch_store *st, int64_t after, size_t max, orch_event_line
 		orch_event_lines_free(*out, *n);
 		*out = NULL;
 		*n = 0;
-		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+		return orch_store_error(st, "");
 	}
 	return 0;
 }
@@ -183,7 +183,7 @@ int orch_events_changes(orch_store *st, int64_t after, int64_t upto, orch_change
 	if (!*complete)
 		return 0;
 	if (!s)
-		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+		return orch_store_error(st, "");
 	orch_stmt_bind_int64(s, 1, after);
 	orch_stmt_bind_int64(s, 2, upto);
 	while (*complete && (rc = orch_stmt_step(s)) == ORCH_ROW) {
@@ -213,7 +213,7 @@ int orch_events_changes(orch_store *st, int64_t after, int64_t upto, orch_change
 		free(*out);
 		*out = NULL;
 		*n = 0;
-		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+		return orch_store_error(st, "");
 	}
 	orch_stmt_reset(s);
 	if (expect != upto + 1)

@@ -57,11 +57,11 @@ static orch_stmt *vsql(orch_ctx *ctx, const char *sql, const char *fmt, va_list 
 	orch_stmt *st = orch_store_stmt(ctx->store, sql);
 
 	if (!st) {
-		orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(ctx->store));
+		orch_store_error(ctx->store, "");
 		return NULL;
 	}
 	if (bind_args(st, fmt, ap) != 0) {
-		orch_error_set(ORCH_EINTERNAL, "database bind: %s", orch_store_errmsg(ctx->store));
+		orch_store_error(ctx->store, "bind");
 		return NULL;
 	}
 	return st;
@@ -83,7 +83,7 @@ int orch_sql_step(orch_ctx *ctx, orch_stmt *st)
 	int rc = orch_stmt_step(st);
 
 	if (rc != ORCH_ROW && rc != ORCH_DONE) {
-		orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(ctx->store));
+		orch_store_error(ctx->store, "");
 	}
 	return rc;
 }
@@ -274,7 +274,7 @@ int orch_meta_read(orch_store *store, int64_t *db_version, int64_t *updated_at)
 	int rc;
 
 	if (!st)
-		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(store));
+		return orch_store_error(store, "");
 	rc = orch_stmt_step(st);
 	if (rc == ORCH_ROW) {
 		if (db_version)
@@ -283,7 +283,7 @@ int orch_meta_read(orch_store *store, int64_t *db_version, int64_t *updated_at)
 			*updated_at = orch_stmt_column_int64(st, 1);
 	}
 	orch_stmt_reset(st);
-	return rc == ORCH_ROW ? 0 : orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(store));
+	return rc == ORCH_ROW ? 0 : orch_store_error(store, "");
 }
 
 int64_t orch_last_id(orch_ctx *ctx)

@@ -523,9 +523,14 @@ void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 	orch_env *env = arg;
 	int64_t v = 0, t = 0;
 
-	/* The row first: a commit of another process after it is then seen as elsewhere. */
-	orch_meta_read(env->writer, &v, &t);
-	bool elsewhere = orch_store_changed_elsewhere(env->writer);
+	/*
+	 * The row first: a commit of another process after it is then seen as
+	 * elsewhere.  Without a state to read (a dqlite leader lost: no request
+	 * is sent, each would wait for a leader) nothing is known: invalidate
+	 * everything, and let the watcher account for the state when it can.
+	 */
+	bool known = !orch_store_lost(env->writer) && orch_meta_read(env->writer, &v, &t) == 0;
+	bool elsewhere = !known || orch_store_changed_elsewhere(env->writer);
 	orch_error_clear();
 	pthread_mutex_lock(&mu);
 	if (elsewhere) {
@@ -535,12 +540,15 @@ void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 		seq++;
 		invalidate_changed(changes, n, &pending, &npending, &cappending);
 	}
-	known_version = v;
-	known_updated = t;
+	if (known) {
+		known_version = v;
+		known_updated = t;
+	}
 	committing = false;
 	pthread_mutex_unlock(&mu);
 	/* After the COMMIT: blocked readers of events, and calls of wait, look now. */
-	fs_events_advance(v);
+	if (known)
+		fs_events_advance(v);
 }
 
 void fs_cache_committing(void *arg, int64_t v, int64_t t)

@@ -62,6 +62,7 @@ struct orch_store {
 #ifdef ORCH_HAVE_DQLITE
 	orch_dq *dq;          /* dqlite; NULL with SQLite */
 	bool dq_unsynced;     /* a write ran since the leader's changed rows were last fetched */
+	bool dq_lost;         /* the last request failed for want of a leader (orch_store_lost) */
 #endif
 	bool in_txn;
 	orch_change *changes; /* rows changed (update hook); [0, mark) are committed */
@@ -126,9 +127,17 @@ static void update_hook(void *arg, int op, const char *db, const char *table, sq
 	record_change(arg, table, rowid);
 }
 
+int orch_store_error(orch_store *st, const char *what)
+{
+	if (orch_store_lost(st))
+		return orch_error_set(ORCH_EINTERNAL, "the replicated store lost its leader during this call (%s); "
+				      "retry it: with the same call_id a retry is safe", orch_store_errmsg(st));
+	return orch_error_set(ORCH_EINTERNAL, "database%s%s: %s", *what ? " " : "", what, orch_store_errmsg(st));
+}
+
 static int db_error(orch_store *st, const char *what)
 {
-	return orch_error_set(ORCH_EINTERNAL, "database %s: %s", what, orch_store_errmsg(st));
+	return orch_store_error(st, what);
 }
 
 static int exec(orch_store *st, const char *sql)
@@ -512,12 +521,21 @@ const char *orch_store_errmsg(orch_store *st)
 bool orch_store_lost(orch_store *st)
 {
 #ifdef ORCH_HAVE_DQLITE
-	if (st->dq)
-		return orch_dq_transient(orch_dq_errcode(st->dq));
-#endif
+	return st->dq_lost;
+#else
 	(void)st;
 	return false;
+#endif
 }
+
+#ifdef ORCH_HAVE_DQLITE
+/* Note whether the dqlite request that gave `rc` failed for want of a leader; returns rc. */
+static int dq_outcome(orch_store *st, int rc)
+{
+	st->dq_lost = rc != SQLITE_OK && rc != SQLITE_ROW && rc != SQLITE_DONE && orch_dq_transient(rc);
+	return rc;
+}
+#endif
 
 int64_t orch_store_rows_changed(orch_store *st)
 {
@@ -541,7 +559,9 @@ int orch_store_exec(orch_store *st, const char *sql)
 {
 #ifdef ORCH_HAVE_DQLITE
 	if (st->dq) {
-		if (orch_dq_exec(st->dq, sql) != SQLITE_OK)
+		if (st->in_txn && st->dq_lost)
+			return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_dq_errmsg(st->dq));
+		if (dq_outcome(st, orch_dq_exec(st->dq, sql)) != SQLITE_OK)
 			return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_dq_errmsg(st->dq));
 		st->dq_unsynced = true;
 		return 0;
@@ -601,7 +621,7 @@ int orch_store_prepare(orch_store *st, const char *sql, orch_stmt **out)
 	s->store = st;
 #ifdef ORCH_HAVE_DQLITE
 	if (st->dq)
-		rc = orch_dq_prepare(st->dq, sql, &s->q);
+		rc = dq_outcome(st, orch_dq_prepare(st->dq, sql, &s->q));
 	else
 #endif
 		rc = sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->s, NULL);
@@ -634,7 +654,10 @@ int orch_stmt_step(orch_stmt *s)
 {
 #ifdef ORCH_HAVE_DQLITE
 	if (s->q) {
-		int rc = orch_dq_step(s->q);
+		/* The transaction went with the lost leader: the rest of it fails at once, not after a search. */
+		if (s->store->in_txn && s->store->dq_lost)
+			return ORCH_DQ_LEADERSHIP_LOST;
+		int rc = dq_outcome(s->store, orch_dq_step(s->q));
 		if (rc == SQLITE_DONE && !orch_dq_stmt_yields_rows(s->q))
 			s->store->dq_unsynced = true;
 		return rc;
@@ -837,9 +860,10 @@ void orch_store_rollback(orch_store *st)
 	 * A dqlite client cannot tell whether a failed COMMIT left the
 	 * transaction open on the leader (a deferred constraint does, as in
 	 * SQLite): send ROLLBACK whenever one was begun; an error saying there
-	 * was none is harmless.
+	 * was none is harmless.  A lost leader took the transaction with it:
+	 * nothing to send (and no one to send it to).
 	 */
-	if (engine_in_txn(st) || (DQ(st) && st->in_txn))
+	if (engine_in_txn(st) || (DQ(st) && st->in_txn && !orch_store_lost(st)))
 		control(st, "ROLLBACK");
 	st->in_txn = false;
 	st->nchanges = st->mark;
