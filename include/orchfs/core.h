@@ -101,17 +101,20 @@ typedef struct orch_env {
 
 /*
  * Make the state directory's store the dqlite cluster `where`
- * ("dqlite:HOST:PORT,..."): written to <state_dir>/store, which every later
- * orch_env_open on this host reads (the daemon, orchfs call, serve, check).
+ * ("dqlite:HOST:PORT,..."), and this machine the host `host` (when not
+ * NULL; orch_store_set_host): written to <state_dir>/store, which every
+ * later orch_env_open on this host reads (the daemon, orchfs call, serve,
+ * mcp, check).
  */
-int orch_env_set_store(const char *state_dir, const char *where);
+int orch_env_set_store(const char *state_dir, const char *where, const char *host);
 /* Where the state of `state_dir` is (malloc'ed): the cluster its `store` file names, else <state_dir>/state.db. */
 int orch_state_store(const char *state_dir, char **out);
 
 /* Open the workspace (see orch_ctx_open) into `env`. */
 int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir);
 /* The same, first making `store` (when not NULL) the state directory's store (orch_env_set_store). */
-int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_dir, const char *store);
+int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_dir, const char *store,
+			const char *host);
 void orch_env_close(orch_env *env);
 
 /*
@@ -605,13 +608,19 @@ int orch_events_changes(orch_store *st, int64_t after, int64_t upto, orch_change
 /* ---- liveness by a held-open sessions/<id>/alive (session.c) ---- */
 
 /*
+ * SQL: the holder row `a` of session_alive is a process that still runs
+ * (on this host: its pid and start time; on another host sharing a dqlite
+ * state: its daemon saw it running within ORCH_HOLDER_TIMEOUT_MS).
+ */
+#define ORCH_SQL_HOLDER_ALIVE(a) "orch_holder_alive(" a ".host, " a ".daemon_pid, " a ".daemon_start, " a ".seen_at)"
+/*
  * SQL: session row `s` is held alive: sessions/<id>/alive is open in a
  * daemon that still runs.  This is the one place that says so; it joins
  * the session's own heartbeat window in the liveness rule.
  */
 #define ORCH_SQL_ALIVE_HELD(s)                                                                     \
 	"EXISTS (SELECT 1 FROM session_alive a WHERE a.session_id = " s ".id AND "                 \
-	"orch_pid_alive(a.daemon_pid, a.daemon_start))"
+	ORCH_SQL_HOLDER_ALIVE("a") ")"
 /*
  * SQL: its alive handle was closed (or its daemon died) since its last sign
  * of life: it is a resume candidate at once, without waiting for its window.
@@ -639,6 +648,14 @@ extern const orch_method orch_alive_reap_method;
  * counts them dropped (ORCH_SQL_ALIVE_DROPPED).
  */
 bool orch_alive_dead_holders(orch_env *env);
+
+/*
+ * With a dqlite store (orch_store_host() set): refresh seen_at of the
+ * holders on this host that still run (the daemon, every
+ * ORCH_HOLDER_BEAT_MS), so that other hosts count them alive; holders that
+ * died, or a host that is gone, age out after ORCH_HOLDER_TIMEOUT_MS.
+ */
+int orch_alive_beat(orch_env *env);
 
 /* Run method `m` (an internal one too) as orch_call does. */
 int orch_call_method(orch_ctx *ctx, const orch_method *m, json_t *req, int64_t session_id, char **reply);

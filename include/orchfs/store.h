@@ -88,6 +88,20 @@ void orch_store_changes_clear(orch_store *st);
 size_t orch_store_changes_mark(orch_store *st);
 const orch_change *orch_store_changes_since(orch_store *st, size_t mark, size_t *n);
 
+/*
+ * Hosts sharing a dqlite state.  The host this process runs on (its
+ * holders of sessions/<id>/alive carry it): "" with a SQLite store; set
+ * once, before threads start, from the state directory's `store` file.
+ */
+#define ORCH_HOST_MAX 64
+void orch_store_set_host(const char *host);
+const char *orch_store_host(void);
+/* A host's daemon refreshes the holders it sees running this often; others count them gone after the timeout. */
+#define ORCH_HOLDER_BEAT_MS 3000
+#define ORCH_HOLDER_TIMEOUT_MS 15000
+/* Whether the holder (pid, start) is a process running on this host. */
+bool orch_holder_runs_here(int64_t pid, int64_t start);
+
 /* When process `pid` started (clock ticks after boot, /proc/<pid>/stat); 0 if it does not run. */
 int64_t orch_process_start(pid_t pid);
 

@@ -293,7 +293,7 @@ static int cmd_mount(cli_args *a)
 	/* Everything is opened in the process that serves, never across a fork (the dqlite node's threads too). */
 	cli_store cluster = {0};
 	if ((a->store && cli_store_start(a->store, &cluster) != 0) ||
-	    orch_env_open_store(&env, a->repo, a->state, cluster.where) != 0) {
+	    orch_env_open_store(&env, a->repo, a->state, cluster.where, cluster.address) != 0) {
 		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
 		cli_store_stop(&cluster);
 		if (created)

@@ -73,7 +73,15 @@ int orch_state_store(const char *state, char **out)
 	n = fread(buf, 1, sizeof(buf) - 1, f);
 	fclose(f);
 	buf[n] = '\0';
-	buf[strcspn(buf, "\n")] = '\0';
+	/* "dqlite:..." then, from a daemon, "host NAME": the host this one is (orch_store_set_host). */
+	char *nl = strchr(buf, '\n');
+	if (nl) {
+		*nl++ = '\0';
+		if (strncmp(nl, "host ", 5) == 0) {
+			nl[5 + strcspn(nl + 5, "\n")] = '\0';
+			orch_store_set_host(nl + 5);
+		}
+	}
 	if (!orch_store_is_dqlite(buf)) {
 		int rc = orch_error_set(ORCH_EINVALID_STATE, "%s names no dqlite cluster (want dqlite:HOST:PORT,...)", path);
 		free(path);
@@ -83,7 +91,7 @@ int orch_state_store(const char *state, char **out)
 	return (*out = strdup(buf)) ? 0 : orch_error_set(ORCH_EINTERNAL, "out of memory");
 }
 
-int orch_env_set_store(const char *state_dir, const char *where)
+int orch_env_set_store(const char *state_dir, const char *where, const char *host)
 {
 	char *path = NULL, *tmp = NULL;
 	FILE *f;
@@ -103,7 +111,8 @@ int orch_env_set_store(const char *state_dir, const char *where)
 			close(fd);
 		goto done;
 	}
-	bool written = fprintf(f, "%s\n", where) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+	bool written = fprintf(f, "%s\n", where) >= 0 && (!host || fprintf(f, "host %s\n", host) >= 0) &&
+		       fflush(f) == 0 && fsync(fileno(f)) == 0;
 	if (fclose(f) != 0 || !written || rename(tmp, path) != 0)
 		rc = orch_error_set(ORCH_EINTERNAL, "%s: %s", path, strerror(errno));
 done:
@@ -114,10 +123,11 @@ done:
 
 int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 {
-	return orch_env_open_store(env, repo_dir, state_dir, NULL);
+	return orch_env_open_store(env, repo_dir, state_dir, NULL, NULL);
 }
 
-int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_dir, const char *store)
+int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_dir, const char *store,
+			const char *host)
 {
 	char *repo = NULL, *state = NULL, *db = NULL, cwd[PATH_MAX];
 	int rc;
@@ -149,7 +159,7 @@ int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_d
 			free(pattern);
 		}
 	}
-	if ((store && (rc = orch_env_set_store(state, store)) != 0) || (rc = orch_state_store(state, &db)) != 0)
+	if ((store && (rc = orch_env_set_store(state, store, host)) != 0) || (rc = orch_state_store(state, &db)) != 0)
 		goto fail;
 	if ((rc = orch_store_open(&env->writer, db)) != 0)
 		goto fail;

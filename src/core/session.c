@@ -591,8 +591,9 @@ static int alive_hold(orch_ctx *ctx, json_t *p, json_t **result)
 	if (rc)
 		return rc;
 	daemon_id(&pid, &start);
-	if ((rc = orch_sql_exec(ctx, "INSERT OR IGNORE INTO session_alive (session_id, daemon_pid, daemon_start, since) "
-				"VALUES (?, ?, ?, ?)", "iiii", id, pid, start, ctx->now)) ||
+	if ((rc = orch_sql_exec(ctx, "INSERT OR IGNORE INTO session_alive (session_id, daemon_pid, daemon_start, since, "
+				"host, seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?4)", "iiiis", id, pid, start, ctx->now,
+				orch_store_host())) ||
 	    (rc = orch_sql_exec(ctx, "UPDATE sessions SET alive_dropped_at = NULL WHERE id = ?", "i", id)))
 		return rc;
 	return orch_session_json(ctx, id, result);
@@ -635,8 +636,8 @@ static int alive_release(orch_ctx *ctx, json_t *p, json_t **result)
 
 	daemon_id(&pid, &start);
 	if ((rc = orch_sql_exec(ctx, "DELETE FROM session_alive WHERE session_id = ? AND (daemon_pid = ? AND "
-				"daemon_start = ? OR NOT orch_pid_alive(daemon_pid, daemon_start))", "iii", id, pid,
-				start)) ||
+				"daemon_start = ? AND host = ? OR NOT " ORCH_SQL_HOLDER_ALIVE("session_alive") ")", "iiis",
+				id, pid, start, orch_store_host())) ||
 	    (rc = orch_sql_int(ctx, &held, NULL, "SELECT count(*) FROM session_alive WHERE session_id = ?", "i",
 			       id)))
 		return rc;
@@ -656,7 +657,7 @@ static int alive_release(orch_ctx *ctx, json_t *p, json_t **result)
 static int alive_reap(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	orch_stmt *st = orch_sql(ctx, "SELECT DISTINCT session_id FROM session_alive "
-				    "WHERE NOT orch_pid_alive(daemon_pid, daemon_start)", "");
+				    "WHERE NOT " ORCH_SQL_HOLDER_ALIVE("session_alive"), "");
 	int64_t *ids = NULL, held;
 	size_t n = 0;
 	int rc = 0;
@@ -673,7 +674,7 @@ static int alive_reap(orch_ctx *ctx, json_t *p, json_t **result)
 		free(ids);
 		return ORCH_EINTERNAL;
 	}
-	rc = orch_sql_exec(ctx, "DELETE FROM session_alive WHERE NOT orch_pid_alive(daemon_pid, daemon_start)", "");
+	rc = orch_sql_exec(ctx, "DELETE FROM session_alive WHERE NOT " ORCH_SQL_HOLDER_ALIVE("session_alive"), "");
 	*result = json_object();
 	json_t *dropped = json_array();
 	for (size_t i = 0; i < n && !rc; i++) {
@@ -688,6 +689,50 @@ static int alive_reap(orch_ctx *ctx, json_t *p, json_t **result)
 	return rc;
 }
 
+int orch_alive_beat(orch_env *env)
+{
+	const char *host = orch_store_host();
+	int64_t (*holders)[2] = NULL, now = orch_now_ms();
+	size_t n = 0;
+	int rc = 0;
+
+	if (!*host)
+		return 0;
+	/* The writer's connection, between calls: these writes are not another process's to the cache. */
+	pthread_mutex_lock(&env->writer_mu);
+	orch_stmt *q = orch_store_stmt(env->writer, "SELECT DISTINCT daemon_pid, daemon_start FROM session_alive "
+						    "WHERE host = ?");
+	if (!q) {
+		rc = orch_store_error(env->writer, "");
+		goto done;
+	}
+	orch_stmt_bind_text(q, 1, host);
+	while (orch_stmt_step(q) == ORCH_ROW) {
+		holders = orch_xrealloc(holders, (n + 1) * sizeof(*holders));
+		holders[n][0] = orch_stmt_column_int64(q, 0);
+		holders[n][1] = orch_stmt_column_int64(q, 1);
+		n++;
+	}
+	orch_stmt_reset(q);
+	/* Only the ones running here: a holder that died is left to age out (and be reaped) everywhere. */
+	for (size_t i = 0; i < n && !rc; i++) {
+		if (!orch_holder_runs_here(holders[i][0], holders[i][1]))
+			continue;
+		orch_stmt *u = orch_store_stmt(env->writer, "UPDATE session_alive SET seen_at = ? WHERE host = ? AND "
+							    "daemon_pid = ? AND daemon_start = ?");
+		if (!u || orch_stmt_bind_int64(u, 1, now) || orch_stmt_bind_text(u, 2, host) ||
+		    orch_stmt_bind_int64(u, 3, holders[i][0]) || orch_stmt_bind_int64(u, 4, holders[i][1]) ||
+		    orch_stmt_step(u) != ORCH_DONE)
+			rc = orch_store_error(env->writer, "");
+		if (u)
+			orch_stmt_reset(u);
+	}
+done:
+	pthread_mutex_unlock(&env->writer_mu);
+	free(holders);
+	return rc;
+}
+
 bool orch_alive_dead_holders(orch_env *env)
 {
 	orch_store *st;
@@ -698,7 +743,7 @@ bool orch_alive_dead_holders(orch_env *env)
 		return false;
 	}
 	orch_stmt *q = orch_store_stmt(st, "SELECT 1 FROM session_alive "
-					  "WHERE NOT orch_pid_alive(daemon_pid, daemon_start) LIMIT 1");
+					  "WHERE NOT " ORCH_SQL_HOLDER_ALIVE("session_alive") " LIMIT 1");
 	if (q) {
 		dead = orch_stmt_step(q) == ORCH_ROW;
 		orch_stmt_reset(q);

@@ -934,7 +934,7 @@ void fs_alive_reap(orch_env *e)
 		return;
 	}
 	orch_stmt *q = orch_store_stmt(st, "SELECT DISTINCT session_id FROM session_alive "
-					  "WHERE NOT orch_pid_alive(daemon_pid, daemon_start)");
+					  "WHERE NOT " ORCH_SQL_HOLDER_ALIVE("session_alive"));
 	while (q && orch_stmt_step(q) == ORCH_ROW) {
 		ids = orch_xrealloc(ids, (n + 1) * sizeof(*ids));
 		ids[n++] = orch_stmt_column_int64(q, 0);
@@ -956,4 +956,63 @@ void fs_alive_forget_all(void)
 	alive = NULL;
 	nalive = capalive = 0;
 	pthread_mutex_unlock(&alive_mu);
+}
+
+/*
+ * The holders' beat (orch_alive_beat) with a dqlite store: its own thread,
+ * which sleeps on beat_cond between rounds.  beat_mu owns beat_stop.
+ */
+static pthread_t beat_thread;
+static bool beat_started;
+static pthread_mutex_t beat_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t beat_cond = PTHREAD_COND_INITIALIZER;
+static bool beat_stop;
+
+static void *beat_main(void *arg)
+{
+	orch_env *e = arg;
+
+	pthread_mutex_lock(&beat_mu);
+	while (!beat_stop) {
+		pthread_mutex_unlock(&beat_mu);
+		if (orch_alive_beat(e) != 0) {
+			orch_log("alive: cannot refresh this host's holders: %s", orch_error_last()->message);
+			orch_error_clear();
+		}
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += ORCH_HOLDER_BEAT_MS / 1000;
+		until.tv_nsec += (ORCH_HOLDER_BEAT_MS % 1000) * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_mutex_lock(&beat_mu);
+		if (!beat_stop)
+			pthread_cond_timedwait(&beat_cond, &beat_mu, &until);
+	}
+	pthread_mutex_unlock(&beat_mu);
+	return NULL;
+}
+
+void fs_alive_beat_start(orch_env *e)
+{
+	if (!*orch_store_host())
+		return;
+	beat_stop = false;
+	beat_started = pthread_create(&beat_thread, NULL, beat_main, e) == 0;
+	if (!beat_started)
+		orch_log("alive: cannot start the beat thread: other hosts will count this host's holders gone");
+}
+
+void fs_alive_beat_stop(void)
+{
+	if (!beat_started)
+		return;
+	pthread_mutex_lock(&beat_mu);
+	beat_stop = true;
+	pthread_cond_signal(&beat_cond);
+	pthread_mutex_unlock(&beat_mu);
+	pthread_join(beat_thread, NULL);
+	beat_started = false;
 }

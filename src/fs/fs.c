@@ -1185,6 +1185,7 @@ int fs_main(orch_env *env, const fs_options *o)
 		orch_error_clear();
 	}
 	fs_alive_reap(env);
+	fs_alive_beat_start(env);
 	if (o->mirror_refresh_s > 0)
 		refreshing = auto_refresh_start(&refresher, env, o->mirror_refresh_s);
 	if (o->on_mounted)
@@ -1211,6 +1212,7 @@ int fs_main(orch_env *env, const fs_options *o)
 	}
 	if (refreshing)
 		auto_refresh_stop(&refresher);
+	fs_alive_beat_stop();
 	fs_events_stop();
 	fuse_session_unmount(se);
 	orch_env_stop_writer(env);

@@ -295,5 +295,8 @@ void fs_alive_close(orch_env *env, int64_t session_id);
 void fs_alive_forget_all(void);
 /* Start-up: release the holds of daemons that no longer run (their locks, an event each). */
 void fs_alive_reap(orch_env *env);
+/* With a dqlite store: a thread refreshing this host's running holders (orch_alive_beat); stop before unmount. */
+void fs_alive_beat_start(orch_env *env);
+void fs_alive_beat_stop(void);
 
 #endif

@@ -212,24 +212,58 @@ int64_t orch_process_start(pid_t pid)
 }
 
 /*
- * SQL orch_pid_alive(pid, start): whether process `pid` runs and started at
- * `start` (orch_process_start), i.e. is the same process, not a later one
- * that got its pid.  Used by the liveness of alive handles (session_alive).
+ * The host this process runs on, as holders of sessions/<id>/alive name it:
+ * "" unless the store is a dqlite cluster.  Set once, before any thread
+ * that uses the store starts (orch_store_set_host); read-only afterwards.
  */
-static void pid_alive(sqlite3_context *c, int argc, sqlite3_value **argv)
+static char process_host[ORCH_HOST_MAX + 1];
+
+void orch_store_set_host(const char *host)
+{
+	snprintf(process_host, sizeof(process_host), "%s", host ? host : "");
+}
+
+const char *orch_store_host(void)
+{
+	return process_host;
+}
+
+/* Whether process `pid` runs and started at `start` (orch_process_start): the same process, not a later one with its pid. */
+static bool process_runs(int64_t pid, int64_t start)
 {
 	static int64_t self_start; /* this process's start: read once, the same from any thread */
-	pid_t pid = (pid_t)sqlite3_value_int64(argv[0]);
-	int64_t start = sqlite3_value_int64(argv[1]);
 
-	(void)argc;
 	if (pid == getpid()) {
 		if (!__atomic_load_n(&self_start, __ATOMIC_RELAXED))
-			__atomic_store_n(&self_start, orch_process_start(pid), __ATOMIC_RELAXED);
-		sqlite3_result_int(c, start == __atomic_load_n(&self_start, __ATOMIC_RELAXED));
+			__atomic_store_n(&self_start, orch_process_start((pid_t)pid), __ATOMIC_RELAXED);
+		return start == __atomic_load_n(&self_start, __ATOMIC_RELAXED);
+	}
+	return pid > 0 && start != 0 && orch_process_start((pid_t)pid) == start;
+}
+
+/*
+ * SQL orch_holder_alive(host, pid, start, seen_at): whether a holder of
+ * session_alive still runs.  On the host that evaluates it (the dqlite
+ * leader's, or the only one with SQLite), by its pid and start time; on
+ * another host, by when that host's daemon last saw it running (seen_at,
+ * refreshed every ORCH_HOLDER_BEAT_MS; gone after ORCH_HOLDER_TIMEOUT_MS).
+ */
+static void holder_alive(sqlite3_context *c, int argc, sqlite3_value **argv)
+{
+	const char *host = (const char *)sqlite3_value_text(argv[0]);
+
+	(void)argc;
+	if (!host || strcmp(host, process_host) == 0) {
+		sqlite3_result_int(c, process_runs(sqlite3_value_int64(argv[1]), sqlite3_value_int64(argv[2])));
 		return;
 	}
-	sqlite3_result_int(c, pid > 0 && start != 0 && orch_process_start(pid) == start);
+	sqlite3_result_int(c, sqlite3_value_type(argv[3]) == SQLITE_INTEGER &&
+				      sqlite3_value_int64(argv[3]) >= orch_now_ms() - ORCH_HOLDER_TIMEOUT_MS);
+}
+
+bool orch_holder_runs_here(int64_t pid, int64_t start)
+{
+	return process_runs(pid, start);
 }
 
 /*
@@ -298,7 +332,7 @@ static int served_init(sqlite3 *db, char **err, const void *api)
 	(void)err, (void)api;
 	if (!sc)
 		return SQLITE_NOMEM;
-	sqlite3_create_function(db, "orch_pid_alive", 2, SQLITE_UTF8, NULL, pid_alive, NULL, NULL);
+	sqlite3_create_function(db, "orch_holder_alive", 4, SQLITE_UTF8, NULL, holder_alive, NULL, NULL);
 	if (sqlite3_create_function_v2(db, "orch_changes_take", 0, SQLITE_UTF8, sc, changes_take, NULL, NULL,
 				       served_free) != SQLITE_OK)
 		return SQLITE_ERROR; /* sc was freed by served_free */
@@ -319,7 +353,7 @@ static int connect(orch_store *st, const char *path, int flags)
 		return orch_error_set(ORCH_EINTERNAL, "cannot open database %s: %s", path,
 				      st->db ? sqlite3_errmsg(st->db) : "out of memory");
 	sqlite3_busy_timeout(st->db, ORCH_STORE_BUSY_MS);
-	sqlite3_create_function(st->db, "orch_pid_alive", 2, SQLITE_UTF8, NULL, pid_alive, NULL, NULL);
+	sqlite3_create_function(st->db, "orch_holder_alive", 4, SQLITE_UTF8, NULL, holder_alive, NULL, NULL);
 	return 0;
 }
 

@@ -118,7 +118,7 @@ static int env_setup(test_env *env)
 		char state[400], where[256];
 		snprintf(state, sizeof(state), "%s/.orchfs", env->repo);
 		snprintf(where, sizeof(where), "%s/unit-%d", dqlite_where, ++dqlite_tests);
-		if (mkdir(state, 0700) != 0 || orch_env_set_store(state, where) != 0)
+		if (mkdir(state, 0700) != 0 || orch_env_set_store(state, where, NULL) != 0)
 			return -1;
 	}
 	if (orch_ctx_open(&env->ctx, env->repo, NULL) != 0) {
