@@ -19,8 +19,7 @@
 static void usage(FILE *f)
 {
 	fputs("usage:\n"
-	      "  orchfs mount [--repo DIR] [--state DIR] [--mirror-refresh SECONDS] [--store dqlite:id=N,addr=HOST:PORT,\n"
-	      "               dir=DIR[,peers=HOST:PORT,...]] [-f] [-d] [-s] MOUNTPOINT\n"
+	      "  orchfs mount [--repo DIR] [--state DIR] [--mirror-refresh SECONDS] [--store SPEC] [-f] [-d] [-s] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
 	      "  orchfs call [--repo DIR] [--state DIR] [--session ID] METHOD [JSON]\n"
 	      "  orchfs serve [--repo DIR] [--state DIR] [--session ID]\n"
@@ -28,7 +27,8 @@ static void usage(FILE *f)
 	      "  orchfs methods [--json]\n"
 	      "  orchfs check [--repo DIR] [--state DIR]\n"
 	      "  orchfs backup [--repo DIR] [--state DIR] PATH\n"
-	      "  orchfs --version\n",
+	      "  orchfs --version\n"
+	      "mount --store SPEC: dqlite:id=N,addr=HOST:PORT,dir=DIR[,peers=HOST:PORT,...][,latency=MS]\n",
 	      f);
 }
 
