@@ -295,9 +295,19 @@ static void served_hook(void *arg, int op, const char *db, const char *table, sq
 	(void)op, (void)db;
 	if (sc->overflow)
 		return;
-	if (sc->rows == CHANGES_MAX || (sc->len + need >= sc->cap && !(sc->text = realloc(sc->text, sc->cap = 2 * (sc->cap + need))))) {
+	if (sc->rows == CHANGES_MAX) {
 		sc->overflow = true;
 		return;
+	}
+	if (sc->len + need >= sc->cap) {
+		size_t cap = 2 * (sc->cap + need);
+		char *text = realloc(sc->text, cap);
+		if (!text) {
+			sc->overflow = true; /* the client then takes "*": every table */
+			return;
+		}
+		sc->text = text;
+		sc->cap = cap;
 	}
 	sc->len += (size_t)snprintf(sc->text + sc->len, sc->cap - sc->len, "%s %lld\n", table, (long long)rowid);
 	sc->rows++;
