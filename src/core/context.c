@@ -45,12 +45,30 @@ static int state_path(const char *repo, const char *state_dir, char **out)
 	return 0;
 }
 
-int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
+bool orch_host_valid(const char *host)
+{
+	size_t n = strlen(host);
+
+	if (n == 0 || n > ORCH_HOST_MAX)
+		return false;
+	for (const char *c = host; *c; c++)
+		if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
+		      strchr("._:-", *c)))
+			return false;
+	return true;
+}
+
+int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir, const char *host)
 {
 	char *repo = NULL, *state = NULL, *db = NULL, cwd[PATH_MAX];
 	int rc;
 
 	memset(env, 0, sizeof(*env));
+	if (!host)
+		host = "";
+	if (*host && !orch_host_valid(host))
+		return orch_error_set(ORCH_EINVALID_PARAMS, "host \"%s\" must be 1 to %d characters of A-Za-z0-9._:-",
+				      host, ORCH_HOST_MAX);
 	if (!repo_dir) {
 		if (!getcwd(cwd, sizeof(cwd)))
 			return orch_error_set(ORCH_EINTERNAL, "getcwd: %s", strerror(errno));
@@ -93,6 +111,7 @@ int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 	env->repo_path = repo;
 	env->state_dir = state;
 	env->db_path = db;
+	env->host = strdup(host);
 	return 0;
 fail:
 	orch_git_close(env->git);
@@ -120,6 +139,7 @@ void orch_env_close(orch_env *env)
 	free(env->repo_path);
 	free(env->state_dir);
 	free(env->db_path);
+	free((char *)env->host);
 	memset(env, 0, sizeof(*env));
 }
 
@@ -162,10 +182,16 @@ void orch_ctx_init(orch_ctx *ctx, orch_env *env, orch_store *store, orch_git *gi
 	ctx->git = git;
 	ctx->repo_path = env->repo_path;
 	ctx->state_dir = env->state_dir;
+	ctx->host = env->host;
 	ctx->now = orch_now_ms();
 }
 
 int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir)
+{
+	return orch_ctx_open_host(ctx, repo_dir, state_dir, NULL);
+}
+
+int orch_ctx_open_host(orch_ctx *ctx, const char *repo_dir, const char *state_dir, const char *host)
 {
 	orch_env *env = calloc(1, sizeof(*env));
 	int rc;
@@ -173,7 +199,7 @@ int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir)
 	memset(ctx, 0, sizeof(*ctx));
 	if (!env)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
-	if ((rc = orch_env_open(env, repo_dir, state_dir)) != 0) {
+	if ((rc = orch_env_open(env, repo_dir, state_dir, host)) != 0) {
 		free(env);
 		return rc;
 	}
