@@ -952,13 +952,14 @@ static int render_worktrees(rd *r)
 		return ORCH_EINTERNAL;
 	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
 		int64_t id = sqlite3_column_int64(st, 0);
-		/* The host column only once some worktree has one (several machines). */
-		if (!any && (hosts = sqlite3_column_int(st, 12) != 0))
-			fputs("| worktree | kind | branch | owner | parent | status | merge | path | host |\n"
-			      "|---|---|---|---|---|---|---|---|---|\n", r->f);
-		else if (!any)
-			fputs("| worktree | kind | branch | owner | parent | status | merge | path |\n"
-			      "|---|---|---|---|---|---|---|---|\n", r->f);
+		if (!any) {
+			/* The host column only once some worktree has one (several machines). */
+			hosts = sqlite3_column_int(st, 12) != 0;
+			fputs(hosts ? "| worktree | kind | branch | owner | parent | status | merge | path | host |\n"
+				      "|---|---|---|---|---|---|---|---|---|\n"
+				    : "| worktree | kind | branch | owner | parent | status | merge | path |\n"
+				      "|---|---|---|---|---|---|---|---|\n", r->f);
+		}
 		any = true;
 		fprintf(r->f, "| <a id=\"worktree-%lld\"></a>#%lld | ", (long long)id, (long long)id);
 		text(r->f, col(st, 1));
