@@ -11,7 +11,6 @@
 #include <stdint.h>
 #include <jansson.h>
 #include <pthread.h>
-#include <sqlite3.h>
 
 #include "orchfs/base.h"
 #include "orchfs/error.h"
@@ -43,7 +42,8 @@ typedef struct orch_undo {
 typedef struct orch_env {
 	char *repo_path; /* immutable: absolute path of the main worktree */
 	char *state_dir; /* immutable: absolute path of the state directory */
-	char *db_path;   /* immutable: <state_dir>/state.db */
+	char *db_path;   /* immutable: where the state is (orch_store_open): <state_dir>/state.db, or the
+	                    dqlite cluster <state_dir>/store names */
 	/*
 	 * immutable: the host this daemon records on the worktrees it makes
 	 * (orchfs mount --host; "" on one machine, the default).  A worktree's
@@ -107,11 +107,25 @@ typedef struct orch_env {
 } orch_env;
 
 /*
- * Open the workspace (see orch_ctx_open) into `env`, as host `host` (NULL
- * or "": the one machine; else a name orch_host_valid accepts, or
- * invalid_params).
+ * Make the state directory's store the dqlite cluster `where`
+ * ("dqlite:HOST:PORT,..."): written to <state_dir>/store, which every later
+ * orch_env_open on this host reads (the daemon, orchfs call, serve, check).
  */
-int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir, const char *host);
+int orch_env_set_store(const char *state_dir, const char *where);
+/* Where the state of `state_dir` is (malloc'ed): the cluster its `store` file names, else <state_dir>/state.db. */
+int orch_state_store(const char *state_dir, char **out);
+
+/* How orch_env_open_opts opens the workspace; initialise with ORCH_ENV_OPTS_INIT. */
+typedef struct orch_env_opts {
+	const char *store; /* not NULL: first made the state directory's store (orch_env_set_store) */
+	const char *host;  /* NULL or "": the one machine; else a name orch_host_valid accepts (else invalid_params) */
+} orch_env_opts;
+#define ORCH_ENV_OPTS_INIT {NULL, NULL}
+
+/* Open the workspace (see orch_ctx_open) into `env`, with the default options. */
+int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir);
+/* The same with options (`opts` NULL: the defaults). */
+int orch_env_open_opts(orch_env *env, const char *repo_dir, const char *state_dir, const orch_env_opts *opts);
 
 /* A host name: 1 to ORCH_HOST_MAX characters of A-Za-z0-9._:- */
 #define ORCH_HOST_MAX 64
@@ -443,13 +457,13 @@ int orch_path_normalise(const char *name, const char *in, char **out);
  * 's' const char * (NULL binds NULL), 'j' json_t * as compact JSON text
  * (NULL binds NULL), 'n' nothing-but-NULL.
  */
-sqlite3_stmt *orch_sql(orch_ctx *ctx, const char *sql, const char *fmt, ...);
+orch_stmt *orch_sql(orch_ctx *ctx, const char *sql, const char *fmt, ...);
 
 /* Execute a statement that returns no rows; 0 or ORCH_EINTERNAL. */
 int orch_sql_exec(orch_ctx *ctx, const char *sql, const char *fmt, ...);
 
-/* Step a prepared statement: SQLITE_ROW, SQLITE_DONE, or records internal. */
-int orch_sql_step(orch_ctx *ctx, sqlite3_stmt *st);
+/* Step a prepared statement: ORCH_ROW, ORCH_DONE, or records internal. */
+int orch_sql_step(orch_ctx *ctx, orch_stmt *st);
 
 /*
  * Turn the current row into a JSON object.  Column naming conventions:
@@ -457,7 +471,7 @@ int orch_sql_step(orch_ctx *ctx, sqlite3_stmt *st);
  * names ending "_json" hold JSON text and are emitted as values under the
  * name without the suffix; NULL columns are omitted.
  */
-json_t *orch_row_json(sqlite3_stmt *st);
+json_t *orch_row_json(orch_stmt *st);
 
 /*
  * Run a query and return its first row as an object (0), or ORCH_ENOTFOUND
@@ -612,6 +626,14 @@ int orch_events_bounds(orch_store *st, int64_t *from, int64_t *last);
 /* Up to `max` events after db_version `after`, oldest first. */
 int orch_events_after(orch_store *st, int64_t after, size_t max, orch_event_line **out, size_t *n);
 void orch_event_lines_free(orch_event_line *lines, size_t n);
+/*
+ * The rows the events of db_versions (after, upto] name (their `ids`), for
+ * a daemon to invalidate what another host's (or process's) commits
+ * changed.  *complete is false when the events cannot say it all: a version
+ * without its event (pruned, or a write outside a call), an event naming
+ * "*", or more rows than a cache would look at one by one.
+ */
+int orch_events_changes(orch_store *st, int64_t after, int64_t upto, orch_change **out, size_t *n, bool *complete);
 
 /* ---- liveness by a held-open sessions/<id>/alive (session.c) ---- */
 

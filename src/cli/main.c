@@ -19,7 +19,8 @@
 static void usage(FILE *f)
 {
 	fputs("usage:\n"
-	      "  orchfs mount [--repo DIR] [--state DIR] [--host NAME] [--mirror-refresh SECONDS] [-f] [-d] [-s] MOUNTPOINT\n"
+	      "  orchfs mount [--repo DIR] [--state DIR] [--host NAME] [--mirror-refresh SECONDS]\n"
+	      "               [--store dqlite:id=N,addr=HOST:PORT,dir=DIR[,peers=HOST:PORT,...]] [-f] [-d] [-s] MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
 	      "  orchfs call [--repo DIR] [--state DIR] [--host NAME] [--session ID] METHOD [JSON]\n"
 	      "  orchfs serve [--repo DIR] [--state DIR] [--host NAME] [--session ID]\n"
@@ -43,6 +44,7 @@ typedef struct {
 	bool debug;
 	bool single_thread;
 	int mirror_refresh_s;
+	const char *store; /* mount: --store dqlite:... */
 	int argc;
 	char **argv;
 } cli_args;
@@ -77,7 +79,14 @@ static int parse(int argc, char **argv, cli_args *a)
 			a->debug = a->foreground = true;
 		else if (strcmp(argv[i], "-s") == 0)
 			a->single_thread = true;
-		else if (strcmp(argv[i], "--mirror-refresh") == 0 && i + 1 < argc) {
+		else if (strcmp(argv[i], "--store") == 0 && i + 1 < argc) {
+			char err[256];
+			a->store = argv[++i];
+			if (cli_store_check(a->store, err, sizeof(err)) != 0) {
+				fprintf(stderr, "orchfs: %s\n", err);
+				return -1;
+			}
+		} else if (strcmp(argv[i], "--mirror-refresh") == 0 && i + 1 < argc) {
 			char *end;
 			long s = strtol(argv[++i], &end, 10);
 			if (*end || end == argv[i] || s < 1 || s > 86400) {
@@ -294,9 +303,15 @@ static int cmd_mount(cli_args *a)
 		setsid();
 	}
 
-	/* Everything is opened in the process that serves, never across a fork. */
-	if (orch_env_open(&env, a->repo, a->state, a->host) != 0) {
+	/* Everything is opened in the process that serves, never across a fork (the dqlite node's threads too). */
+	cli_store cluster = {0};
+	orch_env_opts opts = ORCH_ENV_OPTS_INIT;
+	opts.host = a->host;
+	int started = a->store ? cli_store_start(a->store, &cluster) : 0;
+	opts.store = cluster.where;
+	if (started != 0 || orch_env_open_opts(&env, a->repo, a->state, &opts) != 0) {
 		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
+		cli_store_stop(&cluster);
 		if (created)
 			rmdir(mp);
 		return 1;
@@ -310,6 +325,7 @@ static int cmd_mount(cli_args *a)
 		fprintf(stderr, "orchfs: the mount point %s must be outside the repository %s and its state %s "
 			"(try /tmp/orchfs/<name>)\n", mp, env.repo_path, env.state_dir);
 		orch_env_close(&env);
+		cli_store_stop(&cluster);
 		if (created)
 			rmdir(mp);
 		return 1;
@@ -325,6 +341,7 @@ static int cmd_mount(cli_args *a)
 	orch_log("unmounted %s", mp);
 	json_decref(mi.reconciled);
 	orch_env_close(&env);
+	cli_store_stop(&cluster);
 	free(log_path);
 	return rc;
 }

@@ -132,34 +132,34 @@ static void error_restore(saved_error *s)
 static int stored_reply(orch_ctx *ctx, const char *call_id, const char *method, const char *canon,
 			char **reply, int *code)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT method, params, reply FROM replies WHERE call_id = ?", "s", call_id);
+	orch_stmt *st = orch_sql(ctx, "SELECT method, params, reply FROM replies WHERE call_id = ?", "s", call_id);
 	int rc;
 
 	if (!st)
 		return ORCH_EINTERNAL;
 	rc = orch_sql_step(ctx, st);
-	if (rc == SQLITE_DONE) {
-		sqlite3_reset(st);
+	if (rc == ORCH_DONE) {
+		orch_stmt_reset(st);
 		return 0;
 	}
-	if (rc != SQLITE_ROW) {
-		sqlite3_reset(st);
+	if (rc != ORCH_ROW) {
+		orch_stmt_reset(st);
 		return ORCH_EINTERNAL;
 	}
-	if (strcmp((const char *)sqlite3_column_text(st, 0), method) != 0 ||
-	    strcmp((const char *)sqlite3_column_text(st, 1), canon) != 0) {
-		const char *was = (const char *)sqlite3_column_text(st, 0);
+	if (strcmp((const char *)orch_stmt_column_text(st, 0), method) != 0 ||
+	    strcmp((const char *)orch_stmt_column_text(st, 1), canon) != 0) {
+		const char *was = (const char *)orch_stmt_column_text(st, 0);
 		if (strcmp(was, method) != 0)
 			rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for another method (%s, not "
 					    "%s); use a new call_id", call_id, was, method);
 		else
 			rc = orch_error_set(ORCH_EEXISTS, "call_id \"%s\" was already used for %s with other params; "
 					    "use a new call_id", call_id, was);
-		sqlite3_reset(st);
+		orch_stmt_reset(st);
 		return rc;
 	}
-	*reply = strdup((const char *)sqlite3_column_text(st, 2));
-	sqlite3_reset(st);
+	*reply = strdup((const char *)orch_stmt_column_text(st, 2));
+	orch_stmt_reset(st);
 
 	/* Replay the code (and message, for `orchfs call`) of a stored error. */
 	*code = 0;
@@ -224,14 +224,14 @@ static void announce(orch_env *env)
 static int store_error_reply_here(orch_ctx *ctx, const char *call_id, const char *method, const char *canon,
 				  const char *reply)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT reply FROM replies WHERE call_id = ?", "s", call_id);
+	orch_stmt *st = orch_sql(ctx, "SELECT reply FROM replies WHERE call_id = ?", "s", call_id);
 	bool keep = false;
 
 	if (!st)
 		return ORCH_EINTERNAL;
-	if (sqlite3_step(st) == SQLITE_ROW)
-		keep = !transient(reply_code((const char *)sqlite3_column_text(st, 0)));
-	sqlite3_reset(st);
+	if (orch_stmt_step(st) == ORCH_ROW)
+		keep = !transient(reply_code((const char *)orch_stmt_column_text(st, 0)));
+	orch_stmt_reset(st);
 	return keep ? 1 : store_reply(ctx, call_id, method, canon, reply);
 }
 
@@ -954,7 +954,7 @@ void orch_remember_reply(orch_env *env, int64_t session_id, const char *method, 
 
 char *orch_remembered_reply(orch_ctx *ctx, int64_t session_id, const char *method)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT reply FROM ctl_replies WHERE session_id = ? AND method = ?", "is",
+	orch_stmt *st = orch_sql(ctx, "SELECT reply FROM ctl_replies WHERE session_id = ? AND method = ?", "is",
 				    session_id, method);
 	char *out = NULL;
 
@@ -962,9 +962,9 @@ char *orch_remembered_reply(orch_ctx *ctx, int64_t session_id, const char *metho
 		orch_error_clear();
 		return NULL;
 	}
-	if (sqlite3_step(st) == SQLITE_ROW)
-		out = strdup((const char *)sqlite3_column_text(st, 0));
-	sqlite3_reset(st);
+	if (orch_stmt_step(st) == ORCH_ROW)
+		out = strdup((const char *)orch_stmt_column_text(st, 0));
+	orch_stmt_reset(st);
 	return out;
 }
 

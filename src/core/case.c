@@ -450,7 +450,7 @@ static int current_ref_ack(orch_ctx *ctx, json_t *p, json_t **result)
 
 	if (rc)
 		return rc;
-	if (sqlite3_changes(orch_store_db(ctx->store)) == 0)
+	if (orch_store_rows_changed(ctx->store) == 0)
 		return orch_error_set(ORCH_ENOTFOUND, "current_ref %lld of session %lld not found", (long long)ref,
 				      (long long)sid);
 	return orch_sql_row(ctx, result, "current_ref %lld not found", ref, REF_SELECT "WHERE id = ?", "i", ref);

@@ -4,6 +4,7 @@
  */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,14 +59,89 @@ bool orch_host_valid(const char *host)
 	return true;
 }
 
-int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir, const char *host)
+/*
+ * Where the state is: the dqlite cluster named in <state>/store when that
+ * file exists (written by `orchfs mount --store dqlite:...`, so that every
+ * tool run on this host finds the cluster), else <state>/state.db.
+ */
+int orch_state_store(const char *state, char **out)
 {
+	char *path = NULL, buf[4096];
+	FILE *f;
+	size_t n;
+
+	*out = NULL;
+	if (asprintf(&path, "%s/store", state) < 0)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	f = fopen(path, "re");
+	if (f)
+		fchmod(fileno(f), 0600); /* private like the database it stands for */
+	if (!f) {
+		int err = errno;
+		free(path);
+		if (err != ENOENT)
+			return orch_error_set(ORCH_EINTERNAL, "%s/store: %s", state, strerror(err));
+		return asprintf(out, "%s/state.db", state) < 0 ? orch_error_set(ORCH_EINTERNAL, "out of memory") : 0;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	if (!orch_store_is_dqlite(buf)) {
+		int rc = orch_error_set(ORCH_EINVALID_STATE, "%s names no dqlite cluster (want dqlite:HOST:PORT,...)", path);
+		free(path);
+		return rc;
+	}
+	free(path);
+	return (*out = strdup(buf)) ? 0 : orch_error_set(ORCH_EINTERNAL, "out of memory");
+}
+
+int orch_env_set_store(const char *state_dir, const char *where)
+{
+	char *path = NULL, *tmp = NULL;
+	FILE *f;
+	int rc = 0;
+
+	if (!orch_store_is_dqlite(where))
+		return orch_error_set(ORCH_EINVALID_PARAMS, "store %s: want dqlite:HOST:PORT,...", where);
+	if (asprintf(&path, "%s/store", state_dir) < 0 || asprintf(&tmp, "%s/store.tmp", state_dir) < 0) {
+		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+		goto done;
+	}
+	/* Written whole then renamed: a tool starting meanwhile reads the old or the new, never half. */
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0 || !(f = fdopen(fd, "w"))) {
+		rc = orch_error_set(ORCH_EINTERNAL, "%s: %s", tmp, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		goto done;
+	}
+	bool written = fprintf(f, "%s\n", where) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+	if (fclose(f) != 0 || !written || rename(tmp, path) != 0)
+		rc = orch_error_set(ORCH_EINTERNAL, "%s: %s", path, strerror(errno));
+done:
+	free(path);
+	free(tmp);
+	return rc;
+}
+
+int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
+{
+	return orch_env_open_opts(env, repo_dir, state_dir, NULL);
+}
+
+int orch_env_open_opts(orch_env *env, const char *repo_dir, const char *state_dir, const orch_env_opts *opts)
+{
+	static const orch_env_opts defaults = ORCH_ENV_OPTS_INIT;
 	char *repo = NULL, *state = NULL, *db = NULL, cwd[PATH_MAX];
+	const char *store, *host;
 	int rc;
 
 	memset(env, 0, sizeof(*env));
-	if (!host)
-		host = "";
+	if (!opts)
+		opts = &defaults;
+	store = opts->store;
+	host = opts->host ? opts->host : "";
 	if (*host && !orch_host_valid(host))
 		return orch_error_set(ORCH_EINVALID_PARAMS, "host \"%s\" must be 1 to %d characters of A-Za-z0-9._:-",
 				      host, ORCH_HOST_MAX);
@@ -95,11 +171,8 @@ int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir, co
 			free(pattern);
 		}
 	}
-	if (asprintf(&db, "%s/state.db", state) < 0) {
-		db = NULL;
-		rc = orch_error_set(ORCH_EINTERNAL, "out of memory");
+	if ((store && (rc = orch_env_set_store(state, store)) != 0) || (rc = orch_state_store(state, &db)) != 0)
 		goto fail;
-	}
 	if ((rc = orch_store_open(&env->writer, db)) != 0)
 		goto fail;
 	pthread_mutex_init(&env->writer_mu, NULL);
@@ -199,7 +272,9 @@ int orch_ctx_open_host(orch_ctx *ctx, const char *repo_dir, const char *state_di
 	memset(ctx, 0, sizeof(*ctx));
 	if (!env)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
-	if ((rc = orch_env_open(env, repo_dir, state_dir, host)) != 0) {
+	orch_env_opts o = ORCH_ENV_OPTS_INIT;
+	o.host = host;
+	if ((rc = orch_env_open_opts(env, repo_dir, state_dir, &o)) != 0) {
 		free(env);
 		return rc;
 	}

@@ -98,63 +98,63 @@ int orch_event_record(orch_ctx *ctx, const char *method, int64_t session_id, siz
 
 int orch_events_bounds(orch_store *st, int64_t *from, int64_t *last)
 {
-	sqlite3_stmt *s = orch_store_stmt(st, "SELECT (SELECT db_version FROM mirror_meta WHERE id = 1), "
+	orch_stmt *s = orch_store_stmt(st, "SELECT (SELECT db_version FROM mirror_meta WHERE id = 1), "
 					  "(SELECT min(db_version) FROM events)");
 	int rc;
 
 	if (!s)
-		return orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(orch_store_db(st)));
-	rc = sqlite3_step(s);
-	if (rc == SQLITE_ROW) {
-		*last = sqlite3_column_int64(s, 0);
+		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+	rc = orch_stmt_step(s);
+	if (rc == ORCH_ROW) {
+		*last = orch_stmt_column_int64(s, 0);
 		/* No event kept (a new database, or one from before events): history starts now. */
-		*from = sqlite3_column_type(s, 1) == SQLITE_NULL ? *last : sqlite3_column_int64(s, 1) - 1;
+		*from = orch_stmt_column_type(s, 1) == ORCH_NULL ? *last : orch_stmt_column_int64(s, 1) - 1;
 	}
-	sqlite3_reset(s);
-	return rc == SQLITE_ROW ? 0
-				: orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(orch_store_db(st)));
+	orch_stmt_reset(s);
+	return rc == ORCH_ROW ? 0
+				: orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
 }
 
 int orch_events_after(orch_store *st, int64_t after, size_t max, orch_event_line **out, size_t *n)
 {
-	sqlite3_stmt *s = orch_store_stmt(st, "SELECT db_version, method, session_id, ids_json, at FROM events "
+	orch_stmt *s = orch_store_stmt(st, "SELECT db_version, method, session_id, ids_json, at FROM events "
 					  "WHERE db_version > ? ORDER BY db_version LIMIT ?");
 	int rc;
 
 	*out = NULL;
 	*n = 0;
 	if (!s)
-		return orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(orch_store_db(st)));
-	sqlite3_bind_int64(s, 1, after);
-	sqlite3_bind_int64(s, 2, (sqlite3_int64)max);
+		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+	orch_stmt_bind_int64(s, 1, after);
+	orch_stmt_bind_int64(s, 2, (int64_t)max);
 	*out = orch_xrealloc(NULL, (max ? max : 1) * sizeof(**out));
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+	while ((rc = orch_stmt_step(s)) == ORCH_ROW) {
 		char at[32], *line = NULL;
-		json_t *method = json_string((const char *)sqlite3_column_text(s, 1));
+		json_t *method = json_string((const char *)orch_stmt_column_text(s, 1));
 		char *m = json_dumps(method, JSON_ENCODE_ANY);
 		char sid[32] = "";
 
-		orch_time_format(sqlite3_column_int64(s, 4), at);
-		if (sqlite3_column_type(s, 2) != SQLITE_NULL)
-			snprintf(sid, sizeof(sid), ",\"session_id\":%lld", (long long)sqlite3_column_int64(s, 2));
+		orch_time_format(orch_stmt_column_int64(s, 4), at);
+		if (orch_stmt_column_type(s, 2) != ORCH_NULL)
+			snprintf(sid, sizeof(sid), ",\"session_id\":%lld", (long long)orch_stmt_column_int64(s, 2));
 		int len = asprintf(&line, "{\"db_version\":%lld,\"method\":%s%s,\"ids\":%s,\"at\":\"%s\"}\n",
-				   (long long)sqlite3_column_int64(s, 0), m, sid, (const char *)sqlite3_column_text(s, 3),
+				   (long long)orch_stmt_column_int64(s, 0), m, sid, (const char *)orch_stmt_column_text(s, 3),
 				   at);
 		free(m);
 		json_decref(method);
 		if (len < 0)
 			abort();
-		(*out)[*n].db_version = sqlite3_column_int64(s, 0);
+		(*out)[*n].db_version = orch_stmt_column_int64(s, 0);
 		(*out)[*n].line = line;
 		(*out)[*n].len = (size_t)len;
 		(*n)++;
 	}
-	sqlite3_reset(s);
-	if (rc != SQLITE_DONE) {
+	orch_stmt_reset(s);
+	if (rc != ORCH_DONE) {
 		orch_event_lines_free(*out, *n);
 		*out = NULL;
 		*n = 0;
-		return orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(orch_store_db(st)));
+		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
 	}
 	return 0;
 }
@@ -164,4 +164,59 @@ void orch_event_lines_free(orch_event_line *lines, size_t n)
 	for (size_t i = 0; i < n; i++)
 		free(lines[i].line);
 	free(lines);
+}
+
+/* Past this many rows, invalidating everything is cheaper than looking at each. */
+#define CHANGES_LOOKED_AT 4096
+
+int orch_events_changes(orch_store *st, int64_t after, int64_t upto, orch_change **out, size_t *n, bool *complete)
+{
+	orch_stmt *s = orch_store_stmt(st, "SELECT db_version, ids_json FROM events "
+					  "WHERE db_version > ? AND db_version <= ? ORDER BY db_version");
+	int64_t expect = after + 1;
+	size_t cap = 0;
+	int rc = ORCH_DONE;
+
+	*out = NULL;
+	*n = 0;
+	*complete = upto - after <= CHANGES_LOOKED_AT;
+	if (!*complete)
+		return 0;
+	if (!s)
+		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+	orch_stmt_bind_int64(s, 1, after);
+	orch_stmt_bind_int64(s, 2, upto);
+	while (*complete && (rc = orch_stmt_step(s)) == ORCH_ROW) {
+		json_t *ids = json_loads(orch_stmt_column_text(s, 1), 0, NULL), *rows;
+		const char *table;
+
+		if (orch_stmt_column_int64(s, 0) != expect++ || !json_is_object(ids) || json_object_get(ids, "*"))
+			*complete = false;
+		json_object_foreach(ids, table, rows) {
+			size_t i;
+			json_t *id;
+			const char *name = orch_store_intern(table);
+			json_array_foreach(rows, i, id) {
+				if (*n == CHANGES_LOOKED_AT || strcmp(name, "*") == 0) {
+					*complete = false;
+					break;
+				}
+				if (*n == cap)
+					*out = orch_xrealloc(*out, (cap = cap ? 2 * cap : 64) * sizeof(**out));
+				(*out)[(*n)++] = (orch_change){name, json_integer_value(id)};
+			}
+		}
+		json_decref(ids);
+	}
+	if (*complete && rc != ORCH_DONE) {
+		orch_stmt_reset(s);
+		free(*out);
+		*out = NULL;
+		*n = 0;
+		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+	}
+	orch_stmt_reset(s);
+	if (expect != upto + 1)
+		*complete = false;
+	return 0;
 }

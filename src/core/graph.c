@@ -143,7 +143,7 @@ int orch_graph_check_refs(orch_ctx *ctx, int64_t owner_session_id, int64_t workt
 
 int orch_graph_slice_limits(orch_ctx *ctx, const char *where, int64_t token_estimate, size_t nfiles)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT max_token_per_slice, max_files_per_slice FROM planning_rules "
+	orch_stmt *st = orch_sql(ctx, "SELECT max_token_per_slice, max_files_per_slice FROM planning_rules "
 				    "WHERE id = 1", "");
 	int64_t max_tokens, max_files;
 	int rc;
@@ -151,14 +151,14 @@ int orch_graph_slice_limits(orch_ctx *ctx, const char *where, int64_t token_esti
 	if (!st)
 		return ORCH_EINTERNAL;
 	rc = orch_sql_step(ctx, st);
-	if (rc != SQLITE_ROW) {
-		sqlite3_reset(st);
-		return rc == SQLITE_DONE ? orch_error_set(ORCH_EINTERNAL, "planning_rules row missing")
+	if (rc != ORCH_ROW) {
+		orch_stmt_reset(st);
+		return rc == ORCH_DONE ? orch_error_set(ORCH_EINTERNAL, "planning_rules row missing")
 					 : ORCH_EINTERNAL;
 	}
-	max_tokens = sqlite3_column_int64(st, 0);
-	max_files = sqlite3_column_int64(st, 1);
-	sqlite3_reset(st);
+	max_tokens = orch_stmt_column_int64(st, 0);
+	max_files = orch_stmt_column_int64(st, 1);
+	orch_stmt_reset(st);
 	if (token_estimate > max_tokens)
 		return orch_error_set(ORCH_EINVALID_PARAMS,
 				      "%stoken_estimate %lld exceeds the planning limit max_token_per_slice %lld; "

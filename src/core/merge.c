@@ -149,7 +149,7 @@ static int merge_request(orch_ctx *ctx, json_t *p, json_t **result)
 /* Every descendant task id of `feature` (cases under test groups too), in id order. */
 static int descendant_ids(orch_ctx *ctx, int64_t feature, json_t **out)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "WITH RECURSIVE d(id) AS (SELECT id FROM tasks WHERE parent_id = ?1 "
+	orch_stmt *st = orch_sql(ctx, "WITH RECURSIVE d(id) AS (SELECT id FROM tasks WHERE parent_id = ?1 "
 				    "UNION SELECT t.id FROM tasks t JOIN d ON t.parent_id = d.id) "
 				    "SELECT id FROM d WHERE id <> ?1 ORDER BY id", "i", feature);
 	int rc;
@@ -157,10 +157,10 @@ static int descendant_ids(orch_ctx *ctx, int64_t feature, json_t **out)
 	*out = json_array();
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW)
-		json_array_append_new(*out, json_integer(sqlite3_column_int64(st, 0)));
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW)
+		json_array_append_new(*out, json_integer(orch_stmt_column_int64(st, 0)));
+	orch_stmt_reset(st);
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 /* The descendants as tasks; each case with its steps and latest checkpoint (also into `checkpoints`). */

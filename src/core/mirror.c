@@ -85,7 +85,7 @@ static int mirror_status(orch_ctx *ctx, json_t *p, json_t **result)
 
 int orch_mirror_file(orch_ctx *ctx, int64_t id, char **buf, size_t *len, int64_t *mtime)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT dir, name, size, changed_at FROM mirror_files WHERE id = ?", "i", id);
+	orch_stmt *st = orch_sql(ctx, "SELECT dir, name, size, changed_at FROM mirror_files WHERE id = ?", "i", id);
 	char *path = NULL;
 	struct stat sb;
 	size_t size;
@@ -95,17 +95,17 @@ int orch_mirror_file(orch_ctx *ctx, int64_t id, char **buf, size_t *len, int64_t
 	*buf = NULL;
 	if (!st)
 		return ORCH_EINTERNAL;
-	if ((rc = orch_sql_step(ctx, st)) != SQLITE_ROW) {
-		sqlite3_reset(st);
-		return rc == SQLITE_DONE ? orch_error_set(ORCH_ENOTFOUND, "mirror file %lld not rendered", (long long)id)
+	if ((rc = orch_sql_step(ctx, st)) != ORCH_ROW) {
+		orch_stmt_reset(st);
+		return rc == ORCH_DONE ? orch_error_set(ORCH_ENOTFOUND, "mirror file %lld not rendered", (long long)id)
 					 : ORCH_EINTERNAL;
 	}
-	if (asprintf(&path, "%s/mirror/%s/%s", ctx->state_dir, (const char *)sqlite3_column_text(st, 0),
-		     (const char *)sqlite3_column_text(st, 1)) < 0)
+	if (asprintf(&path, "%s/mirror/%s/%s", ctx->state_dir, (const char *)orch_stmt_column_text(st, 0),
+		     (const char *)orch_stmt_column_text(st, 1)) < 0)
 		path = NULL;
-	size = (size_t)sqlite3_column_int64(st, 2);
-	*mtime = sqlite3_column_int64(st, 3);
-	sqlite3_reset(st);
+	size = (size_t)orch_stmt_column_int64(st, 2);
+	*mtime = orch_stmt_column_int64(st, 3);
+	orch_stmt_reset(st);
 	if (!path)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	/* Mapped, not copied: the daemon's memory stays small and the pages are the page cache's. */
@@ -139,15 +139,15 @@ typedef struct {
 	int64_t base_at;
 } rd;
 
-static const char *col(sqlite3_stmt *st, int i)
+static const char *col(orch_stmt *st, int i)
 {
-	const char *s = (const char *)sqlite3_column_text(st, i);
+	const char *s = (const char *)orch_stmt_column_text(st, i);
 	return s ? s : "";
 }
 
-static bool has(sqlite3_stmt *st, int i)
+static bool has(orch_stmt *st, int i)
 {
-	return sqlite3_column_type(st, i) != SQLITE_NULL;
+	return orch_stmt_column_type(st, i) != ORCH_NULL;
 }
 
 static bool word_char(char c)
@@ -282,27 +282,27 @@ static void owner_link(rd *r, const char *owner)
 }
 
 /* "todo 3, done 7" from rows (status, count); "none" when there are none.  Returns the total. */
-static int64_t counts(rd *r, sqlite3_stmt *st, int *rc)
+static int64_t counts(rd *r, orch_stmt *st, int *rc)
 {
 	int64_t total = 0;
 	bool any = false;
 
-	while ((*rc = orch_sql_step(r->ctx, st)) == SQLITE_ROW) {
+	while ((*rc = orch_sql_step(r->ctx, st)) == ORCH_ROW) {
 		fprintf(r->f, "%s", any ? ", " : "");
 		text(r->f, col(st, 0));
-		fprintf(r->f, " %lld", (long long)sqlite3_column_int64(st, 1));
-		total += sqlite3_column_int64(st, 1);
+		fprintf(r->f, " %lld", (long long)orch_stmt_column_int64(st, 1));
+		total += orch_stmt_column_int64(st, 1);
 		any = true;
 	}
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	if (!any)
 		fputs("none", r->f);
-	*rc = *rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	*rc = *rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 	return total;
 }
 
 /* One row of the counts table: a link, the total, the statuses. */
-static int count_row(rd *r, const char *label, const char *link, sqlite3_stmt *st)
+static int count_row(rd *r, const char *label, const char *link, orch_stmt *st)
 {
 	char *by = NULL;
 	size_t n = 0;
@@ -389,10 +389,10 @@ static void ref_target(rd *r, const char *type, int64_t id, const char *title)
 	"LEFT JOIN checkpoints c ON c.id = (SELECT max(id) FROM checkpoints WHERE task_id = r.node_id "   \
 	"AND r.node_type IN ('case', 'task')) "
 
-static void ref_cells(rd *r, sqlite3_stmt *st, int c0)
+static void ref_cells(rd *r, orch_stmt *st, int c0)
 {
 	if (has(st, c0)) {
-		ref_target(r, col(st, c0), sqlite3_column_int64(st, c0 + 1), col(st, c0 + 2));
+		ref_target(r, col(st, c0), orch_stmt_column_int64(st, c0 + 1), col(st, c0 + 2));
 		if (has(st, c0 + 3)) {
 			fputs(" (", r->f);
 			text(r->f, col(st, c0 + 3));
@@ -405,7 +405,7 @@ static void ref_cells(rd *r, sqlite3_stmt *st, int c0)
 	if (has(st, c0 + 4)) {
 		text(r->f, col(st, c0 + 4));
 		fputs(", ", r->f);
-		age(r, sqlite3_column_int64(st, c0 + 5));
+		age(r, orch_stmt_column_int64(st, c0 + 5));
 	} else {
 		fputs("—", r->f);
 	}
@@ -413,7 +413,7 @@ static void ref_cells(rd *r, sqlite3_stmt *st, int c0)
 
 static int index_sessions(rd *r)
 {
-	sqlite3_stmt *st = orch_sql(r->ctx,
+	orch_stmt *st = orch_sql(r->ctx,
 		"SELECT s.id, s.agent_role, s.owner, s.status, s.last_seen_at, " LIVE_SQL ", "
 		"NOT " LIVE_SQL " AND r.id IS NOT NULL, " REF_COLS
 		"FROM sessions s " REF_JOIN
@@ -424,47 +424,47 @@ static int index_sessions(rd *r)
 	if (!st)
 		return ORCH_EINTERNAL;
 	fputs("## Who is doing what\n\n", r->f);
-	while ((rc = orch_sql_step(r->ctx, st)) == SQLITE_ROW) {
+	while ((rc = orch_sql_step(r->ctx, st)) == ORCH_ROW) {
 		if (!any)
 			fputs("| session | role | owner | heartbeat | resume candidate | holds | last checkpoint |\n"
 			      "|---|---|---|---|---|---|---|\n", r->f);
 		any = true;
 		fputs("| ", r->f);
-		session_link(r, sqlite3_column_int64(st, 0));
+		session_link(r, orch_stmt_column_int64(st, 0));
 		fputs(" | ", r->f);
 		text(r->f, col(st, 1));
 		fputs(" | ", r->f);
 		text(r->f, col(st, 2));
 		fputs(" | ", r->f);
-		age(r, sqlite3_column_int64(st, 4));
-		fputs(sqlite3_column_int(st, 5) ? " (live)" : " (stale)", r->f);
-		fputs(sqlite3_column_int(st, 6) ? " | **yes** | " : " | no | ", r->f);
+		age(r, orch_stmt_column_int64(st, 4));
+		fputs(orch_stmt_column_int(st, 5) ? " (live)" : " (stale)", r->f);
+		fputs(orch_stmt_column_int(st, 6) ? " | **yes** | " : " | no | ", r->f);
 		ref_cells(r, st, 7);
 		fputs(" |\n", r->f);
 	}
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	if (!any)
 		fputs("No open sessions.\n", r->f);
 	fputc('\n', r->f);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 static int lock_rows(rd *r, bool with_heading);
 static int queue_rows(rd *r, bool queued_only);
 
 /* A list of changed ids with links, at most CHANGES_MAX, then "and N more". */
-static int changed_list(rd *r, const char *label, sqlite3_stmt *st, const char *file, const char *anchor)
+static int changed_list(rd *r, const char *label, orch_stmt *st, const char *file, const char *anchor)
 {
 	int64_t n = 0;
 	int rc;
 
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(r->ctx, st)) == SQLITE_ROW) {
+	while ((rc = orch_sql_step(r->ctx, st)) == ORCH_ROW) {
 		if (n == 0)
 			fprintf(r->f, "- %s:", label);
 		if (n < CHANGES_MAX) {
-			int64_t id = sqlite3_column_int64(st, 0);
+			int64_t id = orch_stmt_column_int64(st, 0);
 			fprintf(r->f, "%s [#%lld](%s#%s-%lld) ", n ? "," : "", (long long)id, file, anchor, (long long)id);
 			text(r->f, col(st, 1));
 			if (has(st, 2)) {
@@ -475,12 +475,12 @@ static int changed_list(rd *r, const char *label, sqlite3_stmt *st, const char *
 		}
 		n++;
 	}
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	if (n > CHANGES_MAX)
 		fprintf(r->f, ", and %lld more", (long long)(n - CHANGES_MAX));
 	if (n)
 		fputc('\n', r->f);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 static int index_changes(rd *r)
@@ -558,7 +558,7 @@ static int render_index(rd *r)
  */
 static int render_tasks(rd *r)
 {
-	sqlite3_stmt *st = orch_sql(r->ctx,
+	orch_stmt *st = orch_sql(r->ctx,
 		"WITH RECURSIVE walk (id, depth, path) AS ("
 		" SELECT id, 0, printf('%012d', id) FROM tasks t WHERE parent_id IS NULL "
 		"  OR NOT EXISTS (SELECT 1 FROM tasks p WHERE p.id = t.parent_id)"
@@ -581,9 +581,9 @@ static int render_tasks(rd *r)
 	      r->f);
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(r->ctx, st)) == SQLITE_ROW) {
-		int depth = sqlite3_column_int(st, 1);
-		int64_t id = sqlite3_column_int64(st, 0);
+	while ((rc = orch_sql_step(r->ctx, st)) == ORCH_ROW) {
+		int depth = orch_stmt_column_int(st, 1);
+		int64_t id = orch_stmt_column_int64(st, 0);
 		bool done = strcmp(col(st, 4), "done") == 0;
 
 		any = true;
@@ -595,11 +595,11 @@ static int render_tasks(rd *r)
 		fprintf(r->f, "%s — **", done ? "~~" : "");
 		text(r->f, col(st, 4));
 		fputs("**", r->f);
-		if (sqlite3_column_int64(st, 5))
-			fprintf(r->f, ", priority %lld", (long long)sqlite3_column_int64(st, 5));
+		if (orch_stmt_column_int64(st, 5))
+			fprintf(r->f, ", priority %lld", (long long)orch_stmt_column_int64(st, 5));
 		if (has(st, 8)) {
 			fputs(", held by ", r->f);
-			session_link(r, sqlite3_column_int64(st, 8));
+			session_link(r, orch_stmt_column_int64(st, 8));
 		}
 		if (has(st, 6)) {
 			fputs(", assigned to ", r->f);
@@ -624,14 +624,14 @@ static int render_tasks(rd *r)
 			fprintf(r->f, "%*s- last checkpoint: ", depth * 2 + 2, "");
 			text(r->f, col(st, 10));
 			fputs(" at ", r->f);
-			stamp(r->f, sqlite3_column_int64(st, 11));
+			stamp(r->f, orch_stmt_column_int64(st, 11));
 			fputc('\n', r->f);
 		}
 	}
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	if (!any)
 		fputs("No tasks.\n", r->f);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 /* ---- plan.md ---- */
@@ -658,7 +658,7 @@ static void mermaid_text(FILE *f, const char *s, size_t max)
 static int plan_mermaid(rd *r)
 {
 	orch_ctx *ctx = r->ctx;
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int64_t total = 0;
 	int rc;
 
@@ -671,23 +671,23 @@ static int plan_mermaid(rd *r)
 		      "i", (int64_t)MERMAID_MAX);
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
 		const char *status = col(st, 3), *approval = col(st, 4);
 		const char *cls = strcmp(approval, "pending") == 0 ? "pending"
 				  : strcmp(status, "done") == 0 || strcmp(approval, "approved") == 0 ? "done"
 				  : strcmp(status, "blocked") == 0 || strcmp(approval, "rejected") == 0 ? "blocked"
 				  : strcmp(status, "in_progress") == 0 || strcmp(status, "in_review") == 0 ? "active"
 				  : "todo";
-		fprintf(r->f, "  n%lld[\"", (long long)sqlite3_column_int64(st, 0));
+		fprintf(r->f, "  n%lld[\"", (long long)orch_stmt_column_int64(st, 0));
 		mermaid_text(r->f, col(st, 1), 20);
-		fprintf(r->f, " #35;%lld: ", (long long)sqlite3_column_int64(st, 0));
+		fprintf(r->f, " #35;%lld: ", (long long)orch_stmt_column_int64(st, 0));
 		mermaid_text(r->f, col(st, 2), 60);
 		fputs(" (", r->f);
 		mermaid_text(r->f, status, 20);
 		fprintf(r->f, ")\"]:::%s\n", cls);
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
+	orch_stmt_reset(st);
+	if (rc != ORCH_DONE)
 		return ORCH_EINTERNAL;
 	/* Only edges between drawn nodes (the first MERMAID_MAX by id). */
 	int64_t last = 0;
@@ -703,8 +703,8 @@ static int plan_mermaid(rd *r)
 		      "ORDER BY 3 NULLS FIRST, 1, 2", "i", last);
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
-		int64_t a = sqlite3_column_int64(st, 0), b = sqlite3_column_int64(st, 1);
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
+		int64_t a = orch_stmt_column_int64(st, 0), b = orch_stmt_column_int64(st, 1);
 		if (has(st, 2)) {
 			fprintf(r->f, "  n%lld -.->|", (long long)a);
 			mermaid_text(r->f, col(st, 2), 30);
@@ -713,8 +713,8 @@ static int plan_mermaid(rd *r)
 			fprintf(r->f, "  n%lld --> n%lld\n", (long long)a, (long long)b);
 		}
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
+	orch_stmt_reset(st);
+	if (rc != ORCH_DONE)
 		return ORCH_EINTERNAL;
 	fputs("  classDef todo fill:#f6f8fa,stroke:#57606a\n"
 	      "  classDef active fill:#ddf4ff,stroke:#0969da\n"
@@ -732,13 +732,13 @@ static int plan_mermaid(rd *r)
 static int plan_details(rd *r, int64_t id, int indent)
 {
 	orch_ctx *ctx = r->ctx;
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT item_text, status, facet FROM node_checklists WHERE node_id = ? "
+	orch_stmt *st = orch_sql(ctx, "SELECT item_text, status, facet FROM node_checklists WHERE node_id = ? "
 				    "ORDER BY facet, order_no", "i", id);
 	int rc;
 
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
 		fprintf(r->f, "%*s- [%c] ", indent, "", strcmp(col(st, 1), "done") == 0 ? 'x' : ' ');
 		text(r->f, col(st, 0));
 		if (strcmp(col(st, 2), "planning") != 0) {
@@ -748,18 +748,18 @@ static int plan_details(rd *r, int64_t id, int indent)
 		}
 		fputc('\n', r->f);
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
+	orch_stmt_reset(st);
+	if (rc != ORCH_DONE)
 		return ORCH_EINTERNAL;
 	st = orch_sql(ctx, "SELECT snapshot_type, summary, next_action, created_at, affected_files_json "
 		      "FROM node_snapshots WHERE node_id = ? ORDER BY id", "i", id);
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
 		fprintf(r->f, "%*s- snapshot *", indent, "");
 		text(r->f, col(st, 0));
 		fputs("* at ", r->f);
-		stamp(r->f, sqlite3_column_int64(st, 3));
+		stamp(r->f, orch_stmt_column_int64(st, 3));
 		if (has(st, 1)) {
 			fputs(": ", r->f);
 			text(r->f, col(st, 1));
@@ -774,14 +774,14 @@ static int plan_details(rd *r, int64_t id, int indent)
 		}
 		fputc('\n', r->f);
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	orch_stmt_reset(st);
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 static int render_plan(rd *r)
 {
 	orch_ctx *ctx = r->ctx;
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int rc;
 	bool any = false;
 
@@ -801,9 +801,9 @@ static int render_plan(rd *r)
 		"FROM walk w JOIN graph_nodes g ON g.id = w.id ORDER BY w.path", "");
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
-		int64_t id = sqlite3_column_int64(st, 0);
-		int depth = sqlite3_column_int(st, 1);
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
+		int64_t id = orch_stmt_column_int64(st, 0);
+		int depth = orch_stmt_column_int(st, 1);
 
 		if (!any)
 			fputs("## Nodes\n\n", r->f);
@@ -821,15 +821,15 @@ static int render_plan(rd *r)
 		}
 		if (has(st, 6)) {
 			fputs(", owner ", r->f);
-			session_link(r, sqlite3_column_int64(st, 6));
+			session_link(r, orch_stmt_column_int64(st, 6));
 		}
 		if (has(st, 7))
-			fprintf(r->f, ", [worktree %lld](worktrees.md#worktree-%lld)", (long long)sqlite3_column_int64(st, 7),
-				(long long)sqlite3_column_int64(st, 7));
+			fprintf(r->f, ", [worktree %lld](worktrees.md#worktree-%lld)", (long long)orch_stmt_column_int64(st, 7),
+				(long long)orch_stmt_column_int64(st, 7));
 		if (has(st, 9))
-			fprintf(r->f, ", risk %lld", (long long)sqlite3_column_int64(st, 9));
+			fprintf(r->f, ", risk %lld", (long long)orch_stmt_column_int64(st, 9));
 		if (has(st, 10))
-			fprintf(r->f, ", ~%lld tokens", (long long)sqlite3_column_int64(st, 10));
+			fprintf(r->f, ", ~%lld tokens", (long long)orch_stmt_column_int64(st, 10));
 		fputc('\n', r->f);
 		if (has(st, 8) && *col(st, 8)) {
 			fprintf(r->f, "%*s  ", depth * 2, "");
@@ -843,14 +843,14 @@ static int render_plan(rd *r)
 		}
 		/* The walk's statement stays open; a node's details are other statements. */
 		if ((rc = plan_details(r, id, depth * 2 + 2)) != 0) {
-			sqlite3_reset(st);
+			orch_stmt_reset(st);
 			return rc;
 		}
 	}
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	if (!any)
 		fputs("No plan yet.\n", r->f);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 /* ---- sessions.md ---- */
@@ -858,7 +858,7 @@ static int render_plan(rd *r)
 static int render_sessions(rd *r)
 {
 	orch_ctx *ctx = r->ctx;
-	sqlite3_stmt *st = orch_sql(ctx,
+	orch_stmt *st = orch_sql(ctx,
 		"SELECT s.id, s.agent_role, s.owner, s.status, s.last_seen_at, " LIVE_SQL ", "
 		"NOT " LIVE_SQL " AND r.id IS NOT NULL AND s.status NOT IN ('closed', 'handoff_attached'), " REF_COLS ", "
 		"s.intent, s.started_at, coalesce(nullif(s.heartbeat_timeout_seconds, 0), 120), s.session_root_worktree_id, "
@@ -870,8 +870,8 @@ static int render_sessions(rd *r)
 	header(r, "sessions.md", "Sessions");
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
-		int64_t id = sqlite3_column_int64(st, 0);
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
+		int64_t id = orch_stmt_column_int64(st, 0);
 		bool open = strcmp(col(st, 3), "closed") != 0 && strcmp(col(st, 3), "handoff_attached") != 0;
 
 		any = true;
@@ -883,28 +883,28 @@ static int render_sessions(rd *r)
 		text(r->f, col(st, 3));
 		fputs("**", r->f);
 		if (open)
-			fputs(sqlite3_column_int(st, 5) ? " (live)" : " (stale)", r->f);
-		if (sqlite3_column_int(st, 6))
+			fputs(orch_stmt_column_int(st, 5) ? " (live)" : " (stale)", r->f);
+		if (orch_stmt_column_int(st, 6))
 			fputs(", a resume candidate", r->f);
 		if (has(st, 18)) {
 			fputs(", taken over by ", r->f);
-			session_link(r, sqlite3_column_int64(st, 18));
+			session_link(r, orch_stmt_column_int64(st, 18));
 		}
 		if (has(st, 14) && *col(st, 14)) {
 			fputs("\n- intent: ", r->f);
 			text(r->f, col(st, 14));
 		}
 		fputs("\n- started: ", r->f);
-		stamp(r->f, sqlite3_column_int64(st, 15));
+		stamp(r->f, orch_stmt_column_int64(st, 15));
 		fputs("\n- last heartbeat: ", r->f);
-		stamp(r->f, sqlite3_column_int64(st, 4));
-		fprintf(r->f, " (window %llds)", (long long)sqlite3_column_int64(st, 16));
+		stamp(r->f, orch_stmt_column_int64(st, 4));
+		fprintf(r->f, " (window %llds)", (long long)orch_stmt_column_int64(st, 16));
 		if (has(st, 17))
 			fprintf(r->f, "\n- session root: [worktree %lld](worktrees.md#worktree-%lld)",
-				(long long)sqlite3_column_int64(st, 17), (long long)sqlite3_column_int64(st, 17));
+				(long long)orch_stmt_column_int64(st, 17), (long long)orch_stmt_column_int64(st, 17));
 		fputs("\n- holds: ", r->f);
 		if (has(st, 7)) {
-			ref_target(r, col(st, 7), sqlite3_column_int64(st, 8), col(st, 9));
+			ref_target(r, col(st, 7), orch_stmt_column_int64(st, 8), col(st, 9));
 			if (has(st, 10)) {
 				fputs(" (", r->f);
 				text(r->f, col(st, 10));
@@ -923,14 +923,14 @@ static int render_sessions(rd *r)
 			fputs("\n- last checkpoint: ", r->f);
 			text(r->f, col(st, 11));
 			fputs(" at ", r->f);
-			stamp(r->f, sqlite3_column_int64(st, 12));
+			stamp(r->f, orch_stmt_column_int64(st, 12));
 		}
 		fputs("\n\n", r->f);
 	}
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	if (!any)
 		fputs("No sessions.\n", r->f);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 /* ---- worktrees.md ---- */
@@ -938,7 +938,7 @@ static int render_sessions(rd *r)
 static int render_worktrees(rd *r)
 {
 	orch_ctx *ctx = r->ctx;
-	sqlite3_stmt *st = orch_sql(ctx,
+	orch_stmt *st = orch_sql(ctx,
 		"SELECT w.id, w.kind, w.branch, w.owner_session_id, w.parent_worktree_id, w.status, w.merge_state, "
 		"w.merged_at, coalesce(w.merge_commit, (SELECT q.merged_commit FROM merge_main_queue q "
 		"WHERE q.from_worktree_id = w.id AND q.merged_commit IS NOT NULL ORDER BY q.id DESC LIMIT 1)), "
@@ -950,11 +950,11 @@ static int render_worktrees(rd *r)
 	header(r, "worktrees.md", "Worktrees");
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
-		int64_t id = sqlite3_column_int64(st, 0);
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
+		int64_t id = orch_stmt_column_int64(st, 0);
 		if (!any) {
 			/* The host column only once some worktree has one (several machines). */
-			hosts = sqlite3_column_int(st, 12) != 0;
+			hosts = orch_stmt_column_int64(st, 12) != 0;
 			fputs(hosts ? "| worktree | kind | branch | owner | parent | status | merge | path | host |\n"
 				      "|---|---|---|---|---|---|---|---|---|\n"
 				    : "| worktree | kind | branch | owner | parent | status | merge | path |\n"
@@ -967,13 +967,13 @@ static int render_worktrees(rd *r)
 		code(r->f, col(st, 2));
 		fputs(" | ", r->f);
 		if (has(st, 3))
-			session_link(r, sqlite3_column_int64(st, 3));
+			session_link(r, orch_stmt_column_int64(st, 3));
 		else
 			fputs("—", r->f);
 		fputs(" | ", r->f);
 		if (has(st, 4))
-			fprintf(r->f, "[#%lld](#worktree-%lld)", (long long)sqlite3_column_int64(st, 4),
-				(long long)sqlite3_column_int64(st, 4));
+			fprintf(r->f, "[#%lld](#worktree-%lld)", (long long)orch_stmt_column_int64(st, 4),
+				(long long)orch_stmt_column_int64(st, 4));
 		else
 			fputs("—", r->f);
 		fputs(" | **", r->f);
@@ -982,7 +982,7 @@ static int render_worktrees(rd *r)
 		text(r->f, has(st, 6) ? col(st, 6) : "—");
 		if (has(st, 7)) {
 			fputs(" at ", r->f);
-			stamp(r->f, sqlite3_column_int64(st, 7));
+			stamp(r->f, orch_stmt_column_int64(st, 7));
 		}
 		if (has(st, 8)) {
 			fputs(", commit ", r->f);
@@ -999,10 +999,10 @@ static int render_worktrees(rd *r)
 		}
 		fputs(" |\n", r->f);
 	}
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	if (!any)
 		fputs("No worktrees.\n", r->f);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 /* ---- locks.md ---- */
@@ -1010,15 +1010,15 @@ static int render_worktrees(rd *r)
 /* Active locks as a table (a lease past the state's moment is marked). */
 static int lock_rows(rd *r, bool anchors)
 {
-	sqlite3_stmt *st = orch_sql(r->ctx, "SELECT id, scope_type, scope_path, owner_session, lease_until, heartbeat_at "
+	orch_stmt *st = orch_sql(r->ctx, "SELECT id, scope_type, scope_path, owner_session, lease_until, heartbeat_at "
 				    "FROM locks WHERE state = 'active' ORDER BY id", "");
 	int rc;
 	bool any = false;
 
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(r->ctx, st)) == SQLITE_ROW) {
-		int64_t id = sqlite3_column_int64(st, 0), lease = sqlite3_column_int64(st, 4);
+	while ((rc = orch_sql_step(r->ctx, st)) == ORCH_ROW) {
+		int64_t id = orch_stmt_column_int64(st, 0), lease = orch_stmt_column_int64(st, 4);
 		if (!any)
 			fputs("| lock | scope | owner | lease until | last renewed |\n|---|---|---|---|---|\n", r->f);
 		any = true;
@@ -1037,14 +1037,14 @@ static int lock_rows(rd *r, bool anchors)
 			fputs(" (lapsed)", r->f);
 		fputs(" | ", r->f);
 		if (anchors)
-			stamp(r->f, sqlite3_column_int64(st, 5));
+			stamp(r->f, orch_stmt_column_int64(st, 5));
 		else
-			age(r, sqlite3_column_int64(st, 5));
+			age(r, orch_stmt_column_int64(st, 5));
 		fputs(" |\n", r->f);
 	}
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	fputs(any ? "\n" : "No active locks.\n\n", r->f);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 static int render_locks(rd *r)
@@ -1056,7 +1056,7 @@ static int render_locks(rd *r)
 	      "lapsed: it no longer conflicts.\n\n", r->f);
 	if ((rc = lock_rows(r, true)))
 		return rc;
-	sqlite3_stmt *st = orch_sql(r->ctx, "SELECT state, count(*) FROM locks WHERE state <> 'active' "
+	orch_stmt *st = orch_sql(r->ctx, "SELECT state, count(*) FROM locks WHERE state <> 'active' "
 				    "GROUP BY state ORDER BY state", "");
 	if (!st)
 		return ORCH_EINTERNAL;
@@ -1071,7 +1071,7 @@ static int render_locks(rd *r)
 /* Main-merge queue items as a table: queued only (oldest first) or all (by id). */
 static int queue_rows(rd *r, bool queued_only)
 {
-	sqlite3_stmt *st = queued_only
+	orch_stmt *st = queued_only
 		? orch_sql(r->ctx, "SELECT id, session_id, from_worktree_id, target_branch, state, merged_commit, "
 			   "error_message, created_at, updated_at FROM merge_main_queue WHERE state = 'queued' "
 			   "ORDER BY id", "")
@@ -1082,8 +1082,8 @@ static int queue_rows(rd *r, bool queued_only)
 
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(r->ctx, st)) == SQLITE_ROW) {
-		int64_t id = sqlite3_column_int64(st, 0);
+	while ((rc = orch_sql_step(r->ctx, st)) == ORCH_ROW) {
+		int64_t id = orch_stmt_column_int64(st, 0);
 		if (!any)
 			fputs("| item | session | worktree | into | state | since |\n|---|---|---|---|---|---|\n", r->f);
 		any = true;
@@ -1091,9 +1091,9 @@ static int queue_rows(rd *r, bool queued_only)
 			fprintf(r->f, "| [#%lld](merges.md#queue-%lld) | ", (long long)id, (long long)id);
 		else
 			fprintf(r->f, "| <a id=\"queue-%lld\"></a>#%lld | ", (long long)id, (long long)id);
-		session_link(r, sqlite3_column_int64(st, 1));
-		fprintf(r->f, " | [#%lld](worktrees.md#worktree-%lld) | ", (long long)sqlite3_column_int64(st, 2),
-			(long long)sqlite3_column_int64(st, 2));
+		session_link(r, orch_stmt_column_int64(st, 1));
+		fprintf(r->f, " | [#%lld](worktrees.md#worktree-%lld) | ", (long long)orch_stmt_column_int64(st, 2),
+			(long long)orch_stmt_column_int64(st, 2));
 		code(r->f, col(st, 3));
 		fputs(" | **", r->f);
 		text(r->f, col(st, 4));
@@ -1107,18 +1107,18 @@ static int queue_rows(rd *r, bool queued_only)
 			text(r->f, col(st, 6));
 		}
 		fputs(" | ", r->f);
-		stamp(r->f, sqlite3_column_int64(st, queued_only ? 7 : 8));
+		stamp(r->f, orch_stmt_column_int64(st, queued_only ? 7 : 8));
 		fputs(" |\n", r->f);
 	}
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	fputs(any ? "\n" : queued_only ? "Nothing queued.\n\n" : "No items.\n\n", r->f);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 static int render_merges(rd *r)
 {
 	orch_ctx *ctx = r->ctx;
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int rc;
 	bool any = false;
 
@@ -1127,22 +1127,22 @@ static int render_merges(rd *r)
 	st = orch_sql(ctx, "SELECT state, holder_session_id, lease_until FROM merge_main_lock WHERE id = 1", "");
 	if (!st)
 		return ORCH_EINTERNAL;
-	if ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW && has(st, 1) && strcmp(col(st, 0), "locked") == 0) {
+	if ((rc = orch_sql_step(ctx, st)) == ORCH_ROW && has(st, 1) && strcmp(col(st, 0), "locked") == 0) {
 		fputs("**locked** by ", r->f);
-		session_link(r, sqlite3_column_int64(st, 1));
+		session_link(r, orch_stmt_column_int64(st, 1));
 		if (has(st, 2)) {
 			fputs(" until ", r->f);
-			stamp(r->f, sqlite3_column_int64(st, 2));
-			if (sqlite3_column_int64(st, 2) <= r->at)
+			stamp(r->f, orch_stmt_column_int64(st, 2));
+			if (orch_stmt_column_int64(st, 2) <= r->at)
 				fputs(" (lapsed)", r->f);
 		}
 		fputs("\n\n", r->f);
-	} else if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+	} else if (rc == ORCH_ROW || rc == ORCH_DONE) {
 		fputs("unlocked\n\n", r->f);
-		rc = SQLITE_ROW;
+		rc = ORCH_ROW;
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_ROW)
+	orch_stmt_reset(st);
+	if (rc != ORCH_ROW)
 		return ORCH_EINTERNAL;
 	fputs("## <a id=\"main-merge-queue\"></a>Main-merge queue\n\n", r->f);
 	if ((rc = queue_rows(r, false)))
@@ -1152,13 +1152,13 @@ static int render_merges(rd *r)
 		      "m.updated_at FROM merge_requests m LEFT JOIN tasks t ON t.id = m.feature_task_id ORDER BY m.id", "");
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
-		int64_t id = sqlite3_column_int64(st, 0);
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
+		int64_t id = orch_stmt_column_int64(st, 0);
 		if (!any)
 			fputs("| request | feature | status | reviewer | notes | updated |\n|---|---|---|---|---|---|\n", r->f);
 		any = true;
 		fprintf(r->f, "| <a id=\"merge-request-%lld\"></a>#%lld | [#%lld](tasks.md#task-%lld) ", (long long)id,
-			(long long)id, (long long)sqlite3_column_int64(st, 1), (long long)sqlite3_column_int64(st, 1));
+			(long long)id, (long long)orch_stmt_column_int64(st, 1), (long long)orch_stmt_column_int64(st, 1));
 		text(r->f, col(st, 2));
 		fputs(" | **", r->f);
 		text(r->f, col(st, 3));
@@ -1168,13 +1168,13 @@ static int render_merges(rd *r)
 		if (has(st, 5))
 			code(r->f, col(st, 5));
 		fputs(" | ", r->f);
-		stamp(r->f, sqlite3_column_int64(st, 6));
+		stamp(r->f, orch_stmt_column_int64(st, 6));
 		fputs(" |\n", r->f);
 	}
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	if (!any)
 		fputs("No merge requests.\n", r->f);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 static int (*const renderers[])(rd *r) = {
@@ -1210,16 +1210,16 @@ static int check_role(orch_ctx *ctx, json_t *p)
 
 	if (orch_param_has(p, "requester_session_id")) {
 		int64_t sid = orch_param_int(p, "requester_session_id", 0);
-		sqlite3_stmt *st = orch_sql(ctx, "SELECT agent_role FROM sessions WHERE id = ?", "i", sid);
+		orch_stmt *st = orch_sql(ctx, "SELECT agent_role FROM sessions WHERE id = ?", "i", sid);
 		if (!st) {
 			rc = ORCH_EINTERNAL;
 			goto out;
 		}
-		if ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW)
+		if ((rc = orch_sql_step(ctx, st)) == ORCH_ROW)
 			role = trimmed(col(st, 0));
-		sqlite3_reset(st);
-		if (rc != SQLITE_ROW) {
-			rc = rc == SQLITE_DONE ? orch_error_set(ORCH_ENOTFOUND, "session %lld not found", (long long)sid)
+		orch_stmt_reset(st);
+		if (rc != ORCH_ROW) {
+			rc = rc == ORCH_DONE ? orch_error_set(ORCH_ENOTFOUND, "session %lld not found", (long long)sid)
 					       : ORCH_EINTERNAL;
 			goto out;
 		}
@@ -1363,7 +1363,7 @@ static int mirror_prepare(orch_ctx *ctx, json_t *p, json_t **out)
 	char root[4096], dir[4200], tree[ORCH_GIT_HEX_SIZE], blobs[NFILES][ORCH_GIT_HEX_SIZE];
 	const char *target = orch_param_str(p, "target_path", NULL);
 	json_t *sizes = json_array(), *bl;
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int rc;
 
 	*out = NULL;
@@ -1371,19 +1371,19 @@ static int mirror_prepare(orch_ctx *ctx, json_t *p, json_t **out)
 		goto fail;
 	st = orch_sql(ctx, "SELECT db_version, version_at, md_version, md_at, md_base_version, md_base_at "
 		      "FROM mirror_meta WHERE id = 1", "");
-	if (!st || orch_sql_step(ctx, st) != SQLITE_ROW) {
+	if (!st || orch_sql_step(ctx, st) != ORCH_ROW) {
 		if (st)
-			sqlite3_reset(st);
+			orch_stmt_reset(st);
 		rc = orch_error_set(ORCH_EINTERNAL, "mirror state missing");
 		goto fail;
 	}
-	r.version = sqlite3_column_int64(st, 0);
-	r.at = sqlite3_column_int64(st, 1);
-	md_version = sqlite3_column_int64(st, 2);
-	md_at = sqlite3_column_int64(st, 3);
-	base_version = sqlite3_column_int64(st, 4);
-	base_at = sqlite3_column_int64(st, 5);
-	sqlite3_reset(st);
+	r.version = orch_stmt_column_int64(st, 0);
+	r.at = orch_stmt_column_int64(st, 1);
+	md_version = orch_stmt_column_int64(st, 2);
+	md_at = orch_stmt_column_int64(st, 3);
+	base_version = orch_stmt_column_int64(st, 4);
+	base_at = orch_stmt_column_int64(st, 5);
+	orch_stmt_reset(st);
 	/* The previous rendering of another db_version: the one served, unless it shows this very version. */
 	if (md_version != r.version && md_version > 0) {
 		base_version = md_version;
@@ -1535,12 +1535,12 @@ static int changed_names(orch_ctx *ctx, json_t *blobs, char *out, size_t size)
 	out[0] = '\0';
 	for (size_t i = 0; i < NFILES; i++) {
 		char *old = NULL;
-		sqlite3_stmt *st = orch_sql(ctx, "SELECT blob FROM mirror_files WHERE id = ?", "i", (int64_t)(i + 1));
+		orch_stmt *st = orch_sql(ctx, "SELECT blob FROM mirror_files WHERE id = ?", "i", (int64_t)(i + 1));
 		if (!st)
 			return ORCH_EINTERNAL;
-		if (orch_sql_step(ctx, st) == SQLITE_ROW)
+		if (orch_sql_step(ctx, st) == ORCH_ROW)
 			old = strdup(col(st, 0));
-		sqlite3_reset(st);
+		orch_stmt_reset(st);
 		if (!old || strcmp(old, json_string_value(json_array_get(blobs, i))) != 0)
 			used += (size_t)snprintf(out + used, used < size ? size - used : 0, "%s%s", used ? ", " : "",
 						 files[i]);
@@ -1565,22 +1565,22 @@ static int mirror_refresh(orch_ctx *ctx, json_t *p, json_t **result)
 	int64_t version = json_integer_value(json_object_get(prep, "version"));
 	int64_t db_version = 0, md_version = 0;
 	char *md_tree = NULL, *old_dir = NULL, changed[256], msg[512], commit[ORCH_GIT_HEX_SIZE], src[4096];
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int rc = 0;
 
 	ctx->unchanged = true; /* the mirror's bookkeeping only: db_version stays */
 	st = orch_sql(ctx, "SELECT db_version, md_version, md_tree, (SELECT dir FROM mirror_files WHERE id = 1) "
 		      "FROM mirror_meta WHERE id = 1", "");
-	if (!st || orch_sql_step(ctx, st) != SQLITE_ROW) {
+	if (!st || orch_sql_step(ctx, st) != ORCH_ROW) {
 		if (st)
-			sqlite3_reset(st);
+			orch_stmt_reset(st);
 		return orch_error_set(ORCH_EINTERNAL, "mirror state missing");
 	}
-	db_version = sqlite3_column_int64(st, 0);
-	md_version = sqlite3_column_int64(st, 1);
+	db_version = orch_stmt_column_int64(st, 0);
+	md_version = orch_stmt_column_int64(st, 1);
 	md_tree = strdup(col(st, 2));
 	old_dir = has(st, 3) ? strdup(col(st, 3)) : NULL;
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	bool outdated_before = db_version != md_version;
 
 	/* A refresh of another process that rendered a later state got in first: it stands, this one is dropped. */

@@ -33,14 +33,14 @@ static void problem(json_t *report, const char *fmt, ...)
 }
 
 /* The database: integrity_check, foreign_key_check, and the schema version this binary knows. */
-static void check_store(sqlite3 *db, json_t *report)
+static void check_store(orch_store *db, json_t *report)
 {
-	sqlite3_stmt *st = NULL;
+	orch_stmt *st = NULL;
 	int n = 0;
 
-	if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK) {
-		while (sqlite3_step(st) == SQLITE_ROW) {
-			const char *line = (const char *)sqlite3_column_text(st, 0);
+	if (orch_store_prepare(db, "PRAGMA integrity_check", &st) == 0) {
+		while (orch_stmt_step(st) == ORCH_ROW) {
+			const char *line = (const char *)orch_stmt_column_text(st, 0);
 			json_object_set_new(report, "integrity", json_string(line ? line : "?"));
 			if (line && strcmp(line, "ok") != 0)
 				problem(report, "integrity_check: %s", line);
@@ -48,29 +48,29 @@ static void check_store(sqlite3 *db, json_t *report)
 				break;
 		}
 	} else {
-		problem(report, "integrity_check could not run: %s", sqlite3_errmsg(db));
+		problem(report, "integrity_check could not run: %s", orch_store_errmsg(db));
 	}
-	sqlite3_finalize(st);
-	if (sqlite3_prepare_v2(db, "PRAGMA foreign_key_check", -1, &st, NULL) == SQLITE_OK) {
-		while (sqlite3_step(st) == SQLITE_ROW)
+	orch_stmt_finalize(st);
+	if (orch_store_prepare(db, "PRAGMA foreign_key_check", &st) == 0) {
+		while (orch_stmt_step(st) == ORCH_ROW)
 			problem(report, "foreign key: row %lld of %s refers to a missing row of %s",
-				(long long)sqlite3_column_int64(st, 1), sqlite3_column_text(st, 0),
-				sqlite3_column_text(st, 2));
+				(long long)orch_stmt_column_int64(st, 1), orch_stmt_column_text(st, 0),
+				orch_stmt_column_text(st, 2));
 	}
-	sqlite3_finalize(st);
+	orch_stmt_finalize(st);
 }
 
 /* Whether a record of `db` names `path` as a worktree that should be on disk or may come back. */
-static bool recorded(sqlite3 *db, const char *path)
+static bool recorded(orch_store *db, const char *path)
 {
-	sqlite3_stmt *st = NULL;
+	orch_stmt *st = NULL;
 	bool found = false;
 
-	if (sqlite3_prepare_v2(db, "SELECT 1 FROM worktrees WHERE path = ?", -1, &st, NULL) == SQLITE_OK) {
-		sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
-		found = sqlite3_step(st) == SQLITE_ROW;
+	if (orch_store_prepare(db, "SELECT 1 FROM worktrees WHERE path = ?", &st) == 0) {
+		orch_stmt_bind_text(st, 1, path);
+		found = orch_stmt_step(st) == ORCH_ROW;
 	}
-	sqlite3_finalize(st);
+	orch_stmt_finalize(st);
 	return found;
 }
 
@@ -80,31 +80,31 @@ static bool recorded(sqlite3 *db, const char *path)
  * their own machines, never missing here); every orchfs checkout in git is
  * claimed by a record (of any host); leftovers set aside are listed.
  */
-static void check_worktrees(sqlite3 *db, orch_git *g, const char *state, const char *host, json_t *report)
+static void check_worktrees(orch_store *db, orch_git *g, const char *state, const char *host, json_t *report)
 {
 	json_t *wts = NULL, *left = NULL, *w;
-	sqlite3_stmt *st = NULL;
+	orch_stmt *st = NULL;
 	char *root = NULL;
 	size_t i;
 
-	if (sqlite3_prepare_v2(db, "SELECT id, path, branch FROM worktrees WHERE status = 'active' "
-				   "AND kind IS NOT 'main' AND host = ? ORDER BY id", -1, &st, NULL) == SQLITE_OK) {
-		sqlite3_bind_text(st, 1, host, -1, SQLITE_STATIC);
-		while (sqlite3_step(st) == SQLITE_ROW) {
-			const char *path = (const char *)sqlite3_column_text(st, 1);
-			const char *branch = (const char *)sqlite3_column_text(st, 2);
+	if (orch_store_prepare(db, "SELECT id, path, branch FROM worktrees WHERE status = 'active' "
+				   "AND kind IS NOT 'main' AND host = ? ORDER BY id", &st) == 0) {
+		orch_stmt_bind_text(st, 1, host);
+		while (orch_stmt_step(st) == ORCH_ROW) {
+			const char *path = (const char *)orch_stmt_column_text(st, 1);
+			const char *branch = (const char *)orch_stmt_column_text(st, 2);
 			char *dotgit = NULL;
 			struct stat sb;
 			if (asprintf(&dotgit, "%s/.git", path) >= 0 && lstat(dotgit, &sb) < 0)
 				problem(report, "worktree %lld is active but %s is not a checkout (missing)",
-					(long long)sqlite3_column_int64(st, 0), path);
+					(long long)orch_stmt_column_int64(st, 0), path);
 			else if (!orch_git_branch_exists(g, branch))
 				problem(report, "worktree %lld: its branch %s does not exist",
-					(long long)sqlite3_column_int64(st, 0), branch);
+					(long long)orch_stmt_column_int64(st, 0), branch);
 			free(dotgit);
 		}
 	}
-	sqlite3_finalize(st);
+	orch_stmt_finalize(st);
 	if (orch_git_orchfs_worktrees(g, &wts) == 0) {
 		json_array_foreach(wts, i, w) {
 			const char *path = json_string_value(json_object_get(w, "path"));
@@ -146,7 +146,11 @@ static int locate(const char *repo_dir, const char *state_dir, char **repo, char
 		*state = NULL;
 		return orch_error_set(ORCH_ENOTFOUND, "state directory %s: %s", state_dir, strerror(errno));
 	}
-	if (asprintf(db, "%s/state.db", *state) < 0 || stat(*db, &sb) < 0) {
+	if ((rc = orch_state_store(*state, db)) != 0)
+		return rc;
+	if (orch_store_is_dqlite(*db))
+		return 0;
+	if (stat(*db, &sb) < 0) {
 		if (*db && errno != ENOENT)
 			return orch_error_set(ORCH_EINTERNAL, "%s: %s", *db, strerror(errno));
 		return orch_error_set(ORCH_ENOTFOUND, "no database at %s/state.db", *state);
@@ -158,8 +162,6 @@ int orch_backup(const char *repo_dir, const char *state_dir, const char *dest)
 {
 	char *repo = NULL, *state = NULL, *db = NULL;
 	orch_store *st = NULL;
-	sqlite3 *out = NULL;
-	sqlite3_backup *b;
 	int rc, fd;
 
 	if ((rc = locate(repo_dir, state_dir, &repo, &state, &db)) != 0)
@@ -173,32 +175,12 @@ int orch_backup(const char *repo_dir, const char *state_dir, const char *dest)
 	close(fd);
 	if ((rc = orch_store_open_reader(&st, db)) != 0)
 		goto fail;
-	if (sqlite3_open_v2(dest, &out, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-		rc = orch_error_set(ORCH_EINTERNAL, "cannot open %s: %s", dest, out ? sqlite3_errmsg(out) : "no memory");
+	if ((rc = orch_store_backup(st, dest)) != 0)
 		goto fail;
-	}
-	/* One step copies every page under one read transaction: a snapshot, while writers go on (WAL). */
-	if (!(b = sqlite3_backup_init(out, "main", orch_store_db(st), "main"))) {
-		rc = orch_error_set(ORCH_EINTERNAL, "backup of %s: %s", db, sqlite3_errmsg(out));
-		goto fail;
-	}
-	int step = sqlite3_backup_step(b, -1);
-	if (sqlite3_backup_finish(b) != SQLITE_OK || step != SQLITE_DONE) {
-		rc = orch_error_set(ORCH_EINTERNAL, "backup of %s: %s", db, sqlite3_errmsg(out));
-		goto fail;
-	}
-	/* The copy is a plain rollback-journal database, durable once this returns. */
-	if (sqlite3_exec(out, "PRAGMA journal_mode = DELETE", NULL, NULL, NULL) != SQLITE_OK) {
-		rc = orch_error_set(ORCH_EINTERNAL, "backup %s: %s", dest, sqlite3_errmsg(out));
-		goto fail;
-	}
 	goto done;
 fail:
-	sqlite3_close(out);
-	out = NULL;
 	unlink(dest);
 done:
-	sqlite3_close(out);
 	orch_store_close(st);
 	free(db);
 	free(state);
@@ -220,11 +202,12 @@ int orch_check(const char *repo_dir, const char *state_dir, const char *host, js
 	if (*host && !orch_host_valid(host))
 		return orch_error_set(ORCH_EINVALID_PARAMS, "host \"%s\" must be 1 to %d characters of A-Za-z0-9._:-",
 				      host, ORCH_HOST_MAX);
-	if ((rc = locate(repo_dir, state_dir, &repo, &state, &db)) != 0 || (rc = stat(db, &sb)) != 0) {
+	if ((rc = locate(repo_dir, state_dir, &repo, &state, &db)) != 0 ||
+	    (!orch_store_is_dqlite(db) && (rc = stat(db, &sb)) != 0)) {
 		rc = rc < 0 ? orch_error_set(ORCH_EINTERNAL, "%s: %s", db, strerror(errno)) : rc;
 		goto done;
 	}
-	if ((sb.st_mode & 077) != 0)
+	if (!orch_store_is_dqlite(db) && (sb.st_mode & 077) != 0)
 		problem(*report, "%s is readable by other users (mode %03o); start-up makes it 0600", db,
 			(unsigned)(sb.st_mode & 0777));
 	if ((rc = orch_store_open_reader(&st, db)) != 0 || (rc = orch_git_open(&g, repo)) != 0)
@@ -233,8 +216,8 @@ int orch_check(const char *repo_dir, const char *state_dir, const char *host, js
 	/* One snapshot for every query. */
 	if ((rc = orch_store_begin(st, false)) != 0)
 		goto done;
-	check_store(orch_store_db(st), *report);
-	check_worktrees(orch_store_db(st), g, state, host, *report);
+	check_store(st, *report);
+	check_worktrees(st, g, state, host, *report);
 	orch_store_rollback(st);
 	json_object_set_new(*report, "state_dir", json_string(state));
 done:

@@ -25,7 +25,7 @@
  */
 static int status_counts(orch_ctx *ctx, const char *sql, int64_t id, json_t **out, int64_t *total)
 {
-	sqlite3_stmt *st = orch_sql(ctx, sql, "i", id);
+	orch_stmt *st = orch_sql(ctx, sql, "i", id);
 	int rc;
 
 	*out = NULL;
@@ -33,13 +33,13 @@ static int status_counts(orch_ctx *ctx, const char *sql, int64_t id, json_t **ou
 	if (!st)
 		return ORCH_EINTERNAL;
 	*out = json_object();
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
-		int64_t n = sqlite3_column_int64(st, 1);
-		json_object_set_new(*out, (const char *)sqlite3_column_text(st, 0), json_integer(n));
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
+		int64_t n = orch_stmt_column_int64(st, 1);
+		json_object_set_new(*out, (const char *)orch_stmt_column_text(st, 0), json_integer(n));
 		*total += n;
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE) {
+	orch_stmt_reset(st);
+	if (rc != ORCH_DONE) {
 		json_decref(*out);
 		*out = NULL;
 		return ORCH_EINTERNAL;

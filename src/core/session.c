@@ -43,7 +43,7 @@ int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out)
  */
 int orch_session_live(orch_ctx *ctx, int64_t id, int64_t min_window_s, bool *live, bool *open, int64_t *age_ms)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT status, last_seen_at, heartbeat_timeout_seconds, "
+	orch_stmt *st = orch_sql(ctx, "SELECT status, last_seen_at, heartbeat_timeout_seconds, "
 				    ORCH_SQL_ALIVE_HELD("s") ", " ORCH_SQL_ALIVE_DROPPED("s") " FROM sessions s "
 				    "WHERE id = ?", "i", id);
 	int rc;
@@ -51,18 +51,18 @@ int orch_session_live(orch_ctx *ctx, int64_t id, int64_t min_window_s, bool *liv
 	if (!st)
 		return ORCH_EINTERNAL;
 	rc = orch_sql_step(ctx, st);
-	if (rc != SQLITE_ROW) {
-		sqlite3_reset(st);
-		return rc == SQLITE_DONE ? orch_error_set(ORCH_ENOTFOUND, "session %lld not found", (long long)id)
+	if (rc != ORCH_ROW) {
+		orch_stmt_reset(st);
+		return rc == ORCH_DONE ? orch_error_set(ORCH_ENOTFOUND, "session %lld not found", (long long)id)
 					 : ORCH_EINTERNAL;
 	}
-	const char *status = (const char *)sqlite3_column_text(st, 0);
+	const char *status = (const char *)orch_stmt_column_text(st, 0);
 	bool acting = strcmp(status, "closed") != 0 && strcmp(status, "handoff_attached") != 0;
-	int64_t age = ctx->now - sqlite3_column_int64(st, 1);
-	int64_t window = sqlite3_column_int64(st, 2);
-	bool held = sqlite3_column_int(st, 3), dropped = sqlite3_column_int(st, 4);
+	int64_t age = ctx->now - orch_stmt_column_int64(st, 1);
+	int64_t window = orch_stmt_column_int64(st, 2);
+	bool held = orch_stmt_column_int(st, 3), dropped = orch_stmt_column_int(st, 4);
 
-	sqlite3_reset(st);
+	orch_stmt_reset(st);
 	if (window <= 0)
 		window = ORCH_HEARTBEAT_WINDOW;
 	if (min_window_s > window)
@@ -78,16 +78,16 @@ int orch_session_live(orch_ctx *ctx, int64_t id, int64_t min_window_s, bool *liv
 
 bool orch_session_ctl_errors_reply(orch_ctx *ctx, int64_t id)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT ctl_errors = 'reply' FROM sessions WHERE id = ?", "i", id);
+	orch_stmt *st = orch_sql(ctx, "SELECT ctl_errors = 'reply' FROM sessions WHERE id = ?", "i", id);
 	bool reply = false;
 
 	if (!st) {
 		orch_error_clear();
 		return false;
 	}
-	if (sqlite3_step(st) == SQLITE_ROW)
-		reply = sqlite3_column_int(st, 0) != 0;
-	sqlite3_reset(st);
+	if (orch_stmt_step(st) == ORCH_ROW)
+		reply = orch_stmt_column_int(st, 0) != 0;
+	orch_stmt_reset(st);
 	return reply;
 }
 
@@ -97,14 +97,14 @@ char *orch_owner_words(orch_ctx *ctx, const char *owner)
 	long long id = strtoll(owner, &end, 10);
 
 	if (*owner >= '1' && *owner <= '9' && *end == '\0' && id > 0) {
-		sqlite3_stmt *st = orch_sql(ctx, "SELECT agent_role, owner FROM sessions WHERE id = ?", "i",
+		orch_stmt *st = orch_sql(ctx, "SELECT agent_role, owner FROM sessions WHERE id = ?", "i",
 					    (int64_t)id);
-		if (st && sqlite3_step(st) == SQLITE_ROW &&
-		    asprintf(&out, "session %lld (%s, %s)", id, (const char *)sqlite3_column_text(st, 0),
-			     (const char *)sqlite3_column_text(st, 1)) < 0)
+		if (st && orch_stmt_step(st) == ORCH_ROW &&
+		    asprintf(&out, "session %lld (%s, %s)", id, (const char *)orch_stmt_column_text(st, 0),
+			     (const char *)orch_stmt_column_text(st, 1)) < 0)
 			out = NULL;
 		if (st)
-			sqlite3_reset(st);
+			orch_stmt_reset(st);
 	}
 	if (!out && asprintf(&out, "owner \"%s\"", owner) < 0)
 		out = strdup("?");
@@ -515,7 +515,7 @@ static int session_context(orch_ctx *ctx, json_t *p, json_t **result)
  */
 int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, json_t **out)
 {
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int rc;
 
 	st = orch_sql(ctx, "SELECT s.id FROM sessions s WHERE s.repo_path = ? AND s.id <> ? "
@@ -526,15 +526,15 @@ int orch_resume_candidates(orch_ctx *ctx, int64_t requester, int64_t timeout_s, 
 		return ORCH_EINTERNAL;
 	int64_t *ids = NULL;
 	size_t n = 0, cap = 0;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
 		if (n == cap) {
 			cap = cap ? cap * 2 : 16;
 			ids = orch_xrealloc(ids, cap * sizeof(*ids));
 		}
-		ids[n++] = sqlite3_column_int64(st, 0);
+		ids[n++] = orch_stmt_column_int64(st, 0);
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE) {
+	orch_stmt_reset(st);
+	if (rc != ORCH_DONE) {
 		free(ids);
 		return ORCH_EINTERNAL;
 	}
@@ -657,7 +657,7 @@ static int alive_release(orch_ctx *ctx, json_t *p, json_t **result)
  */
 static int alive_reap(orch_ctx *ctx, json_t *p, json_t **result)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT DISTINCT session_id FROM session_alive "
+	orch_stmt *st = orch_sql(ctx, "SELECT DISTINCT session_id FROM session_alive "
 				    "WHERE NOT orch_pid_alive(daemon_pid, daemon_start)", "");
 	int64_t *ids = NULL, held;
 	size_t n = 0;
@@ -666,12 +666,12 @@ static int alive_reap(orch_ctx *ctx, json_t *p, json_t **result)
 	(void)p;
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
 		ids = orch_xrealloc(ids, (n + 1) * sizeof(*ids));
-		ids[n++] = sqlite3_column_int64(st, 0);
+		ids[n++] = orch_stmt_column_int64(st, 0);
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE) {
+	orch_stmt_reset(st);
+	if (rc != ORCH_DONE) {
 		free(ids);
 		return ORCH_EINTERNAL;
 	}
@@ -699,11 +699,11 @@ bool orch_alive_dead_holders(orch_env *env)
 		orch_error_clear();
 		return false;
 	}
-	sqlite3_stmt *q = orch_store_stmt(st, "SELECT 1 FROM session_alive "
+	orch_stmt *q = orch_store_stmt(st, "SELECT 1 FROM session_alive "
 					  "WHERE NOT orch_pid_alive(daemon_pid, daemon_start) LIMIT 1");
 	if (q) {
-		dead = sqlite3_step(q) == SQLITE_ROW;
-		sqlite3_reset(q);
+		dead = orch_stmt_step(q) == ORCH_ROW;
+		orch_stmt_reset(q);
 	}
 	orch_env_reader_put(env, st);
 	orch_error_clear();

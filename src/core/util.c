@@ -16,33 +16,34 @@
 
 /* ---- SQL ---- */
 
-static int bind_args(sqlite3_stmt *st, const char *fmt, va_list ap)
+static int bind_args(orch_stmt *st, const char *fmt, va_list ap)
 {
-	int rc = SQLITE_OK;
+	int rc = 0;
 
-	for (int i = 1; fmt && *fmt && rc == SQLITE_OK; fmt++, i++) {
+	for (int i = 1; fmt && *fmt && rc == 0; fmt++, i++) {
 		switch (*fmt) {
 		case 'i':
-			rc = sqlite3_bind_int64(st, i, va_arg(ap, int64_t));
+			rc = orch_stmt_bind_int64(st, i, va_arg(ap, int64_t));
 			break;
 		case 'I': {
 			int64_t v = va_arg(ap, int64_t);
-			rc = v ? sqlite3_bind_int64(st, i, v) : sqlite3_bind_null(st, i);
+			rc = v ? orch_stmt_bind_int64(st, i, v) : orch_stmt_bind_null(st, i);
 			break;
 		}
 		case 's': {
 			const char *s = va_arg(ap, const char *);
-			rc = s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+			rc = s ? orch_stmt_bind_text(st, i, s) : orch_stmt_bind_null(st, i);
 			break;
 		}
 		case 'j': {
 			json_t *j = va_arg(ap, json_t *);
 			char *s = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-			rc = s ? sqlite3_bind_text(st, i, s, -1, free) : sqlite3_bind_null(st, i);
+			rc = s ? orch_stmt_bind_text(st, i, s) : orch_stmt_bind_null(st, i);
+			free(s);
 			break;
 		}
 		case 'n':
-			rc = sqlite3_bind_null(st, i);
+			rc = orch_stmt_bind_null(st, i);
 			break;
 		default:
 			assert(!"bad bind format");
@@ -51,25 +52,25 @@ static int bind_args(sqlite3_stmt *st, const char *fmt, va_list ap)
 	return rc;
 }
 
-static sqlite3_stmt *vsql(orch_ctx *ctx, const char *sql, const char *fmt, va_list ap)
+static orch_stmt *vsql(orch_ctx *ctx, const char *sql, const char *fmt, va_list ap)
 {
-	sqlite3_stmt *st = orch_store_stmt(ctx->store, sql);
+	orch_stmt *st = orch_store_stmt(ctx->store, sql);
 
 	if (!st) {
-		orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(orch_store_db(ctx->store)));
+		orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(ctx->store));
 		return NULL;
 	}
-	if (bind_args(st, fmt, ap) != SQLITE_OK) {
-		orch_error_set(ORCH_EINTERNAL, "database bind: %s", sqlite3_errmsg(orch_store_db(ctx->store)));
+	if (bind_args(st, fmt, ap) != 0) {
+		orch_error_set(ORCH_EINTERNAL, "database bind: %s", orch_store_errmsg(ctx->store));
 		return NULL;
 	}
 	return st;
 }
 
-sqlite3_stmt *orch_sql(orch_ctx *ctx, const char *sql, const char *fmt, ...)
+orch_stmt *orch_sql(orch_ctx *ctx, const char *sql, const char *fmt, ...)
 {
 	va_list ap;
-	sqlite3_stmt *st;
+	orch_stmt *st;
 
 	va_start(ap, fmt);
 	st = vsql(ctx, sql, fmt, ap);
@@ -77,13 +78,12 @@ sqlite3_stmt *orch_sql(orch_ctx *ctx, const char *sql, const char *fmt, ...)
 	return st;
 }
 
-int orch_sql_step(orch_ctx *ctx, sqlite3_stmt *st)
+int orch_sql_step(orch_ctx *ctx, orch_stmt *st)
 {
-	int rc = sqlite3_step(st);
+	int rc = orch_stmt_step(st);
 
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-		sqlite3 *db = orch_store_db(ctx->store);
-		orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(db));
+	if (rc != ORCH_ROW && rc != ORCH_DONE) {
+		orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(ctx->store));
 	}
 	return rc;
 }
@@ -91,7 +91,7 @@ int orch_sql_step(orch_ctx *ctx, sqlite3_stmt *st)
 int orch_sql_exec(orch_ctx *ctx, const char *sql, const char *fmt, ...)
 {
 	va_list ap;
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int rc;
 
 	va_start(ap, fmt);
@@ -100,8 +100,8 @@ int orch_sql_exec(orch_ctx *ctx, const char *sql, const char *fmt, ...)
 	if (!st)
 		return ORCH_EINTERNAL;
 	rc = orch_sql_step(ctx, st);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	orch_stmt_reset(st);
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 static bool ends_with(const char *s, const char *suffix)
@@ -111,37 +111,37 @@ static bool ends_with(const char *s, const char *suffix)
 	return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-json_t *orch_row_json(sqlite3_stmt *st)
+json_t *orch_row_json(orch_stmt *st)
 {
 	json_t *obj = json_object();
-	int n = sqlite3_column_count(st);
+	int n = orch_stmt_column_count(st);
 
 	for (int i = 0; i < n; i++) {
-		const char *name = sqlite3_column_name(st, i);
-		int type = sqlite3_column_type(st, i);
+		const char *name = orch_stmt_column_name(st, i);
+		int type = orch_stmt_column_type(st, i);
 		json_t *v = NULL;
 		char key[128];
 
-		if (type == SQLITE_NULL)
+		if (type == ORCH_NULL)
 			continue;
 		snprintf(key, sizeof(key), "%s", name);
 		if (ends_with(name, "_json")) {
-			const char *text = (const char *)sqlite3_column_text(st, i);
+			const char *text = (const char *)orch_stmt_column_text(st, i);
 			key[strlen(key) - 5] = '\0';
 			v = json_loads(text, JSON_DECODE_ANY, NULL);
 			if (!v)
 				v = json_string(text);
-		} else if (type == SQLITE_INTEGER && (ends_with(name, "_at") || strcmp(name, "lease_until") == 0)) {
+		} else if (type == ORCH_INTEGER && (ends_with(name, "_at") || strcmp(name, "lease_until") == 0)) {
 			char buf[32];
-			orch_time_format(sqlite3_column_int64(st, i), buf);
+			orch_time_format(orch_stmt_column_int64(st, i), buf);
 			v = json_string(buf);
-		} else if (type == SQLITE_INTEGER) {
-			v = json_integer(sqlite3_column_int64(st, i));
-		} else if (type == SQLITE_FLOAT) {
-			v = json_real(sqlite3_column_double(st, i));
+		} else if (type == ORCH_INTEGER) {
+			v = json_integer(orch_stmt_column_int64(st, i));
+		} else if (type == ORCH_FLOAT) {
+			v = json_real(orch_stmt_column_double(st, i));
 		} else {
-			v = json_stringn((const char *)sqlite3_column_text(st, i),
-					 (size_t)sqlite3_column_bytes(st, i));
+			v = json_stringn((const char *)orch_stmt_column_text(st, i),
+					 (size_t)orch_stmt_column_bytes(st, i));
 		}
 		json_object_set_new(obj, key, v);
 	}
@@ -152,7 +152,7 @@ int orch_sql_row(orch_ctx *ctx, json_t **out, const char *nf_fmt, int64_t id,
 		 const char *sql, const char *fmt, ...)
 {
 	va_list ap;
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int rc;
 
 	*out = NULL;
@@ -162,12 +162,12 @@ int orch_sql_row(orch_ctx *ctx, json_t **out, const char *nf_fmt, int64_t id,
 	if (!st)
 		return ORCH_EINTERNAL;
 	rc = orch_sql_step(ctx, st);
-	if (rc == SQLITE_ROW)
+	if (rc == ORCH_ROW)
 		*out = orch_row_json(st);
-	sqlite3_reset(st);
-	if (rc == SQLITE_ROW)
+	orch_stmt_reset(st);
+	if (rc == ORCH_ROW)
 		return 0;
-	if (rc == SQLITE_DONE)
+	if (rc == ORCH_DONE)
 		return orch_error_set(ORCH_ENOTFOUND, nf_fmt, (long long)id);
 	return ORCH_EINTERNAL;
 }
@@ -175,7 +175,7 @@ int orch_sql_row(orch_ctx *ctx, json_t **out, const char *nf_fmt, int64_t id,
 int orch_sql_rows(orch_ctx *ctx, json_t **out, const char *sql, const char *fmt, ...)
 {
 	va_list ap;
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int rc;
 
 	*out = NULL;
@@ -185,10 +185,10 @@ int orch_sql_rows(orch_ctx *ctx, json_t **out, const char *sql, const char *fmt,
 	if (!st)
 		return ORCH_EINTERNAL;
 	*out = json_array();
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW)
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW)
 		json_array_append_new(*out, orch_row_json(st));
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE) {
+	orch_stmt_reset(st);
+	if (rc != ORCH_DONE) {
 		json_decref(*out);
 		*out = NULL;
 		return ORCH_EINTERNAL;
@@ -219,7 +219,7 @@ static int dump_row(const char *text, size_t size, void *arg)
 int orch_sql_rows_result(orch_ctx *ctx, const char *sql, const char *fmt, ...)
 {
 	va_list ap;
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	char *buf = NULL;
 	size_t len = 0, cap = 0;
 	void *sink[3] = {&buf, &len, &cap};
@@ -231,15 +231,15 @@ int orch_sql_rows_result(orch_ctx *ctx, const char *sql, const char *fmt, ...)
 	if (!st)
 		return ORCH_EINTERNAL;
 	append(&buf, &len, &cap, "[", 1);
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW) {
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
 		json_t *row = orch_row_json(st);
 		if (len > 1)
 			append(&buf, &len, &cap, ",", 1);
 		json_dump_callback(row, dump_row, sink, JSON_COMPACT);
 		json_decref(row);
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE) {
+	orch_stmt_reset(st);
+	if (rc != ORCH_DONE) {
 		free(buf);
 		return ORCH_EINTERNAL;
 	}
@@ -252,7 +252,7 @@ int orch_sql_rows_result(orch_ctx *ctx, const char *sql, const char *fmt, ...)
 int orch_sql_int(orch_ctx *ctx, int64_t *out, bool *found, const char *sql, const char *fmt, ...)
 {
 	va_list ap;
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int rc;
 
 	va_start(ap, fmt);
@@ -262,33 +262,33 @@ int orch_sql_int(orch_ctx *ctx, int64_t *out, bool *found, const char *sql, cons
 		return ORCH_EINTERNAL;
 	rc = orch_sql_step(ctx, st);
 	if (found)
-		*found = rc == SQLITE_ROW;
-	*out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+		*found = rc == ORCH_ROW;
+	*out = rc == ORCH_ROW ? orch_stmt_column_int64(st, 0) : 0;
+	orch_stmt_reset(st);
+	return rc == ORCH_ROW || rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 int orch_meta_read(orch_store *store, int64_t *db_version, int64_t *updated_at)
 {
-	sqlite3_stmt *st = orch_store_stmt(store, "SELECT db_version, updated_at FROM mirror_meta WHERE id = 1");
+	orch_stmt *st = orch_store_stmt(store, "SELECT db_version, updated_at FROM mirror_meta WHERE id = 1");
 	int rc;
 
 	if (!st)
-		return orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(orch_store_db(store)));
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
+		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(store));
+	rc = orch_stmt_step(st);
+	if (rc == ORCH_ROW) {
 		if (db_version)
-			*db_version = sqlite3_column_int64(st, 0);
+			*db_version = orch_stmt_column_int64(st, 0);
 		if (updated_at)
-			*updated_at = sqlite3_column_int64(st, 1);
+			*updated_at = orch_stmt_column_int64(st, 1);
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW ? 0 : orch_error_set(ORCH_EINTERNAL, "database: %s", sqlite3_errmsg(orch_store_db(store)));
+	orch_stmt_reset(st);
+	return rc == ORCH_ROW ? 0 : orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(store));
 }
 
 int64_t orch_last_id(orch_ctx *ctx)
 {
-	return sqlite3_last_insert_rowid(orch_store_db(ctx->store));
+	return orch_store_last_id(ctx->store);
 }
 
 

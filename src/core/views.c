@@ -56,16 +56,16 @@ bool orch_coll_has(orch_ctx *ctx, orch_coll c, int64_t id)
 
 int orch_coll_list(orch_ctx *ctx, orch_coll c, void (*each)(void *arg, int64_t id, const char *name), void *arg)
 {
-	sqlite3_stmt *st = orch_sql(ctx, colls[c].list, "i", ctx->now);
+	orch_stmt *st = orch_sql(ctx, colls[c].list, "i", ctx->now);
 	int rc;
 
 	if (!st)
 		return ORCH_EINTERNAL;
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW)
-		each(arg, sqlite3_column_int64(st, 0),
-		     sqlite3_column_count(st) > 1 ? (const char *)sqlite3_column_text(st, 1) : NULL);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : ORCH_EINTERNAL;
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW)
+		each(arg, orch_stmt_column_int64(st, 0),
+		     orch_stmt_column_count(st) > 1 ? (const char *)orch_stmt_column_text(st, 1) : NULL);
+	orch_stmt_reset(st);
+	return rc == ORCH_DONE ? 0 : ORCH_EINTERNAL;
 }
 
 bool orch_coll_named(orch_coll c)
@@ -85,17 +85,17 @@ int64_t orch_coll_find(orch_ctx *ctx, orch_coll c, const char *name)
 /* The text of the first column of `sql`'s row for `id` (caller frees); not_found as `nf_fmt` says. */
 static int one_text(orch_ctx *ctx, char **out, const char *nf_fmt, int64_t id, const char *sql)
 {
-	sqlite3_stmt *st = orch_sql(ctx, sql, "i", id);
+	orch_stmt *st = orch_sql(ctx, sql, "i", id);
 	int rc;
 
 	*out = NULL;
 	if (!st)
 		return ORCH_EINTERNAL;
 	rc = orch_sql_step(ctx, st);
-	if (rc == SQLITE_ROW)
-		*out = strdup((const char *)sqlite3_column_text(st, 0));
-	sqlite3_reset(st);
-	if (rc == SQLITE_DONE)
+	if (rc == ORCH_ROW)
+		*out = strdup((const char *)orch_stmt_column_text(st, 0));
+	orch_stmt_reset(st);
+	if (rc == ORCH_DONE)
 		return orch_error_set(ORCH_ENOTFOUND, nf_fmt, (long long)id);
 	return *out ? 0 : ORCH_EINTERNAL;
 }

@@ -105,7 +105,7 @@ static int bad_state(json_t *wt, const char *why)
 /* Children that are neither merged nor abandoned block merging and abandoning their parent. */
 static int check_no_live_children(orch_ctx *ctx, json_t *wt, const char *verb)
 {
-	sqlite3_stmt *st = orch_sql(ctx, "SELECT id FROM worktrees WHERE parent_worktree_id = ? "
+	orch_stmt *st = orch_sql(ctx, "SELECT id FROM worktrees WHERE parent_worktree_id = ? "
 				    "AND status NOT IN ('closed', 'abandoned') ORDER BY id", "i", wt_int(wt, "id"));
 	json_t *ids = json_array();
 	int rc;
@@ -114,10 +114,10 @@ static int check_no_live_children(orch_ctx *ctx, json_t *wt, const char *verb)
 		json_decref(ids);
 		return ORCH_EINTERNAL;
 	}
-	while ((rc = orch_sql_step(ctx, st)) == SQLITE_ROW)
-		json_array_append_new(ids, json_integer(sqlite3_column_int64(st, 0)));
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE) {
+	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW)
+		json_array_append_new(ids, json_integer(orch_stmt_column_int64(st, 0)));
+	orch_stmt_reset(st);
+	if (rc != ORCH_DONE) {
 		json_decref(ids);
 		return ORCH_EINTERNAL;
 	}

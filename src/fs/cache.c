@@ -51,6 +51,7 @@
 #define SNAP_BUDGET (16u << 20) /* bytes of renderings kept for reuse (descriptors hold their own) */
 #define VERSIONS 256            /* versions an inode number can carry (fs_ino's sub bits) */
 #define RETIRED_BUCKETS 1024
+#define DQLITE_WATCH_MS 25      /* how often the watcher asks a dqlite leader whether another host committed */
 #define WATCH_MS 20             /* the watcher looks at most this often (another process's change: stat lag) */
 
 typedef struct {
@@ -357,7 +358,10 @@ static void *notifier_main(void *arg)
  * nothing before a `stat`, so a commit of another process must be noticed
  * without a request.  SQLite appends every commit to state.db-wal: an
  * inotify event on it (or, failing that, once a second) makes the watcher
- * look, on a read connection of its own, as every request does.
+ * look, on a read connection of its own, as every request does.  With a
+ * dqlite store other hosts' commits leave no trace here: the watcher asks
+ * the leader every DQLITE_WATCH_MS instead (PRAGMA data_version, one round
+ * trip), and follows the events table from there (account).
  */
 static void *watcher_main(void *arg)
 {
@@ -372,9 +376,10 @@ static void *watcher_main(void *arg)
 		return NULL;
 	}
 	orch_ctx_init(&ctx, env, st, NULL);
+	int timeout = orch_store_is_dqlite(env->db_path) ? DQLITE_WATCH_MS : 1000;
 	for (;;) {
 		struct pollfd fds[2] = {{watch_fd, POLLIN, 0}, {wake_pipe[0], POLLIN, 0}};
-		int n = poll(fds, 2, 1000);
+		int n = poll(fds, 2, timeout);
 		if (n > 0 && (fds[1].revents & POLLIN))
 			break;
 		if (n > 0 && (fds[0].revents & POLLIN) && read(watch_fd, buf, sizeof(buf)) < 0 && errno != EAGAIN)
@@ -453,12 +458,12 @@ void fs_cache_stop(void)
 /* ---- change detection ---- */
 
 /* Invalidate the entry of node (kind, id) if there is one. */
-static void invalidate_node(fs_kind kind, int64_t id)
+static void invalidate_node(fs_kind kind, int64_t id, uint64_t **list, size_t *n, size_t *listcap)
 {
 	entry *e = find(fs_ino((fs_node){kind, 0, id}), false);
 
 	if (e)
-		invalidate(e, &pending, &npending, &cappending);
+		invalidate(e, list, n, listcap);
 }
 
 /*
@@ -468,7 +473,8 @@ static void invalidate_node(fs_kind kind, int64_t id)
  * a changed table makes the whole table be walked, and then only its
  * entries are looked at.
  */
-static void invalidate_changed(const orch_change *changes, size_t n)
+static void invalidate_changed(const orch_change *changes, size_t n, uint64_t **list, size_t *nlist,
+			       size_t *listcap)
 {
 	/* Which kinds show a table, worked out once per table of the batch (names are interned). */
 	struct {
@@ -501,11 +507,11 @@ static void invalidate_changed(const orch_change *changes, size_t n)
 		}
 		for (int k = 1; deps[t].row && k < K_KIND_COUNT; k++)
 			if (deps[t].row & (1ULL << k))
-				invalidate_node((fs_kind)k, changes[c].rowid);
+				invalidate_node((fs_kind)k, changes[c].rowid, list, nlist, listcap);
 	}
 	for (size_t i = 0; walk && i < cap; i++)
 		if (tab[i].ino && (walk & (1ULL << fs_node_of(tab[i].ino).kind)))
-			invalidate(&tab[i], &pending, &npending, &cappending);
+			invalidate(&tab[i], list, nlist, listcap);
 }
 
 /*
@@ -527,7 +533,7 @@ void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 		invalidate_all(&pending, &npending, &cappending);
 	} else if (n) {
 		seq++;
-		invalidate_changed(changes, n);
+		invalidate_changed(changes, n, &pending, &npending, &cappending);
 	}
 	known_version = v;
 	known_updated = t;
@@ -584,9 +590,26 @@ void fs_cache_publish(void *arg)
 	pthread_mutex_unlock(&publish_mu);
 }
 
-/* Account for the database state (v, t): invalidate everything if it is not the one last accounted for. */
-static void account(int64_t v, int64_t t)
+/*
+ * Account for the database state (v, t) read on `st`: if it is not the
+ * one last accounted for, invalidate what the events since then name (the
+ * rows another process's or host's calls changed), or everything when they
+ * cannot say (see orch_events_changes).
+ */
+static void account(orch_store *st, int64_t v, int64_t t)
 {
+	orch_change *changes = NULL;
+	size_t n = 0;
+	bool complete = false;
+
+	pthread_mutex_lock(&mu);
+	int64_t from = known_version, from_t = known_updated;
+	pthread_mutex_unlock(&mu);
+	/* Read outside mu (a round trip to the leader with dqlite); used only if nothing moved meanwhile. */
+	if (v > from && orch_events_changes(st, from, v, &changes, &n, &complete) != 0) {
+		orch_error_clear();
+		complete = false;
+	}
 	pthread_mutex_lock(&mu);
 	/*
 	 * News is a state past the last one accounted for (db_version and
@@ -596,11 +619,19 @@ static void account(int64_t v, int64_t t)
 	 */
 	bool newer = v > known_version || (v == known_version && t > known_updated);
 	if (newer && (v != coming_version || t != coming_updated)) {
-		invalidate_all(NULL, NULL, NULL);
+		if (complete && v > from && known_version == from && known_updated == from_t) {
+			static const orch_change meta = {"mirror_meta", 1};
+			seq++;
+			invalidate_changed(changes, n, NULL, NULL, NULL);
+			invalidate_changed(&meta, 1, NULL, NULL, NULL);
+		} else {
+			invalidate_all(NULL, NULL, NULL);
+		}
 		known_version = v;
 		known_updated = t;
 	}
 	pthread_mutex_unlock(&mu);
+	free(changes);
 	/* Another process's commit (or this daemon's, seen early): visible now, so readers of events may go on. */
 	if (newer)
 		fs_events_advance(v);
@@ -614,7 +645,7 @@ void fs_cache_sync(orch_ctx *ctx)
 		orch_error_clear();
 		return;
 	}
-	account(v, t);
+	account(ctx->store, v, t);
 }
 
 int64_t fs_cache_db_mtime(void)

@@ -933,14 +933,14 @@ void fs_alive_reap(orch_env *e)
 		orch_error_clear();
 		return;
 	}
-	sqlite3_stmt *q = orch_store_stmt(st, "SELECT DISTINCT session_id FROM session_alive "
+	orch_stmt *q = orch_store_stmt(st, "SELECT DISTINCT session_id FROM session_alive "
 					  "WHERE NOT orch_pid_alive(daemon_pid, daemon_start)");
-	while (q && sqlite3_step(q) == SQLITE_ROW) {
+	while (q && orch_stmt_step(q) == ORCH_ROW) {
 		ids = orch_xrealloc(ids, (n + 1) * sizeof(*ids));
-		ids[n++] = sqlite3_column_int64(q, 0);
+		ids[n++] = orch_stmt_column_int64(q, 0);
 	}
 	if (q)
-		sqlite3_reset(q);
+		orch_stmt_reset(q);
 	orch_env_reader_put(e, st);
 	for (size_t i = 0; i < n; i++) {
 		orch_log("sessions/%lld/alive was held by a daemon that is gone: releasing it", (long long)ids[i]);

@@ -93,6 +93,8 @@ void orch_dq_finalize(orch_dq_stmt *s);
 /* Stop a statement (the rest of a query's rows are dropped); bindings stay. */
 int orch_dq_reset(orch_dq_stmt *s);
 int orch_dq_clear_bindings(orch_dq_stmt *s);
+/* Whether the statement was sent as a query (it yields rows and writes nothing). */
+bool orch_dq_stmt_yields_rows(orch_dq_stmt *s);
 
 /* Bindings are 1-based like SQLite's; at most 255 parameters.  Values are copied. */
 int orch_dq_bind_parameter_count(orch_dq_stmt *s);

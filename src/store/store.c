@@ -1,6 +1,16 @@
 /*
- * SQLite store: connection set-up, embedded migrations, transactions and a
- * prepared-statement cache keyed by the SQL literal's address.
+ * The store: connection set-up, embedded migrations, transactions and a
+ * prepared-statement cache keyed by the SQL literal's address, over two
+ * engines.  SQLite is the default; with -Ddqlite=enabled a store opened on
+ * "dqlite:..." sends the same SQL to a dqlite cluster's leader through the
+ * wire-protocol client (src/store/dqlite/client.c).  The statement and
+ * connection functions below dispatch on which of the two a store holds.
+ *
+ * Changed rows: SQLite's update hook records them on the writer's own
+ * connection.  With dqlite the SQL runs in the leader's process, so every
+ * process that runs a dqlite node installs (orch_store_serve) the same hook
+ * on the connections dqlite opens, keeps the rows there per connection, and
+ * the client fetches them with SELECT orch_changes_take() when it needs them.
  */
 #include <assert.h>
 #include <errno.h>
@@ -16,6 +26,11 @@
 #include "orchfs/base.h"
 #include "orchfs/store.h"
 
+#include <sqlite3.h>
+#ifdef ORCH_HAVE_DQLITE
+#include "dqlite.h"
+#endif
+
 /* Generated from the schema/ migrations by scripts/embed_schema.py. */
 extern const char *const orch_schema_sql[];
 extern const char *const orch_schema_names[];
@@ -26,24 +41,49 @@ extern const int orch_schema_count;
 /* Past this many rows in one batch, the changes collapse into one "*" (every table). */
 #define CHANGES_MAX 4096
 
+/* The engines use the same numbers: ORCH_ values pass through unchanged. */
+_Static_assert(ORCH_ROW == SQLITE_ROW && ORCH_DONE == SQLITE_DONE, "step codes");
+_Static_assert(ORCH_INTEGER == SQLITE_INTEGER && ORCH_FLOAT == SQLITE_FLOAT && ORCH_TEXT == SQLITE_TEXT &&
+		       ORCH_BLOB == SQLITE_BLOB && ORCH_NULL == SQLITE_NULL,
+	       "column types");
+
+/* A statement of either engine; it belongs to its store's thread. */
+struct orch_stmt {
+	orch_store *store;
+	sqlite3_stmt *s; /* SQLite */
+#ifdef ORCH_HAVE_DQLITE
+	orch_dq_stmt *q; /* dqlite */
+#endif
+};
+
 /* A connection is used by one thread at a time (the writer lane, or a pooled reader's borrower). */
 struct orch_store {
-	sqlite3 *db;
+	sqlite3 *db; /* SQLite; NULL with dqlite */
+#ifdef ORCH_HAVE_DQLITE
+	orch_dq *dq;          /* dqlite; NULL with SQLite */
+	bool dq_unsynced;     /* a write ran since the leader's changed rows were last fetched */
+#endif
 	bool in_txn;
 	orch_change *changes; /* rows changed (update hook); [0, mark) are committed */
 	size_t nchanges, capchanges, mark;
 	int64_t data_version; /* last PRAGMA data_version seen */
 	struct {
 		const char *sql;
-		sqlite3_stmt *st;
+		orch_stmt *st;
 	} cache[STMT_SLOTS];
 };
+
+#ifdef ORCH_HAVE_DQLITE
+#define DQ(st) ((st)->dq)
+#else
+#define DQ(st) ((void)(st), 0)
+#endif
 
 /*
  * Table names from the update hook live only during the callback: intern
  * them.  The set is the schema's tables, so it stays tiny.
  */
-static const char *intern(const char *name)
+const char *orch_store_intern(const char *name)
 {
 	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 	static char *names[64]; /* under mu; never freed (process lifetime) */
@@ -63,11 +103,8 @@ done:
 	return out;
 }
 
-static void update_hook(void *arg, int op, const char *db, const char *table, sqlite3_int64 rowid)
+static void record_change(orch_store *st, const char *table, int64_t rowid)
 {
-	orch_store *st = arg;
-
-	(void)op, (void)db;
 	if (st->nchanges && strcmp(st->changes[st->nchanges - 1].table, "*") == 0)
 		return;
 	if (st->nchanges == CHANGES_MAX) {
@@ -80,34 +117,33 @@ static void update_hook(void *arg, int op, const char *db, const char *table, sq
 		if (!st->changes)
 			abort();
 	}
-	st->changes[st->nchanges++] = (orch_change){intern(table), rowid};
+	st->changes[st->nchanges++] = (orch_change){orch_store_intern(table), rowid};
+}
+
+static void update_hook(void *arg, int op, const char *db, const char *table, sqlite3_int64 rowid)
+{
+	(void)op, (void)db;
+	record_change(arg, table, rowid);
 }
 
 static int db_error(orch_store *st, const char *what)
 {
-	return orch_error_set(ORCH_EINTERNAL, "database %s: %s", what, sqlite3_errmsg(st->db));
+	return orch_error_set(ORCH_EINTERNAL, "database %s: %s", what, orch_store_errmsg(st));
 }
 
 static int exec(orch_store *st, const char *sql)
 {
-	char *msg = NULL;
-
-	if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-		int rc = orch_error_set(ORCH_EINTERNAL, "database: %s", msg ? msg : "error");
-		sqlite3_free(msg);
-		return rc;
-	}
-	return 0;
+	return orch_store_exec(st, sql);
 }
 
 static int user_version(orch_store *st, int *out)
 {
-	sqlite3_stmt *s;
+	orch_stmt *s;
 
-	if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) != SQLITE_OK)
+	if (orch_store_prepare(st, "PRAGMA user_version", &s) != 0)
 		return db_error(st, "user_version");
-	*out = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int(s, 0) : 0;
-	sqlite3_finalize(s);
+	*out = orch_stmt_step(s) == ORCH_ROW ? orch_stmt_column_int(s, 0) : 0;
+	orch_stmt_finalize(s);
 	return 0;
 }
 
@@ -187,6 +223,87 @@ static void pid_alive(sqlite3_context *c, int argc, sqlite3_value **argv)
 	sqlite3_result_int(c, pid > 0 && start != 0 && orch_process_start(pid) == start);
 }
 
+/*
+ * The server side of a dqlite store, in a process that runs a node: dqlite
+ * executes the cluster's SQL on connections it opens in the leader's
+ * process, so they get our SQL functions and a per-connection record of
+ * the rows changed, which the client on the other end takes with
+ * SELECT orch_changes_take() (see dq_sync).
+ */
+typedef struct served_changes {
+	char *text; /* "table rowid\n" per row; owned by the connection's thread (dqlite's loop) */
+	size_t len, cap, rows;
+	bool overflow; /* more than CHANGES_MAX rows: "*" */
+} served_changes;
+
+static void served_reset(served_changes *sc)
+{
+	sc->len = sc->rows = 0;
+	sc->overflow = false;
+	if (sc->text)
+		sc->text[0] = '\0';
+}
+
+static void served_hook(void *arg, int op, const char *db, const char *table, sqlite3_int64 rowid)
+{
+	served_changes *sc = arg;
+	size_t need = strlen(table) + 24;
+
+	(void)op, (void)db;
+	if (sc->overflow)
+		return;
+	if (sc->rows == CHANGES_MAX || (sc->len + need >= sc->cap && !(sc->text = realloc(sc->text, sc->cap = 2 * (sc->cap + need))))) {
+		sc->overflow = true;
+		return;
+	}
+	sc->len += (size_t)snprintf(sc->text + sc->len, sc->cap - sc->len, "%s %lld\n", table, (long long)rowid);
+	sc->rows++;
+}
+
+static void served_rollback(void *arg)
+{
+	served_reset(arg);
+}
+
+static void changes_take(sqlite3_context *c, int argc, sqlite3_value **argv)
+{
+	served_changes *sc = sqlite3_user_data(c);
+
+	(void)argc, (void)argv;
+	sqlite3_result_text(c, sc->overflow ? "*" : sc->text ? sc->text : "", -1, SQLITE_TRANSIENT);
+	served_reset(sc);
+}
+
+static void served_free(void *arg)
+{
+	served_changes *sc = arg;
+
+	free(sc->text);
+	free(sc);
+}
+
+static int served_init(sqlite3 *db, char **err, const void *api)
+{
+	served_changes *sc = calloc(1, sizeof(*sc));
+
+	(void)err, (void)api;
+	if (!sc)
+		return SQLITE_NOMEM;
+	sqlite3_create_function(db, "orch_pid_alive", 2, SQLITE_UTF8, NULL, pid_alive, NULL, NULL);
+	if (sqlite3_create_function_v2(db, "orch_changes_take", 0, SQLITE_UTF8, sc, changes_take, NULL, NULL,
+				       served_free) != SQLITE_OK)
+		return SQLITE_ERROR; /* sc was freed by served_free */
+	sqlite3_update_hook(db, served_hook, sc);
+	sqlite3_rollback_hook(db, served_rollback, sc);
+	return SQLITE_OK;
+}
+
+void orch_store_serve(void)
+{
+	/* Every connection opened from now on, in any thread (dqlite's opens them in its own). */
+	sqlite3_auto_extension((void (*)(void))served_init);
+}
+
 static int connect(orch_store *st, const char *path, int flags)
 {
 	if (sqlite3_open_v2(path, &st->db, flags | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
@@ -197,18 +314,74 @@ static int connect(orch_store *st, const char *path, int flags)
 	return 0;
 }
 
-int orch_store_open_reader(orch_store **out, const char *path)
+bool orch_store_is_dqlite(const char *where)
+{
+	return strncmp(where, "dqlite:", 7) == 0;
+}
+
+#ifdef ORCH_HAVE_DQLITE
+/*
+ * "dqlite:HOST:PORT[,HOST:PORT...][/NAME]": a client of the cluster's
+ * leader, found through any of the members named, on database NAME
+ * ("orchfs" when not given).
+ */
+static int connect_dqlite(orch_store *st, const char *where)
+{
+	char *spec = strdup(where + 7), *name = NULL, *save = NULL;
+	const char *peers[16];
+	orch_dq_opts opts = ORCH_DQ_OPTS_INIT;
+	size_t n = 0;
+	int rc = 0;
+
+	if (!spec)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	if ((name = strchr(spec, '/')))
+		*name++ = '\0';
+	for (char *p = strtok_r(spec, ",", &save); p; p = strtok_r(NULL, ",", &save))
+		if (n < sizeof(peers) / sizeof(peers[0]))
+			peers[n++] = p;
+	if (!n || (name && !*name)) {
+		free(spec);
+		return orch_error_set(ORCH_EINVALID_PARAMS, "bad dqlite store %s: want dqlite:HOST:PORT[,HOST:PORT...][/NAME]",
+				      where);
+	}
+	opts.peers = peers;
+	opts.npeers = n;
+	opts.database = name ? name : "orchfs";
+	if (orch_dq_open(&st->dq, &opts) != SQLITE_OK)
+		rc = orch_error_set(ORCH_EINTERNAL, "cannot reach the dqlite cluster %s: %s", where,
+				    st->dq ? orch_dq_errmsg(st->dq) : "out of memory");
+	free(spec);
+	return rc;
+}
+#endif
+
+/* Connect `st` to `where` with SQLite `flags`, or to a dqlite cluster. */
+static int open_where(orch_store *st, const char *where, int flags)
+{
+	if (!orch_store_is_dqlite(where))
+		return connect(st, where, flags);
+#ifdef ORCH_HAVE_DQLITE
+	return connect_dqlite(st, where);
+#else
+	return orch_error_set(ORCH_EINVALID_PARAMS, "%s: this orchfs was built without dqlite (meson -Ddqlite=enabled)", where);
+#endif
+}
+
+int orch_store_open_reader(orch_store **out, const char *where)
 {
 	orch_store *st = calloc(1, sizeof(*st));
 	int rc;
 
 	*out = NULL;
+	if (!st)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	/*
 	 * Read-write at the file level (a WAL reader maps the -shm index),
 	 * query_only at the SQL level: a reader can never write.
 	 */
-	if ((rc = connect(st, path, SQLITE_OPEN_READWRITE)) != 0 ||
-	    (rc = exec(st, "PRAGMA query_only = 1; PRAGMA foreign_keys = ON;")) != 0) {
+	if ((rc = open_where(st, where, SQLITE_OPEN_READWRITE)) != 0 ||
+	    (rc = exec(st, "PRAGMA query_only = 1")) != 0 || (rc = exec(st, "PRAGMA foreign_keys = ON")) != 0) {
 		orch_store_close(st);
 		return rc;
 	}
@@ -256,38 +429,45 @@ static int make_store_private(const char *path)
 	return rc;
 }
 
-int orch_store_open(orch_store **out, const char *path)
+int orch_store_open(orch_store **out, const char *where)
 {
 	orch_store *st = calloc(1, sizeof(*st));
+	bool dq = orch_store_is_dqlite(where);
 	int rc;
 
 	*out = NULL;
-	if ((rc = make_store_private(path)) != 0 ||
-	    (rc = connect(st, path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) != 0)
+	if (!st)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	if ((!dq && (rc = make_store_private(where)) != 0) ||
+	    (rc = open_where(st, where, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) != 0)
 		goto fail;
 	/*
 	 * WAL lets readers (the daemon rendering files) run beside a writer;
 	 * synchronous=FULL makes a committed reply survive power loss, not
-	 * just a killed process.
+	 * just a killed process.  (dqlite has its own WAL, replicated: a
+	 * commit it acknowledges is on a majority of the nodes' disks.)
 	 */
 	/*
 	 * Switching a new database to WAL, and its first migration, take locks
 	 * for which SQLite may answer SQLITE_BUSY without waiting (several
 	 * processes opening one new state directory at once): retry for up to
-	 * the busy timeout.
+	 * the busy timeout.  The dqlite client retries BEGIN itself.
 	 */
 	for (int ms = 0;; ms += 20) {
-		rc = exec(st, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;");
+		rc = dq ? 0 : exec(st, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL");
+		if (!rc)
+			rc = exec(st, "PRAGMA foreign_keys = ON");
 		if (!rc)
 			rc = migrate(st);
-		if (!rc || (sqlite3_errcode(st->db) & 0xff) != SQLITE_BUSY || ms >= ORCH_STORE_BUSY_MS)
+		if (!rc || dq || (sqlite3_errcode(st->db) & 0xff) != SQLITE_BUSY || ms >= ORCH_STORE_BUSY_MS)
 			break;
 		orch_error_clear();
 		usleep(20000);
 	}
 	if (rc)
 		goto fail;
-	sqlite3_update_hook(st->db, update_hook, st);
+	if (st->db)
+		sqlite3_update_hook(st->db, update_hook, st);
 	*out = st;
 	return 0;
 fail:
@@ -300,29 +480,311 @@ void orch_store_close(orch_store *st)
 	if (!st)
 		return;
 	for (int i = 0; i < STMT_SLOTS; i++)
-		sqlite3_finalize(st->cache[i].st);
+		orch_stmt_finalize(st->cache[i].st);
+#ifdef ORCH_HAVE_DQLITE
+	orch_dq_close(st->dq);
+#endif
 	sqlite3_close(st->db);
 	free(st->changes);
 	free(st);
 }
 
-sqlite3 *orch_store_db(orch_store *st)
+const char *orch_store_errmsg(orch_store *st)
 {
-	return st->db;
+#ifdef ORCH_HAVE_DQLITE
+	if (st->dq)
+		return orch_dq_errmsg(st->dq);
+#endif
+	return sqlite3_errmsg(st->db);
 }
+
+bool orch_store_lost(orch_store *st)
+{
+#ifdef ORCH_HAVE_DQLITE
+	if (st->dq)
+		return orch_dq_transient(orch_dq_errcode(st->dq));
+#endif
+	(void)st;
+	return false;
+}
+
+int64_t orch_store_rows_changed(orch_store *st)
+{
+#ifdef ORCH_HAVE_DQLITE
+	if (st->dq)
+		return orch_dq_changes(st->dq);
+#endif
+	return sqlite3_changes(st->db);
+}
+
+int64_t orch_store_last_id(orch_store *st)
+{
+#ifdef ORCH_HAVE_DQLITE
+	if (st->dq)
+		return orch_dq_last_insert_rowid(st->dq);
+#endif
+	return sqlite3_last_insert_rowid(st->db);
+}
+
+int orch_store_exec(orch_store *st, const char *sql)
+{
+#ifdef ORCH_HAVE_DQLITE
+	if (st->dq) {
+		if (orch_dq_exec(st->dq, sql) != SQLITE_OK)
+			return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_dq_errmsg(st->dq));
+		st->dq_unsynced = true;
+		return 0;
+	}
+#endif
+	char *msg = NULL;
+
+	if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		int rc = orch_error_set(ORCH_EINTERNAL, "database: %s", msg ? msg : "error");
+		sqlite3_free(msg);
+		return rc;
+	}
+	return 0;
+}
+
+int orch_store_backup(orch_store *st, const char *dest)
+{
+	sqlite3 *out = NULL;
+	sqlite3_backup *b;
+	int rc = 0;
+
+	if (DQ(st))
+		return orch_error_set(ORCH_EINVALID_STATE, "a dqlite store is backed up by its nodes: copy a node's "
+				      "dir while it is stopped, or keep three voters");
+	if (sqlite3_open_v2(dest, &out, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+		rc = orch_error_set(ORCH_EINTERNAL, "cannot open %s: %s", dest, out ? sqlite3_errmsg(out) : "no memory");
+		goto done;
+	}
+	/* One step copies every page under one read transaction: a snapshot, while writers go on (WAL). */
+	if (!(b = sqlite3_backup_init(out, "main", st->db, "main"))) {
+		rc = orch_error_set(ORCH_EINTERNAL, "backup: %s", sqlite3_errmsg(out));
+		goto done;
+	}
+	int step = sqlite3_backup_step(b, -1);
+	if (sqlite3_backup_finish(b) != SQLITE_OK || step != SQLITE_DONE) {
+		rc = orch_error_set(ORCH_EINTERNAL, "backup: %s", sqlite3_errmsg(out));
+		goto done;
+	}
+	/* The copy is a plain rollback-journal database, durable once this returns. */
+	if (sqlite3_exec(out, "PRAGMA journal_mode = DELETE", NULL, NULL, NULL) != SQLITE_OK)
+		rc = orch_error_set(ORCH_EINTERNAL, "backup %s: %s", dest, sqlite3_errmsg(out));
+done:
+	sqlite3_close(out);
+	return rc;
+}
+
+/* ---- statements ---- */
+
+int orch_store_prepare(orch_store *st, const char *sql, orch_stmt **out)
+{
+	orch_stmt *s = calloc(1, sizeof(*s));
+	int rc;
+
+	*out = NULL;
+	if (!s)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	s->store = st;
+#ifdef ORCH_HAVE_DQLITE
+	if (st->dq)
+		rc = orch_dq_prepare(st->dq, sql, &s->q);
+	else
+#endif
+		rc = sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->s, NULL);
+	if (rc != SQLITE_OK) {
+		free(s);
+		return orch_error_set(ORCH_EINTERNAL, "database: %s", orch_store_errmsg(st));
+	}
+	*out = s;
+	return 0;
+}
+
+void orch_stmt_finalize(orch_stmt *s)
+{
+	if (!s)
+		return;
+#ifdef ORCH_HAVE_DQLITE
+	orch_dq_finalize(s->q);
+#endif
+	sqlite3_finalize(s->s);
+	free(s);
+}
+
+#ifdef ORCH_HAVE_DQLITE
+#define DISPATCH(s, dq_call, sqlite_call) ((s)->q ? (dq_call) : (sqlite_call))
+#else
+#define DISPATCH(s, dq_call, sqlite_call) (sqlite_call)
+#endif
+
+int orch_stmt_step(orch_stmt *s)
+{
+#ifdef ORCH_HAVE_DQLITE
+	if (s->q) {
+		int rc = orch_dq_step(s->q);
+		if (rc == SQLITE_DONE && !orch_dq_stmt_yields_rows(s->q))
+			s->store->dq_unsynced = true;
+		return rc;
+	}
+#endif
+	return sqlite3_step(s->s);
+}
+
+int orch_stmt_reset(orch_stmt *s)
+{
+	return DISPATCH(s, orch_dq_reset(s->q), sqlite3_reset(s->s));
+}
+
+int orch_stmt_clear_bindings(orch_stmt *s)
+{
+	return DISPATCH(s, orch_dq_clear_bindings(s->q), sqlite3_clear_bindings(s->s));
+}
+
+int orch_stmt_bind_null(orch_stmt *s, int i)
+{
+	return DISPATCH(s, orch_dq_bind_null(s->q, i), sqlite3_bind_null(s->s, i));
+}
+
+int orch_stmt_bind_int64(orch_stmt *s, int i, int64_t v)
+{
+	return DISPATCH(s, orch_dq_bind_int64(s->q, i, v), sqlite3_bind_int64(s->s, i, v));
+}
+
+int orch_stmt_bind_double(orch_stmt *s, int i, double v)
+{
+	return DISPATCH(s, orch_dq_bind_double(s->q, i, v), sqlite3_bind_double(s->s, i, v));
+}
+
+int orch_stmt_bind_text(orch_stmt *s, int i, const char *v)
+{
+	return DISPATCH(s, orch_dq_bind_text(s->q, i, v, -1), sqlite3_bind_text(s->s, i, v, -1, SQLITE_TRANSIENT));
+}
+
+int orch_stmt_column_count(orch_stmt *s)
+{
+	return DISPATCH(s, orch_dq_column_count(s->q), sqlite3_column_count(s->s));
+}
+
+const char *orch_stmt_column_name(orch_stmt *s, int i)
+{
+	return DISPATCH(s, orch_dq_column_name(s->q, i), sqlite3_column_name(s->s, i));
+}
+
+int orch_stmt_column_type(orch_stmt *s, int i)
+{
+	return DISPATCH(s, orch_dq_column_type(s->q, i), sqlite3_column_type(s->s, i));
+}
+
+int64_t orch_stmt_column_int64(orch_stmt *s, int i)
+{
+	return DISPATCH(s, orch_dq_column_int64(s->q, i), sqlite3_column_int64(s->s, i));
+}
+
+int orch_stmt_column_int(orch_stmt *s, int i)
+{
+	return (int)orch_stmt_column_int64(s, i);
+}
+
+double orch_stmt_column_double(orch_stmt *s, int i)
+{
+	return DISPATCH(s, orch_dq_column_double(s->q, i), sqlite3_column_double(s->s, i));
+}
+
+const char *orch_stmt_column_text(orch_stmt *s, int i)
+{
+	return DISPATCH(s, orch_dq_column_text(s->q, i), (const char *)sqlite3_column_text(s->s, i));
+}
+
+int orch_stmt_column_bytes(orch_stmt *s, int i)
+{
+	return DISPATCH(s, orch_dq_column_bytes(s->q, i), sqlite3_column_bytes(s->s, i));
+}
+
+orch_stmt *orch_store_stmt(orch_store *st, const char *sql)
+{
+	size_t h = ((uintptr_t)sql >> 3) % STMT_SLOTS;
+
+	for (size_t n = 0; n < STMT_SLOTS; n++, h = (h + 1) % STMT_SLOTS) {
+		if (st->cache[h].sql == sql) {
+			orch_stmt_reset(st->cache[h].st);
+			orch_stmt_clear_bindings(st->cache[h].st);
+			return st->cache[h].st;
+		}
+		if (!st->cache[h].sql) {
+			orch_stmt *s;
+			if (orch_store_prepare(st, sql, &s) != 0)
+				return NULL;
+			st->cache[h].sql = sql;
+			st->cache[h].st = s;
+			return s;
+		}
+	}
+	assert(!"statement cache full");
+	return NULL;
+}
+
+/* ---- transactions ---- */
 
 /* Run a cached transaction-control statement; every file read opens and closes one. */
 static int control(orch_store *st, const char *sql)
 {
-	sqlite3_stmt *s = orch_store_stmt(st, sql);
+	orch_stmt *s = orch_store_stmt(st, sql);
 	int rc;
 
 	if (!s)
 		return SQLITE_ERROR;
-	rc = sqlite3_step(s);
-	sqlite3_reset(s);
+	rc = orch_stmt_step(s);
+	orch_stmt_reset(s);
 	return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
+
+#ifdef ORCH_HAVE_DQLITE
+/*
+ * Fetch the rows the leader's connection recorded for this client since
+ * the last fetch (orch_store_serve's hook) into the changes.  A leader
+ * without the hook, or lost, cannot say: every table changed ("*").
+ */
+static void dq_sync(orch_store *st)
+{
+	orch_stmt *s;
+	const char *text;
+
+	if (!st->dq || !st->dq_unsynced)
+		return;
+	st->dq_unsynced = false;
+	s = orch_store_stmt(st, "SELECT orch_changes_take()");
+	if (!s || orch_stmt_step(s) != SQLITE_ROW) {
+		record_change(st, "*", 0);
+		if (s)
+			orch_stmt_reset(s);
+		return;
+	}
+	/* "table rowid\n" per row; a lone "*" when the leader's list overflowed. */
+	text = orch_stmt_column_text(s, 0);
+	for (const char *p = text ? text : ""; *p;) {
+		char table[128];
+		long long rowid = 0;
+		int used = 0;
+		if (sscanf(p, "%127s %lld%n", table, &rowid, &used) < 1)
+			break;
+		if (strcmp(table, "*") == 0) {
+			record_change(st, "*", 0);
+			if (!used)
+				break;
+		} else {
+			record_change(st, table, rowid);
+		}
+		p += used ? used : (int)strlen(p);
+		while (*p == '\n')
+			p++;
+	}
+	orch_stmt_reset(s);
+}
+#else
+#define dq_sync(st) ((void)(st))
+#endif
 
 int orch_store_begin(orch_store *st, bool write)
 {
@@ -330,6 +792,7 @@ int orch_store_begin(orch_store *st, bool write)
 	if (control(st, write ? "BEGIN IMMEDIATE" : "BEGIN") != SQLITE_OK)
 		return db_error(st, "begin");
 	st->in_txn = true;
+	dq_sync(st); /* rows of an earlier autocommitted write */
 	st->mark = st->nchanges; /* anything recorded outside a transaction was autocommitted */
 	return 0;
 }
@@ -337,6 +800,7 @@ int orch_store_begin(orch_store *st, bool write)
 int orch_store_commit(orch_store *st)
 {
 	assert(st->in_txn);
+	dq_sync(st); /* before COMMIT: afterwards a new leader would not know them */
 	if (control(st, "COMMIT") != SQLITE_OK) {
 		int rc = db_error(st, "commit");
 		orch_store_rollback(st);
@@ -347,16 +811,35 @@ int orch_store_commit(orch_store *st)
 	return 0;
 }
 
+static bool engine_in_txn(orch_store *st)
+{
+#ifdef ORCH_HAVE_DQLITE
+	if (st->dq)
+		return orch_dq_in_txn(st->dq);
+#endif
+	return !sqlite3_get_autocommit(st->db);
+}
+
 void orch_store_rollback(orch_store *st)
 {
-	if (!sqlite3_get_autocommit(st->db))
+	/*
+	 * A dqlite client cannot tell whether a failed COMMIT left the
+	 * transaction open on the leader (a deferred constraint does, as in
+	 * SQLite): send ROLLBACK whenever one was begun; an error saying there
+	 * was none is harmless.
+	 */
+	if (engine_in_txn(st) || (DQ(st) && st->in_txn))
 		control(st, "ROLLBACK");
 	st->in_txn = false;
 	st->nchanges = st->mark;
+#ifdef ORCH_HAVE_DQLITE
+	st->dq_unsynced = false; /* the leader's hook dropped them at the rollback */
+#endif
 }
 
 const orch_change *orch_store_changes(orch_store *st, size_t *n)
 {
+	dq_sync(st);
 	/* Autocommitted statements (outside BEGIN) count as committed. */
 	if (!st->in_txn)
 		st->mark = st->nchanges;
@@ -366,11 +849,13 @@ const orch_change *orch_store_changes(orch_store *st, size_t *n)
 
 size_t orch_store_changes_mark(orch_store *st)
 {
+	dq_sync(st);
 	return st->nchanges;
 }
 
 const orch_change *orch_store_changes_since(orch_store *st, size_t mark, size_t *n)
 {
+	dq_sync(st);
 	/* Past CHANGES_MAX the hook records nothing more: every later call of the batch gets the "*". */
 	if (st->nchanges && mark >= st->nchanges && strcmp(st->changes[st->nchanges - 1].table, "*") == 0) {
 		*n = 1;
@@ -392,13 +877,13 @@ void orch_store_changes_clear(orch_store *st)
 
 bool orch_store_changed_elsewhere(orch_store *st)
 {
-	sqlite3_stmt *s = orch_store_stmt(st, "PRAGMA data_version");
+	orch_stmt *s = orch_store_stmt(st, "PRAGMA data_version");
 	int64_t v;
 
-	if (!s || sqlite3_step(s) != SQLITE_ROW)
+	if (!s || orch_stmt_step(s) != SQLITE_ROW)
 		return true; /* cannot tell: assume so */
-	v = sqlite3_column_int64(s, 0);
-	sqlite3_reset(s);
+	v = orch_stmt_column_int64(s, 0);
+	orch_stmt_reset(s);
 	if (v == st->data_version)
 		return false;
 	st->data_version = v;
@@ -412,30 +897,7 @@ bool orch_store_in_txn(orch_store *st)
 
 bool orch_store_txn_alive(orch_store *st)
 {
-	return st->in_txn && !sqlite3_get_autocommit(st->db);
-}
-
-sqlite3_stmt *orch_store_stmt(orch_store *st, const char *sql)
-{
-	size_t h = ((uintptr_t)sql >> 3) % STMT_SLOTS;
-
-	for (size_t n = 0; n < STMT_SLOTS; n++, h = (h + 1) % STMT_SLOTS) {
-		if (st->cache[h].sql == sql) {
-			sqlite3_reset(st->cache[h].st);
-			sqlite3_clear_bindings(st->cache[h].st);
-			return st->cache[h].st;
-		}
-		if (!st->cache[h].sql) {
-			sqlite3_stmt *s;
-			if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK)
-				return NULL;
-			st->cache[h].sql = sql;
-			st->cache[h].st = s;
-			return s;
-		}
-	}
-	assert(!"statement cache full");
-	return NULL;
+	return st->in_txn && engine_in_txn(st);
 }
 
 int orch_store_schema_version(orch_store *st)

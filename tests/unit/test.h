@@ -21,6 +21,8 @@ typedef struct {
 typedef void (*test_fn)(test_env *env);
 void test_register(const char *name, test_fn fn);
 int test_run_all(void);
+/* Whether the tests run against a dqlite store (ORCHFS_TEST_STORE=dqlite), not a SQLite file. */
+bool test_store_is_dqlite(void);
 extern int test_failed;
 
 #define TEST(name)                                                                 \

@@ -21,7 +21,7 @@ static void age(test_env *env, int64_t sid, int secs)
 	char sql[256];
 	snprintf(sql, sizeof(sql), "UPDATE sessions SET last_seen_at = last_seen_at - %d WHERE id = %lld",
 		 secs * 1000, (long long)sid);
-	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), sql, NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(orch_store_exec(env->ctx.store, sql) == 0);
 }
 
 TEST(case_lifecycle_and_refs)

@@ -303,25 +303,28 @@ static int mode_of(const char *path)
 TEST(state_is_private)
 {
 	char p[400];
+	/* A dqlite store keeps no database here: only the file naming the cluster. */
+	const char *sqlite_files[] = {"state.db", "state.db-wal", "state.db-shm"}, *dqlite_files[] = {"store"};
+	const char **files = test_store_is_dqlite() ? dqlite_files : sqlite_files;
+	int nfiles = test_store_is_dqlite() ? 1 : 3;
 
 	json_decref(ok(env, "task.create", "{\"level\": \"case\", \"title\": \"t\"}"));
 	snprintf(p, sizeof(p), "%s/.orchfs", env->repo);
 	CHECK_EQ_INT(mode_of(p), 0700);
-	const char *files[] = {"state.db", "state.db-wal", "state.db-shm"};
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < nfiles; i++) {
 		snprintf(p, sizeof(p), "%s/.orchfs/%s", env->repo, files[i]);
 		CHECK_EQ_INT(mode_of(p), 0600);
 	}
 	/* A state directory an older orchfs left readable by all is made private at start-up. */
 	orch_ctx_close(&env->ctx);
-	CHECK(sh("chmod 755 %s/.orchfs && chmod 644 %s/.orchfs/state.db*", env->repo, env->repo) == 0);
+	CHECK(sh("chmod 755 %s/.orchfs && chmod 644 %s/.orchfs/%s*", env->repo, env->repo, files[0]) == 0);
 	CHECK_EQ_INT(orch_ctx_open(&env->ctx, env->repo, NULL), 0);
 	snprintf(p, sizeof(p), "%s/.orchfs", env->repo);
 	CHECK_EQ_INT(mode_of(p), 0700);
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < nfiles; i++) {
 		snprintf(p, sizeof(p), "%s/.orchfs/%s", env->repo, files[i]);
 		CHECK(mode_of(p) == 0600 || (i > 0 && mode_of(p) == -1));
 	}
-	snprintf(p, sizeof(p), "%s/.orchfs/state.db", env->repo);
+	snprintf(p, sizeof(p), "%s/.orchfs/%s", env->repo, files[0]);
 	CHECK_EQ_INT(mode_of(p), 0600);
 }

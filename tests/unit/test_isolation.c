@@ -209,7 +209,7 @@ static void expire(test_env *env, int id)
 	char sql[128];
 
 	snprintf(sql, sizeof(sql), "UPDATE locks SET lease_until = lease_until - 700000 WHERE id = %d", id);
-	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), sql, NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(orch_store_exec(env->ctx.store, sql) == 0);
 }
 
 TEST(lock_expiry_is_real_time)
@@ -714,8 +714,7 @@ TEST(reconcile_finishes_interrupted_abandon)
 	/* Crash before the commit: the record is still active, the directory set aside. */
 	CHECK(sh("mv %s %s.orchfs-removing", wt_path(env, "task-1-3"), wt_path(env, "task-1-3")) == 0);
 	/* Crash after the commit: abandoned, directory set aside. */
-	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "UPDATE worktrees SET status = 'abandoned' WHERE id = 4",
-			   NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(orch_store_exec(env->ctx.store, "UPDATE worktrees SET status = 'abandoned' WHERE id = 4") == 0);
 	CHECK(sh("mv %s %s.orchfs-removing", wt_path(env, "task-1-4"), wt_path(env, "task-1-4")) == 0);
 	CHECK_EQ_INT(orch_worktree_reconcile(&env->ctx, &log), 0);
 	CHECK(log_has(log, "put back"));
@@ -754,7 +753,7 @@ static void break_commits(test_env *env, bool on)
 			       "INSERT INTO t_boom VALUES (1); END;"
 			     : "DROP TRIGGER t_boom_bump; DROP TABLE t_boom; DROP TABLE t_none;";
 
-	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), sql, NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(orch_store_exec(env->ctx.store, sql) == 0);
 }
 
 /* Clients cannot take the branch names and paths orchfs's own defaults need. */
@@ -899,8 +898,7 @@ TEST(abandon_missing_cleans_up_only_after_commit)
 	const char *child = wt_path(env, "task-1-3");
 	CHECK(commit_in(child, "work.txt", "work") == 0);
 	CHECK(sh("mv %s %s.orchfs-removing", child, child) == 0);
-	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "UPDATE worktrees SET status = 'missing' WHERE id = 3",
-			   NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(orch_store_exec(env->ctx.store, "UPDATE worktrees SET status = 'missing' WHERE id = 3") == 0);
 	break_commits(env, true);
 	fails_any(env, "worktree.abandon", "{\"session_id\": 1, \"worktree_id\": 3}");
 	break_commits(env, false);
@@ -922,8 +920,7 @@ TEST(path_still_being_removed_is_not_reused)
 		       "\"path\": \"P\"}"));
 	/* The abandon committed; the process died before deleting what it had set aside. */
 	CHECK(sh("mv %s %s.orchfs-removing", wt_path(env, "P"), wt_path(env, "P")) == 0);
-	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "UPDATE worktrees SET status = 'abandoned' WHERE id = 3",
-			   NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(orch_store_exec(env->ctx.store, "UPDATE worktrees SET status = 'abandoned' WHERE id = 3") == 0);
 	json_t *e = fails(env, ORCH_EEXISTS, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 2, "
 			  "\"branch\": \"t2\", \"path\": \"P\"}");
 	CHECK(jstr(e, "message") && strstr(jstr(e, "message"), ".orchfs-removing") != NULL);
@@ -1179,8 +1176,8 @@ TEST(lower_layer_errors_are_not_relabelled)
 	e = fails(env, ORCH_ENOTFOUND, "worktree.spawn", "{\"session_id\": 1, \"parent_worktree_id\": 9}");
 	CHECK_EQ_STR(jstr(e, "message"), "parent worktree 9 not found");
 	json_decref(e);
-	CHECK(sqlite3_exec(orch_store_db(env->ctx.store), "ALTER TABLE tasks RENAME TO tasks_away; "
-			   "ALTER TABLE worktrees RENAME TO worktrees_away", NULL, NULL, NULL) == SQLITE_OK);
+	CHECK(orch_store_exec(env->ctx.store, "ALTER TABLE tasks RENAME TO tasks_away; "
+			   "ALTER TABLE worktrees RENAME TO worktrees_away") == 0);
 	e = fails(env, ORCH_EINTERNAL, "task.create", "{\"level\": \"case\", \"title\": \"c\", \"parent_id\": 1}");
 	CHECK(jstr(e, "message") && strstr(jstr(e, "message"), "not found") == NULL);
 	json_decref(e);

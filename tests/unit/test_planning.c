@@ -11,15 +11,15 @@
 static int64_t rows(test_env *env, const char *table)
 {
 	char sql[128];
-	sqlite3_stmt *st;
+	orch_stmt *st;
 	int64_t n = -1;
 
 	snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM %s", table);
-	if (sqlite3_prepare_v2(orch_store_db(env->ctx.store), sql, -1, &st, NULL) != SQLITE_OK)
+	if (orch_store_prepare(env->ctx.store, sql, &st) != 0)
 		return -1;
-	if (sqlite3_step(st) == SQLITE_ROW)
-		n = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
+	if (orch_stmt_step(st) == ORCH_ROW)
+		n = orch_stmt_column_int64(st, 0);
+	orch_stmt_finalize(st);
 	return n;
 }
 

@@ -1312,6 +1312,11 @@ static int with_retries(orch_dq *c, bool is_read, int (*once)(void *arg, bool *s
 
 static int stmt_once(void *arg, bool *sent) { return run_once(arg, sent); }
 
+bool orch_dq_stmt_yields_rows(orch_dq_stmt *s)
+{
+	return s->yields_rows;
+}
+
 int orch_dq_step(orch_dq_stmt *s)
 {
 	orch_dq *c = s->c;

@@ -13,6 +13,7 @@
  * restart finds the cluster without being told the peers again.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
@@ -165,6 +166,9 @@ int orch_dq_node_start(orch_dq_node **out, const orch_dq_node_opts *o)
 	*out = NULL;
 	/* Writing to a dead peer's socket must fail with EPIPE, not kill the process. */
 	signal(SIGPIPE, SIG_IGN);
+	/* When this node leads, the cluster's SQL runs on its connections: give them our functions. */
+	static pthread_once_t serve_once = PTHREAD_ONCE_INIT;
+	pthread_once(&serve_once, orch_store_serve);
 	if (o->id == 0 || !o->address || !o->dir)
 		return orch_error_set(ORCH_EINVALID_PARAMS, "a dqlite node needs an id (1 or more), an address and a directory");
 	if (mkdir(o->dir, 0700) != 0 && errno != EEXIST)

@@ -1,0 +1,188 @@
+/*
+ * `orchfs mount --store dqlite:...`: the daemon runs a dqlite node of the
+ * cluster that holds the shared state, and its store is a client of that
+ * cluster's leader (which may be this node or another host's).
+ *
+ *   dqlite:id=N,addr=HOST:PORT,dir=DIR[,peers=HOST:PORT[,HOST:PORT...]][,latency=MS]
+ *
+ * id 1 bootstraps a new cluster; any other joins through `peers` (or the
+ * peers it remembers in DIR/peers from an earlier start).  Everything here
+ * runs on the main thread before the daemon serves, and after it stops.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "orchfs/core.h"
+#include "cli.h"
+#ifdef ORCH_HAVE_DQLITE
+#include "../store/dqlite.h"
+#endif
+
+#define MAX_PEERS 16
+
+/* Parse `spec` into `o` (pointing into the modified copy `buf`); a message in `err` when it is wrong. */
+static int parse_spec(char *buf, const char **id, const char **addr, const char **dir, const char **latency,
+		      const char **peers, size_t *npeers, char *err, size_t errlen)
+{
+	char *save = NULL;
+	bool in_peers = false;
+
+	*id = *addr = *dir = *latency = NULL;
+	*npeers = 0;
+	if (strncmp(buf, "dqlite:", 7) != 0) {
+		snprintf(err, errlen, "--store takes dqlite:id=N,addr=HOST:PORT,dir=DIR[,peers=HOST:PORT,...]");
+		return -1;
+	}
+	for (char *p = strtok_r(buf + 7, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(p, '=');
+		if (!eq && in_peers) {
+			if (*npeers == MAX_PEERS) {
+				snprintf(err, errlen, "--store: at most %d peers", MAX_PEERS);
+				return -1;
+			}
+			peers[(*npeers)++] = p;
+			continue;
+		}
+		if (!eq) {
+			snprintf(err, errlen, "--store: \"%s\" is not KEY=VALUE (keys: id, addr, dir, peers, latency)", p);
+			return -1;
+		}
+		*eq++ = '\0';
+		in_peers = false;
+		if (strcmp(p, "id") == 0)
+			*id = eq;
+		else if (strcmp(p, "addr") == 0)
+			*addr = eq;
+		else if (strcmp(p, "dir") == 0)
+			*dir = eq;
+		else if (strcmp(p, "latency") == 0)
+			*latency = eq;
+		else if (strcmp(p, "peers") == 0) {
+			in_peers = true;
+			if (*eq && *npeers < MAX_PEERS)
+				peers[(*npeers)++] = eq;
+		} else {
+			snprintf(err, errlen, "--store: unknown key \"%s\" (keys: id, addr, dir, peers, latency)", p);
+			return -1;
+		}
+	}
+	if (!*id || !*addr || !*dir) {
+		snprintf(err, errlen, "--store: id, addr and dir are required");
+		return -1;
+	}
+	char *end;
+	long long v = strtoll(*id, &end, 10);
+	if (*end || v < 1) {
+		snprintf(err, errlen, "--store: id must be a positive integer, got \"%s\"", *id);
+		return -1;
+	}
+	if (!strchr(*addr, ':')) {
+		snprintf(err, errlen, "--store: addr must be HOST:PORT, got \"%s\"", *addr);
+		return -1;
+	}
+	for (size_t i = 0; i < *npeers; i++)
+		if (!strchr(peers[i], ':')) {
+			snprintf(err, errlen, "--store: a peer must be HOST:PORT, got \"%s\"", peers[i]);
+			return -1;
+		}
+	if (*latency) {
+		long ms = strtol(*latency, &end, 10);
+		if (*end || ms < 1 || ms > 10000) {
+			snprintf(err, errlen, "--store: latency is milliseconds, 1 to 10000, got \"%s\"", *latency);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int cli_store_check(const char *spec, char *err, size_t errlen)
+{
+	char *buf = strdup(spec);
+	const char *id, *addr, *dir, *latency, *peers[MAX_PEERS];
+	size_t npeers;
+	int rc;
+
+	if (!buf) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	rc = parse_spec(buf, &id, &addr, &dir, &latency, peers, &npeers, err, errlen);
+	free(buf);
+#ifndef ORCH_HAVE_DQLITE
+	if (rc == 0) {
+		snprintf(err, errlen, "--store dqlite: this orchfs was built without dqlite (meson -Ddqlite=enabled)");
+		rc = -1;
+	}
+#endif
+	return rc;
+}
+
+#ifdef ORCH_HAVE_DQLITE
+int cli_store_start(const char *spec, cli_store *out)
+{
+	char *buf = strdup(spec), err[256];
+	const char *id, *addr, *dir, *latency, *peers[MAX_PEERS], *const *all;
+	size_t npeers, nall, len;
+	orch_dq_node_opts o = ORCH_DQ_NODE_OPTS_INIT;
+	orch_dq_node *node = NULL;
+
+	memset(out, 0, sizeof(*out));
+	if (!buf)
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	if (parse_spec(buf, &id, &addr, &dir, &latency, peers, &npeers, err, sizeof(err)) != 0) {
+		free(buf);
+		return orch_error_set(ORCH_EINVALID_PARAMS, "%s", err);
+	}
+	o.id = strtoull(id, NULL, 10);
+	o.address = addr;
+	o.dir = dir;
+	o.peers = peers;
+	o.npeers = npeers;
+	o.latency_ms = latency ? (unsigned)strtoul(latency, NULL, 10) : 0;
+	if (orch_dq_node_start(&node, &o) != 0) {
+		free(buf);
+		return -1;
+	}
+	/* The client reaches the leader through this node first, then the others it knows. */
+	nall = orch_dq_node_peers(node, &all);
+	len = strlen("dqlite:") + strlen(addr) + 1;
+	for (size_t i = 0; i < nall; i++)
+		len += strlen(all[i]) + 1;
+	if (!(out->where = malloc(len))) {
+		orch_dq_node_stop(node);
+		free(buf);
+		return orch_error_set(ORCH_EINTERNAL, "out of memory");
+	}
+	strcpy(out->where, "dqlite:");
+	strcat(out->where, addr);
+	for (size_t i = 0; i < nall; i++)
+		if (strcmp(all[i], addr) != 0) {
+			strcat(out->where, ",");
+			strcat(out->where, all[i]);
+		}
+	out->address = strdup(addr);
+	out->node = node;
+	free(buf);
+	return 0;
+}
+
+void cli_store_stop(cli_store *c)
+{
+	orch_dq_node_stop(c->node);
+	free(c->where);
+	free(c->address);
+	memset(c, 0, sizeof(*c));
+}
+#else
+int cli_store_start(const char *spec, cli_store *out)
+{
+	memset(out, 0, sizeof(*out));
+	return orch_error_set(ORCH_EINVALID_PARAMS, "--store %s: this orchfs was built without dqlite", spec);
+}
+
+void cli_store_stop(cli_store *c)
+{
+	(void)c;
+}
+#endif
