@@ -44,6 +44,13 @@ typedef struct orch_env {
 	char *state_dir; /* immutable: absolute path of the state directory */
 	char *db_path;   /* immutable: where the state is (orch_store_open): <state_dir>/state.db, or the
 	                    dqlite cluster <state_dir>/store names */
+	/*
+	 * immutable: the host this daemon records on the worktrees it makes
+	 * (orchfs mount --host; "" on one machine, the default).  A worktree's
+	 * checkout and branch exist only in the repository of its host, so
+	 * methods that touch them run only there (orch_worktree_local).
+	 */
+	const char *host;
 
 	/*
 	 * The writer lane: every mutating call (and every call with a
@@ -110,11 +117,20 @@ int orch_env_set_store(const char *state_dir, const char *where, const char *hos
 /* Where the state of `state_dir` is (malloc'ed): the cluster its `store` file names, else <state_dir>/state.db. */
 int orch_state_store(const char *state_dir, char **out);
 
-/* Open the workspace (see orch_ctx_open) into `env`. */
+/* How orch_env_open_opts opens the workspace; initialise with ORCH_ENV_OPTS_INIT. */
+typedef struct orch_env_opts {
+	const char *store; /* not NULL: first made the state directory's store (orch_env_set_store) */
+	const char *host;  /* NULL or "": the one machine; else a name orch_host_valid accepts (else invalid_params) */
+} orch_env_opts;
+#define ORCH_ENV_OPTS_INIT {NULL, NULL}
+
+/* Open the workspace (see orch_ctx_open) into `env`, with the default options. */
 int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir);
-/* The same, first making `store` (when not NULL) the state directory's store (orch_env_set_store). */
-int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_dir, const char *store,
-			const char *host);
+/* The same with options (`opts` NULL: the defaults). */
+int orch_env_open_opts(orch_env *env, const char *repo_dir, const char *state_dir, const orch_env_opts *opts);
+
+/* A host name: 1 to ORCH_HOST_MAX (store.h) characters of A-Za-z0-9._:- */
+bool orch_host_valid(const char *host);
 void orch_env_close(orch_env *env);
 
 /*
@@ -140,6 +156,7 @@ typedef struct orch_ctx {
 	orch_git *git;
 	const char *repo_path;  /* env->repo_path */
 	const char *state_dir;  /* env->state_dir */
+	const char *host;       /* env->host */
 	int64_t now;            /* ms since the epoch, fixed for one call */
 	orch_undo *undo;        /* transaction hooks (LIFO), see orch_txn_hook */
 	bool unchanged;         /* set by a write method that changed nothing: no db_version bump */
@@ -185,6 +202,8 @@ void orch_ctx_init(orch_ctx *ctx, orch_env *env, orch_store *store, orch_git *gi
  * call`, unit tests).
  */
 int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir);
+/* orch_ctx_open as host `host` (see orch_env_open): `orchfs call --host`. */
+int orch_ctx_open_host(orch_ctx *ctx, const char *repo_dir, const char *state_dir, const char *host);
 void orch_ctx_close(orch_ctx *ctx);
 
 /* ---- request limits (SPEC section 4) ---- */
@@ -258,8 +277,19 @@ int orch_task_checkpoints_json(orch_ctx *ctx, int64_t task_id, json_t **out);
 int orch_lock_json(orch_ctx *ctx, int64_t id, json_t **out);
 /* The lock conflict rule: scope a (type "file"|"prefix", normalised path) vs scope b. */
 bool orch_lock_overlaps(const char *type_a, const char *path_a, const char *type_b, const char *path_b);
-/* Start-up: reconcile worktree records with the disk; *log gets one string per finding. */
+/*
+ * Start-up: reconcile this host's worktree records with the disk (records
+ * of other hosts are never looked at: their directories are on other
+ * machines); *log gets one string per finding.
+ */
 int orch_worktree_reconcile(orch_ctx *ctx, json_t **log);
+/*
+ * Whether worktree `wt` (a record as orch_worktree_json gives it) is on
+ * this daemon's host (ctx->host): 0, else invalid_state naming its host
+ * (details.state "other_host").  Every method that touches a worktree's
+ * checkout or branch asks here first; reads of the record do not.
+ */
+int orch_worktree_local(orch_ctx *ctx, json_t *wt);
 
 /* The merge pipeline's views (merge/ in the tree). */
 int orch_merge_request_json(orch_ctx *ctx, int64_t id, json_t **out); /* merge/requests/<id>.json */
@@ -318,12 +348,13 @@ int orch_request_parse(const char *buf, size_t len, json_t **out);
 /*
  * `orchfs check`: verify the store of the repository containing `repo_dir`
  * (NULL: the current directory; state in `state_dir`, NULL: <repo>/.orchfs)
- * and its worktrees against git, changing nothing.  *report is
+ * and the worktrees of host `host` (NULL or "": the one machine) against
+ * git, changing nothing.  *report is
  * {state_dir, integrity, problems: [text], leftovers: [{path, commit,
  * user_changes}]}; 0 when the check ran (problems or not), else an error
  * code (no repository or database).
  */
-int orch_check(const char *repo_dir, const char *state_dir, json_t **report);
+int orch_check(const char *repo_dir, const char *state_dir, const char *host, json_t **report);
 
 /*
  * `orchfs backup`: a consistent copy of the database at `dest` (a new file,

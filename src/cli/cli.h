@@ -12,10 +12,10 @@
  * Returns the exit status.  Sessions opened through it, and `session`
  * (> 0, --session), are held alive by the process (front.h).
  */
-int cli_serve(const char *repo, const char *state, int64_t session);
+int cli_serve(const char *repo, const char *state, const char *host, int64_t session);
 
 /* orchfs mcp: an MCP server over stdio.  Returns the exit status. */
-int cli_mcp(const char *repo, const char *state, int64_t session);
+int cli_mcp(const char *repo, const char *state, const char *host, int64_t session);
 
 /*
  * orchfs mount --store dqlite:...: the dqlite node the daemon runs
@@ -24,7 +24,7 @@ int cli_mcp(const char *repo, const char *state, int64_t session);
  */
 typedef struct cli_store {
 	struct orch_dq_node *node;
-	char *where;   /* the store for orch_env_open_store: "dqlite:<addr>,<peers>" */
+	char *where;   /* the store for orch_env_open_opts: "dqlite:<addr>,<peers>" */
 	char *address; /* the node's HOST:PORT */
 } cli_store;
 

@@ -54,14 +54,14 @@ static void hold(front *f, int64_t id)
 	f->held[f->nheld++] = id;
 }
 
-int front_open(front *f, const char *repo, const char *state, int64_t session)
+int front_open(front *f, const char *repo, const char *state, const char *host, int64_t session)
 {
 	struct sigaction sa;
 
 	memset(f, 0, sizeof(*f));
 	pthread_mutex_init(&f->mu, NULL);
 	pthread_cond_init(&f->idle, NULL);
-	if (orch_ctx_open(&f->ctx, repo, state) != 0) {
+	if (orch_ctx_open_host(&f->ctx, repo, state, host) != 0) {
 		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
 		pthread_cond_destroy(&f->idle);
 		pthread_mutex_destroy(&f->mu);

@@ -51,7 +51,7 @@ typedef struct {
 extern volatile sig_atomic_t front_signalled;
 
 /* Open the state, take SIGTERM/SIGINT/SIGPIPE, hold `session` (> 0) alive. 0, or 1 (said on stderr). */
-int front_open(front *f, const char *repo, const char *state, int64_t session);
+int front_open(front *f, const char *repo, const char *state, const char *host, int64_t session);
 
 /* After a call of `method` on the main thread: a session.open that succeeded holds its new session. */
 void front_after_call(front *f, const char *method, int rc, const char *reply);

@@ -19,22 +19,29 @@
 static void usage(FILE *f)
 {
 	fputs("usage:\n"
-	      "  orchfs mount [--repo DIR] [--state DIR] [--mirror-refresh SECONDS] [--store SPEC] [-f] [-d] [-s] MOUNTPOINT\n"
+	      "  orchfs mount [--repo DIR] [--state DIR] [--host NAME] [--mirror-refresh SECONDS] [--store SPEC] [-f] [-d] [-s] "
+	      "MOUNTPOINT\n"
 	      "  orchfs umount MOUNTPOINT\n"
-	      "  orchfs call [--repo DIR] [--state DIR] [--session ID] METHOD [JSON]\n"
-	      "  orchfs serve [--repo DIR] [--state DIR] [--session ID]\n"
-	      "  orchfs mcp [--repo DIR] [--state DIR] [--session ID]\n"
+	      "  orchfs call [--repo DIR] [--state DIR] [--host NAME] [--session ID] METHOD [JSON]\n"
+	      "  orchfs serve [--repo DIR] [--state DIR] [--host NAME] [--session ID]\n"
+	      "  orchfs mcp [--repo DIR] [--state DIR] [--host NAME] [--session ID]\n"
 	      "  orchfs methods [--json]\n"
-	      "  orchfs check [--repo DIR] [--state DIR]\n"
+	      "  orchfs check [--repo DIR] [--state DIR] [--host NAME]\n"
 	      "  orchfs backup [--repo DIR] [--state DIR] PATH\n"
 	      "  orchfs --version\n"
-	      "mount --store SPEC: dqlite:id=N,addr=HOST:PORT,dir=DIR[,peers=HOST:PORT,...][,latency=MS]\n",
+	      "mount --store SPEC: share the state with other machines through a dqlite cluster:\n"
+	      "  dqlite:id=N,addr=HOST:PORT,dir=DIR[,peers=HOST:PORT,...][,latency=MS]\n"
+	      "--host NAME: the machine this process works for when several machines share one state (1 to 64\n"
+	      "  characters of A-Za-z0-9._:-; default: none with a SQLite state, the node's HOST:PORT with --store,\n"
+	      "  and what the daemon's --store wrote for other commands). Worktrees it makes are recorded as on\n"
+	      "  NAME, and only a process with the same host touches their checkouts and branches.\n",
 	      f);
 }
 
 typedef struct {
 	const char *repo;
 	const char *state;
+	const char *host;  /* --host: NULL on one machine */
 	long long session; /* call: as through sessions/<id>/ctl/ (0: ctl/) */
 	bool foreground;
 	bool debug;
@@ -54,6 +61,14 @@ static int parse(int argc, char **argv, cli_args *a)
 			a->repo = argv[++i];
 		else if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
 			a->state = argv[++i];
+		else if (strcmp(argv[i], "--host") == 0 && i + 1 < argc) {
+			a->host = argv[++i];
+			if (!orch_host_valid(a->host)) {
+				fprintf(stderr, "orchfs: --host takes a name of 1 to %d characters of A-Za-z0-9._:-, "
+					"got \"%s\"\n", ORCH_HOST_MAX, a->host);
+				return -1;
+			}
+		}
 		else if (strcmp(argv[i], "--session") == 0 && i + 1 < argc) {
 			char *end;
 			a->session = strtoll(argv[++i], &end, 10);
@@ -107,7 +122,7 @@ static int cmd_call(cli_args *a)
 		usage(stderr);
 		return 2;
 	}
-	if (orch_ctx_open(&ctx, a->repo, a->state) != 0) {
+	if (orch_ctx_open_host(&ctx, a->repo, a->state, a->host) != 0) {
 		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
 		return 1;
 	}
@@ -170,7 +185,8 @@ static void log_start(mount_info *mi)
 	json_t *line;
 	size_t i;
 
-	orch_log("serving %s (state %s) at %s", mi->env->repo_path, mi->env->state_dir, mi->mountpoint);
+	orch_log("serving %s (state %s%s%s) at %s", mi->env->repo_path, mi->env->state_dir,
+		 *mi->env->host ? ", host " : "", mi->env->host, mi->mountpoint);
 	json_array_foreach(mi->reconciled, i, line)
 		orch_log("reconcile: %s", json_string_value(line));
 }
@@ -292,8 +308,12 @@ static int cmd_mount(cli_args *a)
 
 	/* Everything is opened in the process that serves, never across a fork (the dqlite node's threads too). */
 	cli_store cluster = {0};
-	if ((a->store && cli_store_start(a->store, &cluster) != 0) ||
-	    orch_env_open_store(&env, a->repo, a->state, cluster.where, cluster.address) != 0) {
+	orch_env_opts opts = ORCH_ENV_OPTS_INIT;
+	int started = a->store ? cli_store_start(a->store, &cluster) : 0;
+	opts.store = cluster.where;
+	/* Several machines: each is a host; by default the node's address names it. */
+	opts.host = a->host ? a->host : cluster.address;
+	if (started != 0 || orch_env_open_opts(&env, a->repo, a->state, &opts) != 0) {
 		fprintf(stderr, "orchfs: %s\n", orch_error_last()->message);
 		cli_store_stop(&cluster);
 		if (created)
@@ -398,7 +418,7 @@ static int cmd_methods(cli_args *a)
 static int cmd_check(cli_args *a)
 {
 	json_t *report = NULL;
-	int rc = orch_check(a->repo, a->state, &report);
+	int rc = orch_check(a->repo, a->state, a->host, &report);
 	size_t n = json_array_size(json_object_get(report, "problems"));
 
 	if (rc) {
@@ -453,7 +473,8 @@ int main(int argc, char **argv)
 			usage(stderr);
 			return 2;
 		}
-		return argv[1][0] == 's' ? cli_serve(a.repo, a.state, a.session) : cli_mcp(a.repo, a.state, a.session);
+		return argv[1][0] == 's' ? cli_serve(a.repo, a.state, a.host, a.session)
+					    : cli_mcp(a.repo, a.state, a.host, a.session);
 	}
 	if (strcmp(argv[1], "--version") == 0) {
 		printf("orchfs %s\n", ORCHFS_VERSION);

@@ -303,7 +303,7 @@ static bool blank(const char *s, size_t n)
 	return true;
 }
 
-int cli_mcp(const char *repo, const char *state, int64_t session)
+int cli_mcp(const char *repo, const char *state, const char *host, int64_t session)
 {
 	mcp_server s = {.version = versions[0]};
 	line_reader r;
@@ -311,7 +311,7 @@ int cli_mcp(const char *repo, const char *state, int64_t session)
 	size_t len;
 	int status = 0;
 
-	if (front_open(&s.f, repo, state, session) != 0)
+	if (front_open(&s.f, repo, state, host, session) != 0)
 		return 1;
 	s.f.line = wait_line;
 	s.f.line_arg = &s;

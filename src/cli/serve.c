@@ -129,7 +129,7 @@ done:
 	return line;
 }
 
-int cli_serve(const char *repo, const char *state, int64_t session)
+int cli_serve(const char *repo, const char *state, const char *host, int64_t session)
 {
 	front f;
 	line_reader r;
@@ -137,7 +137,7 @@ int cli_serve(const char *repo, const char *state, int64_t session)
 	size_t len;
 	int status = 0;
 
-	if (front_open(&f, repo, state, session) != 0)
+	if (front_open(&f, repo, state, host, session) != 0)
 		return 1;
 	f.line = wait_line;
 	line_reader_init(&r, STDIN_FILENO, ORCH_REQUEST_MAX);

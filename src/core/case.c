@@ -485,6 +485,35 @@ static int requester_is_free(orch_ctx *ctx, int64_t req)
 	return 0;
 }
 
+/*
+ * The worktrees an attach hands over must be on this host: the requester
+ * takes over checkouts it works in from here, and their uncommitted work is
+ * read here.  invalid_state naming the host of the first live worktree of
+ * session `target` that is elsewhere.  (A session on a machine that is lost
+ * can still be closed, from any host, to free its case and locks.)
+ */
+static int handover_local(orch_ctx *ctx, int64_t target)
+{
+	json_t *rows = NULL, *wt = NULL;
+	int rc = orch_sql_rows(ctx, &rows, "SELECT id FROM worktrees WHERE owner_session_id = ? AND host <> ? AND "
+			       "status NOT IN ('closed', 'abandoned') ORDER BY id LIMIT 1", "is", target, ctx->host);
+
+	if (rc == 0 && json_array_size(rows) &&
+	    (rc = orch_worktree_json(ctx, json_integer_value(json_object_get(json_array_get(rows, 0), "id")),
+				     &wt)) == 0 &&
+	    (rc = orch_worktree_local(ctx, wt)) != 0) {
+		char *msg = strdup(orch_error_last()->message);
+		orch_error_set(ORCH_EINVALID_STATE, "cannot attach to session %lld here: %s (or close session %lld with "
+			       "session.close to free its case and locks)", (long long)target, msg ? msg : "",
+			       (long long)target);
+		orch_error_detail("state", json_string("other_host"));
+		free(msg);
+	}
+	json_decref(rows);
+	json_decref(wt);
+	return rc;
+}
+
 /* invalid_state naming the one condition that keeps `tsess` from being a candidate. */
 static int not_a_candidate(orch_ctx *ctx, json_t *tsess, int64_t timeout)
 {
@@ -565,13 +594,15 @@ static int candidates_attach(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = not_a_candidate(ctx, tsess, timeout);
 		goto done;
 	}
-	if ((rc = orch_current_ref_json(ctx, target, &ref)) != 0)
+	if ((rc = handover_local(ctx, target)) != 0 || (rc = orch_current_ref_json(ctx, target, &ref)) != 0)
 		goto done;
 	snprintf(req_owner, sizeof(req_owner), "%lld", (long long)req);
 	snprintf(target_owner, sizeof(target_owner), "%lld", (long long)target);
+	/* The target's main worktree when it is this host's; else the requester keeps its own. */
 	if ((rc = orch_sql_exec(ctx, "UPDATE sessions SET status = 'active_resume', intent = 'resume_work', "
-				"main_worktree_id = ?, session_root_worktree_id = ?, last_seen_at = ? WHERE id = ?",
-				"IIii", json_integer_value(json_object_get(tsess, "main_worktree_id")),
+				"main_worktree_id = coalesce((SELECT id FROM worktrees WHERE id = ? AND host = ?), "
+				"main_worktree_id), session_root_worktree_id = ?, last_seen_at = ? WHERE id = ?",
+				"IsIii", json_integer_value(json_object_get(tsess, "main_worktree_id")), ctx->host,
 				json_integer_value(json_object_get(tsess, "session_root_worktree_id")), ctx->now,
 				req)) ||
 	    (rc = orch_sql_exec(ctx, "UPDATE sessions SET status = 'handoff_attached' WHERE id = ?", "i", target)) ||
@@ -699,6 +730,6 @@ const orch_method orch_case_methods[] = {
 	 "the requester's context {session, main_worktree, session_root_worktree, current_ref}",
 	 "{\"requester_session_id\": 2, \"target_session_id\": 1}",
 	 "not_found (ENOENT), invalid_params (EINVAL: self), invalid_state (EINVAL: not a candidate, "
-	 "closed), conflict (EBUSY: already attached)."},
+	 "closed, its worktrees are on another host (details.state other_host)), conflict (EBUSY: already attached)."},
 	{NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL},
 };

@@ -46,6 +46,19 @@ static int state_path(const char *repo, const char *state_dir, char **out)
 	return 0;
 }
 
+bool orch_host_valid(const char *host)
+{
+	size_t n = strlen(host);
+
+	if (n == 0 || n > ORCH_HOST_MAX)
+		return false;
+	for (const char *c = host; *c; c++)
+		if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
+		      strchr("._:-", *c)))
+			return false;
+	return true;
+}
+
 /*
  * Where the state is: the dqlite cluster named in <state>/store when that
  * file exists (written by `orchfs mount --store dqlite:...`, so that every
@@ -111,7 +124,7 @@ int orch_env_set_store(const char *state_dir, const char *where, const char *hos
 			close(fd);
 		goto done;
 	}
-	bool written = fprintf(f, "%s\n", where) >= 0 && (!host || fprintf(f, "host %s\n", host) >= 0) &&
+	bool written = fprintf(f, "%s\n", where) >= 0 && (!host || !*host || fprintf(f, "host %s\n", host) >= 0) &&
 		       fflush(f) == 0 && fsync(fileno(f)) == 0;
 	if (fclose(f) != 0 || !written || rename(tmp, path) != 0)
 		rc = orch_error_set(ORCH_EINTERNAL, "%s: %s", path, strerror(errno));
@@ -123,16 +136,24 @@ done:
 
 int orch_env_open(orch_env *env, const char *repo_dir, const char *state_dir)
 {
-	return orch_env_open_store(env, repo_dir, state_dir, NULL, NULL);
+	return orch_env_open_opts(env, repo_dir, state_dir, NULL);
 }
 
-int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_dir, const char *store,
-			const char *host)
+int orch_env_open_opts(orch_env *env, const char *repo_dir, const char *state_dir, const orch_env_opts *opts)
 {
+	static const orch_env_opts defaults = ORCH_ENV_OPTS_INIT;
 	char *repo = NULL, *state = NULL, *db = NULL, cwd[PATH_MAX];
+	const char *store, *host;
 	int rc;
 
 	memset(env, 0, sizeof(*env));
+	if (!opts)
+		opts = &defaults;
+	store = opts->store;
+	host = opts->host ? opts->host : "";
+	if (*host && !orch_host_valid(host))
+		return orch_error_set(ORCH_EINVALID_PARAMS, "host \"%s\" must be 1 to %d characters of A-Za-z0-9._:-",
+				      host, ORCH_HOST_MAX);
 	if (!repo_dir) {
 		if (!getcwd(cwd, sizeof(cwd)))
 			return orch_error_set(ORCH_EINTERNAL, "getcwd: %s", strerror(errno));
@@ -161,6 +182,9 @@ int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_d
 	}
 	if ((store && (rc = orch_env_set_store(state, store, host)) != 0) || (rc = orch_state_store(state, &db)) != 0)
 		goto fail;
+	/* A shared (dqlite) state: without --host, this machine is the host its `store` file names. */
+	if (!*host && orch_store_is_dqlite(db))
+		host = orch_store_host();
 	if ((rc = orch_store_open(&env->writer, db)) != 0)
 		goto fail;
 	pthread_mutex_init(&env->writer_mu, NULL);
@@ -172,6 +196,7 @@ int orch_env_open_store(orch_env *env, const char *repo_dir, const char *state_d
 	env->repo_path = repo;
 	env->state_dir = state;
 	env->db_path = db;
+	env->host = strdup(host);
 	return 0;
 fail:
 	orch_git_close(env->git);
@@ -199,6 +224,7 @@ void orch_env_close(orch_env *env)
 	free(env->repo_path);
 	free(env->state_dir);
 	free(env->db_path);
+	free((char *)env->host);
 	memset(env, 0, sizeof(*env));
 }
 
@@ -241,10 +267,16 @@ void orch_ctx_init(orch_ctx *ctx, orch_env *env, orch_store *store, orch_git *gi
 	ctx->git = git;
 	ctx->repo_path = env->repo_path;
 	ctx->state_dir = env->state_dir;
+	ctx->host = env->host;
 	ctx->now = orch_now_ms();
 }
 
 int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir)
+{
+	return orch_ctx_open_host(ctx, repo_dir, state_dir, NULL);
+}
+
+int orch_ctx_open_host(orch_ctx *ctx, const char *repo_dir, const char *state_dir, const char *host)
 {
 	orch_env *env = calloc(1, sizeof(*env));
 	int rc;
@@ -252,7 +284,9 @@ int orch_ctx_open(orch_ctx *ctx, const char *repo_dir, const char *state_dir)
 	memset(ctx, 0, sizeof(*ctx));
 	if (!env)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
-	if ((rc = orch_env_open(env, repo_dir, state_dir)) != 0) {
+	orch_env_opts o = ORCH_ENV_OPTS_INIT;
+	o.host = host;
+	if ((rc = orch_env_open_opts(env, repo_dir, state_dir, &o)) != 0) {
 		free(env);
 		return rc;
 	}

@@ -220,8 +220,8 @@ static int involved_worktrees(orch_ctx *ctx, int64_t feature, json_t *ids, json_
 	free(list);
 	if (rc)
 		return rc;
-	if ((rc = orch_sql_rows(ctx, &main, "SELECT branch FROM worktrees WHERE kind = 'main' AND path = ?", "s",
-				ctx->repo_path)) != 0)
+	if ((rc = orch_sql_rows(ctx, &main, "SELECT branch FROM worktrees WHERE kind = 'main' AND host = ? AND "
+				"path = ?", "ss", ctx->host, ctx->repo_path)) != 0)
 		goto done;
 	const char *main_branch = json_array_size(main) ? jstr(json_array_get(main, 0), "branch") : NULL;
 	json_array_foreach(rows, i, row) {
@@ -234,7 +234,8 @@ static int involved_worktrees(orch_ctx *ctx, int64_t feature, json_t *ids, json_
 		    orch_worktree_json(ctx, jint(wt, "parent_worktree_id"), &parent) == 0)
 			base = jstr(parent, "branch");
 		orch_error_clear();
-		if (strcmp(jstr(wt, "status"), "planned") != 0 &&
+		/* Branches of another host's worktrees are in its repository: their records only. */
+		if (strcmp(jstr(wt, "status"), "planned") != 0 && strcmp(jstr(wt, "host"), ctx->host) == 0 &&
 		    orch_git_branch_summary(ctx->repo_path, jstr(wt, "branch"), base, &sum) == 0) {
 			json_object_del(sum, "branch");
 			json_object_update(wt, sum);
@@ -373,14 +374,14 @@ static int check_no_live_children(orch_ctx *ctx, json_t *wt)
 	return ORCH_EINVALID_STATE;
 }
 
-/* The branch of the main worktree record (the user's checkout), or NULL (caller frees). */
+/* The branch of this host's main worktree record (the user's checkout), or NULL (caller frees). */
 static char *main_branch(orch_ctx *ctx)
 {
 	json_t *rows = NULL;
 	char *b = NULL;
 
-	if (orch_sql_rows(ctx, &rows, "SELECT branch FROM worktrees WHERE kind = 'main' AND path = ?", "s",
-			  ctx->repo_path) == 0 && json_array_size(rows))
+	if (orch_sql_rows(ctx, &rows, "SELECT branch FROM worktrees WHERE kind = 'main' AND host = ? AND path = ?",
+			  "ss", ctx->host, ctx->repo_path) == 0 && json_array_size(rows))
 		b = strdup(jstr(json_array_get(rows, 0), "branch"));
 	json_decref(rows);
 	return b;
@@ -431,6 +432,9 @@ static int main_request(orch_ctx *ctx, json_t *p, json_t **result)
 				    "it (merge.main.cancel) to queue it again", (long long)wid, (long long)other);
 		goto done;
 	}
+	/* Its checkout and branch are read here, and merge.main.run merges it where it is. */
+	if ((rc = orch_worktree_local(ctx, wt)) != 0)
+		goto done;
 	target = given ? strdup(given) : main_branch(ctx);
 	if (!target) {
 		rc = orch_error_set(ORCH_EINVALID_STATE, "no main worktree is recorded; give target_branch");
@@ -659,7 +663,9 @@ static int main_run(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = not_queued(item, "run");
 		goto done;
 	}
-	if ((rc = orch_worktree_json(ctx, jint(item, "from_worktree_id"), &wt)) != 0)
+	/* The merge runs in this host's repository, into its main checkout: the item's worktree must be here. */
+	if ((rc = orch_worktree_json(ctx, jint(item, "from_worktree_id"), &wt)) != 0 ||
+	    (rc = orch_worktree_local(ctx, wt)) != 0)
 		goto done;
 	const char *branch = jstr(wt, "branch"), *target = jstr(item, "target_branch");
 	uncommitted = orch_uncommitted_paths(jstr(wt, "path"));
@@ -785,7 +791,7 @@ const orch_method orch_merge_methods[] = {
 	 "{\"session_id\": 1, \"from_worktree_id\": 2}",
 	 "forbidden (EPERM: another session's worktree), invalid_state (EINVAL: not a session root, not active, "
 	 "live children (details.children), uncommitted changes (details.state dirty, details.paths), nothing to "
-	 "merge (details.state nothing_to_merge)), exists (EEXIST: the worktree is already queued), not_found "
+	 "merge (details.state nothing_to_merge), the worktree is on another host (details.state other_host)), exists (EEXIST: the worktree is already queued), not_found "
 	 "(ENOENT: session, worktree or target branch), invalid_params (EINVAL: bad target_branch)."},
 	{"merge.main.next", main_next, 0, none_params, "The oldest queued main-merge request (a peek; null if none).",
 	 "the queue item, or null", "{}", "none."},
@@ -810,7 +816,8 @@ const orch_method orch_merge_methods[] = {
 	 "Merge a queued request's branch into its target (the oldest queued unless request_id): computed in memory, "
 	 "fast-forward when possible else a merge commit; the target ref moves only if it still points where the "
 	 "merge started; if the target is checked out in the main worktree, that checkout is updated, only when "
-	 "clean. The caller must hold the main merge lock, and the request must be its own.",
+	 "clean. The caller must hold the main merge lock, and the request must be its own. It runs through a daemon "
+	 "on the host of the request's worktree (whose repository has its branch).",
 	 "the queue item, state merged, merged_commit, with fast_forward and uncommitted (the source worktree's "
 	 "uncommitted paths, which were not merged)",
 	 "{\"session_id\": 1}",
@@ -818,7 +825,8 @@ const orch_method orch_merge_methods[] = {
 	 "conflict (EBUSY: the merge conflicts, "
 	 "details.paths; the request becomes failed and the message says how to resolve; or the target moved "
 	 "meanwhile: run again), invalid_state (EINVAL: not queued (details.state), main checkout dirty "
-	 "(details.state dirty, details.paths; nothing moves, it stays queued), nothing to merge), not_found "
+	 "(details.state dirty, details.paths; nothing moves, it stays queued), nothing to merge, the request's "
+	 "worktree is on another host: run it through a daemon there (details.state other_host)), not_found "
 	 "(ENOENT: no such request, empty queue). Errors carry details.uncommitted when the source has uncommitted "
 	 "paths."},
 	{"merge.main.cancel", main_cancel, ORCH_M_WRITE, cancel_params,

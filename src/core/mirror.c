@@ -942,19 +942,24 @@ static int render_worktrees(rd *r)
 		"SELECT w.id, w.kind, w.branch, w.owner_session_id, w.parent_worktree_id, w.status, w.merge_state, "
 		"w.merged_at, coalesce(w.merge_commit, (SELECT q.merged_commit FROM merge_main_queue q "
 		"WHERE q.from_worktree_id = w.id AND q.merged_commit IS NOT NULL ORDER BY q.id DESC LIMIT 1)), "
-		"w.path, w.task_id "
+		"w.path, w.task_id, w.host, EXISTS (SELECT 1 FROM worktrees WHERE host <> '') "
 		"FROM worktrees w ORDER BY w.id", "");
 	int rc;
-	bool any = false;
+	bool any = false, hosts = false;
 
 	header(r, "worktrees.md", "Worktrees");
 	if (!st)
 		return ORCH_EINTERNAL;
 	while ((rc = orch_sql_step(ctx, st)) == ORCH_ROW) {
 		int64_t id = orch_stmt_column_int64(st, 0);
-		if (!any)
-			fputs("| worktree | kind | branch | owner | parent | status | merge | path |\n"
-			      "|---|---|---|---|---|---|---|---|\n", r->f);
+		if (!any) {
+			/* The host column only once some worktree has one (several machines). */
+			hosts = orch_stmt_column_int64(st, 12) != 0;
+			fputs(hosts ? "| worktree | kind | branch | owner | parent | status | merge | path | host |\n"
+				      "|---|---|---|---|---|---|---|---|---|\n"
+				    : "| worktree | kind | branch | owner | parent | status | merge | path |\n"
+				      "|---|---|---|---|---|---|---|---|\n", r->f);
+		}
 		any = true;
 		fprintf(r->f, "| <a id=\"worktree-%lld\"></a>#%lld | ", (long long)id, (long long)id);
 		text(r->f, col(st, 1));
@@ -985,6 +990,13 @@ static int render_worktrees(rd *r)
 		}
 		fputs(" | ", r->f);
 		code(r->f, col(st, 9));
+		if (hosts) {
+			fputs(" | ", r->f);
+			if (*col(st, 11))
+				code(r->f, col(st, 11));
+			else
+				fputs("—", r->f);
+		}
 		fputs(" |\n", r->f);
 	}
 	orch_stmt_reset(st);

@@ -75,11 +75,12 @@ static bool recorded(orch_store *db, const char *path)
 }
 
 /*
- * Records against the disk and git: an active worktree's directory is a
- * checkout of its branch; every orchfs checkout in git is claimed by a
- * record; leftovers set aside are listed.
+ * Records against the disk and git: an active worktree of host `host` has
+ * its directory, a checkout of its branch (another host's worktrees are on
+ * their own machines, never missing here); every orchfs checkout in git is
+ * claimed by a record (of any host); leftovers set aside are listed.
  */
-static void check_worktrees(orch_store *db, orch_git *g, const char *state, json_t *report)
+static void check_worktrees(orch_store *db, orch_git *g, const char *state, const char *host, json_t *report)
 {
 	json_t *wts = NULL, *left = NULL, *w;
 	orch_stmt *st = NULL;
@@ -87,7 +88,8 @@ static void check_worktrees(orch_store *db, orch_git *g, const char *state, json
 	size_t i;
 
 	if (orch_store_prepare(db, "SELECT id, path, branch FROM worktrees WHERE status = 'active' "
-				   "AND kind IS NOT 'main' ORDER BY id", &st) == 0) {
+				   "AND kind IS NOT 'main' AND host = ? ORDER BY id", &st) == 0) {
+		orch_stmt_bind_text(st, 1, host);
 		while (orch_stmt_step(st) == ORCH_ROW) {
 			const char *path = (const char *)orch_stmt_column_text(st, 1);
 			const char *branch = (const char *)orch_stmt_column_text(st, 2);
@@ -186,7 +188,7 @@ done:
 	return rc;
 }
 
-int orch_check(const char *repo_dir, const char *state_dir, json_t **report)
+int orch_check(const char *repo_dir, const char *state_dir, const char *host, json_t **report)
 {
 	char *repo = NULL, *state = NULL, *db = NULL;
 	orch_store *st = NULL;
@@ -195,6 +197,11 @@ int orch_check(const char *repo_dir, const char *state_dir, json_t **report)
 	int rc;
 
 	*report = json_pack("{s:[], s:[]}", "problems", "leftovers");
+	if (!host)
+		host = "";
+	if (*host && !orch_host_valid(host))
+		return orch_error_set(ORCH_EINVALID_PARAMS, "host \"%s\" must be 1 to %d characters of A-Za-z0-9._:-",
+				      host, ORCH_HOST_MAX);
 	if ((rc = locate(repo_dir, state_dir, &repo, &state, &db)) != 0 ||
 	    (!orch_store_is_dqlite(db) && (rc = stat(db, &sb)) != 0)) {
 		rc = rc < 0 ? orch_error_set(ORCH_EINTERNAL, "%s: %s", db, strerror(errno)) : rc;
@@ -210,7 +217,7 @@ int orch_check(const char *repo_dir, const char *state_dir, json_t **report)
 	if ((rc = orch_store_begin(st, false)) != 0)
 		goto done;
 	check_store(st, *report);
-	check_worktrees(st, g, state, *report);
+	check_worktrees(st, g, state, host, *report);
 	orch_store_rollback(st);
 	json_object_set_new(*report, "state_dir", json_string(state));
 done:

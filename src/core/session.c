@@ -19,7 +19,7 @@
 
 #define WORKTREE_COLS                                                                              \
 	"SELECT id, nullif(task_id, 0) AS task_id, path, branch, status, kind, parent_worktree_id, owner_session_id, "     \
-	"merge_state, merge_commit, created_at, merged_at FROM worktrees WHERE id = ?"
+	"merge_state, merge_commit, created_at, merged_at, nullif(host, '') AS host FROM worktrees WHERE id = ?"
 
 int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out)
 {
@@ -217,9 +217,10 @@ int orch_session_require_open(orch_ctx *ctx, int64_t id)
 }
 
 /*
- * The main worktree record for this repository, created on first use and
- * its branch refreshed to the current HEAD on every open (the reference
- * captured it once and never again).
+ * The main worktree record for this repository on this host (each machine
+ * has its own checkout), created on first use and its branch refreshed to
+ * the current HEAD on every open (the reference captured it once and never
+ * again).
  */
 static int main_worktree(orch_ctx *ctx, int64_t *out)
 {
@@ -229,8 +230,8 @@ static int main_worktree(orch_ctx *ctx, int64_t *out)
 
 	if ((rc = orch_git_head_branch(ctx->git, &branch)) != 0)
 		return rc;
-	rc = orch_sql_int(ctx, out, &found, "SELECT id FROM worktrees WHERE kind = 'main' AND path = ?", "s",
-			  ctx->repo_path);
+	rc = orch_sql_int(ctx, out, &found, "SELECT id FROM worktrees WHERE kind = 'main' AND host = ? AND path = ?",
+			  "ss", ctx->host, ctx->repo_path);
 	if (rc)
 		goto done;
 	if (found) {
@@ -238,8 +239,8 @@ static int main_worktree(orch_ctx *ctx, int64_t *out)
 				   branch, *out, branch);
 	} else {
 		rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, merge_state, "
-				   "created_at) VALUES (0, ?, ?, 'active', 'main', 'attached', ?)", "ssi",
-				   ctx->repo_path, branch, ctx->now);
+				   "created_at, host) VALUES (0, ?, ?, 'active', 'main', 'attached', ?, ?)", "ssis",
+				   ctx->repo_path, branch, ctx->now, ctx->host);
 		*out = orch_last_id(ctx);
 	}
 done:
@@ -269,8 +270,8 @@ static int session_root(orch_ctx *ctx, int64_t sid, int64_t main_id, int64_t *ou
 		goto done;
 	orch_txn_git(ctx, fx);
 	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, parent_worktree_id, "
-			   "owner_session_id, merge_state, created_at) VALUES (0, ?, ?, 'active', 'session_root', "
-			   "?, ?, 'active', ?)", "ssiii", path, branch, main_id, sid, ctx->now);
+			   "owner_session_id, merge_state, created_at, host) VALUES (0, ?, ?, 'active', 'session_root', "
+			   "?, ?, 'active', ?, ?)", "ssiiis", path, branch, main_id, sid, ctx->now, ctx->host);
 	*out = orch_last_id(ctx);
 done:
 	free(name);
@@ -418,7 +419,8 @@ static int remove_root(orch_ctx *ctx, int64_t sid)
 		return rc;
 	if ((rc = orch_sql_int(ctx, &main_id, NULL, "SELECT coalesce(main_worktree_id, 0) FROM sessions WHERE "
 			       "id = ?", "i", sid)) != 0 ||
-	    (rc = orch_worktree_json(ctx, root, &wt)) != 0 || (rc = live_children(ctx, root, &kids)) != 0)
+	    (rc = orch_worktree_json(ctx, root, &wt)) != 0 || (rc = orch_worktree_local(ctx, wt)) != 0 ||
+	    (rc = live_children(ctx, root, &kids)) != 0)
 		goto done;
 	const char *path = json_string_value(json_object_get(wt, "path"));
 	if (json_array_size(kids)) {
@@ -810,8 +812,8 @@ const orch_method orch_session_methods[] = {
 	 "With remove_worktree, its session-root checkout is removed too (nothing unmerged is lost).",
 	 "the session",
 	 "{\"session_id\": 1, \"remove_worktree\": true}", "not_found (ENOENT), invalid_state (EINVAL: already "
-	 "closed; remove_worktree: uncommitted changes (details.paths), unmerged children (details.children) "
-	 "or unmerged commits)."},
+	 "closed; remove_worktree: uncommitted changes (details.paths), unmerged children (details.children), "
+	 "unmerged commits, or the session root is on another host (details.state other_host))."},
 	{"session.context", session_context, 0, sid_params,
 	 "The session with its main and session-root worktrees and active current ref.",
 	 "{session, main_worktree?, session_root_worktree?, current_ref?}", "{\"session_id\": 1}",

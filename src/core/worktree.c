@@ -41,7 +41,30 @@ static bool is_dir(const char *path)
 }
 
 /*
- * A worktree a method touches.  *gone is true when it has no directory.
+ * The one place that says whether a worktree is this daemon's to touch: its
+ * checkout and branch are in the repository of the host that made it, so a
+ * daemon elsewhere must not look at its directory (a path that does not
+ * exist here is not a missing worktree) nor move its branch.
+ */
+int orch_worktree_local(orch_ctx *ctx, json_t *wt)
+{
+	const char *host = wt_str(wt, "host");
+
+	if (strcmp(host, ctx->host) == 0)
+		return 0;
+	if (*host)
+		orch_error_set(ORCH_EINVALID_STATE, "worktree %lld is on host \"%s\"; call this through a daemon on "
+			       "that host (orchfs mount --host %s)", (long long)wt_int(wt, "id"), host, host);
+	else
+		orch_error_set(ORCH_EINVALID_STATE, "worktree %lld is on the unnamed host (a daemon mounted without "
+			       "--host); call this through a daemon on that host", (long long)wt_int(wt, "id"));
+	orch_error_detail("state", json_string("other_host"));
+	return ORCH_EINVALID_STATE;
+}
+
+/*
+ * A worktree a method touches (on this host: orch_worktree_local was
+ * asked).  *gone is true when it has no directory.
  * An active worktree whose directory vanished becomes `missing`, in the
  * database and in `wt` (SPEC 6.6).  The main worktree is never missing:
  * it is the repository orchfs serves.
@@ -122,8 +145,8 @@ static int check_not_main(orch_ctx *ctx, json_t *wt, const char *verb)
 	int rc;
 
 	if (strcmp(wt_str(wt, "kind"), "main") != 0) {
-		rc = orch_sql_int(ctx, &main_id, &found, "SELECT id FROM worktrees WHERE kind = 'main' AND branch = ? "
-				  "AND path = ?", "ss", wt_str(wt, "branch"), ctx->repo_path);
+		rc = orch_sql_int(ctx, &main_id, &found, "SELECT id FROM worktrees WHERE kind = 'main' AND host = ? "
+				  "AND path = ? AND branch = ?", "sss", ctx->host, ctx->repo_path, wt_str(wt, "branch"));
 		if (rc || !found)
 			return rc;
 	}
@@ -414,9 +437,9 @@ static int worktree_create(orch_ctx *ctx, json_t *p, json_t **result)
 	if ((rc = check_task(ctx, task_id)) != 0 || (rc = check_client_branch(ctx, branch)) != 0 ||
 	    (rc = new_path(ctx, p, branch, false, &path)) != 0 || (rc = orch_git_resolve_commit(ctx->git, base, hex)) != 0)
 		goto done;
-	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, merge_state, created_at) "
-			   "VALUES (?, ?, ?, ?, 'task_branch', 'active', ?)", "isssi", task_id, path, branch,
-			   on_disk ? "active" : "planned", ctx->now);
+	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, merge_state, created_at, "
+			   "host) VALUES (?, ?, ?, ?, 'task_branch', 'active', ?, ?)", "isssis", task_id, path, branch,
+			   on_disk ? "active" : "planned", ctx->now, ctx->host);
 	if (rc)
 		goto done;
 	id = orch_last_id(ctx);
@@ -506,6 +529,9 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = bad_state(parent, "a child needs a parent that is not merged or abandoned");
 		goto done;
 	}
+	/* The child starts from the parent's branch and merges back into its checkout: both here. */
+	if ((rc = orch_worktree_local(ctx, parent)) != 0)
+		goto done;
 	if ((rc = check_task(ctx, task_id)) != 0 || (given && (rc = check_client_branch(ctx, given)) != 0))
 		goto done;
 	if ((rc = touch(ctx, parent, &gone)) != 0)
@@ -533,9 +559,9 @@ static int worktree_spawn(orch_ctx *ctx, json_t *p, json_t **result)
 	if (given && (rc = new_path(ctx, p, given, false, &path)) != 0)
 		goto done;
 	rc = orch_sql_exec(ctx, "INSERT INTO worktrees (task_id, path, branch, status, kind, parent_worktree_id, "
-			   "owner_session_id, merge_state, created_at) VALUES (?, ?, ?, ?, 'task_branch', ?, ?, "
-			   "'active', ?)", "isssiii", task_id, path ? path : "", given ? given : "",
-			   on_disk ? "active" : "planned", pid, sid, ctx->now);
+			   "owner_session_id, merge_state, created_at, host) VALUES (?, ?, ?, ?, 'task_branch', ?, ?, "
+			   "'active', ?, ?)", "isssiiis", task_id, path ? path : "", given ? given : "",
+			   on_disk ? "active" : "planned", pid, sid, ctx->now, ctx->host);
 	if (rc)
 		goto done;
 	id = orch_last_id(ctx);
@@ -631,6 +657,8 @@ static int worktree_merge(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = bad_state(parent, "it cannot receive a merge");
 		goto done;
 	}
+	if ((rc = orch_worktree_local(ctx, wt)) != 0 || (rc = orch_worktree_local(ctx, parent)) != 0)
+		goto done;
 	if ((rc = detached_parent(parent, "merged into")) != 0 || (rc = check_no_live_children(ctx, wt, "merge")) != 0 ||
 	    (rc = touch(ctx, wt, &gone)) != 0 || (rc = touch(ctx, parent, &gone)) != 0)
 		goto done;
@@ -702,7 +730,8 @@ static int worktree_abandon(orch_ctx *ctx, json_t *p, json_t **result)
 		rc = bad_state(wt, "only planned, active or missing worktrees can be abandoned");
 		goto done;
 	}
-	if ((rc = check_no_live_children(ctx, wt, "abandon")) != 0 || (rc = touch(ctx, wt, &gone)) != 0)
+	if ((rc = check_no_live_children(ctx, wt, "abandon")) != 0 || (rc = orch_worktree_local(ctx, wt)) != 0 ||
+	    (rc = touch(ctx, wt, &gone)) != 0)
 		goto done;
 	bool remove = strcmp(wt_str(wt, "status"), "active") == 0 && !gone;
 	if (remove) {
@@ -865,8 +894,12 @@ static int clean_set_aside(orch_ctx *ctx, json_t *log)
 }
 
 /*
- * Start-up: compare every worktree record with the disk, in one
- * transaction that bumps db_version only if a record changed.
+ * Start-up: compare every worktree record of this host (ctx->host) with the
+ * disk, in one transaction that bumps db_version only if a record changed.
+ * Records of other hosts are never looked at: their directories are on
+ * their own machines.  What git holds that no record names is taken back
+ * only when no record of ANY host names it (a branch or path another host
+ * records is never this host's to remove, even on a shared disk).
  *  - active or missing, directory gone but set aside by an abandon that
  *    did not commit: put back (and `active` again);
  *  - active, directory gone: `missing`;
@@ -889,8 +922,9 @@ int orch_worktree_reconcile(orch_ctx *ctx, json_t **log)
 	if ((rc = orch_store_begin(ctx->store, true)) != 0)
 		return rc;
 	size_t mark = orch_store_changes_mark(ctx->store);
+	/* This host's records only: another host's directory is on its own machine, not missing here. */
 	rc = orch_sql_rows(ctx, &rows, "SELECT id, path, status FROM worktrees WHERE kind IS NOT 'main' "
-			   "AND status IN ('active', 'missing', 'abandoned') ORDER BY id", "");
+			   "AND host = ? AND status IN ('active', 'missing', 'abandoned') ORDER BY id", "s", ctx->host);
 	if (rc)
 		goto fail;
 	json_array_foreach(rows, i, row) {
@@ -1000,7 +1034,7 @@ const orch_method orch_worktree_methods[] = {
 	 "task/<session_id>/<worktree_id> from the parent's branch, checked out under <state>/worktrees/.",
 	 "the child worktree", "{\"session_id\": 1, \"parent_worktree_id\": 2}",
 	 "not_found (ENOENT: session, parent, task or base_ref), forbidden (EPERM: the parent belongs to "
-	 "another session, or is the main worktree: main is reached only through merge.main.request), invalid_state (EINVAL: session closed, parent merged or abandoned), exists (EEXIST: "
+	 "another session, or is the main worktree: main is reached only through merge.main.request), invalid_state (EINVAL: session closed, parent merged or abandoned, parent on another host (details.state other_host)), exists (EEXIST: "
 	 "branch or path taken), invalid_params (EINVAL: bad branch name or path, or one reserved for orchfs)."},
 	{"worktree.merge_to_parent", worktree_merge, ORCH_M_WRITE, child_params,
 	 "Merge the child's branch into its parent's branch with a merge commit (two parents), computed in "
@@ -1013,13 +1047,14 @@ const orch_method orch_worktree_methods[] = {
 	 "conflict (EBUSY: the merge conflicts; details.paths; nothing changed; the message says how to "
 	 "resolve), invalid_state (EINVAL: already merged, nothing new (details.state nothing_to_merge), parent "
 	 "checkout dirty (details.paths), child planned or abandoned, no parent, unmerged children "
-	 "(details.children)), forbidden (EPERM: another session's worktree, or the parent is the main worktree: "
+	 "(details.children), child or parent on another host (details.state other_host)), forbidden (EPERM: another session's worktree, or the parent is the main worktree: "
 	 "use merge.main.request), not_found (ENOENT). Errors of the merge carry details.uncommitted."},
 	{"worktree.abandon", worktree_abandon, ORCH_M_WRITE, child_params,
 	 "Give up a child worktree so it no longer blocks its parent: a planned, missing, or clean active "
 	 "child gets status abandoned; its checkout and git metadata are removed, its branch is kept.",
 	 "the worktree, status abandoned", "{\"session_id\": 1, \"worktree_id\": 4}",
 	 "invalid_state (EINVAL: uncommitted changes (details.paths), already merged or abandoned, not a child "
-	 "task worktree, unmerged children), forbidden (EPERM: another session's worktree), not_found (ENOENT)."},
+	 "task worktree, unmerged children, on another host (details.state other_host)), forbidden (EPERM: another "
+	 "session's worktree), not_found (ENOENT)."},
 	{NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL},
 };

@@ -51,17 +51,18 @@ def make_repo(path):
 class Mount:
     """A running orchfs daemon and its mount point."""
 
-    def __init__(self, repo, mountpoint, state, log):
+    def __init__(self, repo, mountpoint, state, log, args=()):
         self.repo = repo
         self.path = str(mountpoint)
         self.state = str(state)
         self.log = log
+        self.args = list(args)  # more options of `orchfs mount` (e.g. --host NAME)
         self.proc = None
         self.stop_problem = None  # set by stop(): the daemon had to be killed, or exited non-zero
 
     def start(self):
         self.proc = subprocess.Popen([ORCHFS, 'mount', '-f', '--repo', str(self.repo), '--state', self.state,
-                                      self.path], stdout=subprocess.DEVNULL, stderr=open(self.log, 'ab'))
+                                      *self.args, self.path], stdout=subprocess.DEVNULL, stderr=open(self.log, 'ab'))
         deadline = time.time() + 20
         while not os.path.ismount(self.path):
             if self.proc.poll() is not None:

@@ -212,7 +212,7 @@ TEST(check_reports_and_changes_nothing)
 	json_t *r = NULL;
 
 	json_decref(ok(env, "worktree.create", "{\"branch\": \"feat\", \"create_on_disk\": true}"));
-	CHECK_EQ_INT(orch_check(env->repo, NULL, &r), 0);
+	CHECK_EQ_INT(orch_check(env->repo, NULL, NULL, &r), 0);
 	CHECK_EQ_STR(jstr(r, "integrity"), "ok");
 	CHECK_EQ_INT(json_array_size(json_object_get(r, "problems")), 0);
 	json_decref(r);
@@ -226,7 +226,7 @@ TEST(check_reports_and_changes_nothing)
 	CHECK(sh("cd %s && find .orchfs/worktrees -maxdepth 2 | sort > %s/before && git branch > %s/b1",
 		 env->repo, env->root, env->root) == 0);
 	int64_t v = db_version(env);
-	CHECK_EQ_INT(orch_check(env->repo, NULL, &r), 0);
+	CHECK_EQ_INT(orch_check(env->repo, NULL, NULL, &r), 0);
 	char *text = json_dumps(r, 0);
 	CHECK(strstr(text, "session-1.orchfs-leftover-") && strstr(text, "holds changes git did not write"));
 	CHECK(strstr(text, "feat is not a checkout"));
