@@ -1329,7 +1329,8 @@ static int render_all(orch_ctx *ctx, rd *r, const char *dir, json_t *sizes)
 	for (size_t i = 0; i < NFILES && !rc; i++) {
 		char path[4096];
 		struct stat sb;
-		snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, files[i]) >= sizeof(path))
+			return orch_error_set(ORCH_EINTERNAL, "mirror: path too long: %s/%s", dir, files[i]);
 		/* Private like the rest of the state directory. */
 		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		r->f = fd >= 0 ? fdopen(fd, "w") : NULL;
