@@ -514,6 +514,14 @@ void orch_undo_run(orch_ctx *ctx);   /* the call failed: run every on_rollback (
  */
 void orch_txn_on_failure(orch_ctx *ctx, int (*fn)(orch_ctx *ctx, json_t *arg), json_t *arg);
 void orch_undo_clear(orch_ctx *ctx); /* the call committed: run every on_commit (LIFO), free, clear */
+/*
+ * Whether the call committed is unknown (a dqlite leader lost during its
+ * COMMIT): run neither, free, clear.  The git effects stay as they are, as
+ * after a crash at that moment: a retry with the call_id gets the stored
+ * reply if it had committed and finds them in place; if it had not, the
+ * retry and start-up recovery treat them as a crash's leftovers.
+ */
+void orch_undo_forget(orch_ctx *ctx);
 
 /* ---- read views shared by methods and the tree ---- */
 int orch_session_json(orch_ctx *ctx, int64_t id, json_t **out);

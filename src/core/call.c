@@ -491,6 +491,8 @@ static int execute(orch_ctx *ctx, const orch_method *m, json_t *params, const ch
 			orch_undo_clear(ctx);
 			return 0;
 		}
+		if (orch_store_lost(ctx->store))
+			orch_undo_forget(ctx); /* it may have committed */
 	}
 	failed(ctx, call_id, reply);
 	/* A lost dqlite leader: nothing more can be written now, and the retry will run the call again. */
@@ -676,6 +678,10 @@ static void execute_batch(orch_env *env, orch_lane_job **jobs, size_t n)
 		announce(env);
 		if ((rc = orch_store_commit(env->writer)) != 0) {
 			why = error_save();
+			/* Lost with the leader: the batch may have committed; keep its git effects (orch_undo_forget). */
+			for (size_t i = first; i < n && orch_store_lost(env->writer); i++)
+				if (pending[i])
+					orch_undo_forget(jobs[i]->ctx);
 			fail_pending(jobs, pending, first, n, &why);
 			json_decref(why.details);
 		}

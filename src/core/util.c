@@ -362,11 +362,12 @@ void orch_txn_hook(orch_ctx *ctx, orch_hook_fn on_rollback, orch_hook_fn on_comm
 	ctx->undo = u;
 }
 
-static void undo_drain(orch_ctx *ctx, bool committed)
+/* committed: 1 run on_commit, 0 run on_rollback, -1 run neither (outcome unknown). */
+static void undo_drain(orch_ctx *ctx, int committed)
 {
 	while (ctx->undo) {
 		orch_undo *u = ctx->undo;
-		orch_hook_fn fn = committed ? u->on_commit : u->on_rollback;
+		orch_hook_fn fn = committed > 0 ? u->on_commit : committed == 0 ? u->on_rollback : NULL;
 		ctx->undo = u->next;
 		if (fn)
 			fn(u->arg);
@@ -385,10 +386,18 @@ void orch_txn_on_failure(orch_ctx *ctx, int (*fn)(orch_ctx *ctx, json_t *arg), j
 
 void orch_undo_run(orch_ctx *ctx)
 {
-	undo_drain(ctx, false);
+	undo_drain(ctx, 0);
 }
 
 void orch_undo_clear(orch_ctx *ctx)
 {
-	undo_drain(ctx, true);
+	undo_drain(ctx, 1);
+}
+
+void orch_undo_forget(orch_ctx *ctx)
+{
+	if (ctx->undo)
+		orch_log("the outcome of a COMMIT is unknown (the store's leader was lost): its git effects are kept "
+			 "as they are, for the retry or the next start-up to settle");
+	undo_drain(ctx, -1);
 }
