@@ -119,6 +119,17 @@ int cli_store_check(const char *spec, char *err, size_t errlen)
 }
 
 #ifdef ORCH_HAVE_DQLITE
+/* Whether the comma-separated `list` has the item `a`. */
+static bool listed(const char *list, const char *a)
+{
+	size_t n = strlen(a);
+
+	for (const char *p = list; *p; p += strcspn(p, ","), p += *p == ',')
+		if (strncmp(p, a, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+			return true;
+	return false;
+}
+
 int cli_store_start(const char *spec, cli_store *out)
 {
 	char *buf = strdup(spec), err[256];
@@ -144,23 +155,45 @@ int cli_store_start(const char *spec, cli_store *out)
 		free(buf);
 		return -1;
 	}
-	/* The client reaches the leader through this node first, then the others it knows. */
+	/*
+	 * The client reaches the leader through this node first, then the
+	 * others: those the node knows, and the members the cluster lists now
+	 * (a restarted node 1 knows only itself from DIR/peers), so that
+	 * `orchfs call` on this machine finds the cluster even while this
+	 * daemon is down.
+	 */
 	nall = orch_dq_node_peers(node, &all);
+	orch_dq_server *members = NULL;
+	size_t nmembers = 0;
+	orch_dq_opts co = ORCH_DQ_OPTS_INIT;
+	orch_dq *c = NULL;
+	co.peers = all;
+	co.npeers = nall;
+	co.connect_ms = 1000;
+	if (orch_dq_open(&c, &co) != 0 || orch_dq_cluster(c, &members, &nmembers) != 0)
+		nmembers = 0;
+	orch_dq_close(c);
 	len = strlen("dqlite:") + strlen(addr) + 1;
 	for (size_t i = 0; i < nall; i++)
 		len += strlen(all[i]) + 1;
+	for (size_t i = 0; i < nmembers; i++)
+		len += strlen(members[i].address) + 1;
 	if (!(out->where = malloc(len))) {
+		free(members);
 		orch_dq_node_stop(node);
 		free(buf);
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	}
 	strcpy(out->where, "dqlite:");
 	strcat(out->where, addr);
-	for (size_t i = 0; i < nall; i++)
-		if (strcmp(all[i], addr) != 0) {
+	for (size_t i = 0; i < nall + nmembers; i++) {
+		const char *a = i < nall ? all[i] : members[i - nall].address;
+		if (!listed(out->where + 7, a)) {
 			strcat(out->where, ",");
-			strcat(out->where, all[i]);
+			strcat(out->where, a);
 		}
+	}
+	free(members);
 	out->address = strdup(addr);
 	out->node = node;
 	free(buf);
