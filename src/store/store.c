@@ -74,10 +74,13 @@ struct orch_store {
 	} cache[STMT_SLOTS];
 };
 
+/* The dqlite client of a store (NULL with SQLite); ON_ENGINE: the expression for the store's engine. */
 #ifdef ORCH_HAVE_DQLITE
 #define DQ(st) ((st)->dq)
+#define ON_ENGINE(st, dq_expr, sqlite_expr) ((st)->dq ? (dq_expr) : (sqlite_expr))
 #else
 #define DQ(st) ((void)(st), 0)
+#define ON_ENGINE(st, dq_expr, sqlite_expr) (sqlite_expr)
 #endif
 
 /*
@@ -555,11 +558,7 @@ void orch_store_close(orch_store *st)
 
 const char *orch_store_errmsg(orch_store *st)
 {
-#ifdef ORCH_HAVE_DQLITE
-	if (st->dq)
-		return orch_dq_errmsg(st->dq);
-#endif
-	return sqlite3_errmsg(st->db);
+	return ON_ENGINE(st, orch_dq_errmsg(st->dq), sqlite3_errmsg(st->db));
 }
 
 bool orch_store_lost(orch_store *st)
@@ -583,20 +582,12 @@ static int dq_outcome(orch_store *st, int rc)
 
 int64_t orch_store_rows_changed(orch_store *st)
 {
-#ifdef ORCH_HAVE_DQLITE
-	if (st->dq)
-		return orch_dq_changes(st->dq);
-#endif
-	return sqlite3_changes(st->db);
+	return ON_ENGINE(st, orch_dq_changes(st->dq), sqlite3_changes(st->db));
 }
 
 int64_t orch_store_last_id(orch_store *st)
 {
-#ifdef ORCH_HAVE_DQLITE
-	if (st->dq)
-		return orch_dq_last_insert_rowid(st->dq);
-#endif
-	return sqlite3_last_insert_rowid(st->db);
+	return ON_ENGINE(st, orch_dq_last_insert_rowid(st->dq), sqlite3_last_insert_rowid(st->db));
 }
 
 int orch_store_exec(orch_store *st, const char *sql)

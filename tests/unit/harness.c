@@ -202,11 +202,18 @@ json_t *ok(test_env *env, const char *method, const char *fmt, ...)
 {
 	va_list ap;
 	int code;
-	json_t *r, *res;
+	json_t *r;
 
 	va_start(ap, fmt);
 	r = vcall(env, &code, method, fmt, ap);
 	va_end(ap);
+	return expect_result(r, code, method);
+}
+
+json_t *expect_result(json_t *r, int code, const char *method)
+{
+	json_t *res;
+
 	if (code != 0) {
 		char *s = json_dumps(r, JSON_COMPACT);
 		fprintf(stderr, "  %s failed: %s\n", method, s);
@@ -216,6 +223,17 @@ json_t *ok(test_env *env, const char *method, const char *fmt, ...)
 	res = json_incref(json_object_get(r, "result"));
 	json_decref(r);
 	return res ? res : json_null();
+}
+
+bool log_has(json_t *log, const char *needle)
+{
+	size_t i;
+	json_t *l;
+
+	json_array_foreach(log, i, l)
+		if (strstr(json_string_value(l), needle))
+			return true;
+	return false;
 }
 
 json_t *fails(test_env *env, int want, const char *method, const char *fmt, ...)

@@ -71,6 +71,11 @@ json_t *ok(test_env *env, const char *method, const char *fmt, ...) __attribute_
 json_t *fails(test_env *env, int code, const char *method, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
+/* The result of a reply `r` whose code is `code`: success expected (a failure is reported); caller decrefs. */
+json_t *expect_result(json_t *r, int code, const char *method);
+/* Whether a line of the JSON array of strings `log` contains `needle`. */
+bool log_has(json_t *log, const char *needle);
+
 int64_t db_version(test_env *env);
 int64_t jint(json_t *obj, const char *path); /* "a.b.c" */
 const char *jstr(json_t *obj, const char *path);

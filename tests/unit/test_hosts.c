@@ -38,17 +38,9 @@ static json_t *on(orch_ctx *ctx, int *code, const char *method, const char *body
 static json_t *ok_on(orch_ctx *ctx, const char *method, const char *body)
 {
 	int code;
-	json_t *r = on(ctx, &code, method, body), *res;
+	json_t *r = on(ctx, &code, method, body);
 
-	if (code != 0) {
-		char *s = json_dumps(r, JSON_COMPACT);
-		fprintf(stderr, "  %s failed: %s\n", method, s);
-		free(s);
-		test_failed = 1;
-	}
-	res = json_incref(json_object_get(r, "result"));
-	json_decref(r);
-	return res ? res : json_null();
+	return expect_result(r, code, method);
 }
 
 /*
@@ -80,17 +72,6 @@ static json_t *worktree(orch_ctx *ctx, int64_t id)
 	ctx->now = orch_now_ms();
 	CHECK_EQ_INT(orch_worktree_json(ctx, id, &w), 0);
 	return w ? w : json_object();
-}
-
-static bool log_has(json_t *log, const char *needle)
-{
-	size_t i;
-	json_t *l;
-
-	json_array_foreach(log, i, l)
-		if (strstr(json_string_value(l), needle))
-			return true;
-	return false;
 }
 
 static int commit_in(const char *dir, const char *file)

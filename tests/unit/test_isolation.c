@@ -668,17 +668,6 @@ TEST(missing_directory_is_marked_when_touched)
 	CHECK(sh("git -C %s worktree list | grep -q task-1-4", env->repo) != 0);
 }
 
-static bool log_has(json_t *log, const char *needle)
-{
-	size_t i;
-	json_t *l;
-
-	json_array_foreach(log, i, l)
-		if (strstr(json_string_value(l), needle))
-			return true;
-	return false;
-}
-
 TEST(reconcile_marks_missing_and_prunes)
 {
 	session_and_child(env);
