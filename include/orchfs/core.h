@@ -693,8 +693,10 @@ bool orch_alive_dead_holders(orch_env *env);
  * holders on this host that still run (the daemon, every
  * ORCH_HOLDER_BEAT_MS), so that other hosts count them alive; holders that
  * died, or a host that is gone, age out after ORCH_HOLDER_TIMEOUT_MS.
+ * `st` is a connection of the beat's own, so that no call (a long checkout
+ * on the writer lane) can hold a beat back past the timeout.
  */
-int orch_alive_beat(orch_env *env);
+int orch_alive_beat(orch_store *st);
 
 /* Run method `m` (an internal one too) as orch_call does. */
 int orch_call_method(orch_ctx *ctx, const orch_method *m, json_t *req, int64_t session_id, char **reply);

@@ -691,7 +691,7 @@ static int alive_reap(orch_ctx *ctx, json_t *p, json_t **result)
 	return rc;
 }
 
-int orch_alive_beat(orch_env *env)
+int orch_alive_beat(orch_store *st)
 {
 	const char *host = orch_store_host();
 	int64_t (*holders)[2] = NULL, now = orch_now_ms();
@@ -700,37 +700,31 @@ int orch_alive_beat(orch_env *env)
 
 	if (!*host)
 		return 0;
-	/* The writer's connection, between calls: these writes are not another process's to the cache. */
-	pthread_mutex_lock(&env->writer_mu);
-	orch_stmt *q = orch_store_stmt(env->writer, "SELECT DISTINCT daemon_pid, daemon_start FROM session_alive "
-						    "WHERE host = ?");
-	if (!q) {
-		rc = orch_store_error(env->writer, "");
-		goto done;
-	}
+	orch_stmt *q = orch_store_stmt(st, "SELECT DISTINCT daemon_pid, daemon_start FROM session_alive WHERE host = ?");
+	if (!q)
+		return orch_store_error(st, "");
 	orch_stmt_bind_text(q, 1, host);
-	while (orch_stmt_step(q) == ORCH_ROW) {
+	while ((rc = orch_stmt_step(q)) == ORCH_ROW) {
 		holders = orch_xrealloc(holders, (n + 1) * sizeof(*holders));
 		holders[n][0] = orch_stmt_column_int64(q, 0);
 		holders[n][1] = orch_stmt_column_int64(q, 1);
 		n++;
 	}
 	orch_stmt_reset(q);
+	rc = rc == ORCH_DONE ? 0 : orch_store_error(st, "");
 	/* Only the ones running here: a holder that died is left to age out (and be reaped) everywhere. */
 	for (size_t i = 0; i < n && !rc; i++) {
 		if (!orch_holder_runs_here(holders[i][0], holders[i][1]))
 			continue;
-		orch_stmt *u = orch_store_stmt(env->writer, "UPDATE session_alive SET seen_at = ? WHERE host = ? AND "
-							    "daemon_pid = ? AND daemon_start = ?");
+		orch_stmt *u = orch_store_stmt(st, "UPDATE session_alive SET seen_at = ? WHERE host = ? AND "
+						   "daemon_pid = ? AND daemon_start = ?");
 		if (!u || orch_stmt_bind_int64(u, 1, now) || orch_stmt_bind_text(u, 2, host) ||
 		    orch_stmt_bind_int64(u, 3, holders[i][0]) || orch_stmt_bind_int64(u, 4, holders[i][1]) ||
 		    orch_stmt_step(u) != ORCH_DONE)
-			rc = orch_store_error(env->writer, "");
+			rc = orch_store_error(st, "");
 		if (u)
 			orch_stmt_reset(u);
 	}
-done:
-	pthread_mutex_unlock(&env->writer_mu);
 	free(holders);
 	return rc;
 }

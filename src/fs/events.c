@@ -959,8 +959,9 @@ void fs_alive_forget_all(void)
 }
 
 /*
- * The holders' beat (orch_alive_beat) with a dqlite store: its own thread,
- * which sleeps on beat_cond between rounds.  beat_mu owns beat_stop.
+ * The holders' beat (orch_alive_beat) with a dqlite store: its own thread
+ * and connection, so that nothing on the writer lane delays it; it sleeps
+ * on beat_cond between rounds.  beat_mu owns beat_stop.
  */
 static pthread_t beat_thread;
 static bool beat_started;
@@ -971,11 +972,12 @@ static bool beat_stop;
 static void *beat_main(void *arg)
 {
 	orch_env *e = arg;
+	orch_store *st = NULL; /* this thread's own connection, opened (again) when needed */
 
 	pthread_mutex_lock(&beat_mu);
 	while (!beat_stop) {
 		pthread_mutex_unlock(&beat_mu);
-		if (orch_alive_beat(e) != 0) {
+		if ((!st && orch_store_open(&st, e->db_path) != 0) || orch_alive_beat(st) != 0) {
 			orch_log("alive: cannot refresh this host's holders: %s", orch_error_last()->message);
 			orch_error_clear();
 		}
@@ -992,6 +994,7 @@ static void *beat_main(void *arg)
 			pthread_cond_timedwait(&beat_cond, &beat_mu, &until);
 	}
 	pthread_mutex_unlock(&beat_mu);
+	orch_store_close(st);
 	return NULL;
 }
 

@@ -49,7 +49,7 @@ TEST(beat_refreshes_only_this_hosts_running_holders)
 				       "(1, ?1, ?2, 0, 'b', 5)", "ii", me, start) == 0 ||
 	      (fprintf(stderr, "  %s\n", orch_error_last()->message), 0));
 	orch_store_set_host("a");
-	CHECK_EQ_INT(orch_alive_beat(env->ctx.env), 0);
+	CHECK_EQ_INT(orch_alive_beat(env->ctx.store), 0);
 	orch_store_set_host("");
 	CHECK_EQ_INT(orch_sql_int(&env->ctx, &seen, NULL, "SELECT seen_at FROM session_alive WHERE host = 'a' AND "
 						     "daemon_pid = ?", "i", me), 0);
@@ -60,7 +60,7 @@ TEST(beat_refreshes_only_this_hosts_running_holders)
 	CHECK_EQ_INT(orch_sql_int(&env->ctx, &seen, NULL, "SELECT seen_at FROM session_alive WHERE host = 'b'", ""), 0);
 	CHECK_EQ_INT(seen, 5);
 	/* Without a host (SQLite) there is nothing to beat for. */
-	CHECK_EQ_INT(orch_alive_beat(env->ctx.env), 0);
+	CHECK_EQ_INT(orch_alive_beat(env->ctx.store), 0);
 }
 
 TEST(events_say_which_rows_another_host_changed)
