@@ -9,6 +9,7 @@
  *   orchfs-dqlite race --peer ... --keys N --name NAME [--go FILE] [--db NAME]
  *   orchfs-dqlite cluster --peer ...
  *   orchfs-dqlite bench --peer ... --n N [--warmup W] [--samples 1] [--db NAME]
+ *   orchfs-dqlite shell --peer ... [--db NAME]
  *
  * `writer` inserts ids N..M one by one into table w and prints "ack ID" for
  * each insert the leader acknowledged, retrying across leader changes;
@@ -24,6 +25,9 @@
  * the leader, the INSERT prepared once; it prints the same summary line
  * "n=N median_us=M p99_us=P mean_us=A" (with --samples 1, one line per
  * transaction in microseconds before it).
+ * `shell` keeps one client open and runs each line of its input as one
+ * orch_dq_exec, printing "ok" or "error CODE MESSAGE" for it: a test can let
+ * the cluster change under a connection that stays open between requests.
  */
 #include <signal.h>
 #include <sqlite3.h>
@@ -47,7 +51,7 @@ static void on_signal(int sig) { stop_flag = sig; }
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: orchfs-dqlite node|exec|query|writer|race|cluster|bench [options] (see the source's header)\n");
+	fprintf(stderr, "usage: orchfs-dqlite node|exec|query|writer|race|cluster|bench|shell [options] (see the source's header)\n");
 	return 2;
 }
 
@@ -345,6 +349,25 @@ static int cmd_bench(long n, long warmup, bool print_samples)
 	return rc ? 1 : 0;
 }
 
+static int cmd_shell(void)
+{
+	orch_dq *c = open_client();
+	char line[4096];
+	printf("ready\n");
+	while (fgets(line, sizeof line, stdin)) {
+		line[strcspn(line, "\n")] = 0;
+		if (!*line)
+			continue;
+		int rc = orch_dq_exec(c, line);
+		if (rc == SQLITE_OK)
+			printf("ok\n");
+		else
+			printf("error %d %s\n", rc, orch_dq_errmsg(c));
+	}
+	orch_dq_close(c);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2)
@@ -414,5 +437,7 @@ int main(int argc, char **argv)
 		return cmd_cluster();
 	if (!strcmp(cmd, "bench"))
 		return cmd_bench(n, warmup, samples);
+	if (!strcmp(cmd, "shell"))
+		return cmd_shell();
 	return usage();
 }
