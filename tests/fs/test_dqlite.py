@@ -288,3 +288,47 @@ def test_partition_minority_cannot_write(nodes):
     assert r.returncode == 0, r.stderr
     assert r.stdout == 'lease\tmajority\n'
     assert all(n.proc.poll() is None for n in nodes)
+
+
+def test_connection_left_open_while_its_node_loses_and_regains_the_leadership(nodes):
+    """dqlite 1.11 closes the database of every connection to a node that loses the leadership; when
+    that node leads again, a request on a connection that stayed open meanwhile fails with
+    "no database opened" before it runs.  The client takes it for a request to a follower: it
+    reconnects, opens the database again and runs the request."""
+    shell = subprocess.Popen(in_ns(1, [TOOL, 'shell', '--peer', addr(1)]), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tool_env())
+
+    def sql(text):
+        shell.stdin.write(text + '\n')
+        shell.stdin.flush()
+        return shell.stdout.readline()
+    try:
+        assert shell.stdout.readline() == 'ready\n'
+        assert sql('CREATE TABLE g (k INTEGER PRIMARY KEY)') == 'ok\n'
+        leader, _ = cluster(2)
+        assert leader == addr(1), 'the shell must be connected to the leader'
+        # Stop the leader past an election until node 1 has lost the leadership and won it back.
+        lost_by_1 = False
+        deadline = time.monotonic() + 90
+        while not (lost_by_1 and leader == addr(1)):
+            assert time.monotonic() < deadline, 'node 1 did not lead again'
+            victim = next(n for n in nodes if addr(n.i) == leader)
+            others = [n.i for n in nodes if n is not victim]
+            victim.proc.send_signal(signal.SIGSTOP)
+            try:
+                while cluster(others[0], peers=others)[0] == leader:
+                    time.sleep(0.1)
+            finally:
+                victim.proc.send_signal(signal.SIGCONT)
+            lost_by_1 = lost_by_1 or victim.i == 1
+            # The old leader steps down when it hears of the new term; every node then names the same leader.
+            while len({cluster(n.i, peers=[n.i])[0] for n in nodes}) != 1:
+                time.sleep(0.1)
+            leader, _ = cluster(2)
+        assert sql('INSERT INTO g VALUES (1)') == 'ok\n'
+        assert sql('INSERT INTO g VALUES (2)') == 'ok\n'
+    finally:
+        shell.stdin.close()
+        shell.wait(timeout=30)
+    r = run_tool(2, 'query', 'SELECT k FROM g ORDER BY k')
+    assert r.returncode == 0 and r.stdout == '1\n2\n', (r.stdout, r.stderr)

@@ -18,8 +18,11 @@
  * tests/fs/test_dqlite.py ([c]):
  *  - Any node answers LEADER with the leader's id and address, or id 0 and ""
  *    while there is none; a follower answers OPEN/PREPARE/EXEC/QUERY with
- *    failure SQLITE_IOERR_NOT_LEADER (10250).  A request cut by a leader
- *    change fails with SQLITE_IOERR_LEADERSHIP_LOST (10506), or the
+ *    failure SQLITE_IOERR_NOT_LEADER (10250).  A node that loses the
+ *    leadership closes every connection's database: if it leads again, a
+ *    connection left open meanwhile gets SQLITE_NOTFOUND "no database
+ *    opened" for every request (taken as NOT_LEADER here) [c].  A request
+ *    cut by a leader change fails with SQLITE_IOERR_LEADERSHIP_LOST (10506), or the
  *    connection just closes (SIGKILL): a write may or may not have committed
  *    [c: the writer's "ack … (committed before the leader change)"].
  *  - A connection opens one database.  Explicit transactions (BEGIN
@@ -525,6 +528,15 @@ static int roundtrip(orch_dq *c, uint8_t type, uint8_t want, bool *sent)
 	}
 	if (c->in_type == RES_FAILURE) {
 		int rc = res_failure(c);
+		/*
+		 * A node that loses the leadership closes the database of every
+		 * connection to it; if it leads again, a request on a connection
+		 * that stayed open meanwhile fails before it runs with this, for
+		 * good: as a follower's refusal, the connection is dropped and
+		 * the request may run on a new one.
+		 */
+		if (rc == SQLITE_NOTFOUND && strcmp(c->errmsg, "no database opened") == 0)
+			rc = fail(c, ORCH_DQ_NOT_LEADER, "the leader lost and regained the leadership: no database opened");
 		if (rc == ORCH_DQ_NOT_LEADER || rc == ORCH_DQ_LEADERSHIP_LOST)
 			disconnect(c);
 		return rc;

@@ -8,6 +8,8 @@
  *   orchfs-dqlite writer --peer ... --from N --to M [--db NAME]
  *   orchfs-dqlite race --peer ... --keys N --name NAME [--go FILE] [--db NAME]
  *   orchfs-dqlite cluster --peer ...
+ *   orchfs-dqlite bench --peer ... --n N [--warmup W] [--samples 1] [--db NAME]
+ *   orchfs-dqlite shell --peer ... [--db NAME]
  *
  * `writer` inserts ids N..M one by one into table w and prints "ack ID" for
  * each insert the leader acknowledged, retrying across leader changes;
@@ -17,12 +19,23 @@
  * with --go it prints "set" once connected and starts when FILE exists, so
  * that two racers really overlap.  Both flush every line, so a
  * test that kills nodes meanwhile knows exactly what was acknowledged.
+ * `bench` is the cluster's counterpart of bench/floor_sqlite.c (the floor
+ * of scripts/bench-cluster): N one-row INSERTs into a table shaped like
+ * orchfs's tasks table, each in its own BEGIN IMMEDIATE ... COMMIT through
+ * the leader, the INSERT prepared once; it prints the same summary line
+ * "n=N median_us=M p99_us=P mean_us=A" (with --samples 1, one line per
+ * transaction in microseconds before it).
+ * `shell` keeps one client open and runs each line of its input as one
+ * orch_dq_exec, printing "ok" or "error CODE MESSAGE" for it: a test can let
+ * the cluster change under a connection that stays open between requests.
  */
 #include <signal.h>
 #include <sqlite3.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "orchfs/error.h"
@@ -38,7 +51,7 @@ static void on_signal(int sig) { stop_flag = sig; }
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: orchfs-dqlite node|exec|query|writer|race|cluster [options] (see the source's header)\n");
+	fprintf(stderr, "usage: orchfs-dqlite node|exec|query|writer|race|cluster|bench|shell [options] (see the source's header)\n");
 	return 2;
 }
 
@@ -252,13 +265,117 @@ static int cmd_cluster(void)
 	return rc ? 1 : 0;
 }
 
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* One transaction inserting task number i (as bench/floor_sqlite.c's insert_one); an SQLite code. */
+static int bench_one(orch_dq *c, orch_dq_stmt *ins, long i)
+{
+	char title[64];
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	int rc = orch_dq_exec(c, "BEGIN IMMEDIATE");
+	if (rc)
+		return rc;
+	snprintf(title, sizeof(title), "bench task %ld", i);
+	orch_dq_reset(ins);
+	orch_dq_bind_text(ins, 1, "case", -1);
+	orch_dq_bind_text(ins, 2, title, -1);
+	orch_dq_bind_int64(ins, 3, ms);
+	orch_dq_bind_int64(ins, 4, ms);
+	rc = orch_dq_step(ins);
+	if (rc != SQLITE_DONE) {
+		if (orch_dq_in_txn(c))
+			orch_dq_exec(c, "ROLLBACK");
+		return rc;
+	}
+	return orch_dq_exec(c, "COMMIT");
+}
+
+static int cmd_bench(long n, long warmup, bool print_samples)
+{
+	static const char *schema[] = {
+		"CREATE TABLE IF NOT EXISTS tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, level TEXT NOT NULL,"
+		" parent_id INTEGER REFERENCES tasks (id), title TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'todo',"
+		" priority INTEGER NOT NULL DEFAULT 0, assignee_session TEXT, input_contract TEXT, fixtures TEXT,"
+		" next_action TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL)",
+		"CREATE INDEX IF NOT EXISTS tasks_by_parent ON tasks (parent_id)",
+		"CREATE INDEX IF NOT EXISTS tasks_by_level_status ON tasks (level, status, priority DESC, updated_at)",
+	};
+	if (n <= 0 || warmup < 0)
+		return usage();
+	orch_dq *c = open_client();
+	orch_dq_stmt *ins = NULL;
+	int64_t *samples = calloc((size_t)n, sizeof *samples);
+	double sum = 0;
+	int rc = samples ? SQLITE_OK : SQLITE_NOMEM;
+	for (size_t i = 0; rc == SQLITE_OK && i < sizeof(schema) / sizeof(schema[0]); i++)
+		rc = exec_retry(c, schema[i]);
+	if (rc == SQLITE_OK)
+		rc = orch_dq_prepare(c, "INSERT INTO tasks (level, title, status, priority, created_at, updated_at)"
+				     " VALUES (?, ?, 'todo', 0, ?, ?)", &ins);
+	for (long i = 0; rc == SQLITE_OK && i < warmup; i++)
+		rc = bench_one(c, ins, -i);
+	for (long i = 0; rc == SQLITE_OK && i < n; i++) {
+		int64_t t0 = now_ns();
+		rc = bench_one(c, ins, i);
+		samples[i] = now_ns() - t0;
+		sum += (double)samples[i];
+	}
+	if (rc == SQLITE_OK) {
+		if (print_samples)
+			for (long i = 0; i < n; i++)
+				printf("%.3f\n", (double)samples[i] / 1000.0);
+		qsort(samples, (size_t)n, sizeof *samples, cmp_i64);
+		printf("n=%ld median_us=%.1f p99_us=%.1f mean_us=%.1f\n", n, (double)samples[n / 2] / 1000.0,
+		       (double)samples[(size_t)((double)(n - 1) * 0.99)] / 1000.0, sum / (double)n / 1000.0);
+	} else {
+		fprintf(stderr, "bench: %s (%d)\n", orch_dq_errmsg(c), rc);
+	}
+	free(samples);
+	orch_dq_finalize(ins);
+	orch_dq_close(c);
+	return rc ? 1 : 0;
+}
+
+static int cmd_shell(void)
+{
+	orch_dq *c = open_client();
+	char line[4096];
+	printf("ready\n");
+	while (fgets(line, sizeof line, stdin)) {
+		line[strcspn(line, "\n")] = 0;
+		if (!*line)
+			continue;
+		int rc = orch_dq_exec(c, line);
+		if (rc == SQLITE_OK)
+			printf("ok\n");
+		else
+			printf("error %d %s\n", rc, orch_dq_errmsg(c));
+	}
+	orch_dq_close(c);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return usage();
 	const char *cmd = argv[1], *addr = NULL, *dir = NULL, *name = NULL, *sql = NULL, *go = NULL;
 	unsigned long long id = 0;
-	long from = 0, to = 0, keys = 0;
+	long from = 0, to = 0, keys = 0, n = 0, warmup = 100;
+	bool samples = false;
 	unsigned latency = 0;
 	for (int i = 2; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -293,6 +410,12 @@ int main(int argc, char **argv)
 			connect_ms = atoi(v);
 		else if (!strcmp(a, "--timeout-ms"))
 			timeout_ms = atoi(v);
+		else if (!strcmp(a, "--n"))
+			n = atol(v);
+		else if (!strcmp(a, "--warmup"))
+			warmup = atol(v);
+		else if (!strcmp(a, "--samples"))
+			samples = atoi(v) != 0;
 		else if (!strcmp(a, "--latency-ms"))
 			latency = (unsigned)atoi(v);
 		else
@@ -312,5 +435,9 @@ int main(int argc, char **argv)
 		return cmd_race(keys, name, go);
 	if (!strcmp(cmd, "cluster"))
 		return cmd_cluster();
+	if (!strcmp(cmd, "bench"))
+		return cmd_bench(n, warmup, samples);
+	if (!strcmp(cmd, "shell"))
+		return cmd_shell();
 	return usage();
 }
