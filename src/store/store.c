@@ -132,9 +132,14 @@ static void update_hook(void *arg, int op, const char *db, const char *table, sq
 
 int orch_store_error(orch_store *st, const char *what)
 {
+	if (orch_store_lost(st) && strcmp(what, "commit") == 0)
+		return orch_error_set(ORCH_EINTERNAL, "the replicated store lost its leader while committing this call "
+				      "(%s): it may or may not have committed; retry it with the same call_id, which "
+				      "gives back its reply if it had", orch_store_errmsg(st));
 	if (orch_store_lost(st))
 		return orch_error_set(ORCH_EINTERNAL, "the replicated store lost its leader during this call (%s); "
-				      "retry it: with the same call_id a retry is safe", orch_store_errmsg(st));
+				      "nothing of it was committed: retry it (with the same call_id to be safe)",
+				      orch_store_errmsg(st));
 	return orch_error_set(ORCH_EINTERNAL, "database%s%s: %s", *what ? " " : "", what, orch_store_errmsg(st));
 }
 
@@ -870,7 +875,17 @@ int orch_store_commit(orch_store *st)
 {
 	assert(st->in_txn);
 	dq_sync(st); /* before COMMIT: afterwards a new leader would not know them */
-	if (control(st, "COMMIT") != SQLITE_OK) {
+	int crc = control(st, "COMMIT");
+#ifdef ORCH_HAVE_DQLITE
+	/*
+	 * The leader has no transaction of ours to commit: it went with a
+	 * leadership change in between (the node closed the connection's
+	 * database).  A loss like the others, though the reply came.
+	 */
+	if (st->dq && crc == SQLITE_ERROR && strstr(orch_dq_errmsg(st->dq), "no transaction is active"))
+		st->dq_lost = true;
+#endif
+	if (crc != SQLITE_OK) {
 		int rc = db_error(st, "commit");
 		orch_store_rollback(st);
 		return rc;
