@@ -179,16 +179,25 @@ class Host:
         assert err == 0 and 'result' in reply, (self.i, reply)
         return reply['result']
 
-    def ok_retrying(self, method, params, timeout=10):
-        """A call retried (same call_id) while it fails with `internal`: the cluster is electing a leader."""
+    def call_retrying(self, method, params, timeout=10):
+        """A call retried (same call_id) while it fails with `internal`: the cluster is electing a leader,
+        or this daemon's client has yet to find the new one."""
         deadline = time.monotonic() + timeout
         while True:
-            err, reply = self.call(method, params)
-            if 'result' in reply:
-                return reply['result']
-            assert reply['error']['code'] == 'internal' and err == errno.EIO, reply
+            try:
+                err, reply = self.call(method, params)
+            except OSError as e:   # the open (a lookup) failed the same way
+                err, reply = e.errno, {'error': {'code': 'internal', 'message': str(e)}}
+            if 'result' in reply or reply['error']['code'] != 'internal':
+                return err, reply
+            assert err == errno.EIO, (err, reply)
             assert time.monotonic() < deadline, reply
             time.sleep(0.05)
+
+    def ok_retrying(self, method, params, timeout=10):
+        err, reply = self.call_retrying(method, params, timeout)
+        assert err == 0 and 'result' in reply, (self.i, reply)
+        return reply['result']
 
     def read_json(self, *parts):
         with open(self.p(*parts)) as f:
@@ -483,8 +492,8 @@ def test_partition_minority_cannot_write(hosts):
                                                         'owner_session': 'majority', 'call_id': 'majority'})
         print(f'the majority granted the lease after {time.monotonic() - t0:.3f} s')
         assert majority[1].read_json('locks', f"{lock['id']}.json")['owner_session'] == 'majority'
-        err, reply = majority[1].call('lock.acquire', {'scope_type': 'file', 'scope_path': 'lease',
-                                                       'owner_session': 'minority'})
+        err, reply = majority[1].call_retrying('lock.acquire', {'scope_type': 'file', 'scope_path': 'lease',
+                                                                'owner_session': 'minority'})
         assert err == errno.EBUSY and reply['error']['details']['lock']['owner_session'] == 'majority', reply
     finally:
         ip('-n', HUB, 'link', 'set', f'v{old.i}', 'up')
