@@ -179,15 +179,21 @@ class Host:
         assert err == 0 and 'result' in reply, (self.i, reply)
         return reply['result']
 
+    def attempt(self, method, params):
+        """call(), with a failed open of the ctl file (EIO: its lookup met a lost leader) as an `internal` reply."""
+        try:
+            return self.call(method, params)
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            return e.errno, {'error': {'code': 'internal', 'message': f'open: {e}'}}
+
     def call_retrying(self, method, params, timeout=10):
         """A call retried (same call_id) while it fails with `internal`: the cluster is electing a leader,
         or this daemon's client has yet to find the new one."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                err, reply = self.call(method, params)
-            except OSError as e:   # the open (a lookup) failed the same way
-                err, reply = e.errno, {'error': {'code': 'internal', 'message': str(e)}}
+            err, reply = self.attempt(method, params)
             if 'result' in reply or reply['error']['code'] != 'internal':
                 return err, reply
             assert err == errno.EIO, (err, reply)
@@ -204,7 +210,7 @@ class Host:
             return json.load(f)
 
     def titles(self):
-        return [t['title'] for t in self.ok('task.list', {})]
+        return [t['title'] for t in self.ok_retrying('task.list', {})]
 
 
 @pytest.fixture(scope='module')
@@ -285,7 +291,7 @@ class Writer(threading.Thread):
                 params = {'level': 'case', 'title': f'{self.prefix}{n}', 'call_id': f'{self.prefix}-{n}'}
                 first = None
                 while True:
-                    err, reply = self.host.call('task.create', params)
+                    err, reply = self.host.attempt('task.create', params)
                     if 'result' in reply:
                         self.acks.append((time.monotonic(), n, reply['result']['id']))
                         break
@@ -531,6 +537,7 @@ def test_events_follow_commits_across_failover(hosts):
     lines = []
     stop = threading.Event()
     problems = []
+    eio = []
     fd = os.open(reader_host.p('events'), os.O_RDONLY | os.O_NONBLOCK)
 
     def read():
@@ -542,6 +549,14 @@ def test_events_follow_commits_across_failover(hosts):
                 try:
                     chunk = os.read(fd, 65536)
                 except BlockingIOError:
+                    continue
+                except OSError as e:
+                    # The daemon could not fetch the lines (its leader lost meanwhile): the
+                    # descriptor keeps its position, so the next read goes on from there.
+                    if e.errno != errno.EIO:
+                        raise
+                    eio.append(time.monotonic())
+                    time.sleep(0.05)
                     continue
                 buf += chunk
                 *whole, buf = buf.split(b'\n')
@@ -581,4 +596,4 @@ def test_events_follow_commits_across_failover(hosts):
     assert {tid for _, _, tid in w.acks} <= set(task_ids), 'an acknowledged call has no event'
     assert set(task_ids) == created
     print(f'{len(lines)} events through the follower, db_version {versions[0]}..{versions[-1]}, '
-          f'{len(w.acks)} acknowledged calls')
+          f'{len(w.acks)} acknowledged calls, {len(eio)} reads failed with EIO and were retried')
