@@ -30,7 +30,6 @@ import errno
 import json
 import os
 import random
-import re
 import select
 import signal
 import subprocess
@@ -39,7 +38,7 @@ import time
 
 import pytest
 
-from conftest import BAD_OUTPUT, ORCHFS, make_repo
+from conftest import BAD_OUTPUT, ORCHFS, check_sanitizers, make_repo
 
 TOOL = os.environ.get('ORCHFS_DQLITE_BIN', os.path.join(os.path.dirname(ORCHFS), 'orchfs-dqlite'))
 NS = f'ocl{os.getpid() % 100000}'
@@ -114,9 +113,10 @@ class Host:
         if peers:
             spec += ',peers=' + ','.join(addr(p) for p in peers)
         # nsenter execs orchfs: self.proc is the daemon itself.
-        self.proc = subprocess.Popen(in_net(self.i, [ORCHFS, 'mount', '-f', '--repo', str(self.repo), '--state',
-                                                     str(self.state), '--store', spec, self.path]),
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, 'ab'))
+        with open(self.log, 'ab') as log:
+            self.proc = subprocess.Popen(in_net(self.i, [ORCHFS, 'mount', '-f', '--repo', str(self.repo), '--state',
+                                                         str(self.state), '--store', spec, self.path]),
+                                         stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.path):
             if self.proc.poll() is not None:
@@ -348,6 +348,7 @@ def test_one_state_across_hosts(hosts):
     r = subprocess.run(in_net(3, [ORCHFS, 'call', '--repo', str(c.repo), '--state', str(c.state), 'lock.acquire',
                                   json.dumps({'scope_type': 'prefix', 'scope_path': 'src', 'owner_session': 'on-c'})]),
                        capture_output=True, text=True, timeout=60)
+    check_sanitizers(r, 'orchfs call on host 3')
     assert r.returncode == 1 and json.loads(r.stdout)['error']['code'] == 'conflict', (r.stdout, r.stderr)
 
     before = os.listdir(b.p('sessions'))
