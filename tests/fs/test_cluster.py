@@ -10,7 +10,8 @@ its own, where its FUSE mount would be invisible to this test.
 - one state: a lock taken through host A's mount is refused through B's (conflict, EBUSY), and
   through `orchfs call` on C (which finds the cluster through <state>/store); a session opened
   on A is in B's sessions/; a task created or changed on B shows in A's tasks/ at once (A's
-  watcher follows B's commits and drops what its kernel cached).
+  daemon notices B's commits, through its watcher or its next request, and drops what its
+  kernel cached).
 - race: two hosts take the same 300 lock paths through their mounts, as two sessions; each
   path has exactly one holder, as the third host's locks/ shows.
 - failover: a writer through a follower's mount creates tasks with sequential titles and
