@@ -543,6 +543,9 @@ void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 	if (known) {
 		known_version = v;
 		known_updated = t;
+	} else {
+		/* Whether it committed is unknown: if it did, the watcher must take that state for news. */
+		coming_version = coming_updated = -1;
 	}
 	committing = false;
 	pthread_mutex_unlock(&mu);

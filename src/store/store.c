@@ -862,8 +862,15 @@ static void dq_sync(orch_store *st)
 
 int orch_store_begin(orch_store *st, bool write)
 {
+	const char *begin = write ? "BEGIN IMMEDIATE" : "BEGIN";
+
 	assert(!st->in_txn);
-	if (control(st, write ? "BEGIN IMMEDIATE" : "BEGIN") != SQLITE_OK)
+	/*
+	 * A BEGIN that found its leader gone (the connection still pointed at a
+	 * node cut off or killed since) has nothing to lose: once more, with a
+	 * fresh search for the leader the cluster has elected meanwhile.
+	 */
+	if (control(st, begin) != SQLITE_OK && (!orch_store_lost(st) || control(st, begin) != SQLITE_OK))
 		return db_error(st, "begin");
 	st->in_txn = true;
 	dq_sync(st); /* rows of an earlier autocommitted write */
