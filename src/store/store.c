@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -53,6 +54,7 @@ struct orch_stmt {
 	sqlite3_stmt *s; /* SQLite */
 #ifdef ORCH_HAVE_DQLITE
 	orch_dq_stmt *q; /* dqlite */
+	bool changes_rows; /* dqlite: may change rows (not a query, not transaction control or a PRAGMA) */
 #endif
 };
 
@@ -650,6 +652,26 @@ done:
 
 /* ---- statements ---- */
 
+#ifdef ORCH_HAVE_DQLITE
+/*
+ * Whether `sql` is transaction control or a PRAGMA: it changes no row, so
+ * it leaves nothing for dq_sync to fetch (a round trip to the leader saved).
+ */
+static bool controls(const char *sql)
+{
+	static const char *const words[] = {"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "PRAGMA"};
+
+	while (*sql == ' ' || *sql == '\t' || *sql == '\n')
+		sql++;
+	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
+		size_t n = strlen(words[i]);
+		if (strncasecmp(sql, words[i], n) == 0 && !((sql[n] >= 'A' && sql[n] <= 'Z') || (sql[n] >= 'a' && sql[n] <= 'z') || sql[n] == '_'))
+			return true;
+	}
+	return false;
+}
+#endif
+
 int orch_store_prepare(orch_store *st, const char *sql, orch_stmt **out)
 {
 	orch_stmt *s = calloc(1, sizeof(*s));
@@ -660,9 +682,10 @@ int orch_store_prepare(orch_store *st, const char *sql, orch_stmt **out)
 		return orch_error_set(ORCH_EINTERNAL, "out of memory");
 	s->store = st;
 #ifdef ORCH_HAVE_DQLITE
-	if (st->dq)
+	if (st->dq) {
 		rc = dq_outcome(st, orch_dq_prepare(st->dq, sql, &s->q));
-	else
+		s->changes_rows = rc == SQLITE_OK && !orch_dq_stmt_yields_rows(s->q) && !controls(sql);
+	} else
 #endif
 		rc = sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->s, NULL);
 	if (rc != SQLITE_OK) {
@@ -698,7 +721,7 @@ int orch_stmt_step(orch_stmt *s)
 		if (s->store->in_txn && s->store->dq_lost)
 			return ORCH_DQ_LEADERSHIP_LOST;
 		int rc = dq_outcome(s->store, orch_dq_step(s->q));
-		if (rc == SQLITE_DONE && !orch_dq_stmt_yields_rows(s->q))
+		if (rc == SQLITE_DONE && s->changes_rows)
 			s->store->dq_unsynced = true;
 		return rc;
 	}
