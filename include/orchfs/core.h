@@ -582,6 +582,8 @@ const char *orch_mirror_file_name(int64_t id);
 
 /* The database's db_version and last change (ms) from mirror_meta; either out may be NULL. */
 int orch_meta_read(orch_store *st, int64_t *db_version, int64_t *updated_at);
+/* orch_meta_read and orch_store_changed_elsewhere in one statement (one round trip to a dqlite leader). */
+int orch_meta_read_elsewhere(orch_store *st, int64_t *db_version, int64_t *updated_at, bool *elsewhere);
 
 /*
  * Sessions the requester may take over (stale past the larger of their own

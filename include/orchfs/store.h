@@ -110,6 +110,8 @@ int64_t orch_process_start(pid_t pid);
  * connection last asked (PRAGMA data_version); cheap, no transaction.
  */
 bool orch_store_changed_elsewhere(orch_store *st);
+/* The same from a data_version the caller read itself (SELECT data_version FROM pragma_data_version). */
+bool orch_store_data_version_seen(orch_store *st, int64_t data_version);
 void orch_store_close(orch_store *st);
 
 /*

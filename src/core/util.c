@@ -286,6 +286,25 @@ int orch_meta_read(orch_store *store, int64_t *db_version, int64_t *updated_at)
 	return rc == ORCH_ROW ? 0 : orch_store_error(store, "");
 }
 
+int orch_meta_read_elsewhere(orch_store *store, int64_t *db_version, int64_t *updated_at, bool *elsewhere)
+{
+	/* One statement, so one round trip to a dqlite leader. */
+	orch_stmt *st = orch_store_stmt(store, "SELECT db_version, updated_at, (SELECT data_version FROM "
+					       "pragma_data_version) FROM mirror_meta WHERE id = 1");
+	int rc;
+
+	if (!st)
+		return orch_store_error(store, "");
+	rc = orch_stmt_step(st);
+	if (rc == ORCH_ROW) {
+		*db_version = orch_stmt_column_int64(st, 0);
+		*updated_at = orch_stmt_column_int64(st, 1);
+		*elsewhere = orch_store_data_version_seen(store, orch_stmt_column_int64(st, 2));
+	}
+	orch_stmt_reset(st);
+	return rc == ORCH_ROW ? 0 : orch_store_error(store, "");
+}
+
 int64_t orch_last_id(orch_ctx *ctx)
 {
 	return orch_store_last_id(ctx->store);

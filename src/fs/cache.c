@@ -529,8 +529,9 @@ void fs_cache_committed(void *arg, const orch_change *changes, size_t n)
 	 * is sent, each would wait for a leader) nothing is known: invalidate
 	 * everything, and let the watcher account for the state when it can.
 	 */
-	bool known = !orch_store_lost(env->writer) && orch_meta_read(env->writer, &v, &t) == 0;
-	bool elsewhere = !known || orch_store_changed_elsewhere(env->writer);
+	bool elsewhere = true;
+	bool known = !orch_store_lost(env->writer) && orch_meta_read_elsewhere(env->writer, &v, &t, &elsewhere) == 0;
+	elsewhere = elsewhere || !known;
 	orch_error_clear();
 	pthread_mutex_lock(&mu);
 	if (elsewhere) {

@@ -999,6 +999,11 @@ bool orch_store_changed_elsewhere(orch_store *st)
 		return true; /* cannot tell: assume so */
 	v = orch_stmt_column_int64(s, 0);
 	orch_stmt_reset(s);
+	return orch_store_data_version_seen(st, v);
+}
+
+bool orch_store_data_version_seen(orch_store *st, int64_t v)
+{
 	if (v == st->data_version)
 		return false;
 	st->data_version = v;
