@@ -614,6 +614,8 @@ char *orch_owner_words(orch_ctx *ctx, const char *owner);
 
 /* How many events the database keeps (the newest). */
 #define ORCH_EVENTS_KEPT 100000
+/* ... deleting the older ones once every this many events (so up to KEPT + STEP - 1 are kept). */
+#define ORCH_EVENTS_PRUNE_STEP 64
 
 /*
  * Record the event of a successful mutating call, after its db_version

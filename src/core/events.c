@@ -92,6 +92,9 @@ int orch_event_record(orch_ctx *ctx, const char *method, int64_t session_id, siz
 	json_decref(ids);
 	if (rc)
 		return rc;
+	/* The oldest go in steps (a statement saved per call: a round trip to a dqlite leader). */
+	if (orch_store_last_id(ctx->store) % ORCH_EVENTS_PRUNE_STEP != 0)
+		return 0;
 	return orch_sql_exec(ctx, "DELETE FROM events WHERE db_version <= (SELECT db_version FROM mirror_meta "
 			     "WHERE id = 1) - ?", "i", (int64_t)ORCH_EVENTS_KEPT);
 }

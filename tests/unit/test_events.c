@@ -44,15 +44,19 @@ TEST(events_one_per_successful_mutating_call)
 
 TEST(events_keep_a_bounded_window)
 {
+	int64_t from = 0, last = 0, step = ORCH_EVENTS_PRUNE_STEP;
+
 	json_decref(ok(env, "task.create", "{\"level\": \"case\", \"title\": \"a\"}"));
 	json_decref(ok(env, "task.create", "{\"level\": \"case\", \"title\": \"b\"}"));
-	/* As if ORCH_EVENTS_KEPT calls had happened since: the next call drops what falls out. */
-	CHECK_EQ_INT(orch_sql_exec(&env->ctx, "UPDATE mirror_meta SET db_version = ?", "i",
-				   (int64_t)ORCH_EVENTS_KEPT), 0);
+	/* As if ORCH_EVENTS_KEPT calls had happened since: events 1 and 2 fall out of the window ... */
+	int64_t v = (ORCH_EVENTS_KEPT + 2 + step - 1) / step * step; /* the first pruning version past it */
+	CHECK_EQ_INT(orch_sql_exec(&env->ctx, "UPDATE mirror_meta SET db_version = ?", "i", v - 2), 0);
 	json_decref(ok(env, "task.create", "{\"level\": \"case\", \"title\": \"c\"}"));
-	int64_t from = 0, last = 0;
+	/* ... but go only at the next multiple of the step. */
+	CHECK_EQ_INT(count_events(env), 3);
+	json_decref(ok(env, "task.create", "{\"level\": \"case\", \"title\": \"d\"}"));
 	CHECK_EQ_INT(orch_events_bounds(env->ctx.store, &from, &last), 0);
-	CHECK_EQ_INT(last, ORCH_EVENTS_KEPT + 1);
-	CHECK_EQ_INT(from, 1); /* event 1 fell out of the window (KEPT + 1 - KEPT); 2 is the oldest kept */
+	CHECK_EQ_INT(last, v);
+	CHECK_EQ_INT(from, v - 2); /* the oldest kept is v - 1 */
 	CHECK_EQ_INT(count_events(env), 2);
 }
