@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "orchfs/core.h"
 #include "cli.h"
@@ -119,6 +120,19 @@ int cli_store_check(const char *spec, char *err, size_t errlen)
 }
 
 #ifdef ORCH_HAVE_DQLITE
+/* Whether the node directory `dir` holds raft state (dqlite's metadata files). */
+static bool has_raft_state(const char *dir)
+{
+	char path[4096];
+	struct stat sb;
+
+	snprintf(path, sizeof(path), "%s/metadata1", dir);
+	if (stat(path, &sb) == 0)
+		return true;
+	snprintf(path, sizeof(path), "%s/metadata2", dir);
+	return stat(path, &sb) == 0;
+}
+
 /* Whether the comma-separated `list` has the item `a`. */
 static bool listed(const char *list, const char *a)
 {
@@ -146,6 +160,18 @@ int cli_store_start(const char *spec, cli_store *out)
 		return orch_error_set(ORCH_EINVALID_PARAMS, "%s", err);
 	}
 	o.id = strtoull(id, NULL, 10);
+	/*
+	 * Node 1 on a directory without raft state bootstraps a new cluster.
+	 * Told peers to join, that is a mistake that would split the state in
+	 * two (node 1's machine replaced with an empty dir): refuse it.
+	 */
+	if (o.id == 1 && npeers > 0 && !has_raft_state(dir)) {
+		int rc = orch_error_set(ORCH_EINVALID_PARAMS, "--store: node 1 bootstraps a new cluster, but %s holds no "
+					"raft state and peers are given: restart node 1 with its old dir, or join this "
+					"machine with an id the cluster has not used", dir);
+		free(buf);
+		return rc;
+	}
 	o.address = addr;
 	o.dir = dir;
 	o.peers = peers;

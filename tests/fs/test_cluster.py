@@ -599,3 +599,34 @@ def test_events_follow_commits_across_failover(hosts):
     assert set(task_ids) == created
     print(f'{len(lines)} events through the follower, db_version {versions[0]}..{versions[-1]}, '
           f'{len(w.acks)} acknowledged calls, {len(eio)} reads failed with EIO and were retried')
+
+
+def test_store_specs_that_are_wrong_are_refused_and_make_nothing(tmp_path):
+    """Bad --store values are usage errors; node 1 told to join peers with an empty dir is refused
+    (it would bootstrap a second, separate cluster), and nothing is created."""
+    repo = tmp_path / 'repo'
+    make_repo(repo)
+    mnt = tmp_path / 'mnt'
+    mnt.mkdir()
+    usage = [
+        ('dqlite:id=0,addr=127.0.0.1:1,dir=x', 'id must be a positive integer'),
+        ('dqlite:id=1,addr=nohostport,dir=x', 'addr must be HOST:PORT'),
+        ('dqlite:id=1,addr=127.0.0.1:1', 'id, addr and dir are required'),
+        ('dqlite:id=1,addr=127.0.0.1:1,dir=x,colour=blue', 'unknown key "colour"'),
+        ('dqlite:id=2,addr=127.0.0.1:1,dir=x,peers=nohostport', 'a peer must be HOST:PORT'),
+        ('sqlite:x', '--store takes dqlite:'),
+    ]
+    for spec, message in usage:
+        r = subprocess.run([ORCHFS, 'mount', '--repo', str(repo), '--store', spec, str(mnt)],
+                           capture_output=True, text=True, timeout=30)
+        check_sanitizers(r, spec)
+        assert r.returncode == 2 and message in r.stderr, (spec, r.returncode, r.stderr)
+    node = tmp_path / 'node'
+    r = subprocess.run([ORCHFS, 'mount', '--repo', str(repo), '--store',
+                        f'dqlite:id=1,addr=127.0.0.1:{PORT + 50},dir={node},peers=127.0.0.1:{PORT + 51}', str(mnt)],
+                       capture_output=True, text=True, timeout=30)
+    check_sanitizers(r, 'node 1 with peers')
+    assert r.returncode == 1 and 'node 1 bootstraps a new cluster' in r.stderr and 'holds no raft state' in r.stderr, r.stderr
+    assert not node.exists()
+    assert not (repo / '.orchfs' / 'store').exists()
+    assert not os.path.ismount(mnt)
