@@ -40,6 +40,7 @@ import time
 import pytest
 
 from conftest import BAD_OUTPUT, ORCHFS, check_sanitizers, make_repo
+from netns import bridged, ip
 
 TOOL = os.environ.get('ORCHFS_DQLITE_BIN', os.path.join(os.path.dirname(ORCHFS), 'orchfs-dqlite'))
 NS = f'ocl{os.getpid() % 100000}'
@@ -56,10 +57,6 @@ def addr(i):
 
 def host_of(address):
     return int(address.split(':')[0].rsplit('.', 1)[1])
-
-
-def ip(*args):
-    subprocess.run(['ip', *args], check=True, capture_output=True, text=True)
 
 
 def in_net(i, argv):
@@ -224,23 +221,8 @@ def netns():
                        capture_output=True, text=True)
     if 'built without dqlite' in r.stderr:
         pytest.fail(f'{ORCHFS} was built without dqlite: build with meson -Ddqlite=enabled (scripts/test does)')
-    try:
-        ip('netns', 'add', HUB)
-        ip('-n', HUB, 'link', 'add', 'br0', 'type', 'bridge')
-        ip('-n', HUB, 'link', 'set', 'br0', 'up')
-        for i in (1, 2, 3):
-            ns = f'{NS}n{i}'
-            ip('netns', 'add', ns)
-            ip('-n', HUB, 'link', 'add', f'v{i}', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns)
-            ip('-n', HUB, 'link', 'set', f'v{i}', 'master', 'br0', 'up')
-            ip('-n', ns, 'addr', 'add', f'{SUBNET}.{i}/24', 'dev', 'eth0')
-            ip('-n', ns, 'link', 'set', 'eth0', 'up')
-            ip('-n', ns, 'link', 'set', 'lo', 'up')
+    with bridged(NS, SUBNET):
         yield
-    finally:
-        for i in (1, 2, 3):
-            subprocess.run(['ip', 'netns', 'del', f'{NS}n{i}'], capture_output=True)
-        subprocess.run(['ip', 'netns', 'del', HUB], capture_output=True)
 
 
 @pytest.fixture

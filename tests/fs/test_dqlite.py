@@ -27,6 +27,7 @@ import time
 import pytest
 
 from conftest import ORCHFS
+from netns import bridged, ip
 
 TOOL = os.environ.get('ORCHFS_DQLITE_BIN', os.path.join(os.path.dirname(ORCHFS), 'orchfs-dqlite'))
 NS = f'odq{os.getpid() % 100000}'
@@ -37,10 +38,6 @@ SUBNET = '10.77.0'
 
 def addr(i):
     return f'{SUBNET}.{i}:{PORT}'
-
-
-def ip(*args):
-    subprocess.run(['ip', *args], check=True, capture_output=True, text=True)
 
 
 def in_ns(i, argv):
@@ -108,23 +105,8 @@ def netns():
         pytest.fail('the dqlite cluster tests make network namespaces: run them as root')
     if not os.access(TOOL, os.X_OK):
         pytest.fail(f'{TOOL} is missing: build with meson -Ddqlite=enabled (scripts/test does)')
-    ip('netns', 'add', HUB)
-    try:
-        ip('-n', HUB, 'link', 'add', 'br0', 'type', 'bridge')
-        ip('-n', HUB, 'link', 'set', 'br0', 'up')
-        for i in (1, 2, 3):
-            ns = f'{NS}n{i}'
-            ip('netns', 'add', ns)
-            ip('-n', HUB, 'link', 'add', f'v{i}', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns)
-            ip('-n', HUB, 'link', 'set', f'v{i}', 'master', 'br0', 'up')
-            ip('-n', ns, 'addr', 'add', f'{SUBNET}.{i}/24', 'dev', 'eth0')
-            ip('-n', ns, 'link', 'set', 'eth0', 'up')
-            ip('-n', ns, 'link', 'set', 'lo', 'up')
+    with bridged(NS, SUBNET):
         yield
-    finally:
-        for i in (1, 2, 3):
-            subprocess.run(['ip', 'netns', 'del', f'{NS}n{i}'], capture_output=True)
-        subprocess.run(['ip', 'netns', 'del', HUB], capture_output=True)
 
 
 @pytest.fixture
