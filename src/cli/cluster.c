@@ -195,6 +195,7 @@ int cli_store_start(const char *spec, cli_store *out)
 	orch_dq *c = NULL;
 	co.peers = all;
 	co.npeers = nall;
+	co.database = ORCH_DQ_DATABASE; /* the store's (opening one creates it): no stray database */
 	co.connect_ms = 1000;
 	if (orch_dq_open(&c, &co) != 0 || orch_dq_cluster(c, &members, &nmembers) != 0)
 		nmembers = 0;

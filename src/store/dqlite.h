@@ -32,6 +32,9 @@
 
 #include "orchfs/store.h" /* ORCH_STORE_BUSY_MS */
 
+/* The database orchfs keeps its state in, in a cluster (a store's "dqlite:...[/NAME]" may name another). */
+#define ORCH_DQ_DATABASE "orchfs"
+
 #define ORCH_DQ_NOT_LEADER (10 | (40 << 8))        /* SQLITE_IOERR_NOT_LEADER */
 #define ORCH_DQ_LEADERSHIP_LOST (10 | (41 << 8))   /* SQLITE_IOERR_LEADERSHIP_LOST */
 

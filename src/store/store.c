@@ -413,7 +413,7 @@ static int connect_dqlite(orch_store *st, const char *where)
 	}
 	opts.peers = peers;
 	opts.npeers = n;
-	opts.database = name ? name : "orchfs";
+	opts.database = name ? name : ORCH_DQ_DATABASE;
 	/*
 	 * A leader that is lost (killed, or cut off from the majority) fails the
 	 * call within about two seconds with a transient error (orch_store_lost)
