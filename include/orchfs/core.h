@@ -492,6 +492,11 @@ int orch_sql_rows_result(orch_ctx *ctx, const char *sql, const char *fmt, ...);
 
 /* A single integer (first column of the first row); *found false when no row. */
 int orch_sql_int(orch_ctx *ctx, int64_t *out, bool *found, const char *sql, const char *fmt, ...);
+/*
+ * A list's after_id (param "after_id", 0: none) names a row: `sql` selects
+ * it by id (one "?"); else not_found "after_id: <what> N not found".
+ */
+int orch_page_after(orch_ctx *ctx, json_t *p, const char *sql, const char *what);
 
 int64_t orch_last_id(orch_ctx *ctx);
 

@@ -229,3 +229,16 @@ int front_close(front *f, int status)
 	pthread_mutex_destroy(&f->mu);
 	return status ? status : f->status;
 }
+
+bool front_next_line(line_reader *r, const char **text, size_t *len, line_status *ls, int *status)
+{
+	*ls = line_next(r, text, len);
+	if (*ls == LINE_EOF || front_signalled)
+		return false;
+	if (*ls == LINE_ERROR) {
+		fprintf(stderr, "orchfs: reading stdin: %s\n", strerror(errno));
+		*status = 1;
+		return false;
+	}
+	return true;
+}

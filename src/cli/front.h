@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "orchfs/core.h"
+#include "lines.h"
 
 /* The reply line (with its "\n") of a finished wait, made by the front end from orch_call's reply. */
 typedef char *(*front_line_fn)(void *arg, json_t *id, int rc, const char *reply);
@@ -52,6 +53,13 @@ extern volatile sig_atomic_t front_signalled;
 
 /* Open the state, take SIGTERM/SIGINT/SIGPIPE, hold `session` (> 0) alive. 0, or 1 (said on stderr). */
 int front_open(front *f, const char *repo, const char *state, const char *host, int64_t session);
+
+/*
+ * The next line of stdin (its status in *ls: a line, or LINE_TOO_LONG), or
+ * false when the loop must end: end of input, a signal, or a read error
+ * (said on stderr, *status set to 1).
+ */
+bool front_next_line(line_reader *r, const char **text, size_t *len, line_status *ls, int *status);
 
 /* After a call of `method` on the main thread: a session.open that succeeded holds its new session. */
 void front_after_call(front *f, const char *method, int rc, const char *reply);

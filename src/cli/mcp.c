@@ -317,17 +317,10 @@ int cli_mcp(const char *repo, const char *state, const char *host, int64_t sessi
 	s.f.line_arg = &s;
 	line_reader_init(&r, STDIN_FILENO, ORCH_REQUEST_MAX);
 	r.stop = &front_signalled;
-	for (;;) {
-		line_status ls = line_next(&r, &text, &len);
+	line_status ls;
+	while (front_next_line(&r, &text, &len, &ls, &status)) {
 		json_t *reply;
 
-		if (ls == LINE_EOF || front_signalled)
-			break;
-		if (ls == LINE_ERROR) {
-			fprintf(stderr, "orchfs: reading stdin: %s\n", strerror(errno));
-			status = 1;
-			break;
-		}
 		if (ls == LINE_TOO_LONG)
 			reply = rpc_error(NULL, RPC_INVALID_REQUEST, "Invalid Request: message longer than %d bytes "
 					  "(the request limit); it was skipped", ORCH_REQUEST_MAX);

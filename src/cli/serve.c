@@ -142,18 +142,11 @@ int cli_serve(const char *repo, const char *state, const char *host, int64_t ses
 	f.line = wait_line;
 	line_reader_init(&r, STDIN_FILENO, ORCH_REQUEST_MAX);
 	r.stop = &front_signalled;
-	for (;;) {
-		line_status ls = line_next(&r, &text, &len);
+	line_status ls;
+	while (front_next_line(&r, &text, &len, &ls, &status)) {
 		bool later = false;
 		char *line;
 
-		if (ls == LINE_EOF || front_signalled)
-			break;
-		if (ls == LINE_ERROR) {
-			fprintf(stderr, "orchfs: reading stdin: %s\n", strerror(errno));
-			status = 1;
-			break;
-		}
 		if (ls == LINE_TOO_LONG) {
 			orch_error_set(ORCH_ETOOLARGE, "request line longer than %d bytes (the request limit); it was "
 				       "skipped", ORCH_REQUEST_MAX);

@@ -352,15 +352,9 @@ static int node_list(orch_ctx *ctx, json_t *p, json_t **result)
 	    (rc = orch_graph_ident(p, "status", NULL, &status)) != 0)
 		goto done;
 	int64_t after = orch_param_int(p, "after_id", 0);
-	bool found = true;
 	(void)result;
-	if (after && (rc = orch_sql_int(ctx, &after, &found, "SELECT id FROM graph_nodes WHERE id = ?", "i", after)))
+	if ((rc = orch_page_after(ctx, p, "SELECT id FROM graph_nodes WHERE id = ?", "graph node")) != 0)
 		goto done;
-	if (!found) {
-		rc = orch_error_set(ORCH_ENOTFOUND, "after_id: graph node %lld not found",
-				    (long long)orch_param_int(p, "after_id", 0));
-		goto done;
-	}
 	/*
 	 * An absent filter binds NULL, and "? IS NULL" lets every row through.
 	 * A page continues after node ?5 in the list's own order.

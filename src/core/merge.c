@@ -286,6 +286,16 @@ static bool held_by_other(json_t *lock, int64_t sid)
 	return strcmp(jstr(lock, "state"), "locked") == 0 && jint(lock, "holder_session_id") != sid;
 }
 
+/* The error `code` for a lock another session holds, saying who and until when, then `what_now`; takes `lock` (details.lock). */
+static int held_error(json_t *lock, int code, const char *what_now)
+{
+	int rc = orch_error_set(code, "the main merge lock is held by session %lld until %s; %s",
+				(long long)jint(lock, "holder_session_id"), jstr(lock, "lease_until"), what_now);
+
+	orch_error_detail("lock", lock);
+	return rc;
+}
+
 static int acquire_lock(orch_ctx *ctx, json_t *p, json_t **result)
 {
 	int64_t sid = orch_param_int(p, "session_id", 0), ttl = 0;
@@ -296,10 +306,7 @@ static int acquire_lock(orch_ctx *ctx, json_t *p, json_t **result)
 	    (rc = lock_row(ctx, &lock)) != 0)
 		goto done;
 	if (held_by_other(lock, sid)) {
-		rc = orch_error_set(ORCH_ECONFLICT, "the main merge lock is held by session %lld until %s; try again "
-				    "when it is released or its lease ends", (long long)jint(lock, "holder_session_id"),
-				    jstr(lock, "lease_until"));
-		orch_error_detail("lock", lock);
+		rc = held_error(lock, ORCH_ECONFLICT, "try again when it is released or its lease ends");
 		lock = NULL;
 		goto done;
 	}
@@ -328,10 +335,7 @@ static int release_lock(orch_ctx *ctx, json_t *p, json_t **result)
 		return 0;
 	}
 	if (held_by_other(lock, sid)) {
-		rc = orch_error_set(ORCH_EFORBIDDEN, "the main merge lock is held by session %lld until %s; only its "
-				    "holder may release it before its lease ends", (long long)jint(lock, "holder_session_id"),
-				    jstr(lock, "lease_until"));
-		orch_error_detail("lock", lock);
+		rc = held_error(lock, ORCH_EFORBIDDEN, "only its holder may release it before its lease ends");
 		lock = NULL;
 		goto done;
 	}

@@ -92,17 +92,11 @@ static int task_list(orch_ctx *ctx, json_t *p, json_t **result)
 	int64_t after = orch_param_int(p, "after_id", 0);
 	const char *level_in = orch_param_str(p, "level", NULL);
 	char *level = level_in ? level_of(level_in) : NULL;
-	bool found = true;
 	int rc;
 
 	(void)result;
-	if (after && (rc = orch_sql_int(ctx, &after, &found, "SELECT id FROM tasks WHERE id = ?", "i", after)) != 0)
+	if ((rc = orch_page_after(ctx, p, "SELECT id FROM tasks WHERE id = ?", "task")) != 0)
 		goto done;
-	if (!found) {
-		rc = orch_error_set(ORCH_ENOTFOUND, "after_id: task %lld not found",
-				    (long long)orch_param_int(p, "after_id", 0));
-		goto done;
-	}
 	/*
 	 * An absent filter binds NULL, and "? IS NULL" lets every row through.
 	 * A page continues after task ?4 in the list's own order (a row value

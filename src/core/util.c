@@ -305,6 +305,17 @@ int orch_meta_read_elsewhere(orch_store *store, int64_t *db_version, int64_t *up
 	return rc == ORCH_ROW ? 0 : orch_store_error(store, "");
 }
 
+int orch_page_after(orch_ctx *ctx, json_t *p, const char *sql, const char *what)
+{
+	int64_t after = orch_param_int(p, "after_id", 0), id = 0;
+	bool found = true;
+	int rc;
+
+	if (after && (rc = orch_sql_int(ctx, &id, &found, sql, "i", after)) != 0)
+		return rc;
+	return found ? 0 : orch_error_set(ORCH_ENOTFOUND, "after_id: %s %lld not found", what, (long long)after);
+}
+
 int64_t orch_last_id(orch_ctx *ctx)
 {
 	return orch_store_last_id(ctx->store);
