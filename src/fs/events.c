@@ -961,7 +961,8 @@ void fs_alive_forget_all(void)
 /*
  * The holders' beat (orch_alive_beat) with a dqlite store: its own thread
  * and connection, so that nothing on the writer lane delays it; it sleeps
- * on beat_cond between rounds.  beat_mu owns beat_stop.
+ * on beat_cond between rounds.  beat_mu owns beat_stop; beat_thread and
+ * beat_started belong to the thread that starts and stops the daemon.
  */
 static pthread_t beat_thread;
 static bool beat_started;
